@@ -1,0 +1,161 @@
+//! Raw configuration: the TOML file as written, before validation.
+//!
+//! These types only describe shape (`deny_unknown_fields` everywhere, so a typo is an error, not a
+//! silently ignored key). Meaning — references, ranges, addresses — is checked by
+//! [`crate::validate`], which turns a [`RawConfig`] into an immutable [`crate::Snapshot`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    /// Region name → its settings. A `BTreeMap` so errors and status list regions in a stable order.
+    #[serde(default)]
+    pub regions: BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    pub tls: RawTls,
+    /// Cluster name → cluster.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, RawCluster>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// Listener addresses and process-wide behaviour.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// The region this front door runs in (the `--region` flag overrides it).
+    pub region: Option<String>,
+    /// Plain HTTP listener (HTTP/1.1 and h2c prior knowledge), e.g. `"127.0.0.1:8080"`.
+    pub http: Option<String>,
+    /// TLS listener (ALPN h2, http/1.1). Needs `[tls]` certificates.
+    pub https: Option<String>,
+    /// Admin API listener; loopback by default.
+    pub admin: Option<String>,
+    /// Peers whose `X-Forwarded-*` and other edge headers are believed, as CIDRs.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// One JSON line per request on stdout (target `access`). Default on.
+    pub access_log: Option<bool>,
+    /// How long SIGTERM waits for in-flight requests before exiting. Default `"30s"`.
+    pub drain_timeout: Option<String>,
+    /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
+    pub via: Option<String>,
+}
+
+/// A region and the jurisdiction its data falls under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    /// Jurisdiction code such as `"us"`, `"eu"`, `"apac"`.
+    pub jurisdiction: String,
+}
+
+/// Certificates for the TLS listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// `hosts` entry of the certificate served when SNI is absent or unknown. Default: the first
+    /// certificate. Set `reject_unknown_sni = true` to refuse such handshakes instead.
+    pub default_host: Option<String>,
+    #[serde(default)]
+    pub reject_unknown_sni: bool,
+}
+
+/// One certificate chain and key, in PEM files, for a set of host patterns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// Exact names (`example.com`) or one-label wildcards (`*.example.com`).
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+/// An upstream cluster: endpoints in one or more regions, and how to talk to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `"http1"` (default) or `"h2"` (prior knowledge, cleartext).
+    pub protocol: Option<String>,
+    /// `"round_robin"` (default) or `"least_request"`.
+    pub lb: Option<String>,
+    pub connect_timeout: Option<String>,
+    /// Time allowed from sending the request until the response head arrives.
+    pub request_timeout: Option<String>,
+    /// Idle keep-alive connections in the pool are closed after this long.
+    pub idle_timeout: Option<String>,
+    /// Longest pause between two body chunks (either direction) before the exchange is cut.
+    pub body_idle_timeout: Option<String>,
+    pub retries: Option<RawRetries>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier: Option<RawOutlier>,
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+/// Retry policy: only idempotent, bodiless requests, only before any response byte.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Extra attempts after the first. Default 1.
+    pub attempts: Option<u32>,
+    /// Retries may add at most this percentage on top of the requests in flight. Default 20.
+    pub budget_percent: Option<f64>,
+}
+
+/// Active HTTP health checking of every endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Passive outlier ejection on consecutive failures seen in real traffic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub ejection_time: Option<String>,
+}
+
+/// One upstream address: an IP with port or a DNS name with port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub address: String,
+    /// Region the endpoint runs in; must be declared in `[regions]` when regions are declared.
+    pub region: Option<String>,
+    /// Version label (for example `"stable"`, `"canary"`), selected by a route's `version`.
+    pub version: Option<String>,
+}
+
+/// One route: which requests (host, path prefix) go to which cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    /// Exact hosts or `*.suffix` wildcards; empty or `["*"]` matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Segment-wise prefix (`/api` matches `/api` and `/api/x`, not `/apix`). Default `/`.
+    pub path_prefix: Option<String>,
+    pub cluster: String,
+    /// Only endpoints with this version label serve the route.
+    pub version: Option<String>,
+    /// Allow `Upgrade: websocket` on this route. Default false.
+    #[serde(default)]
+    pub websocket: bool,
+}

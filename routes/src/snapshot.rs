@@ -1,0 +1,197 @@
+//! The validated, immutable routing model a request reads: one [`Snapshot`] per config version.
+//!
+//! Everything is resolved: clusters are referenced by [`ClusterId`], regions by [`RegionId`],
+//! durations are [`Duration`]s. A snapshot never changes after [`crate::validate`] builds it; a
+//! reload builds a new one and the proxy swaps it in with one store.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::table::RouteTable;
+use crate::units::Cidr;
+
+/// Index of a cluster in [`Snapshot::clusters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterId(pub usize);
+
+/// Index of a route in [`Snapshot::routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub usize);
+
+/// Index of a region in [`Snapshot::regions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(pub usize);
+
+/// One immutable, validated configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Stable hash of the source text (hex), shown on `/status` and as a metric label.
+    pub hash: String,
+    pub server: Server,
+    pub regions: Vec<Region>,
+    pub tls: Tls,
+    pub clusters: Vec<Cluster>,
+    pub routes: Vec<Route>,
+    pub(crate) table: RouteTable,
+}
+
+impl Snapshot {
+    pub fn cluster(&self, id: ClusterId) -> &Cluster {
+        &self.clusters[id.0]
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
+    }
+
+    pub fn region(&self, id: RegionId) -> &Region {
+        &self.regions[id.0]
+    }
+
+    pub fn region_named(&self, name: &str) -> Option<RegionId> {
+        self.regions
+            .iter()
+            .position(|r| r.name == name)
+            .map(RegionId)
+    }
+
+    /// True when `peer` is inside one of `server.trusted_proxies`.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        self.server.trusted_proxies.iter().any(|c| c.contains(peer))
+    }
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub region: Option<RegionId>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub trusted_proxies: Vec<Cidr>,
+    pub access_log: bool,
+    pub drain_timeout: Duration,
+    pub via: String,
+}
+
+/// A region and its jurisdiction (`us`, `eu`, `apac`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    pub name: String,
+    pub jurisdiction: String,
+}
+
+/// Certificate sources for the TLS listener; loaded by the `certs` crate.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub certificates: Vec<CertificateSource>,
+    pub default_host: Option<String>,
+    pub reject_unknown_sni: bool,
+}
+
+/// A PEM chain + key for some host patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSource {
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Wire protocol towards a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext.
+    H2,
+}
+
+/// How an endpoint is chosen within a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Power of two choices on in-flight requests.
+    LeastRequest,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub protocol: UpstreamProtocol,
+    pub lb: LbPolicy,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: Outlier,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+    pub body_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retries {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    /// Retries in flight may be at most this share (0..=1) of requests in flight, plus one.
+    pub budget_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// Consecutive 5xx or connect failures that eject an endpoint; 0 disables ejection.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+}
+
+/// Where an endpoint lives on the network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    Ip(SocketAddr),
+    /// Resolved with DNS and re-resolved when the record's TTL runs out.
+    Dns {
+        host: String,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Ip(a) => write!(f, "{a}"),
+            Address::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Address,
+    pub region: Option<RegionId>,
+    pub version: Option<String>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub cluster: ClusterId,
+    pub version: Option<String>,
+    pub websocket: bool,
+}

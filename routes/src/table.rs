@@ -1,0 +1,99 @@
+//! Route lookup: host tier first (exact beats wildcard beats any), then the longest matching
+//! path prefix within that tier, compared segment by segment.
+//!
+//! Lookups cost one hash probe per host suffix and one per path segment, whatever the number of
+//! routes, so a 1,000-route table decides as fast as a 10-route one.
+
+use std::collections::HashMap;
+
+use crate::snapshot::RouteId;
+
+/// Prefix → route, for one host (or one wildcard suffix, or "any host").
+#[derive(Debug, Default)]
+pub(crate) struct PrefixMap {
+    by_prefix: HashMap<String, RouteId>,
+}
+
+impl PrefixMap {
+    /// Adds a route; returns the route already holding this prefix, if any.
+    pub(crate) fn insert(&mut self, prefix: &str, route: RouteId) -> Option<RouteId> {
+        match self.by_prefix.get(prefix) {
+            Some(existing) => Some(*existing),
+            None => {
+                self.by_prefix.insert(prefix.to_string(), route);
+                None
+            }
+        }
+    }
+
+    /// Longest prefix of `path` that has a route: `/a/b/c`, then `/a/b`, `/a`, `/`.
+    fn longest(&self, path: &str) -> Option<RouteId> {
+        let mut candidate = path;
+        loop {
+            if let Some(id) = self.by_prefix.get(candidate) {
+                return Some(*id);
+            }
+            match candidate.rfind('/') {
+                Some(0) if candidate.len() > 1 => candidate = "/",
+                Some(0) | None => return None,
+                Some(i) => candidate = &candidate[..i],
+            }
+        }
+    }
+}
+
+/// All routes, indexed for lookup.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    pub(crate) exact: HashMap<String, PrefixMap>,
+    /// Keyed by the suffix after `*`, e.g. `.example.com`.
+    pub(crate) wildcard: HashMap<String, PrefixMap>,
+    pub(crate) any: PrefixMap,
+}
+
+impl RouteTable {
+    /// `host` must be lower-case without a port; `path` must start with `/`, without a query.
+    pub(crate) fn find(&self, host: &str, path: &str) -> Option<RouteId> {
+        if let Some(found) = self.exact.get(host).and_then(|m| m.longest(path)) {
+            return Some(found);
+        }
+        // Most specific wildcard first: for a.b.example.com try .b.example.com, then .example.com.
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(found) = self.wildcard.get(suffix).and_then(|m| m.longest(path)) {
+                    return Some(found);
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        self.any.longest(path)
+    }
+}
+
+/// Canonical form of a configured prefix: leading `/`, no trailing `/` except the root.
+pub(crate) fn canonical_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// The host of a request for matching: lower-case, port and trailing dot removed.
+/// IPv6 literals keep their brackets (`[::1]`).
+pub fn normalize_host(raw: &str) -> String {
+    let without_port = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => &raw[..=end],
+            None => raw,
+        }
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(raw, |(host, _)| host)
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}

@@ -1,0 +1,281 @@
+use super::*;
+
+const BASE: &str = r#"
+[regions]
+us-central1 = { jurisdiction = "us" }
+europe-west1 = { jurisdiction = "eu" }
+
+[clusters.app]
+endpoints = [
+  { address = "127.0.0.1:9001", region = "us-central1", version = "stable" },
+  { address = "127.0.0.1:9002", region = "europe-west1", version = "canary" },
+]
+[clusters.api]
+endpoints = [{ address = "api.internal:8080" }]
+[clusters.static]
+endpoints = [{ address = "[::1]:9003" }]
+"#;
+
+fn snapshot(routes: &str) -> Snapshot {
+    load(&format!("{BASE}\n{routes}")).unwrap_or_else(|e| panic!("config rejected:\n{e}"))
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("config accepted"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn route_name(s: &Snapshot, host: &str, path: &str) -> Option<String> {
+    let host = normalize_host(host);
+    s.decide(&RequestFacts { host: &host, path })
+        .map(|d| s.route(d.route).name.clone())
+}
+
+#[test]
+fn host_and_prefix_precedence() {
+    let s = snapshot(
+        r#"
+[[routes]]
+name = "any-root"
+cluster = "app"
+[[routes]]
+name = "any-api"
+path_prefix = "/api"
+cluster = "api"
+[[routes]]
+name = "wild-root"
+hosts = ["*.example.com"]
+cluster = "static"
+[[routes]]
+name = "wild-deep"
+hosts = ["*.eu.example.com"]
+cluster = "static"
+[[routes]]
+name = "exact-v1"
+hosts = ["shop.example.com"]
+path_prefix = "/api/v1/"
+cluster = "api"
+[[routes]]
+name = "exact-assets"
+hosts = ["shop.example.com"]
+path_prefix = "/assets"
+cluster = "static"
+"#,
+    );
+    let cases = [
+        ("other.org", "/", Some("any-root")),
+        ("other.org", "/api", Some("any-api")),
+        ("other.org", "/api/x", Some("any-api")),
+        ("other.org", "/apix", Some("any-root")), // segment-wise, not byte-wise
+        ("a.example.com", "/api", Some("wild-root")), // wildcard host beats any-host prefix
+        ("a.b.example.com", "/", Some("wild-root")),
+        ("x.eu.example.com", "/", Some("wild-deep")), // more specific wildcard
+        ("example.com", "/", Some("any-root")),       // *.example.com needs a label
+        ("shop.example.com", "/api/v1/users", Some("exact-v1")),
+        ("shop.example.com", "/api/v1", Some("exact-v1")),
+        (
+            "SHOP.Example.COM:8443",
+            "/assets/app.js",
+            Some("exact-assets"),
+        ),
+        ("shop.example.com.", "/assets", Some("exact-assets")),
+        ("shop.example.com", "/api/v2", Some("wild-root")), // no exact prefix: fall to wildcard
+        ("shop.example.com", "/", Some("wild-root")),
+    ];
+    for (host, path, want) in cases {
+        assert_eq!(route_name(&s, host, path).as_deref(), want, "{host}{path}");
+    }
+}
+
+#[test]
+fn no_catch_all_means_no_route() {
+    let s = snapshot(
+        r#"
+[[routes]]
+hosts = ["a.test"]
+path_prefix = "/x"
+cluster = "app"
+"#,
+    );
+    assert_eq!(route_name(&s, "a.test", "/x/1").as_deref(), Some("route-0"));
+    assert_eq!(route_name(&s, "a.test", "/y"), None);
+    assert_eq!(route_name(&s, "b.test", "/x"), None);
+    let host = "b.test";
+    assert!(
+        s.explain(&RequestFacts { host, path: "/x" })
+            .contains("no route")
+    );
+}
+
+#[test]
+fn normalize_host_cases() {
+    let cases = [
+        ("Example.COM", "example.com"),
+        ("example.com:8080", "example.com"),
+        ("[::1]:8080", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("example.com.", "example.com"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_host(raw), want, "{raw}");
+    }
+}
+
+#[test]
+fn resolves_references_and_defaults() {
+    let s = snapshot(
+        r#"
+[[routes]]
+cluster = "app"
+version = "canary"
+"#,
+    );
+    let app = &s.clusters[s.routes[0].cluster.0];
+    assert_eq!(app.name, "app");
+    assert_eq!(s.routes[0].version.as_deref(), Some("canary"));
+    assert_eq!(app.endpoints[1].region, s.region_named("europe-west1"));
+    assert_eq!(
+        s.region(app.endpoints[1].region.expect("region"))
+            .jurisdiction,
+        "eu"
+    );
+    assert_eq!(app.protocol, UpstreamProtocol::Http1);
+    assert_eq!(app.timeouts.connect, std::time::Duration::from_secs(2));
+    assert_eq!(app.retries.attempts, 1);
+    let api = s.clusters.iter().find(|c| c.name == "api").expect("api");
+    assert_eq!(
+        api.endpoints[0].address,
+        Address::Dns {
+            host: "api.internal".into(),
+            port: 8080
+        }
+    );
+    assert_eq!(s.server.admin, "127.0.0.1:9901".parse().expect("addr"));
+    assert!(s.server.access_log);
+}
+
+#[test]
+fn every_error_is_reported_with_its_path() {
+    let text = r#"
+[server]
+region = "mars-north1"
+trusted_proxies = ["10.0.0.0/8", "bogus"]
+drain_timeout = "ten seconds"
+
+[regions]
+us-central1 = { jurisdiction = "us" }
+
+[clusters.app]
+protocol = "h3"
+connect_timeout = "0s"
+retries = { attempts = 9 }
+health_check = { path = "healthz", healthy_threshold = 0 }
+endpoints = [
+  { address = "127.0.0.1", region = "us-central1" },
+  { address = "ok.internal:80", region = "eu-west9" },
+]
+[clusters.empty]
+
+[[routes]]
+cluster = "nope"
+path_prefix = "api"
+[[routes]]
+name = "dup"
+cluster = "app"
+version = "canary"
+hosts = ["bad host"]
+[[routes]]
+name = "dup"
+cluster = "app"
+[[routes]]
+cluster = "app"
+"#;
+    let got = errors_of(text);
+    let want_paths = [
+        "server.region:",
+        "server.trusted_proxies[1]:",
+        "server.drain_timeout:",
+        "clusters.app.protocol:",
+        "clusters.app.connect_timeout:",
+        "clusters.app.retries.attempts:",
+        "clusters.app.health_check.path:",
+        "clusters.app.health_check.healthy_threshold:",
+        "clusters.app.endpoints[0].address:",
+        "clusters.app.endpoints[1].region:",
+        "clusters.empty.endpoints:",
+        "routes[0].cluster:",
+        "routes[0].path_prefix:",
+        "routes[1].version:",
+        "routes[1].hosts[0]:",
+        "routes[2].name:",
+        "routes[3].path_prefix:", // "/" on any host already taken by routes[2]
+    ];
+    for p in want_paths {
+        assert!(
+            got.iter().any(|e| e.starts_with(p)),
+            "missing {p} in:\n{}",
+            got.join("\n")
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want_paths.len(),
+        "unexpected extra errors:\n{}",
+        got.join("\n")
+    );
+}
+
+#[test]
+fn syntax_and_unknown_fields_are_errors() {
+    let unknown = errors_of("[server]\nregoin = \"us\"\n");
+    assert!(unknown[0].contains("regoin"), "{unknown:?}");
+    let syntax = errors_of("[[routes]\n");
+    assert!(syntax[0].starts_with("TOML:"), "{syntax:?}");
+    assert_eq!(
+        errors_of(""),
+        vec!["routes: at least one route is required".to_string()]
+    );
+}
+
+#[test]
+fn https_needs_a_certificate() {
+    let got = errors_of(&format!(
+        "[server]\nhttps = \"127.0.0.1:8443\"\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("tls.certificates:"), "{got:?}");
+}
+
+#[test]
+fn hash_follows_content() {
+    let a = snapshot("[[routes]]\ncluster = \"app\"\n");
+    let b = snapshot("[[routes]]\ncluster = \"app\"\n");
+    let c = snapshot("[[routes]]\ncluster = \"api\"\n");
+    assert_eq!(a.hash, b.hash);
+    assert_ne!(a.hash, c.hash);
+    assert_eq!(a.hash.len(), 16);
+}
+
+#[test]
+fn large_tables_route_exactly() {
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\nhosts = [\"h{}.example.com\"]\npath_prefix = \"/p{}\"\ncluster = \"app\"\n",
+            i % 50,
+            i
+        ));
+    }
+    let s = snapshot(&text);
+    for i in [0, 1, 499, 999] {
+        let host = format!("h{}.example.com", i % 50);
+        assert_eq!(
+            route_name(&s, &host, &format!("/p{i}/x")),
+            Some(format!("r{i}"))
+        );
+    }
+    assert_eq!(route_name(&s, "h1.example.com", "/p0"), None);
+}

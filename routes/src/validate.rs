@@ -1,0 +1,590 @@
+//! Validation: raw config → [`Snapshot`], or every error found, each with its path.
+//!
+//! Nothing stops at the first problem: an operator fixing a config wants the whole list
+//! (`routes[2].cluster: unknown cluster "ap"`), not one error per attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{RawCluster, RawConfig, RawEndpoint, RawRoute, RawServer};
+use crate::snapshot::{
+    Address, CertificateSource, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy, Outlier,
+    Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls, UpstreamProtocol,
+};
+use crate::table::{PrefixMap, RouteTable, canonical_prefix};
+use crate::units::{Cidr, parse_duration};
+
+/// One problem in a config, located by its path in the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path such as `routes[2].cluster`; empty for a whole-file (syntax) error.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All errors of a rejected config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses TOML text and validates it. The snapshot's hash is taken over `text`.
+pub fn load(text: &str) -> Result<Snapshot, ConfigErrors> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("TOML: {}", e.to_string().trim_end()),
+        }])
+    })?;
+    validate(&raw, &content_hash(text))
+}
+
+/// FNV-1a 64 of the text, as 16 hex digits: stable across processes and builds.
+pub fn content_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Collects errors while walking the raw config.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, value: Option<&String>, default: Duration) -> Duration {
+        match value.map(|v| parse_duration(v)) {
+            None => default,
+            Some(Ok(d)) if d.is_zero() => {
+                self.push(path, "must be greater than zero");
+                default
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(path, e);
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, value: Option<&String>) -> Option<SocketAddr> {
+        let v = value?;
+        match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("{v:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+}
+
+/// Checks a raw config and builds its snapshot.
+pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Errors::default();
+
+    let regions: Vec<Region> = raw
+        .regions
+        .iter()
+        .map(|(name, r)| {
+            if r.jurisdiction.trim().is_empty() {
+                errors.push(format!("regions.{name}.jurisdiction"), "must not be empty");
+            }
+            Region {
+                name: name.clone(),
+                jurisdiction: r.jurisdiction.trim().to_ascii_lowercase(),
+            }
+        })
+        .collect();
+    let region_ids: HashMap<&str, RegionId> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), RegionId(i)))
+        .collect();
+
+    let server = server(&raw.server, &region_ids, &mut errors);
+    let tls = tls(raw, &mut errors);
+
+    let cluster_ids: BTreeMap<&str, ClusterId> = raw
+        .clusters
+        .keys()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), ClusterId(i)))
+        .collect();
+    let clusters: Vec<Cluster> = raw
+        .clusters
+        .iter()
+        .map(|(name, c)| cluster(name, c, &region_ids, &mut errors))
+        .collect();
+
+    let mut table = RouteTable::default();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = route(i, r, &cluster_ids, &clusters, &mut table, &mut errors) {
+            routes.push(route);
+        }
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(name) = &r.name
+            && let Some(first) = names.insert(name.as_str(), i)
+        {
+            errors.push(
+                format!("routes[{i}].name"),
+                format!("{name:?} is already the name of routes[{first}]"),
+            );
+        }
+    }
+    if routes.is_empty() && errors.0.is_empty() {
+        errors.push("routes", "at least one route is required");
+    }
+
+    if !errors.0.is_empty() {
+        return Err(ConfigErrors(errors.0));
+    }
+    Ok(Snapshot {
+        hash: hash.to_string(),
+        server,
+        regions,
+        tls,
+        clusters,
+        routes,
+        table,
+    })
+}
+
+fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Errors) -> Server {
+    let region = raw.region.as_ref().and_then(|name| {
+        let id = regions.get(name.as_str()).copied();
+        if id.is_none() {
+            errors.push(
+                "server.region",
+                format!("unknown region {name:?} (declare it under [regions])"),
+            );
+        }
+        id
+    });
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            Cidr::parse(t)
+                .map_err(|e| errors.push(format!("server.trusted_proxies[{i}]"), e))
+                .ok()
+        })
+        .collect();
+    let default_admin = SocketAddr::from(([127, 0, 0, 1], 9901));
+    Server {
+        region,
+        http: errors.addr("server.http", raw.http.as_ref()),
+        https: errors.addr("server.https", raw.https.as_ref()),
+        admin: errors
+            .addr("server.admin", raw.admin.as_ref())
+            .unwrap_or(default_admin),
+        trusted_proxies,
+        access_log: raw.access_log.unwrap_or(true),
+        drain_timeout: errors.duration(
+            "server.drain_timeout".into(),
+            raw.drain_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        via: raw.via.clone().unwrap_or_else(|| "frontdoor".to_string()),
+    }
+}
+
+fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
+    let t = &raw.tls;
+    let mut certificates = Vec::new();
+    for (i, c) in t.certificates.iter().enumerate() {
+        if c.hosts.is_empty() {
+            errors.push(
+                format!("tls.certificates[{i}].hosts"),
+                "must list at least one host",
+            );
+        }
+        for (j, h) in c.hosts.iter().enumerate() {
+            if let Err(e) = check_host_pattern(h) {
+                errors.push(format!("tls.certificates[{i}].hosts[{j}]"), e);
+            }
+        }
+        certificates.push(CertificateSource {
+            hosts: c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        });
+    }
+    if let Some(d) = &t.default_host
+        && !certificates.iter().any(|c| c.hosts.iter().any(|h| h == d))
+    {
+        errors.push(
+            "tls.default_host",
+            format!("{d:?} is not in any certificate's hosts"),
+        );
+    }
+    if raw.server.https.is_some() && certificates.is_empty() {
+        errors.push(
+            "tls.certificates",
+            "server.https is set but no certificate is configured",
+        );
+    }
+    Tls {
+        certificates,
+        default_host: t.default_host.clone(),
+        reject_unknown_sni: t.reject_unknown_sni,
+    }
+}
+
+fn cluster(
+    name: &str,
+    raw: &RawCluster,
+    regions: &HashMap<&str, RegionId>,
+    errors: &mut Errors,
+) -> Cluster {
+    let at = |field: &str| format!("clusters.{name}.{field}");
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2") => UpstreamProtocol::H2,
+        Some(other) => {
+            errors.push(
+                at("protocol"),
+                format!("{other:?} is not one of \"http1\", \"h2\""),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    let lb = match raw.lb.as_deref() {
+        None | Some("round_robin") => LbPolicy::RoundRobin,
+        Some("least_request") => LbPolicy::LeastRequest,
+        Some(other) => {
+            errors.push(
+                at("lb"),
+                format!("{other:?} is not one of \"round_robin\", \"least_request\""),
+            );
+            LbPolicy::RoundRobin
+        }
+    };
+    let timeouts = Timeouts {
+        connect: errors.duration(
+            at("connect_timeout"),
+            raw.connect_timeout.as_ref(),
+            Duration::from_secs(2),
+        ),
+        request: errors.duration(
+            at("request_timeout"),
+            raw.request_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        idle: errors.duration(
+            at("idle_timeout"),
+            raw.idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        body_idle: errors.duration(
+            at("body_idle_timeout"),
+            raw.body_idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+    };
+    let retries = match &raw.retries {
+        None => Retries {
+            attempts: 1,
+            budget_ratio: 0.2,
+        },
+        Some(r) => {
+            let attempts = r.attempts.unwrap_or(1);
+            if attempts > 5 {
+                errors.push(
+                    at("retries.attempts"),
+                    format!("must be 0..=5, got {attempts}"),
+                );
+            }
+            let pct = r.budget_percent.unwrap_or(20.0);
+            if !(0.0..=100.0).contains(&pct) {
+                errors.push(
+                    at("retries.budget_percent"),
+                    format!("must be 0..=100, got {pct}"),
+                );
+            }
+            Retries {
+                attempts: attempts.min(5),
+                budget_ratio: pct.clamp(0.0, 100.0) / 100.0,
+            }
+        }
+    };
+    let health_check = raw.health_check.as_ref().map(|h| {
+        let path = h.path.clone().unwrap_or_else(|| "/healthz".to_string());
+        if !path.starts_with('/') {
+            errors.push(
+                at("health_check.path"),
+                format!("{path:?} must start with '/'"),
+            );
+        }
+        let threshold = |errors: &mut Errors, field: &str, v: Option<u32>, d: u32| {
+            let v = v.unwrap_or(d);
+            if v == 0 {
+                errors.push(at(field), "must be at least 1");
+            }
+            v.max(1)
+        };
+        HealthCheck {
+            path,
+            interval: errors.duration(
+                at("health_check.interval"),
+                h.interval.as_ref(),
+                Duration::from_secs(5),
+            ),
+            timeout: errors.duration(
+                at("health_check.timeout"),
+                h.timeout.as_ref(),
+                Duration::from_secs(1),
+            ),
+            healthy_threshold: threshold(
+                errors,
+                "health_check.healthy_threshold",
+                h.healthy_threshold,
+                2,
+            ),
+            unhealthy_threshold: threshold(
+                errors,
+                "health_check.unhealthy_threshold",
+                h.unhealthy_threshold,
+                3,
+            ),
+        }
+    });
+    let outlier = match &raw.outlier {
+        None => Outlier {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+        },
+        Some(o) => Outlier {
+            consecutive_failures: o.consecutive_failures.unwrap_or(5),
+            ejection_time: errors.duration(
+                at("outlier.ejection_time"),
+                o.ejection_time.as_ref(),
+                Duration::from_secs(30),
+            ),
+        },
+    };
+    if raw.endpoints.is_empty() {
+        errors.push(at("endpoints"), "must list at least one endpoint");
+    }
+    let endpoints = raw
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| endpoint(&at(&format!("endpoints[{i}]")), e, regions, errors))
+        .collect();
+    Cluster {
+        name: name.to_string(),
+        protocol,
+        lb,
+        timeouts,
+        retries,
+        health_check,
+        outlier,
+        endpoints,
+    }
+}
+
+fn endpoint(
+    path: &str,
+    raw: &RawEndpoint,
+    regions: &HashMap<&str, RegionId>,
+    errors: &mut Errors,
+) -> Option<Endpoint> {
+    let address = match parse_address(&raw.address) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.push(format!("{path}.address"), e);
+            None
+        }
+    };
+    let region = match &raw.region {
+        None => None,
+        Some(name) => {
+            let id = regions.get(name.as_str()).copied();
+            if id.is_none() {
+                errors.push(
+                    format!("{path}.region"),
+                    format!("unknown region {name:?} (declare it under [regions])"),
+                );
+            }
+            id
+        }
+    };
+    Some(Endpoint {
+        address: address?,
+        region,
+        version: raw.version.clone(),
+    })
+}
+
+/// `"10.0.0.1:80"`, `"[::1]:80"` or `"origin.internal:80"`.
+fn parse_address(text: &str) -> Result<Address, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(Address::Ip(a));
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} needs a port (host:port)"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{text:?} has an invalid port"))?;
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid_name {
+        return Err(format!(
+            "{text:?} is neither an IP:port nor a DNS name:port"
+        ));
+    }
+    Ok(Address::Dns {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !name.is_empty()
+        && !name.contains('*')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{h:?} is not a host name or a \"*.suffix\" wildcard"
+        ))
+    }
+}
+
+fn route(
+    i: usize,
+    raw: &RawRoute,
+    cluster_ids: &BTreeMap<&str, ClusterId>,
+    clusters: &[Cluster],
+    table: &mut RouteTable,
+    errors: &mut Errors,
+) -> Option<Route> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let before = errors.0.len();
+    let name = raw.name.clone().unwrap_or_else(|| format!("route-{i}"));
+    let cluster = cluster_ids.get(raw.cluster.as_str()).copied();
+    match cluster {
+        None => errors.push(at("cluster"), format!("unknown cluster {:?}", raw.cluster)),
+        Some(id) => {
+            if let Some(v) = &raw.version
+                && !clusters[id.0]
+                    .endpoints
+                    .iter()
+                    .any(|e| e.version.as_ref() == Some(v))
+            {
+                errors.push(
+                    at("version"),
+                    format!(
+                        "cluster {:?} has no endpoint with version {v:?}",
+                        raw.cluster
+                    ),
+                );
+            }
+        }
+    }
+    let prefix = raw.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+    if !prefix.starts_with('/') {
+        errors.push(at("path_prefix"), format!("{prefix:?} must start with '/'"));
+    } else if prefix.contains(['?', '#', '*']) {
+        errors.push(
+            at("path_prefix"),
+            format!("{prefix:?} must be a plain path (no ?, #, *)"),
+        );
+    }
+    let prefix = canonical_prefix(&prefix);
+    let hosts: Vec<String> = raw.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    for (j, h) in hosts.iter().enumerate() {
+        if h != "*"
+            && let Err(e) = check_host_pattern(h)
+        {
+            errors.push(at(&format!("hosts[{j}]")), e);
+        }
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+    let id = RouteId(i);
+    let any = ["*".to_string()];
+    let keys: &[String] = if hosts.is_empty() { &any } else { &hosts };
+    for (j, h) in keys.iter().enumerate() {
+        let map: &mut PrefixMap = if h == "*" {
+            &mut table.any
+        } else if let Some(suffix) = h.strip_prefix('*') {
+            table.wildcard.entry(suffix.to_string()).or_default()
+        } else {
+            table.exact.entry(h.clone()).or_default()
+        };
+        if let Some(existing) = map.insert(&prefix, id) {
+            let field = if hosts.is_empty() {
+                "path_prefix".to_string()
+            } else {
+                format!("hosts[{j}]")
+            };
+            errors.push(
+                at(&field),
+                format!(
+                    "host {h:?} with path_prefix {prefix:?} is already routed by routes[{}]",
+                    existing.0
+                ),
+            );
+        }
+    }
+    Some(Route {
+        name,
+        hosts,
+        path_prefix: prefix,
+        cluster: cluster?,
+        version: raw.version.clone(),
+        websocket: raw.websocket,
+    })
+}
