@@ -1,1 +1,20 @@
-//! placeholder
+//! `certs`: certificates for frontdoor's TLS listener.
+//!
+//! PEM chains and keys are loaded into a [`CertStore`] (exact names, `*.suffix` wildcards, a
+//! default); a [`SniResolver`] serves the current store to rustls and swaps in a new one
+//! atomically on reload, so handshakes in flight keep the store they started with. A new store
+//! is only built when every file loads and every key matches its certificate; otherwise the old
+//! one keeps serving. [`dev`] makes a local CA and leaf for the demo and tests.
+
+#![forbid(unsafe_code)]
+
+pub mod dev;
+mod store;
+
+pub use store::{CertError, CertSource, CertStore, SniResolver, load_certified_key, tls_server_config};
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Safe to call more than once.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want either way.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,70 @@
+//! Development certificates: a local CA and leaves it signs, so `curl --cacert ca.pem` works
+//! without `-k`. Used by `frontdoor demo` and by tests. Never for production.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate authority that lives in memory.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM, for clients to trust.
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").finish_non_exhaustive()
+    }
+}
+
+/// A leaf certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct DevCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl DevCa {
+    pub fn new(common_name: &str) -> Result<DevCa, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Issues an ECDSA P-256 leaf for `names` (DNS names or IP addresses).
+    pub fn issue(&self, names: &[&str]) -> Result<DevCert, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(DevCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+impl DevCert {
+    /// The leaf as a rustls key (chain of one).
+    pub fn certified_key(&self) -> Result<CertifiedKey, String> {
+        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let signing = rustls::crypto::aws_lc_rs::default_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| e.to_string())?;
+        Ok(CertifiedKey::new(vec![cert], signing))
+    }
+}

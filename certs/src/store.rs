@@ -1,0 +1,292 @@
+//! The certificate store, the SNI resolver that serves it, and the rustls server config.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a certificate could not be loaded. The message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{cert}: key {key} does not match the certificate ({message})")]
+    Mismatch {
+        cert: String,
+        key: String,
+        message: String,
+    },
+    #[error("default host {0:?} is not in any certificate's hosts")]
+    UnknownDefault(String),
+}
+
+/// Where one certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSource {
+    /// Exact names or `*.suffix` wildcards, lower-case.
+    pub hosts: Vec<String>,
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+/// Reads a PEM chain and a PEM private key (PKCS#8, PKCS#1 or SEC1) and checks they match.
+pub fn load_certified_key(cert_path: &str, key_path: &str) -> Result<CertifiedKey, CertError> {
+    let file_err = |path: &str, message: String| CertError::File {
+        path: path.to_string(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| file_err(cert_path, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(cert_path, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(file_err(cert_path, "no CERTIFICATE block found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| file_err(key_path, format!("no usable private key: {e}")))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| file_err(key_path, e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| CertError::Mismatch {
+        cert: cert_path.to_string(),
+        key: key_path.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(certified)
+}
+
+/// An immutable set of certificates indexed by name.
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after `*`, e.g. `.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+    /// Sources the store was built from, for `/status` and reloads.
+    pub sources: Vec<CertSource>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("sources", &self.sources)
+            .field("has_default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// Loads every source. `default_host` picks the certificate for missing/unknown SNI (default:
+    /// the first source); `reject_unknown_sni` refuses such handshakes instead.
+    pub fn load(
+        sources: &[CertSource],
+        default_host: Option<&str>,
+        reject_unknown_sni: bool,
+    ) -> Result<CertStore, Vec<CertError>> {
+        let mut errors = Vec::new();
+        let mut loaded = Vec::new();
+        for s in sources {
+            match load_certified_key(&s.cert_path, &s.key_path) {
+                Ok(k) => loaded.push((s, Arc::new(k))),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut store = CertStore::from_keys(
+            loaded.iter().map(|(s, k)| (s.hosts.clone(), Arc::clone(k))),
+            default_host,
+            reject_unknown_sni,
+        )
+        .map_err(|e| vec![e])?;
+        store.sources = sources.to_vec();
+        Ok(store)
+    }
+
+    /// Builds a store from keys already in memory (dev certificates, tests).
+    pub fn from_keys(
+        keys: impl IntoIterator<Item = (Vec<String>, Arc<CertifiedKey>)>,
+        default_host: Option<&str>,
+        reject_unknown_sni: bool,
+    ) -> Result<CertStore, CertError> {
+        let mut store = CertStore {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: None,
+            sources: Vec::new(),
+        };
+        let mut first = None;
+        for (hosts, key) in keys {
+            first.get_or_insert_with(|| Arc::clone(&key));
+            for h in hosts {
+                let h = h.to_ascii_lowercase();
+                if default_host == Some(h.as_str()) {
+                    store.default = Some(Arc::clone(&key));
+                }
+                match h.strip_prefix('*') {
+                    Some(suffix) => store.wildcard.entry(suffix.to_string()),
+                    None => store.exact.entry(h),
+                }
+                .or_insert_with(|| Arc::clone(&key));
+            }
+        }
+        match default_host {
+            Some(d) if store.default.is_none() => return Err(CertError::UnknownDefault(d.into())),
+            Some(_) => {}
+            None if !reject_unknown_sni => store.default = first,
+            None => {}
+        }
+        if reject_unknown_sni {
+            store.default = None;
+        }
+        Ok(store)
+    }
+
+    /// The certificate for a server name: exact, then the longest wildcard, then the default.
+    pub fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = server_name {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(Arc::clone(k));
+            }
+            let mut rest = name.as_str();
+            while let Some(dot) = rest.find('.') {
+                if let Some(k) = self.wildcard.get(&rest[dot..]) {
+                    return Some(Arc::clone(k));
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// Serves the current [`CertStore`] to rustls; [`SniResolver::swap`] replaces it atomically.
+#[derive(Debug)]
+pub struct SniResolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl SniResolver {
+    pub fn new(store: CertStore) -> SniResolver {
+        SniResolver {
+            store: ArcSwap::from_pointee(store),
+        }
+    }
+
+    pub fn swap(&self, store: CertStore) {
+        self.store.store(Arc::new(store));
+    }
+
+    pub fn current(&self) -> Arc<CertStore> {
+        self.store.load_full()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.load().find(hello.server_name())
+    }
+}
+
+/// A rustls server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, certificates from `resolver`.
+pub fn tls_server_config(resolver: Arc<SniResolver>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev;
+
+    fn key_for(names: &[&str]) -> Arc<CertifiedKey> {
+        let ca = dev::DevCa::new("test CA").expect("ca");
+        let leaf = ca.issue(names).expect("leaf");
+        Arc::new(leaf.certified_key().expect("key"))
+    }
+
+    #[test]
+    fn sni_precedence() {
+        let exact = key_for(&["shop.example.com"]);
+        let wild = key_for(&["*.example.com"]);
+        let deep = key_for(&["*.eu.example.com"]);
+        let other = key_for(&["other.test"]);
+        let store = CertStore::from_keys(
+            [
+                (vec!["other.test".into()], Arc::clone(&other)),
+                (vec!["shop.example.com".into()], Arc::clone(&exact)),
+                (vec!["*.example.com".into()], Arc::clone(&wild)),
+                (vec!["*.eu.example.com".into()], Arc::clone(&deep)),
+            ],
+            None,
+            false,
+        )
+        .expect("store");
+        let cases: [(Option<&str>, &Arc<CertifiedKey>); 6] = [
+            (Some("shop.example.com"), &exact),
+            (Some("SHOP.example.com."), &exact),
+            (Some("a.example.com"), &wild),
+            (Some("x.eu.example.com"), &deep),
+            (Some("unknown.org"), &other),
+            (None, &other),
+        ];
+        for (name, want) in cases {
+            let got = store.find(name).expect("cert");
+            assert!(Arc::ptr_eq(&got, want), "{name:?}");
+        }
+        let strict = CertStore::from_keys([(vec!["a.test".into()], exact)], None, true).expect("store");
+        assert!(strict.find(Some("b.test")).is_none());
+        assert!(strict.find(None).is_none());
+        assert!(strict.find(Some("a.test")).is_some());
+    }
+
+    #[test]
+    fn bad_files_are_rejected_with_their_path() {
+        let dir = std::env::temp_dir().join(format!("certs-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dev::DevCa::new("test CA").expect("ca");
+        let a = ca.issue(&["a.test"]).expect("a");
+        let b = ca.issue(&["b.test"]).expect("b");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write");
+            p.to_string_lossy().into_owned()
+        };
+        let a_cert = write("a.pem", &a.cert_pem);
+        let a_key = write("a.key", &a.key_pem);
+        let b_key = write("b.key", &b.key_pem);
+        let junk = write("junk.pem", "not a pem");
+
+        assert!(load_certified_key(&a_cert, &a_key).is_ok());
+        let mismatch = load_certified_key(&a_cert, &b_key).expect_err("mismatch");
+        assert!(matches!(mismatch, CertError::Mismatch { .. }), "{mismatch}");
+        let missing = load_certified_key("/nonexistent/cert.pem", &a_key).expect_err("missing");
+        assert!(missing.to_string().contains("/nonexistent/cert.pem"), "{missing}");
+        let junk_err = load_certified_key(&junk, &a_key).expect_err("junk");
+        assert!(junk_err.to_string().contains("junk.pem"), "{junk_err}");
+
+        let sources = [
+            CertSource { hosts: vec!["a.test".into()], cert_path: a_cert.clone(), key_path: a_key },
+            CertSource { hosts: vec!["b.test".into()], cert_path: a_cert, key_path: b_key },
+        ];
+        let errs = CertStore::load(&sources, None, false).expect_err("one bad source");
+        assert_eq!(errs.len(), 1);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
