@@ -11,7 +11,9 @@
 pub mod dev;
 mod store;
 
-pub use store::{CertError, CertSource, CertStore, SniResolver, load_certified_key, tls_server_config};
+pub use store::{
+    CertError, CertSource, CertStore, SniResolver, load_certified_key, tls_server_config,
+};
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Safe to call more than once.
 pub fn install_crypto_provider() {

@@ -250,7 +250,8 @@ mod tests {
             let got = store.find(name).expect("cert");
             assert!(Arc::ptr_eq(&got, want), "{name:?}");
         }
-        let strict = CertStore::from_keys([(vec!["a.test".into()], exact)], None, true).expect("store");
+        let strict =
+            CertStore::from_keys([(vec!["a.test".into()], exact)], None, true).expect("store");
         assert!(strict.find(Some("b.test")).is_none());
         assert!(strict.find(None).is_none());
         assert!(strict.find(Some("a.test")).is_some());
@@ -277,13 +278,24 @@ mod tests {
         let mismatch = load_certified_key(&a_cert, &b_key).expect_err("mismatch");
         assert!(matches!(mismatch, CertError::Mismatch { .. }), "{mismatch}");
         let missing = load_certified_key("/nonexistent/cert.pem", &a_key).expect_err("missing");
-        assert!(missing.to_string().contains("/nonexistent/cert.pem"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/cert.pem"),
+            "{missing}"
+        );
         let junk_err = load_certified_key(&junk, &a_key).expect_err("junk");
         assert!(junk_err.to_string().contains("junk.pem"), "{junk_err}");
 
         let sources = [
-            CertSource { hosts: vec!["a.test".into()], cert_path: a_cert.clone(), key_path: a_key },
-            CertSource { hosts: vec!["b.test".into()], cert_path: a_cert, key_path: b_key },
+            CertSource {
+                hosts: vec!["a.test".into()],
+                cert_path: a_cert.clone(),
+                key_path: a_key,
+            },
+            CertSource {
+                hosts: vec!["b.test".into()],
+                cert_path: a_cert,
+                key_path: b_key,
+            },
         ];
         let errs = CertStore::load(&sources, None, false).expect_err("one bad source");
         assert_eq!(errs.len(), 1);

@@ -124,9 +124,11 @@ impl OriginBuilder {
     }
 
     pub async fn start(self) -> std::io::Result<OriginHandle> {
-        let listener =
-            TcpListener::bind(self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))))
-                .await?;
+        let listener = TcpListener::bind(
+            self.addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        )
+        .await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Faults::default());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -235,7 +237,10 @@ async fn handle(
         } else {
             StatusCode::OK
         };
-        return Ok(tag(Response::builder().status(status).body(full("ok\n")), &identity));
+        return Ok(tag(
+            Response::builder().status(status).body(full("ok\n")),
+            &identity,
+        ));
     }
     faults.requests.fetch_add(1, Ordering::SeqCst);
     if faults.down.load(Ordering::SeqCst) {
@@ -274,7 +279,9 @@ async fn handle(
                 .ok()
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
-            Response::builder().status(code).body(full(&describe(&req, peer, &identity)))
+            Response::builder()
+                .status(code)
+                .body(full(&describe(&req, peer, &identity)))
         }
         _ => Response::builder()
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -332,7 +339,12 @@ fn describe(req: &Request<Incoming>, peer: SocketAddr, id: &Identity) -> String 
         headers: req
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
     };
     let mut s = serde_json::to_string(&echo).unwrap_or_default();
@@ -361,7 +373,9 @@ fn truncated_body() -> OriginBody {
         if i == 0 {
             Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
         } else {
-            Err(std::io::Error::other("origin dropped the connection mid-body"))
+            Err(std::io::Error::other(
+                "origin dropped the connection mid-body",
+            ))
         }
     });
     StreamBody::new(stream).boxed()
@@ -370,7 +384,9 @@ fn truncated_body() -> OriginBody {
 fn stalled_body() -> OriginBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
     tokio::spawn(async move {
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first chunk\n")))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"first chunk\n"))))
+            .await;
         // Hold the sender open for a long time without sending: the body never ends.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         drop(tx);

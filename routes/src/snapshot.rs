@@ -98,7 +98,7 @@ pub struct CertificateSource {
 }
 
 /// Wire protocol towards a cluster's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge over cleartext.
@@ -126,7 +126,7 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timeouts {
     pub connect: Duration,
     pub request: Duration,

@@ -1,1 +1,282 @@
-fn main() {}
+//! `frontdoor`: run the proxy (`run`), the self-contained demo (`demo`), or validate a config
+//! (`check`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use frontdoor::demo::{DEMO_CONFIG, DemoOrigins};
+use frontdoor::server::{self, StartOptions};
+use frontdoor::state::ConfigSource;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "frontdoor",
+    version,
+    about = "Edge reverse proxy and traffic router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy on a config file.
+    Run {
+        /// Path of the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a self-contained demo: front door, HTTPS with a dev certificate, demo origins.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        https: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Admin token; generated and printed when not given.
+        #[arg(long, env = "FRONTDOOR_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Where the dev CA and leaf are written.
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("frontdoor-demo"))]
+        state_dir: PathBuf,
+    },
+    /// Validate a config: every error with its path (exit 1), or a summary (exit 0).
+    Check { config: PathBuf },
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// This front door's region (overrides server.region).
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// File holding the admin bearer token.
+    #[arg(long, conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
+    #[arg(long, env = "FRONTDOOR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    certs::install_crypto_provider();
+    let cli = Cli::parse();
+    if let Command::Check { config } = &cli.command {
+        return check(config);
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("frontdoor: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config, common } => run(config, common).await,
+            Command::Demo {
+                http,
+                https,
+                admin,
+                admin_token,
+                state_dir,
+            } => demo(http, https, admin, admin_token, state_dir).await,
+            Command::Check { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("frontdoor: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("FRONTDOOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .init();
+}
+
+fn check(path: &PathBuf) -> std::process::ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match routes::load(&text) {
+        Ok(s) => {
+            println!(
+                "{}: ok — {} routes, {} clusters, {} endpoints, {} regions, hash {}",
+                path.display(),
+                s.routes.len(),
+                s.clusters.len(),
+                s.clusters.iter().map(|c| c.endpoints.len()).sum::<usize>(),
+                s.regions.len(),
+                s.hash
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_token(common: &Common) -> anyhow::Result<String> {
+    if let Some(path) = &common.admin_token_file {
+        let t =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(t.trim().to_string());
+    }
+    common
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .context("an admin token is required: --admin-token-file or FRONTDOOR_ADMIN_TOKEN")
+}
+
+async fn run(config: PathBuf, common: Common) -> anyhow::Result<()> {
+    let token = read_token(&common)?;
+    let running = server::start(StartOptions {
+        config: Some(ConfigSource::File(config)),
+        region: common.region,
+        http: common.http,
+        https: common.https,
+        admin: common.admin,
+        admin_token: token,
+        watch_interval: Some(Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .await?;
+    tracing::info!(http = ?running.http, https = ?running.https, admin = %running.admin, "frontdoor serving");
+    serve_until_signal(running).await
+}
+
+async fn demo(
+    http: SocketAddr,
+    https: SocketAddr,
+    admin: SocketAddr,
+    token: Option<String>,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let token = token.unwrap_or_else(|| {
+        format!(
+            "demo-{}",
+            frontdoor::classify::new_request_id()
+                .to_str()
+                .unwrap_or("token")
+        )
+    });
+    let snapshot =
+        routes::load(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let origins = Arc::new(DemoOrigins::start(&snapshot).await?);
+
+    let ca = certs::dev::DevCa::new("frontdoor demo CA")?;
+    let leaf = ca.issue(&["localhost", "127.0.0.1"])?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let ca_path = state_dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem)?;
+    let key = Arc::new(leaf.certified_key().map_err(anyhow::Error::msg)?);
+    let store = certs::CertStore::from_keys([(vec!["localhost".to_string()], key)], None, false)?;
+
+    let running = server::start(StartOptions {
+        config: Some(ConfigSource::Inline(DEMO_CONFIG.to_string())),
+        http: Some(http),
+        https: Some(https),
+        admin: Some(admin),
+        admin_token: token.clone(),
+        demo: Some(origins),
+        fallback_certs: Some(store),
+        ..Default::default()
+    })
+    .await?;
+    let (h, s, a) = (
+        running.http.unwrap_or(http),
+        running.https.unwrap_or(https),
+        running.admin,
+    );
+    eprintln!(
+        r#"
+frontdoor demo is running.
+  HTTP   http://{h}/        HTTPS  https://localhost:{sp}/   admin  http://{a}/
+  admin token: {token}
+
+The config (deploy/demo.toml, embedded):
+{DEMO_CONFIG}
+Try:
+  curl -s -D- http://{h}/
+  curl -s --http2-prior-knowledge http://{h}/canary
+  curl -s --cacert {ca} https://localhost:{sp}/
+  export FRONTDOOR_ADMIN_TOKEN={token}
+  cargo run --bin proxyctl -- --admin http://{a} status
+  cargo run --bin proxyctl -- --admin http://{a} demo fault us-central1 stable --down
+  curl -s -H "Authorization: Bearer {token}" http://{a}/metrics | grep frontdoor_requests
+
+Ctrl-C (or SIGTERM) drains and stops.
+"#,
+        sp = s.port(),
+        ca = ca_path.display(),
+    );
+    serve_until_signal(running).await
+}
+
+/// Serves until SIGTERM/SIGINT (drain, exit 0); SIGHUP reloads the config.
+async fn serve_until_signal(running: server::Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match running.proxy.reload().await {
+                    Ok(hash) => tracing::info!(%hash, "SIGHUP: config reloaded"),
+                    Err(errors) => tracing::error!(?errors, "SIGHUP: config rejected; previous config keeps serving"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    let clean = running.shutdown().await;
+    if clean {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+    Ok(())
+}

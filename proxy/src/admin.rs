@@ -1,0 +1,235 @@
+//! admin: the operator API on its own listener (loopback by default). Bearer token on every
+//! endpoint except `/healthz`, compared in constant time.
+//!
+//! - `GET /healthz` — liveness, no token.
+//! - `GET /status` — config hash and reload history, routes, clusters, endpoint health (JSON).
+//! - `GET /metrics` — Prometheus text.
+//! - `POST /reload` — re-read the config; 200 with the new hash, or 422 with every error.
+//! - `GET /demo/origins`, `PUT /demo/origins/{region}/{version}` — demo fault injection.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::clock;
+use crate::demo::DemoOrigins;
+use crate::state::Proxy;
+use crate::telemetry;
+
+/// What the admin API serves.
+#[derive(Debug)]
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub token: String,
+    pub demo: Option<Arc<DemoOrigins>>,
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_string_pretty(body).unwrap_or_default();
+    text.push('\n');
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({ "error": message }))
+}
+
+impl Admin {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_string();
+        if path == "/healthz" {
+            return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+        }
+        if !self.authorized(&req) {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return Ok(resp);
+        }
+        let method = req.method().clone();
+        let resp = match (method, path.as_str()) {
+            (Method::GET, "/status") => json_response(StatusCode::OK, &self.status()),
+            (Method::GET, "/metrics") => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::from(telemetry::prometheus().render())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            (Method::POST, "/reload") => match self.proxy.reload().await {
+                Ok(hash) => json_response(StatusCode::OK, &json!({ "ok": true, "hash": hash })),
+                Err(errors) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({ "ok": false, "errors": errors, "serving": self.proxy.active().snapshot.hash }),
+                ),
+            },
+            (Method::GET, "/demo/origins") => match &self.demo {
+                Some(demo) => json_response(StatusCode::OK, &demo.list()),
+                None => error(StatusCode::NOT_FOUND, "not running in demo mode"),
+            },
+            (Method::PUT, p) if p.starts_with("/demo/origins/") => self.put_fault(p, req).await,
+            (_, "/status" | "/metrics" | "/reload" | "/demo/origins") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        };
+        Ok(resp)
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        !self.token.is_empty() && constant_time_eq(token, self.token.as_bytes())
+    }
+
+    async fn put_fault(&self, path: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(demo) = &self.demo else {
+            return error(StatusCode::NOT_FOUND, "not running in demo mode");
+        };
+        let mut parts = path["/demo/origins/".len()..].split('/');
+        let (Some(region), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "use /demo/origins/{region}/{version}",
+            );
+        };
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+        };
+        let spec: loadtest::FaultSpec = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid fault JSON: {e}")),
+        };
+        if !(0.0..=1.0).contains(&spec.error_rate) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "error_rate must be between 0 and 1",
+            );
+        }
+        match demo.set(region, version, spec) {
+            0 => error(
+                StatusCode::NOT_FOUND,
+                &format!("no demo origin {region}/{version}"),
+            ),
+            n => json_response(StatusCode::OK, &json!({ "updated": n, "fault": spec })),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let active = self.proxy.active_full();
+        let s = &active.snapshot;
+        let reload = self
+            .proxy
+            .status
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let now = clock::now_ms();
+        let region_name = |r: Option<routes::RegionId>| r.map(|r| s.region(r).name.clone());
+        let routes: Vec<Value> = s
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "hosts": r.hosts,
+                    "path_prefix": r.path_prefix,
+                    "cluster": s.cluster(r.cluster).name,
+                    "version": r.version,
+                    "websocket": r.websocket,
+                })
+            })
+            .collect();
+        let clusters: Vec<Value> = active
+            .upstreams
+            .clusters
+            .iter()
+            .map(|c| {
+                let members: Vec<Value> = c
+                    .members
+                    .load()
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "address": m.addr.to_string(),
+                            "region": region_name(m.region),
+                            "version": m.version.as_deref(),
+                            "healthy": m.health.available(now),
+                            "active_check_ok": m.health.active_ok(),
+                            "ejected": m.health.ejected(now),
+                            "in_flight": m.health.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": c.config.name,
+                    "protocol": format!("{:?}", c.config.protocol).to_lowercase(),
+                    "lb": format!("{:?}", c.config.lb),
+                    "endpoints": c.config.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
+                    "members": members,
+                })
+            })
+            .collect();
+        json!({
+            "config": {
+                "hash": s.hash,
+                "loaded_at_unix": reload.loaded_at_unix,
+                "reloads_ok": reload.reloads_ok,
+                "reloads_rejected": reload.reloads_rejected,
+                "last_errors": reload.last_errors,
+            },
+            "region": region_name(s.server.region),
+            "version": env!("CARGO_PKG_VERSION"),
+            "routes": routes,
+            "clusters": clusters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_cases() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"secret1", b"secret"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(!constant_time_eq(b"x", b""));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,281 @@
+//! classify: facts about a request before routing — the client's address (believing
+//! `X-Forwarded-For` only from trusted proxies), the host, the request id — and the header
+//! rewriting every forwarded message gets (hop-by-hop removal, `X-Forwarded-*`, `Via`).
+
+use std::net::IpAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+use routes::Snapshot;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies also drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Where the request came from and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// TCP peer address.
+    pub addr: std::net::SocketAddr,
+    /// `true` on the TLS listener.
+    pub tls: bool,
+}
+
+/// The request's host for routing: `:authority` (HTTP/2) or `Host`, normalised.
+/// `None` when both are missing or unreadable (the caller answers 400).
+pub fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(routes::normalize_host(a.as_str()));
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    (!host.is_empty()).then(|| routes::normalize_host(host))
+}
+
+/// The client address to log and classify: the peer itself, or — when the peer is a trusted
+/// proxy — the right-most untrusted address of `X-Forwarded-For`.
+pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !snapshot.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !snapshot.is_trusted_proxy(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// Returns the request's id, adding a fresh one when absent or not a valid header value.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 200
+    {
+        return v.clone();
+    }
+    let id = new_request_id();
+    headers.insert(REQUEST_ID, id.clone());
+    id
+}
+
+/// 16 hex digits, unique within the process and unpredictable across processes.
+pub fn new_request_id() -> HeaderValue {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    // splitmix64 over (seed + n): a bijection, so ids never repeat within a process.
+    let mut z = seed.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let mut buf = [0u8; 16];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps
+/// `Upgrade` and a `Connection: upgrade` (WebSocket passthrough).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends our `Via` entry, e.g. `1.1 frontdoor`.
+pub fn add_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
+    let proto = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let entry = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {proto} {pseudonym}"),
+        None => format!("{proto} {pseudonym}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&entry) {
+        headers.insert(header::VIA, v);
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
+/// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
+    let peer_ip = peer.addr.ip().to_canonical().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trusted && !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if peer.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(X_FORWARDED_HOST, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        routes::load(
+            r#"
+[server]
+trusted_proxies = ["10.0.0.0/8"]
+[clusters.c]
+endpoints = [{ address = "127.0.0.1:1" }]
+[[routes]]
+cluster = "c"
+"#,
+        )
+        .expect("config")
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn client_ip_trusts_only_trusted_peers() {
+        let s = snapshot();
+        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+        let xff = headers(&[("x-forwarded-for", "1.2.3.4, 10.0.0.7")]);
+        assert_eq!(client_ip(&s, ip("10.1.1.1"), &xff), ip("1.2.3.4"));
+        assert_eq!(client_ip(&s, ip("8.8.8.8"), &xff), ip("8.8.8.8"));
+        let spoof = headers(&[("x-forwarded-for", "6.6.6.6, 5.5.5.5")]);
+        assert_eq!(client_ip(&s, ip("10.1.1.1"), &spoof), ip("5.5.5.5"));
+        let junk = headers(&[("x-forwarded-for", "garbage")]);
+        assert_eq!(client_ip(&s, ip("10.1.1.1"), &junk), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_forwarded() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "9.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert!(h.contains_key("accept"));
+        let peer = Peer {
+            addr: "8.8.8.8:1234".parse().expect("addr"),
+            tls: false,
+        };
+        set_forwarded(&mut h, &peer, false, "example.com");
+        assert_eq!(h["x-forwarded-for"], "8.8.8.8");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+
+        let mut t = headers(&[
+            ("x-forwarded-for", "9.9.9.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let proxy = Peer {
+            addr: "10.0.0.2:1".parse().expect("addr"),
+            tls: false,
+        };
+        set_forwarded(&mut t, &proxy, true, "example.com");
+        assert_eq!(t["x-forwarded-for"], "9.9.9.9, 10.0.0.2");
+        assert_eq!(t["x-forwarded-proto"], "https");
+
+        let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(ws["upgrade"], "websocket");
+        assert_eq!(ws["connection"], "upgrade");
+    }
+
+    #[test]
+    fn via_and_request_ids() {
+        let mut h = headers(&[("via", "1.1 cdn")]);
+        add_via(&mut h, Version::HTTP_2, "frontdoor");
+        assert_eq!(h["via"], "1.1 cdn, 2 frontdoor");
+        let mut a = HeaderMap::new();
+        let id = ensure_request_id(&mut a);
+        assert_eq!(id.len(), 16);
+        assert_eq!(a["x-request-id"], id);
+        let mut b = headers(&[("x-request-id", "given")]);
+        assert_eq!(ensure_request_id(&mut b), "given");
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+}

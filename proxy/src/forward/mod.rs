@@ -1,0 +1,218 @@
+//! forward: from a routed request to an upstream response — pick an endpoint (health-aware,
+//! own region first), send over the cluster's pooled connection, bound the wait, retry what is
+//! safe to retry, and feed the outcome back into passive outlier detection.
+//!
+//! Retries: only when the request has no body (so it can be sent again as it was), and either
+//! the method is idempotent or the failure was a connect error (nothing was sent). Never after
+//! a response head arrived, never after a timeout, and within the cluster's retry budget.
+
+mod body;
+mod dns;
+mod health;
+pub mod pool;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::request::Parts;
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use routes::{RegionId, Snapshot, UpstreamProtocol};
+
+pub use body::IdleTimeoutBody;
+use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
+
+use crate::respond::ProxyError;
+use crate::telemetry;
+
+/// The run-time upstream state for one snapshot: one [`ClusterRuntime`] per cluster, by index.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub clusters: Vec<Arc<ClusterRuntime>>,
+}
+
+/// Registries that outlive snapshots: health by address, clients by transport settings.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub health: Arc<HealthRegistry>,
+    pub clients: ClientRegistry,
+}
+
+impl Upstreams {
+    /// Builds runtimes for a snapshot: resolves DNS endpoints, reuses health state and clients,
+    /// and starts health-check and re-resolve tasks that end when these runtimes are dropped.
+    pub async fn build(
+        snapshot: &Snapshot,
+        shared: &Shared,
+        previous: Option<&Upstreams>,
+    ) -> Upstreams {
+        let mut clusters = Vec::with_capacity(snapshot.clusters.len());
+        for cluster in &snapshot.clusters {
+            let prev_members = previous
+                .and_then(|p| p.clusters.iter().find(|c| c.config.name == cluster.name))
+                .map(|c| c.members.load_full());
+            let (members, ttl) = dns::resolve_all(
+                cluster,
+                &shared.health,
+                prev_members.as_deref().map(Vec::as_slice),
+            )
+            .await;
+            let rt = Arc::new(ClusterRuntime::new(
+                cluster.clone(),
+                shared.clients.get(cluster),
+                members,
+            ));
+            health::spawn(&rt);
+            if let Some(ttl) = ttl {
+                dns::spawn(&rt, Arc::clone(&shared.health), ttl);
+            }
+            clusters.push(rt);
+        }
+        Upstreams { clusters }
+    }
+}
+
+/// A successful upstream exchange.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub member: Arc<Member>,
+    pub attempts: u32,
+}
+
+/// The failed exchange, with the endpoint tried last (if any) and attempts made.
+#[derive(Debug)]
+pub struct ForwardError {
+    pub error: ProxyError,
+    pub member: Option<Arc<Member>>,
+    pub attempts: u32,
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Sends the request (head already rewritten by the pipeline) to a member of `cluster`.
+pub async fn send(
+    cluster: &ClusterRuntime,
+    mut head: Parts,
+    body: Incoming,
+    version: Option<&str>,
+    local_region: Option<RegionId>,
+) -> Result<Forwarded, ForwardError> {
+    let cfg = &cluster.config;
+    head.version = match cfg.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2 => Version::HTTP_2,
+    };
+    let path = head
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let bodiless = body.is_end_stream();
+    let mut body = Some(body);
+    let mut failed: Option<Arc<Member>> = None;
+    let mut attempts = 0u32;
+    cluster.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _active = Decrement(&cluster.in_flight);
+    // Held while a retry attempt is in flight, so the budget sees concurrent retries.
+    let mut _retrying: Option<Decrement<'_>> = None;
+    loop {
+        let Some(member) = cluster.pick(version, local_region, failed.as_deref()) else {
+            return Err(ForwardError {
+                error: ProxyError::NoHealthyUpstream {
+                    cluster: cfg.name.clone(),
+                },
+                member: failed,
+                attempts,
+            });
+        };
+        attempts += 1;
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(member.authority.clone())
+            .path_and_query(path.as_str())
+            .build();
+        let Ok(uri) = uri else {
+            return Err(ForwardError {
+                error: ProxyError::BadRequest("invalid request target"),
+                member: None,
+                attempts,
+            });
+        };
+        // The first attempt takes the client's body; a retry is only ever of a bodiless request.
+        let upstream_body = match body.take() {
+            Some(b) if !bodiless => Either::Left(b),
+            _ => Either::Right(Empty::new()),
+        };
+        let mut parts = head.clone();
+        parts.uri = uri;
+        let req = Request::from_parts(parts, upstream_body);
+
+        member.health.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(cfg.timeouts.request, cluster.client.request(req)).await;
+        member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+        let endpoint = || member.addr.to_string();
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                let ok = !response.status().is_server_error();
+                if member.health.record_live(ok, &cfg.outlier) {
+                    eject_metric(&cfg.name);
+                }
+                return Ok(Forwarded {
+                    response,
+                    member,
+                    attempts,
+                });
+            }
+            Ok(Err(e)) if e.is_connect() => ProxyError::Connect {
+                endpoint: endpoint(),
+            },
+            Ok(Err(_)) => ProxyError::UpstreamFailed {
+                endpoint: endpoint(),
+            },
+            Err(_) => ProxyError::Timeout {
+                endpoint: endpoint(),
+            },
+        };
+        if member.health.record_live(false, &cfg.outlier) {
+            eject_metric(&cfg.name);
+        }
+        let may_retry = bodiless
+            && attempts <= cfg.retries.attempts
+            && !matches!(error, ProxyError::Timeout { .. })
+            && (idempotent(&head.method) || error.nothing_sent())
+            && cluster.retry_allowed();
+        if !may_retry {
+            return Err(ForwardError {
+                error,
+                member: Some(member),
+                attempts,
+            });
+        }
+        metrics::counter!(telemetry::UPSTREAM_RETRIES, telemetry::L_CLUSTER => cfg.name.clone())
+            .increment(1);
+        cluster.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        _retrying = Some(Decrement(&cluster.retries_in_flight));
+        failed = Some(member);
+    }
+}
+
+fn eject_metric(cluster: &str) {
+    metrics::counter!(telemetry::UPSTREAM_EJECTIONS, telemetry::L_CLUSTER => cluster.to_string())
+        .increment(1);
+}
+
+struct Decrement<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

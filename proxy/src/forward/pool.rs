@@ -1,0 +1,433 @@
+//! Upstream pools: the run-time side of a cluster — its current members (static addresses and
+//! DNS answers), their health, the pooled HTTP client, and endpoint choice (round-robin or
+//! least-request), preferring the front door's own region.
+//!
+//! Health state lives in [`MemberHealth`], shared by address across config reloads, so a reload
+//! neither forgets an ejection nor resets a health check streak.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::Authority;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use metrics::Gauge;
+use routes::{Address, Cluster, LbPolicy, RegionId, Timeouts, UpstreamProtocol};
+
+use crate::clock;
+use crate::telemetry;
+
+/// Body sent upstream: the client's streaming body, or nothing (replayable requests).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Health of one endpoint address, shared across reloads.
+#[derive(Debug)]
+pub struct MemberHealth {
+    /// Result of active checks (true until a check says otherwise).
+    active_ok: AtomicBool,
+    /// Consecutive active-check results against the current state (towards a flip).
+    streak: AtomicU32,
+    /// Consecutive failures seen in live traffic (5xx, connect errors, timeouts).
+    live_failures: AtomicU32,
+    /// Clock millis until which the endpoint is ejected; 0 = not ejected.
+    ejected_until: AtomicU64,
+    pub in_flight: AtomicU64,
+    gauge: Gauge,
+}
+
+impl MemberHealth {
+    fn new(cluster: &str, endpoint: &str) -> MemberHealth {
+        telemetry::prometheus();
+        let gauge = metrics::gauge!(telemetry::UPSTREAM_HEALTHY, telemetry::L_CLUSTER => cluster.to_string(), telemetry::L_ENDPOINT => endpoint.to_string());
+        gauge.set(1.0);
+        MemberHealth {
+            active_ok: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            live_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    pub fn active_ok(&self) -> bool {
+        self.active_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.active_ok() && !self.ejected(now_ms)
+    }
+
+    fn refresh_gauge(&self) {
+        let up = self.available(clock::now_ms());
+        self.gauge.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Records an active check result; flips state after `threshold` results in a row.
+    pub fn record_check(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) {
+        let current = self.active_ok();
+        if ok == current {
+            self.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let needed = if ok {
+            healthy_threshold
+        } else {
+            unhealthy_threshold
+        };
+        if self.streak.fetch_add(1, Ordering::Relaxed) + 1 >= needed {
+            self.active_ok.store(ok, Ordering::Relaxed);
+            self.streak.store(0, Ordering::Relaxed);
+            if ok {
+                // A recovered endpoint starts with a clean slate.
+                self.ejected_until.store(0, Ordering::Relaxed);
+                self.live_failures.store(0, Ordering::Relaxed);
+            }
+            self.refresh_gauge();
+        }
+    }
+
+    /// Records a live-traffic outcome; returns true when this failure ejected the endpoint.
+    pub fn record_live(&self, ok: bool, outlier: &routes::Outlier) -> bool {
+        if ok {
+            self.live_failures.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let n = self.live_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if outlier.consecutive_failures == 0 || n < outlier.consecutive_failures {
+            return false;
+        }
+        self.live_failures.store(0, Ordering::Relaxed);
+        let until = clock::now_ms() + outlier.ejection_time.as_millis() as u64;
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.refresh_gauge();
+        true
+    }
+}
+
+/// One concrete address in a cluster's pool.
+#[derive(Debug)]
+pub struct Member {
+    pub addr: SocketAddr,
+    /// `ip:port`, pre-built for request URIs.
+    pub authority: Authority,
+    pub region: Option<RegionId>,
+    pub version: Option<Arc<str>>,
+    pub health: Arc<MemberHealth>,
+}
+
+/// Health states by (cluster, address), kept across reloads.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    states: Mutex<HashMap<(String, SocketAddr), Arc<MemberHealth>>>,
+}
+
+impl HealthRegistry {
+    pub fn get(&self, cluster: &str, addr: SocketAddr) -> Arc<MemberHealth> {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            states
+                .entry((cluster.to_string(), addr))
+                .or_insert_with(|| Arc::new(MemberHealth::new(cluster, &addr.to_string()))),
+        )
+    }
+
+    /// Forgets addresses no cluster uses any more (after a reload or a DNS change).
+    pub fn retain(&self, keep: impl Fn(&(String, SocketAddr)) -> bool) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|k, _| keep(k));
+    }
+}
+
+/// Clients keyed by transport settings, reused across reloads so pooled connections survive.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: Mutex<HashMap<(String, UpstreamProtocol, Timeouts), UpstreamClient>>,
+}
+
+impl ClientRegistry {
+    pub fn get(&self, cluster: &Cluster) -> UpstreamClient {
+        let key = (cluster.name.clone(), cluster.protocol, cluster.timeouts);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(key)
+            .or_insert_with(|| build_client(cluster))
+            .clone()
+    }
+}
+
+fn build_client(cluster: &Cluster) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cluster.timeouts.connect));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(cluster.timeouts.idle)
+        .pool_max_idle_per_host(1024);
+    if cluster.protocol == UpstreamProtocol::H2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// The run-time state of one cluster for one config snapshot.
+#[derive(Debug)]
+pub struct ClusterRuntime {
+    pub config: Cluster,
+    pub client: UpstreamClient,
+    /// Current members: static endpoints plus the latest DNS answers.
+    pub members: ArcSwap<Vec<Arc<Member>>>,
+    rr: AtomicUsize,
+    pub in_flight: AtomicU64,
+    pub retries_in_flight: AtomicU64,
+}
+
+impl ClusterRuntime {
+    pub fn new(
+        config: Cluster,
+        client: UpstreamClient,
+        members: Vec<Arc<Member>>,
+    ) -> ClusterRuntime {
+        ClusterRuntime {
+            config,
+            client,
+            members: ArcSwap::from_pointee(members),
+            rr: AtomicUsize::new(0),
+            in_flight: AtomicU64::new(0),
+            retries_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Builds members for the given addresses of one configured endpoint.
+    pub fn members_for(
+        cluster: &str,
+        endpoint: &routes::Endpoint,
+        addrs: &[SocketAddr],
+        health: &HealthRegistry,
+    ) -> Vec<Arc<Member>> {
+        let version: Option<Arc<str>> = endpoint.version.as_deref().map(Arc::from);
+        addrs
+            .iter()
+            .filter_map(|addr| {
+                let authority = Authority::try_from(addr.to_string()).ok()?;
+                Some(Arc::new(Member {
+                    addr: *addr,
+                    authority,
+                    region: endpoint.region,
+                    version: version.clone(),
+                    health: health.get(cluster, *addr),
+                }))
+            })
+            .collect()
+    }
+
+    /// Chooses a member: version must match (when the route names one), must be available; the
+    /// front door's own region is preferred when it has one; `avoid` (a member that just failed)
+    /// is skipped when another is available.
+    pub fn pick(
+        &self,
+        version: Option<&str>,
+        local_region: Option<RegionId>,
+        avoid: Option<&Member>,
+    ) -> Option<Arc<Member>> {
+        let members = self.members.load();
+        let now = clock::now_ms();
+        let eligible = |m: &Member| {
+            version.is_none_or(|v| m.version.as_deref() == Some(v)) && m.health.available(now)
+        };
+        let not_avoided = |m: &Member| avoid.is_none_or(|a| !std::ptr::eq(a, m));
+        let tiers: [&dyn Fn(&Member) -> bool; 4] = [
+            &|m| eligible(m) && not_avoided(m) && local_region.is_some_and(|r| m.region == Some(r)),
+            &|m| eligible(m) && not_avoided(m),
+            &|m| eligible(m) && local_region.is_some_and(|r| m.region == Some(r)),
+            &|m| eligible(m),
+        ];
+        for tier in tiers {
+            let count = members.iter().filter(|m| tier(m)).count();
+            if count == 0 {
+                continue;
+            }
+            let n = self.rr.fetch_add(1, Ordering::Relaxed);
+            let nth = |i: usize| members.iter().filter(|m| tier(m)).nth(i % count);
+            let chosen = match self.config.lb {
+                LbPolicy::RoundRobin => nth(n),
+                LbPolicy::LeastRequest => {
+                    // Power of two choices: two distinct positions from the counter.
+                    let a = nth(n);
+                    let b = nth(n.wrapping_mul(7).wrapping_add(1 + n / count));
+                    match (a, b) {
+                        (Some(a), Some(b))
+                            if b.health.in_flight.load(Ordering::Relaxed)
+                                < a.health.in_flight.load(Ordering::Relaxed) =>
+                        {
+                            Some(b)
+                        }
+                        (a, _) => a,
+                    }
+                }
+            };
+            return chosen.map(Arc::clone);
+        }
+        None
+    }
+
+    /// True when one more retry fits the budget: retries in flight stay below
+    /// max(3, budget_ratio × requests in flight).
+    pub fn retry_allowed(&self) -> bool {
+        let active = self.in_flight.load(Ordering::Relaxed) as f64;
+        let retries = self.retries_in_flight.load(Ordering::Relaxed) as f64;
+        retries < (self.config.retries.budget_ratio * active).max(3.0)
+    }
+
+    pub fn has_dns(&self) -> bool {
+        self.config
+            .endpoints
+            .iter()
+            .any(|e| matches!(e.address, Address::Dns { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(text: &str) -> (routes::Snapshot, ClusterRuntime) {
+        let s = routes::load(text).expect("config");
+        let cluster = s.clusters[0].clone();
+        let registry = HealthRegistry::default();
+        let mut members = Vec::new();
+        for e in &cluster.endpoints {
+            if let Address::Ip(a) = e.address {
+                members.extend(ClusterRuntime::members_for(
+                    &cluster.name,
+                    e,
+                    &[a],
+                    &registry,
+                ));
+            }
+        }
+        let client = build_client(&cluster);
+        (s, ClusterRuntime::new(cluster, client, members))
+    }
+
+    const CONFIG: &str = r#"
+[regions]
+us = { jurisdiction = "us" }
+eu = { jurisdiction = "eu" }
+[clusters.app]
+outlier = { consecutive_failures = 2, ejection_time = "10s" }
+endpoints = [
+  { address = "127.0.0.1:1001", region = "us", version = "stable" },
+  { address = "127.0.0.1:1002", region = "us", version = "stable" },
+  { address = "127.0.0.1:1003", region = "eu", version = "stable" },
+  { address = "127.0.0.1:1004", region = "us", version = "canary" },
+]
+[[routes]]
+cluster = "app"
+"#;
+
+    fn port(m: &Member) -> u16 {
+        m.addr.port()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_prefers_local_region_and_version() {
+        let (s, rt) = runtime(CONFIG);
+        let us = s.region_named("us");
+        let mut seen: Vec<u16> = (0..6)
+            .map(|_| port(&rt.pick(Some("stable"), us, None).expect("member")))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1001, 1001, 1001, 1002, 1002, 1002]);
+        let eu = s.region_named("eu");
+        assert_eq!(port(&rt.pick(Some("stable"), eu, None).expect("m")), 1003);
+        assert_eq!(port(&rt.pick(Some("canary"), eu, None).expect("m")), 1004);
+        assert!(rt.pick(Some("nope"), us, None).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_fails_over_and_expires() {
+        let (s, rt) = runtime(CONFIG);
+        let us = s.region_named("us");
+        let outlier = rt.config.outlier;
+        let members = rt.members.load_full();
+        for m in members.iter().filter(|m| m.region == us) {
+            assert!(!m.health.record_live(false, &outlier));
+            assert!(
+                m.health.record_live(false, &outlier),
+                "second failure ejects"
+            );
+        }
+        // Both local stable members ejected: the eu one takes over.
+        assert_eq!(port(&rt.pick(Some("stable"), us, None).expect("m")), 1003);
+        tokio::time::advance(std::time::Duration::from_secs(11)).await;
+        assert_ne!(port(&rt.pick(Some("stable"), us, None).expect("m")), 1003);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn active_checks_flip_after_thresholds() {
+        let (_s, rt) = runtime(CONFIG);
+        let m = Arc::clone(&rt.members.load()[0]);
+        m.health.record_check(false, 2, 3);
+        m.health.record_check(false, 2, 3);
+        assert!(m.health.active_ok());
+        m.health.record_check(true, 2, 3); // streak broken
+        m.health.record_check(false, 2, 3);
+        m.health.record_check(false, 2, 3);
+        assert!(m.health.active_ok());
+        m.health.record_check(false, 2, 3);
+        assert!(!m.health.active_ok());
+        m.health.record_check(true, 2, 3);
+        assert!(!m.health.active_ok());
+        m.health.record_check(true, 2, 3);
+        assert!(m.health.active_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn avoid_skips_the_failed_member_when_possible() {
+        let (s, rt) = runtime(CONFIG);
+        let us = s.region_named("us");
+        for _ in 0..10 {
+            let first = rt.pick(Some("stable"), us, None).expect("m");
+            let second = rt.pick(Some("stable"), us, Some(&first)).expect("m");
+            assert_ne!(first.addr, second.addr);
+        }
+        let only = rt.pick(Some("canary"), us, None).expect("m");
+        assert_eq!(
+            rt.pick(Some("canary"), us, Some(&only)).expect("m").addr,
+            only.addr
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_request_avoids_busy_members() {
+        let text = CONFIG.replace("[clusters.app]", "[clusters.app]\nlb = \"least_request\"");
+        let (s, rt) = runtime(&text);
+        let us = s.region_named("us");
+        let members = rt.members.load_full();
+        members[0].health.in_flight.store(100, Ordering::Relaxed);
+        let picks = (0..100)
+            .filter(|_| port(&rt.pick(Some("stable"), us, None).expect("m")) == 1002)
+            .count();
+        assert!(
+            picks > 50,
+            "busy member still picked {} of 100",
+            100 - picks
+        );
+    }
+}

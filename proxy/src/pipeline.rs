@@ -1,0 +1,207 @@
+//! The request path, top to bottom, for one request:
+//!
+//! classify (host, client, request id) → route (`Snapshot::decide`) → rewrite the head
+//! (hop-by-hop, `X-Forwarded-*`, `Via`) → forward (endpoint, pool, timeouts, retries) →
+//! respond (errors → statuses, in `respond`) → record (metrics, access log).
+//!
+//! Stages are plain functions over one `Arc<Active>` loaded once per request, so a reload
+//! mid-request never mixes two configs. (No tower layers on the hot path: each would box.)
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::classify::{self, Peer};
+use crate::forward::{self, IdleTimeoutBody};
+use crate::respond::ProxyError;
+use crate::state::{Active, Proxy};
+use crate::telemetry::AccessRecord;
+
+/// Body of every response the proxy sends: streamed from upstream, or our own error body.
+pub type ProxyBody = Either<IdleTimeoutBody, Full<Bytes>>;
+
+/// What the record stage needs to know about how the request went.
+struct Outcome {
+    route: Option<usize>,
+    upstream: String,
+    attempts: u32,
+    upstream_ms: f64,
+    error: Option<ProxyError>,
+}
+
+/// Serves one request. Never fails: every error becomes a response here.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let active = proxy.active_full();
+    let request_id = classify::ensure_request_id(req.headers_mut());
+    let method = req.method().clone();
+    let protocol = req.version();
+    let host = classify::host_of(&req).unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let client = classify::client_ip(&active.snapshot, peer.addr.ip(), req.headers());
+
+    let mut outcome = Outcome {
+        route: None,
+        upstream: String::new(),
+        attempts: 0,
+        upstream_ms: 0.0,
+        error: None,
+    };
+    let response = match proxy_request(&active, peer, req, &host, &request_id, &mut outcome).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            let resp = err.into_response(request_id.to_str().unwrap_or_default());
+            outcome.error = Some(err);
+            resp.map(Either::Right)
+        }
+    };
+
+    // record
+    let total = started.elapsed();
+    if let Some(i) = outcome.route {
+        active.route_metrics[i].record(response.status(), total.as_secs_f64());
+    }
+    if active.snapshot.server.access_log {
+        AccessRecord {
+            request_id: request_id.to_str().unwrap_or_default(),
+            client,
+            method: method.as_str(),
+            host: &host,
+            path: &path,
+            protocol,
+            route: outcome
+                .route
+                .map(|i| active.snapshot.routes[i].name.as_str())
+                .unwrap_or("-"),
+            upstream: &outcome.upstream,
+            status: response.status().as_u16(),
+            error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
+            attempts: outcome.attempts,
+            upstream_ms: outcome.upstream_ms,
+            total_ms: total.as_secs_f64() * 1000.0,
+        }
+        .emit();
+    }
+    Ok(response)
+}
+
+async fn proxy_request(
+    active: &Active,
+    peer: Peer,
+    mut req: Request<Incoming>,
+    host: &str,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let snapshot = &active.snapshot;
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("missing Host"));
+    }
+
+    // route
+    let facts = routes::RequestFacts {
+        host,
+        path: req.uri().path(),
+    };
+    let decision = snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(decision.route.0);
+    let route = snapshot.route(decision.route);
+
+    // upgrades: WebSocket only where the route allows it; never h2c (a smuggling tunnel).
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    if upgrade.as_deref() == Some(b"h2c") {
+        return Err(ProxyError::BadRequest("Upgrade: h2c is not accepted"));
+    }
+    let websocket = route.websocket
+        && req.version() == Version::HTTP_11
+        && upgrade.as_deref() == Some(b"websocket");
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+    // rewrite the head
+    let (mut head, body) = req.into_parts();
+    if !head.headers.contains_key(header::HOST)
+        && let Some(authority) = head.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        head.headers.insert(header::HOST, v);
+    }
+    classify::strip_hop_by_hop(&mut head.headers, websocket);
+    let trusted = snapshot.is_trusted_proxy(peer.addr.ip());
+    classify::set_forwarded(&mut head.headers, &peer, trusted, host);
+    classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
+
+    // forward
+    let cluster = &active.upstreams.clusters[decision.cluster.0];
+    let sent = Instant::now();
+    let result = forward::send(
+        cluster,
+        head,
+        body,
+        route.version.as_deref(),
+        snapshot.server.region,
+    )
+    .await;
+    outcome.upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    let forwarded = match result {
+        Ok(f) => f,
+        Err(e) => {
+            outcome.attempts = e.attempts;
+            outcome.upstream = e.member.map(|m| m.addr.to_string()).unwrap_or_default();
+            return Err(e.error);
+        }
+    };
+    outcome.attempts = forwarded.attempts;
+    outcome.upstream = forwarded.member.addr.to_string();
+
+    // respond
+    let mut response = forwarded.response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        match client_upgrade {
+            Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut response)),
+            None => {
+                return Err(ProxyError::UpstreamFailed {
+                    endpoint: outcome.upstream.clone(),
+                });
+            }
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    classify::strip_hop_by_hop(&mut parts.headers, switching);
+    classify::add_via(&mut parts.headers, parts.version, &snapshot.server.via);
+    parts
+        .headers
+        .insert(classify::REQUEST_ID, request_id.clone());
+    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}

@@ -1,0 +1,162 @@
+//! respond: the one place where failures become HTTP statuses.
+//!
+//! Every stage returns a [`ProxyError`]; [`ProxyError::into_response`] is the only code that turns
+//! one into a status and body. Each error knows who caused it ([`Source`]) — so logs and metrics
+//! can tell a bad client from a bad upstream — and whether a retry could help.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream failed, timed out, or none was available.
+    Upstream,
+    /// A fault of our own.
+    Internal,
+}
+
+/// A failure on the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Malformed or refused request (400).
+    BadRequest(&'static str),
+    /// No route matches host and path (404).
+    NoRoute,
+    /// No healthy endpoint for the route's cluster (503).
+    NoHealthyUpstream { cluster: String },
+    /// Could not connect to the chosen endpoint (502). Nothing was sent: retry is safe.
+    Connect { endpoint: String },
+    /// The upstream broke the exchange before a response head (502).
+    UpstreamFailed { endpoint: String },
+    /// The upstream did not answer within the request timeout (504).
+    Timeout { endpoint: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::NoRoute => Source::Downstream,
+            _ => Source::Upstream,
+        }
+    }
+
+    /// True when the request never reached the upstream, so any method may be retried.
+    pub fn nothing_sent(&self) -> bool {
+        matches!(self, ProxyError::Connect { .. })
+    }
+
+    /// Short machine-readable code, also the `error` field of the body and the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::Connect { .. } => "upstream_connect_failed",
+            ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ProxyError::BadRequest(why) => (*why).to_string(),
+            ProxyError::NoRoute => "no route matches this host and path".into(),
+            ProxyError::NoHealthyUpstream { cluster } => {
+                format!("no healthy upstream in cluster {cluster}")
+            }
+            ProxyError::Connect { .. } => "could not connect to the upstream".into(),
+            ProxyError::UpstreamFailed { .. } => "the upstream closed the exchange".into(),
+            ProxyError::Timeout { .. } => "the upstream did not answer in time".into(),
+        }
+    }
+
+    /// The response the client gets: status, JSON body with the request id, `x-request-id`.
+    pub fn into_response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "status": self.status().as_u16(),
+            "detail": self.detail(),
+            "request_id": request_id,
+        });
+        let mut text = body.to_string();
+        text.push('\n');
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(crate::classify::REQUEST_ID, v);
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.code(), self.detail())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_sources() {
+        let e = |s: &str| s.to_string();
+        let cases = [
+            (ProxyError::BadRequest("x"), 400, Source::Downstream),
+            (ProxyError::NoRoute, 404, Source::Downstream),
+            (
+                ProxyError::NoHealthyUpstream { cluster: e("c") },
+                503,
+                Source::Upstream,
+            ),
+            (
+                ProxyError::Connect { endpoint: e("a") },
+                502,
+                Source::Upstream,
+            ),
+            (
+                ProxyError::UpstreamFailed { endpoint: e("a") },
+                502,
+                Source::Upstream,
+            ),
+            (
+                ProxyError::Timeout { endpoint: e("a") },
+                504,
+                Source::Upstream,
+            ),
+        ];
+        for (err, status, source) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.source(), source, "{err}");
+            let resp = err.into_response("rid-1");
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()["x-request-id"], "rid-1");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! server: starts a front door — proxy listeners, admin listener, reload triggers — from
+//! options, and stops it with a drain. Used by `frontdoor run`, `frontdoor demo` and tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::demo::DemoOrigins;
+use crate::pipeline;
+use crate::state::{self, ConfigSource, Proxy, ProxyOptions};
+
+/// How to start a front door. Listener addresses left `None` come from the config.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    pub config: Option<ConfigSource>,
+    pub region: Option<String>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub admin_token: String,
+    pub demo: Option<Arc<DemoOrigins>>,
+    /// Certificates for the HTTPS listener when the config names none.
+    pub fallback_certs: Option<certs::CertStore>,
+    /// Poll the config and certificate files for changes at this interval (None: off).
+    pub watch_interval: Option<Duration>,
+}
+
+/// A running front door.
+#[derive(Debug)]
+pub struct Running {
+    pub proxy: Arc<Proxy>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<bool>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests up to the config's drain timeout.
+    /// Returns true when everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(true);
+        let mut clean = true;
+        for t in self.tasks {
+            clean &= t.await.unwrap_or(false);
+        }
+        clean
+    }
+
+    /// A handle that triggers the same shutdown (for signal handlers).
+    pub fn trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+fn stop_signal(
+    rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Binds listeners and starts serving.
+pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
+    let source = opts
+        .config
+        .ok_or_else(|| anyhow::anyhow!("no config given"))?;
+    let want_tls = opts.https.is_some();
+    let proxy = Proxy::start(
+        source,
+        ProxyOptions {
+            region: opts.region,
+            fallback_certs: opts.fallback_certs,
+            want_tls,
+        },
+    )
+    .await
+    .map_err(|errors| anyhow::anyhow!("config rejected:\n  {}", errors.join("\n  ")))?;
+    let server = proxy.active().snapshot.server.clone();
+    let drain = server.drain_timeout;
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let http_addr = opts.http.or(server.http);
+    let https_addr = opts.https.or(server.https);
+    let admin_addr = opts.admin.unwrap_or(server.admin);
+    if http_addr.is_none() && https_addr.is_none() {
+        anyhow::bail!("no listener: set server.http / server.https or pass --http / --https");
+    }
+
+    let mut bound_http = None;
+    if let Some(addr) = http_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("bind http {addr}: {e}"))?;
+        bound_http = Some(listener.local_addr()?);
+        let p = Arc::clone(&proxy);
+        let make = move |peer| {
+            let p = Arc::clone(&p);
+            hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
+        };
+        tasks.push(tokio::spawn(crate::listen::serve(
+            "http",
+            listener,
+            None,
+            make,
+            stop_signal(&rx),
+            drain,
+        )));
+    }
+    let mut bound_https = None;
+    if let Some(addr) = https_addr {
+        let resolver = proxy
+            .tls
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(resolver)));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("bind https {addr}: {e}"))?;
+        bound_https = Some(listener.local_addr()?);
+        let p = Arc::clone(&proxy);
+        let make = move |peer| {
+            let p = Arc::clone(&p);
+            hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
+        };
+        tasks.push(tokio::spawn(crate::listen::serve(
+            "https",
+            listener,
+            Some(acceptor),
+            make,
+            stop_signal(&rx),
+            drain,
+        )));
+    }
+
+    let admin_listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind admin {admin_addr}: {e}"))?;
+    let bound_admin = admin_listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        proxy: Arc::clone(&proxy),
+        token: opts.admin_token,
+        demo: opts.demo,
+    });
+    let make_admin = move |_peer| {
+        let a = Arc::clone(&admin);
+        hyper::service::service_fn(move |req| Arc::clone(&a).handle(req))
+    };
+    // The admin API answers until the data plane has drained, then stops at once.
+    tasks.push(tokio::spawn(crate::listen::serve(
+        "admin",
+        admin_listener,
+        None,
+        make_admin,
+        stop_signal(&rx),
+        Duration::from_millis(200),
+    )));
+
+    if let Some(every) = opts.watch_interval {
+        watch_files(Arc::clone(&proxy), every, rx.clone());
+    }
+    Ok(Running {
+        proxy,
+        http: bound_http,
+        https: bound_https,
+        admin: bound_admin,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Reloads when the config file or a certificate file changes (content, not mtime).
+fn watch_files(proxy: Arc<Proxy>, every: Duration, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut last = state::watched_fingerprint(&proxy);
+        if last.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = state::watched_fingerprint(&proxy);
+            if now != last {
+                tracing::info!("config or certificate files changed; reloading");
+                let _ = proxy.reload().await;
+                // Re-read: a successful reload may have changed which cert files are watched.
+                last = state::watched_fingerprint(&proxy);
+            }
+        }
+    });
+}

@@ -1,0 +1,288 @@
+//! State and hot reload: the one [`ArcSwap`] holding everything a request reads ([`Active`]),
+//! and the reload that builds a whole new one, validates it, and swaps it in one store — or
+//! keeps the old one and reports every error.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use certs::{CertSource, CertStore, SniResolver};
+use routes::Snapshot;
+
+use crate::forward::{self, Upstreams};
+use crate::telemetry::{self, RouteMetrics};
+
+/// Everything one request reads, consistent with one config version.
+#[derive(Debug)]
+pub struct Active {
+    pub snapshot: Snapshot,
+    pub upstreams: Upstreams,
+    /// Pre-registered metric handles by route index.
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Text held in memory (tests; `--config -`).
+    Inline(String),
+}
+
+/// Outcome of the latest reloads, for `/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub loaded_at_unix: u64,
+    pub reloads_ok: u64,
+    pub reloads_rejected: u64,
+    /// Errors of the last rejected attempt (cleared by a successful one).
+    pub last_errors: Vec<String>,
+}
+
+/// The proxy's shared state: one per process, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    active: ArcSwap<Active>,
+    pub source: ConfigSource,
+    upstream_shared: forward::Shared,
+    pub status: Mutex<ReloadStatus>,
+    /// Serialises reloads so each builds on the one before.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The TLS listener's certificates (None: no TLS listener).
+    pub tls: Option<Arc<SniResolver>>,
+    /// Certificates from config files are used; otherwise the resolver keeps what it was given.
+    pub tls_from_config: bool,
+    /// The `--region` flag, which wins over `server.region`.
+    pub region_override: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Options fixed at start.
+#[derive(Debug, Default)]
+pub struct ProxyOptions {
+    pub region: Option<String>,
+    /// Certificates to serve when the config lists none (the demo's dev certificate).
+    pub fallback_certs: Option<CertStore>,
+    /// Start a TLS resolver even without configured certificates (an HTTPS listener is wanted).
+    pub want_tls: bool,
+}
+
+impl Proxy {
+    /// Loads the first config; an error here means the process should not start.
+    pub async fn start(
+        source: ConfigSource,
+        options: ProxyOptions,
+    ) -> Result<Arc<Proxy>, Vec<String>> {
+        let text = read(&source)?;
+        let snapshot = parse(&text, options.region.as_deref())?;
+        let tls_from_config = !snapshot.tls.certificates.is_empty();
+        let tls = if tls_from_config {
+            Some(Arc::new(SniResolver::new(load_certs(&snapshot)?)))
+        } else if options.want_tls || snapshot.server.https.is_some() {
+            let store = options.fallback_certs.ok_or_else(|| {
+                vec!["tls: an HTTPS listener needs [tls] certificates".to_string()]
+            })?;
+            Some(Arc::new(SniResolver::new(store)))
+        } else {
+            None
+        };
+        let upstream_shared = forward::Shared::default();
+        let active = build_active(snapshot, &upstream_shared, None).await;
+        record_config(&active.snapshot.hash, None);
+        let proxy = Proxy {
+            active: ArcSwap::from_pointee(active),
+            source,
+            upstream_shared,
+            status: Mutex::new(ReloadStatus {
+                loaded_at_unix: unix_now(),
+                ..Default::default()
+            }),
+            reload_lock: tokio::sync::Mutex::new(()),
+            tls,
+            tls_from_config,
+            region_override: options.region,
+        };
+        Ok(Arc::new(proxy))
+    }
+
+    /// The current state; cheap (no lock, one atomic load).
+    pub fn active(&self) -> arc_swap::Guard<Arc<Active>> {
+        self.active.load()
+    }
+
+    pub fn active_full(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// Re-reads the config (and certificate files) and swaps in the result. On any error the
+    /// running state is untouched and every error is returned.
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
+        let _serial = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let label = match &result {
+            Ok(_) => {
+                status.reloads_ok += 1;
+                status.loaded_at_unix = unix_now();
+                status.last_errors.clear();
+                "ok"
+            }
+            Err(errors) => {
+                status.reloads_rejected += 1;
+                status.last_errors = errors.clone();
+                tracing::warn!(errors = ?errors, "config reload rejected; the previous config keeps serving");
+                "rejected"
+            }
+        };
+        metrics::counter!(telemetry::CONFIG_RELOADS, telemetry::L_RESULT => label).increment(1);
+        result
+    }
+
+    async fn try_reload(&self) -> Result<String, Vec<String>> {
+        let text = read(&self.source)?;
+        let snapshot = parse(&text, self.region_override.as_deref())?;
+        let old = self.active.load_full();
+        let mut warnings = Vec::new();
+        if snapshot.server.http != old.snapshot.server.http
+            || snapshot.server.https != old.snapshot.server.https
+            || snapshot.server.admin != old.snapshot.server.admin
+        {
+            warnings.push(
+                "listener addresses changed: they take effect at the next restart".to_string(),
+            );
+        }
+        let certs = match (&self.tls, self.tls_from_config) {
+            (Some(_), true) => Some(load_certs(&snapshot)?),
+            (None, _) if !snapshot.tls.certificates.is_empty() => {
+                warnings.push("certificates configured but no TLS listener is running".to_string());
+                None
+            }
+            _ => None,
+        };
+        let new = build_active(snapshot, &self.upstream_shared, Some(&old.upstreams)).await;
+        let hash = new.snapshot.hash.clone();
+        // Certificates first: a request seeing the new routes never meets the old certs' gap.
+        if let (Some(resolver), Some(store)) = (&self.tls, certs) {
+            resolver.swap(store);
+        }
+        self.active.store(Arc::new(new));
+        record_config(&hash, Some(&old.snapshot.hash));
+        self.forget_unused_health();
+        tracing::info!(hash = %hash, warnings = ?warnings, "config reloaded");
+        Ok(if warnings.is_empty() {
+            hash
+        } else {
+            format!("{hash} ({})", warnings.join("; "))
+        })
+    }
+
+    /// Drops health state of addresses the current config no longer has.
+    fn forget_unused_health(&self) {
+        let active = self.active.load();
+        let in_use: std::collections::HashSet<(String, std::net::SocketAddr)> = active
+            .upstreams
+            .clusters
+            .iter()
+            .flat_map(|c| {
+                c.members
+                    .load()
+                    .iter()
+                    .map(|m| (c.config.name.clone(), m.addr))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.upstream_shared.health.retain(|k| in_use.contains(k));
+    }
+}
+
+fn read(source: &ConfigSource) -> Result<String, Vec<String>> {
+    match source {
+        ConfigSource::Inline(t) => Ok(t.clone()),
+        ConfigSource::File(p) => {
+            std::fs::read_to_string(p).map_err(|e| vec![format!("{}: {e}", p.display())])
+        }
+    }
+}
+
+/// Parses and validates; applies the `--region` override (which must name a declared region).
+pub fn parse(text: &str, region: Option<&str>) -> Result<Snapshot, Vec<String>> {
+    let mut snapshot =
+        routes::load(text).map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    if let Some(name) = region {
+        let id = snapshot.region_named(name).ok_or_else(|| {
+            vec![format!(
+                "--region: unknown region {name:?} (declare it under [regions])"
+            )]
+        })?;
+        snapshot.server.region = Some(id);
+    }
+    Ok(snapshot)
+}
+
+fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
+    let sources: Vec<CertSource> = snapshot
+        .tls
+        .certificates
+        .iter()
+        .map(|c| CertSource {
+            hosts: c.hosts.clone(),
+            cert_path: c.cert.clone(),
+            key_path: c.key.clone(),
+        })
+        .collect();
+    CertStore::load(
+        &sources,
+        snapshot.tls.default_host.as_deref(),
+        snapshot.tls.reject_unknown_sni,
+    )
+    .map_err(|errs| errs.iter().map(|e| format!("tls: {e}")).collect())
+}
+
+async fn build_active(
+    snapshot: Snapshot,
+    shared: &forward::Shared,
+    previous: Option<&Upstreams>,
+) -> Active {
+    let upstreams = Upstreams::build(&snapshot, shared, previous).await;
+    let route_metrics = snapshot
+        .routes
+        .iter()
+        .map(|r| RouteMetrics::new(&r.name, &snapshot.cluster(r.cluster).name))
+        .collect();
+    Active {
+        snapshot,
+        upstreams,
+        route_metrics,
+    }
+}
+
+fn record_config(hash: &str, old: Option<&str>) {
+    telemetry::prometheus();
+    if let Some(old) = old
+        && old != hash
+    {
+        metrics::gauge!(telemetry::CONFIG_INFO, telemetry::L_HASH => old.to_string()).set(0.0);
+    }
+    metrics::gauge!(telemetry::CONFIG_INFO, telemetry::L_HASH => hash.to_string()).set(1.0);
+}
+
+/// Fingerprint of the config file and every certificate file it names, for change polling.
+pub fn watched_fingerprint(proxy: &Proxy) -> Option<String> {
+    let ConfigSource::File(path) = &proxy.source else {
+        return None;
+    };
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    for c in &proxy.active().snapshot.tls.certificates {
+        for f in [&c.cert, &c.key] {
+            text.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+        }
+    }
+    Some(routes::content_hash(&text))
+}

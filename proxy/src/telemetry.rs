@@ -1,0 +1,122 @@
+//! telemetry: metric names (all of them, here), the Prometheus recorder, and the access log.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered, by route, cluster and status class (`2xx`...).
+pub const REQUESTS_TOTAL: &str = "frontdoor_requests_total";
+/// Time from request head to response head, seconds, by route and cluster.
+pub const REQUEST_DURATION: &str = "frontdoor_request_duration_seconds";
+/// 1 when an endpoint takes traffic (active check passing and not ejected), else 0.
+pub const UPSTREAM_HEALTHY: &str = "frontdoor_upstream_healthy";
+/// Upstream attempts retried, by cluster.
+pub const UPSTREAM_RETRIES: &str = "frontdoor_upstream_retries_total";
+/// Passive ejections, by cluster.
+pub const UPSTREAM_EJECTIONS: &str = "frontdoor_upstream_ejections_total";
+/// Config reloads by result (`ok`, `rejected`).
+pub const CONFIG_RELOADS: &str = "frontdoor_config_reloads_total";
+/// 1, labelled with the hash of the config in service.
+pub const CONFIG_INFO: &str = "frontdoor_config_info";
+/// Connections accepted, by listener (`http`, `https`).
+pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
+
+pub const L_ROUTE: &str = "route";
+pub const L_CLUSTER: &str = "cluster";
+pub const L_CLASS: &str = "class";
+pub const L_ENDPOINT: &str = "endpoint";
+pub const L_RESULT: &str = "result";
+pub const L_HASH: &str = "hash";
+pub const L_LISTENER: &str = "listener";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; our handle then renders nothing, which
+        // /metrics shows plainly rather than hiding.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Pre-registered handles for one route, so the hot path does no label hashing.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Index 0 unused; 1..=5 are 1xx..5xx.
+    by_class: [Counter; 6],
+    pub latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, cluster: &str) -> RouteMetrics {
+        prometheus();
+        let class = |c: &'static str| metrics::counter!(REQUESTS_TOTAL, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string(), L_CLASS => c);
+        RouteMetrics {
+            by_class: [
+                Counter::noop(),
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: metrics::histogram!(REQUEST_DURATION, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string()),
+        }
+    }
+
+    pub fn record(&self, status: http::StatusCode, seconds: f64) {
+        let class = usize::from(status.as_u16() / 100).min(5);
+        self.by_class[class].increment(1);
+        self.latency.record(seconds);
+    }
+}
+
+/// One access-log line; emitted as a JSON event on target `access`.
+#[derive(Debug)]
+pub struct AccessRecord<'a> {
+    pub request_id: &'a str,
+    pub client: std::net::IpAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub protocol: http::Version,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub status: u16,
+    pub error: &'a str,
+    pub attempts: u32,
+    pub upstream_ms: f64,
+    pub total_ms: f64,
+}
+
+impl AccessRecord<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id,
+            client = %self.client,
+            method = self.method,
+            host = self.host,
+            path = self.path,
+            protocol = ?self.protocol,
+            route = self.route,
+            upstream = self.upstream,
+            status = self.status,
+            error = self.error,
+            attempts = self.attempts,
+            upstream_ms = self.upstream_ms,
+            total_ms = self.total_ms,
+        );
+    }
+}
