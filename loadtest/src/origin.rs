@@ -369,16 +369,20 @@ fn zeros(n: u64) -> OriginBody {
 }
 
 fn truncated_body() -> OriginBody {
-    let stream = futures_lite_stream(2, |i| {
-        if i == 0 {
-            Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
-        } else {
-            Err(std::io::Error::other(
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))))
+            .await;
+        // Let the head and first chunk reach the peer before dying.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tx
+            .send(Err(std::io::Error::other(
                 "origin dropped the connection mid-body",
-            ))
-        }
+            )))
+            .await;
     });
-    StreamBody::new(stream).boxed()
+    StreamBody::new(ReceiverStream(rx)).boxed()
 }
 
 fn stalled_body() -> OriginBody {

@@ -133,8 +133,8 @@ async fn proxy_request(
 
     // rewrite the head
     let (mut head, body) = req.into_parts();
-    if !head.headers.contains_key(header::HOST)
-        && let Some(authority) = head.uri.authority()
+    // HTTP/2 :authority wins over a Host header (RFC 9113 §8.3.1); upstream gets it as Host.
+    if let Some(authority) = head.uri.authority()
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
         head.headers.insert(header::HOST, v);

@@ -1,1 +1,361 @@
-fn main() {}
+//! `proxyctl`: the operator CLI. Talks to a front door's admin API.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "proxyctl",
+    version,
+    about = "Operate a frontdoor through its admin API"
+)]
+struct Cli {
+    /// Admin API base URL.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:9901",
+        env = "FRONTDOOR_ADMIN"
+    )]
+    admin: String,
+    /// Bearer token for the admin API.
+    #[arg(
+        long,
+        global = true,
+        env = "FRONTDOOR_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Print the raw JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Config version, routes, clusters and endpoint health.
+    Status,
+    /// Ask the front door to re-read its config; prints every error if it is rejected.
+    Reload,
+    /// Validate a config file locally (no front door needed).
+    Check { config: PathBuf },
+    /// Demo mode: inspect or inject faults into the demo origins.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DemoCommand {
+    /// List demo origins with their faults and request counts.
+    Origins,
+    /// Set a fault on the origin(s) of REGION and VERSION (`--clear` removes all faults).
+    Fault {
+        region: String,
+        version: String,
+        /// Share of requests answered with 500 (0..1, or a percentage like 20%).
+        #[arg(long, value_parser = parse_rate)]
+        error_rate: Option<f64>,
+        #[arg(long)]
+        latency_ms: Option<u64>,
+        /// Drop every connection and fail health checks.
+        #[arg(long)]
+        down: bool,
+        /// Remove every fault.
+        #[arg(long, conflicts_with_all = ["error_rate", "latency_ms", "down"])]
+        clear: bool,
+    },
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let value = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("{text:?} is not a rate like 0.2 or 20%"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{text:?} must be between 0 and 1 (0%..100%)"))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("proxyctl: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("proxyctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Check { config } => {
+            let text = std::fs::read_to_string(config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            return Ok(match routes::load(&text) {
+                Ok(s) => {
+                    println!(
+                        "{}: ok — {} routes, {} clusters, hash {}",
+                        config.display(),
+                        s.routes.len(),
+                        s.clusters.len(),
+                        s.hash
+                    );
+                    ok
+                }
+                Err(errors) => {
+                    eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                    for e in &errors.0 {
+                        eprintln!("  {e}");
+                    }
+                    std::process::ExitCode::FAILURE
+                }
+            });
+        }
+        Command::Status => {
+            let v = call(&cli, Method::GET, "/status", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?)
+            } else {
+                print_status(&v)
+            }
+        }
+        Command::Reload => {
+            let v = call(&cli, Method::POST, "/reload", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v["ok"] == true {
+                println!("reloaded: config {}", v["hash"].as_str().unwrap_or("?"));
+            } else {
+                eprintln!(
+                    "reload rejected; still serving config {}",
+                    v["serving"].as_str().unwrap_or("?")
+                );
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    eprintln!("  {}", e.as_str().unwrap_or_default());
+                }
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Demo {
+            command: DemoCommand::Origins,
+        } => {
+            let v = call(&cli, Method::GET, "/demo/origins", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut rows = vec![vec![
+                    "ORIGIN".into(),
+                    "ADDRESS".into(),
+                    "ERROR_RATE".into(),
+                    "LATENCY_MS".into(),
+                    "DOWN".into(),
+                    "REQUESTS".into(),
+                ]];
+                for (k, o) in v.as_object().into_iter().flatten() {
+                    rows.push(vec![
+                        k.clone(),
+                        s(&o["address"]),
+                        s(&o["fault"]["error_rate"]),
+                        s(&o["fault"]["latency_ms"]),
+                        s(&o["fault"]["down"]),
+                        s(&o["requests"]),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        Command::Demo {
+            command:
+                DemoCommand::Fault {
+                    region,
+                    version,
+                    error_rate,
+                    latency_ms,
+                    down,
+                    clear,
+                },
+        } => {
+            let body = if *clear {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({ "error_rate": error_rate.unwrap_or(0.0), "latency_ms": latency_ms.unwrap_or(0), "down": down })
+            };
+            let v = call(
+                &cli,
+                Method::PUT,
+                &format!("/demo/origins/{region}/{version}"),
+                Some(body),
+            )
+            .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?)
+            } else {
+                println!("{region}/{version}: {}", v["fault"])
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(t) => t.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn call(cli: &Cli, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let token = cli
+        .token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .context("no admin token: pass --token or set FRONTDOOR_ADMIN_TOKEN")?;
+    let url = format!("{}{}", cli.admin.trim_end_matches('/'), path);
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("invalid admin URL {:?}", cli.admin))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("admin URL must be http://host:port (got {:?})", cli.admin);
+    }
+    let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("{}: no answer within 30 s", cli.admin))?
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", cli.admin))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading the answer")?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    match status {
+        StatusCode::UNAUTHORIZED => bail!("401 unauthorized: the admin token was refused"),
+        s if s.is_success() || s == StatusCode::UNPROCESSABLE_ENTITY => Ok(value),
+        other => bail!(
+            "{other}: {}",
+            value
+                .get("error")
+                .map(s)
+                .unwrap_or_else(|| value.to_string())
+        ),
+    }
+}
+
+fn print_status(v: &Value) {
+    let c = &v["config"];
+    println!(
+        "config {}   region {}   reloads ok {} rejected {}",
+        s(&c["hash"]),
+        s(&v["region"]),
+        s(&c["reloads_ok"]),
+        s(&c["reloads_rejected"])
+    );
+    for e in c["last_errors"].as_array().into_iter().flatten() {
+        println!("  last rejected reload: {}", s(e));
+    }
+    println!();
+    let mut rows = vec![vec![
+        "ROUTE".into(),
+        "HOSTS".into(),
+        "PREFIX".into(),
+        "CLUSTER".into(),
+        "VERSION".into(),
+    ]];
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let hosts = r["hosts"]
+            .as_array()
+            .map(|h| h.iter().map(s).collect::<Vec<_>>().join(","))
+            .filter(|h| !h.is_empty());
+        rows.push(vec![
+            s(&r["name"]),
+            hosts.unwrap_or_else(|| "*".into()),
+            s(&r["path_prefix"]),
+            s(&r["cluster"]),
+            s(&r["version"]),
+        ]);
+    }
+    print_table(&rows);
+    println!();
+    let mut rows = vec![vec![
+        "CLUSTER".into(),
+        "ENDPOINT".into(),
+        "REGION".into(),
+        "VERSION".into(),
+        "HEALTH".into(),
+        "IN_FLIGHT".into(),
+    ]];
+    for cl in v["clusters"].as_array().into_iter().flatten() {
+        for m in cl["members"].as_array().into_iter().flatten() {
+            let health = if m["healthy"] == true {
+                "healthy"
+            } else if m["ejected"] == true {
+                "ejected"
+            } else {
+                "unhealthy"
+            };
+            rows.push(vec![
+                s(&cl["name"]),
+                s(&m["address"]),
+                s(&m["region"]),
+                s(&m["version"]),
+                health.into(),
+                s(&m["in_flight"]),
+            ]);
+        }
+    }
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared test helpers: start a front door on loopback `:0` ports in front of in-process origins.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use frontdoor::server::{self, Running, StartOptions};
+use frontdoor::state::ConfigSource;
+
+pub const TOKEN: &str = "test-token";
+
+pub async fn start(config: &str) -> Running {
+    start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config.to_string())),
+        ..Default::default()
+    })
+    .await
+}
+
+pub async fn start_with(mut opts: StartOptions) -> Running {
+    certs::install_crypto_provider();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    opts.http.get_or_insert(any);
+    opts.admin.get_or_insert(any);
+    if opts.admin_token.is_empty() {
+        opts.admin_token = TOKEN.to_string();
+    }
+    server::start(opts).await.expect("front door starts")
+}
+
+pub fn url(running: &Running, path: &str) -> String {
+    format!("http://{}{}", running.http.expect("http listener"), path)
+}
+
+/// A cluster section with the given endpoints (`(address, region, version)`).
+pub fn cluster(name: &str, extra: &str, endpoints: &[(SocketAddr, &str, &str)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, r, v)| {
+            let region = if r.is_empty() {
+                String::new()
+            } else {
+                format!(", region = \"{r}\"")
+            };
+            format!("{{ address = \"{a}\"{region}, version = \"{v}\" }}")
+        })
+        .collect();
+    format!(
+        "[clusters.{name}]\n{extra}\nendpoints = [{}]\n",
+        eps.join(", ")
+    )
+}
+
+/// Waits (polling every 20 ms, up to 10 s) until `check` holds. For conditions driven by real
+/// network I/O, where a paused clock cannot be used; nothing asserts on how long it took.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition never held: {what}");
+}
+
+/// A loopback address nothing listens on (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}

@@ -1,0 +1,500 @@
+//! End-to-end: requests through a real front door to in-process origins.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{cluster, dead_addr, start, url};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use loadtest::{Client, FaultSpec, Origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
+    let origin = Origin::builder()
+        .region("us")
+        .version("stable")
+        .start()
+        .await
+        .expect("origin");
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "stable")])
+    );
+    let fd = start(&config).await;
+
+    for (client, host) in [
+        (Client::http1(), "shop.example.com"),
+        (Client::h2c(), "127.0.0.1"),
+    ] {
+        // HTTP/2 carries the host in :authority (the URL's), which wins over any Host header.
+        let req = Request::get(url(&fd, "/hello?q=1"))
+            .header("host", host)
+            .header("connection", "x-secret")
+            .header("x-secret", "must not pass")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .body(Full::default())
+            .expect("req");
+        let resp = client.send(req).await.expect("response");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.header("x-origin-region"), Some("us"));
+        let rid = resp
+            .header("x-request-id")
+            .expect("request id on the response")
+            .to_string();
+        let echo = resp.echo().expect("origin echo");
+        assert_eq!(echo.path, "/hello?q=1");
+        assert_eq!(echo.header("x-request-id"), Some(rid.as_str()));
+        assert_eq!(
+            echo.header("x-secret"),
+            None,
+            "header named in Connection must be dropped"
+        );
+        assert_eq!(echo.header("connection"), None);
+        // The peer (127.0.0.1) is not trusted: its forwarding headers are replaced.
+        assert_eq!(echo.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(echo.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(echo.header("x-forwarded-host"), Some(host));
+        assert!(
+            echo.header("host").is_some_and(|h| h.starts_with(host)),
+            "{:?}",
+            echo.header("host")
+        );
+        let via = echo.header("via").expect("via");
+        assert!(via.ends_with("frontdoor"), "{via}");
+        assert!(resp.header("via").is_some_and(|v| v.contains("frontdoor")));
+        if resp.version == Version::HTTP_2 {
+            assert_eq!(via, "2 frontdoor");
+        }
+    }
+    // A request id the client sent is kept.
+    let req = Request::get(url(&fd, "/"))
+        .header("x-request-id", "abc-123")
+        .body(Full::default())
+        .expect("req");
+    let resp = Client::http1().send(req).await.expect("response");
+    assert_eq!(
+        resp.echo().expect("echo").header("x-request-id"),
+        Some("abc-123")
+    );
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_kept_from_trusted_proxies() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "stable")])
+    );
+    let fd = start(&config).await;
+    let req = Request::get(url(&fd, "/"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .body(Full::default())
+        .expect("req");
+    let echo = Client::http1()
+        .send(req)
+        .await
+        .expect("resp")
+        .echo()
+        .expect("echo");
+    assert_eq!(
+        echo.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(echo.header("x-forwarded-proto"), Some("https"));
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn routes_by_host_then_longest_prefix() {
+    let a = Origin::builder().version("exact").start().await.expect("a");
+    let b = Origin::builder().version("wild").start().await.expect("b");
+    let c = Origin::builder().version("any").start().await.expect("c");
+    let config = format!(
+        "{}{}{}
+[[routes]]
+hosts = [\"api.example.com\"]
+path_prefix = \"/v1\"
+cluster = \"a\"
+[[routes]]
+hosts = [\"*.example.com\"]
+cluster = \"b\"
+[[routes]]
+path_prefix = \"/public\"
+cluster = \"c\"
+",
+        cluster("a", "", &[(a.addr, "", "exact")]),
+        cluster("b", "", &[(b.addr, "", "wild")]),
+        cluster("c", "", &[(c.addr, "", "any")]),
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    let cases = [
+        ("api.example.com", "/v1/users", Some("exact")),
+        ("api.example.com", "/v2", Some("wild")),
+        ("www.example.com", "/public", Some("wild")),
+        ("other.org", "/public/x", Some("any")),
+        ("other.org", "/private", None),
+    ];
+    for (host, path, want) in cases {
+        let req = Request::get(url(&fd, path))
+            .header("host", host)
+            .body(Full::default())
+            .expect("req");
+        let resp = client.send(req).await.expect("resp");
+        match want {
+            Some(v) => assert_eq!(resp.header("x-origin-version"), Some(v), "{host}{path}"),
+            None => {
+                assert_eq!(resp.status, StatusCode::NOT_FOUND, "{host}{path}");
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.body).expect("json error body");
+                assert_eq!(body["error"], "no_route");
+                assert_eq!(body["request_id"].as_str(), resp.header("x-request-id"));
+            }
+        }
+    }
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_502_503_504() {
+    let slow = Origin::builder().start().await.expect("slow");
+    slow.faults.set(FaultSpec {
+        latency_ms: 3_000,
+        ..Default::default()
+    });
+    let dead = dead_addr().await;
+    let config = format!(
+        "{}{}
+[[routes]]
+path_prefix = \"/slow\"
+cluster = \"slow\"
+[[routes]]
+path_prefix = \"/dead\"
+cluster = \"dead\"
+",
+        cluster(
+            "slow",
+            "request_timeout = \"200ms\"",
+            &[(slow.addr, "", "v")]
+        ),
+        cluster(
+            "dead",
+            "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\" }",
+            &[(dead, "", "v")]
+        ),
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    let slow_resp = client.get(&url(&fd, "/slow")).await.expect("resp");
+    assert_eq!(slow_resp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(slow_resp.text().contains("upstream_timeout"));
+    // Two connect failures (502) eject the only endpoint; then the answer is 503.
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(
+                client
+                    .get(&url(&fd, "/dead"))
+                    .await
+                    .expect("resp")
+                    .status
+                    .as_u16(),
+            );
+        }
+        v
+    };
+    assert_eq!(statuses, vec![502, 502, 503]);
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_only_what_is_safe() {
+    let live = Origin::builder().start().await.expect("live");
+    let dead = dead_addr().await;
+    let extra = "retries = { attempts = 1 }\noutlier = { consecutive_failures = 0 }";
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", extra, &[(live.addr, "", "v"), (dead, "", "v")])
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    // Bodiless requests are retried on the live endpoint after a connect failure.
+    for _ in 0..10 {
+        assert_eq!(
+            client.get(&url(&fd, "/")).await.expect("resp").status,
+            StatusCode::OK
+        );
+    }
+    // A POST with a body is never replayed: half of them (round-robin) meet the dead endpoint.
+    let mut failed = 0;
+    for _ in 0..10 {
+        let req = Request::post(url(&fd, "/echo"))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .expect("req");
+        let resp = client.send(req).await.expect("resp");
+        match resp.status.as_u16() {
+            200 => assert_eq!(&resp.body[..], b"payload"),
+            502 => failed += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(failed, 5);
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_stream_ends_the_response_never_hangs() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster(
+            "app",
+            "body_idle_timeout = \"300ms\"",
+            &[(origin.addr, "", "v")]
+        )
+    );
+    let fd = start(&config).await;
+    for (client, path) in [
+        (Client::http1(), "/truncate"),
+        (Client::h2c(), "/truncate"),
+        (Client::http1(), "/stall"),
+        (Client::h2c(), "/stall"),
+    ] {
+        let req = Request::get(url(&fd, path))
+            .body(Full::default())
+            .expect("req");
+        let resp = client.send_streaming(req).await.expect("head arrives");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: body hung"));
+        assert!(
+            body.is_err(),
+            "{path}: an incomplete body must end in an error, not look complete"
+        );
+    }
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2_upstream_cluster() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "protocol = \"h2\"", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let echo = Client::http1()
+        .get(&url(&fd, "/"))
+        .await
+        .expect("resp")
+        .echo()
+        .expect("echo");
+    assert_eq!(echo.version_http, "HTTP/2.0");
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn dns_endpoints_resolve() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "[clusters.app]\nendpoints = [{{ address = \"localhost:{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+        origin.addr.port()
+    );
+    let fd = start(&config).await;
+    // localhost may also resolve to ::1, where nothing listens: the retry covers that.
+    let resp = Client::http1().get(&url(&fd, "/")).await.expect("resp");
+    assert_eq!(resp.status, StatusCode::OK);
+    let status: serde_json::Value = admin_get(&fd, "/status").await;
+    let members = status["clusters"][0]["members"]
+        .as_array()
+        .expect("members")
+        .clone();
+    assert!(
+        members
+            .iter()
+            .any(|m| m["address"] == origin.addr.to_string()),
+        "{members:?}"
+    );
+    fd.shutdown().await;
+}
+
+async fn admin_get(fd: &frontdoor::server::Running, path: &str) -> serde_json::Value {
+    let req = Request::get(format!("http://{}{}", fd.admin, path))
+        .header("authorization", format!("Bearer {}", common::TOKEN))
+        .body(Full::default())
+        .expect("req");
+    serde_json::from_slice(&Client::http1().send(req).await.expect("admin").body).expect("json")
+}
+
+#[tokio::test]
+async fn websocket_passthrough_only_where_enabled_and_never_h2c() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/ws\"\ncluster = \"app\"\nwebsocket = true\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let addr = fd.http.expect("http");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.expect("read"),
+            1,
+            "connection closed in the head"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping through the tunnel")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"ping through the tunnel");
+
+    // The same upgrade on a route without websocket: forwarded as a plain request.
+    let raw =
+        b"GET /other HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let out = loadtest::client::raw_exchange(addr, raw, 12)
+        .await
+        .expect("exchange");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // h2c upgrade: refused.
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let out = loadtest::client::raw_exchange(addr, raw, 12)
+        .await
+        .expect("exchange");
+    assert!(
+        out.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    fd.shutdown().await;
+}
+
+/// Resident set size of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    const SIZE: u64 = 256 << 20;
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let before = rss_bytes();
+
+    // Download: counted chunk by chunk, never held.
+    let req = Request::get(url(&fd, &format!("/bytes/{SIZE}")))
+        .body(Full::default())
+        .expect("req");
+    let resp = Client::http1().send_streaming(req).await.expect("resp");
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            got += data.len() as u64;
+        }
+    }
+    assert_eq!(got, SIZE);
+
+    // Upload: a streamed request body echoed back, counted on the way out.
+    let (mut sender, conn) = {
+        let tcp = tokio::net::TcpStream::connect(fd.http.expect("http"))
+            .await
+            .expect("connect");
+        hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::StreamBody<tokio_stream_shim::Chunks>,
+        >(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake")
+    };
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/echo")
+        .header("host", "a")
+        .header("content-length", SIZE)
+        .body(http_body_util::StreamBody::new(
+            tokio_stream_shim::Chunks::new(SIZE),
+        ))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("resp");
+    let mut body = resp.into_body();
+    let mut echoed = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("frame").into_data() {
+            echoed += data.len() as u64;
+        }
+    }
+    assert_eq!(echoed, SIZE);
+    let growth = rss_bytes().saturating_sub(before);
+    // 512 MiB moved through the process (proxy, origin and client all in it); far less stays.
+    assert!(growth < 64 << 20, "RSS grew by {} MiB", growth >> 20);
+    fd.shutdown().await;
+}
+
+/// A body stream of zeros in 64 KiB chunks.
+mod tokio_stream_shim {
+    use bytes::Bytes;
+    use hyper::body::Frame;
+
+    pub struct Chunks {
+        left: u64,
+        chunk: Bytes,
+    }
+
+    impl Chunks {
+        pub fn new(total: u64) -> Chunks {
+            Chunks {
+                left: total,
+                chunk: Bytes::from(vec![7u8; 64 * 1024]),
+            }
+        }
+    }
+
+    impl futures_core::Stream for Chunks {
+        type Item = Result<Frame<Bytes>, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            let n = self.left.min(self.chunk.len() as u64) as usize;
+            self.left -= n as u64;
+            let data = self.chunk.slice(..n);
+            std::task::Poll::Ready(Some(Ok(Frame::data(data))))
+        }
+    }
+}
