@@ -53,6 +53,11 @@ impl DemoOrigins {
         Ok(DemoOrigins { origins })
     }
 
+    /// Wraps origins that are already running (tests).
+    pub fn from_origins(origins: Vec<OriginHandle>) -> DemoOrigins {
+        DemoOrigins { origins }
+    }
+
     /// Applies a fault to every origin with this region and version; returns how many.
     pub fn set(&self, region: &str, version: &str, spec: FaultSpec) -> usize {
         let mut n = 0;

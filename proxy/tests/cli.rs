@@ -1,0 +1,194 @@
+//! The binaries as operators use them: `frontdoor check`, `frontdoor run` + SIGTERM, `proxyctl`.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loadtest::Origin;
+
+fn frontdoor() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_frontdoor"))
+}
+
+fn proxyctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_proxyctl"))
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("frontdoor-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn check_prints_every_error_with_its_path() {
+    let bad = temp_file(
+        "three-mistakes.toml",
+        r#"
+[clusters.app]
+connect_timeout = "soon"
+endpoints = [{ address = "127.0.0.1" }]
+[[routes]]
+cluster = "ap"
+"#,
+    );
+    let out = frontdoor().arg("check").arg(&bad).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for path in [
+        "clusters.app.connect_timeout:",
+        "clusters.app.endpoints[0].address:",
+        "routes[0].cluster:",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(path)),
+            "missing {path} in:\n{err}"
+        );
+    }
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo.toml");
+    let out = frontdoor().arg("check").arg(&good).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("2 routes, 1 clusters, 6 endpoints, 3 regions")
+    );
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_proxyctl_operates_and_sigterm_drains() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let (http, admin) = (free_port(), free_port());
+    let config = temp_file(
+        "run.toml",
+        &format!(
+            "[server]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\"\n[clusters.app]\nendpoints = [{{ address = \"{}\" }}]\n[[routes]]\nname = \"all\"\ncluster = \"app\"\n",
+            origin.addr
+        ),
+    );
+    let token = temp_file("token", "s3cret\n");
+    let mut child = frontdoor()
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--admin-token-file")
+        .arg(&token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn frontdoor");
+    let url = format!("http://127.0.0.1:{http}/");
+    let client = loadtest::Client::http1();
+    common::eventually("frontdoor answers", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await.is_ok_and(|r| r.status == 200) }
+    })
+    .await;
+    let admin_url = format!("http://127.0.0.1:{admin}");
+
+    let out = proxyctl()
+        .args(["--admin", &admin_url, "--token", "s3cret", "status"])
+        .output()
+        .expect("proxyctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ROUTE") && text.contains("all") && text.contains(&origin.addr.to_string()),
+        "{text}"
+    );
+    let out = proxyctl()
+        .args([
+            "--admin", &admin_url, "--token", "s3cret", "--json", "status",
+        ])
+        .output()
+        .expect("proxyctl");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(json["routes"][0]["name"], "all");
+
+    let out = proxyctl()
+        .args(["--admin", &admin_url, "--token", "wrong", "status"])
+        .output()
+        .expect("proxyctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let out = proxyctl()
+        .args(["--admin", &dead, "--token", "x", "status"])
+        .output()
+        .expect("proxyctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A bad config on disk: `proxyctl reload` fails with the error, the old config keeps serving.
+    std::fs::write(&config, "[[routes]]\ncluster = \"gone\"\n").expect("write");
+    let out = proxyctl()
+        .args(["--admin", &admin_url, "--token", "s3cret", "reload"])
+        .output()
+        .expect("proxyctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("routes[0].cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(client.get(&url).await.expect("still serving").status, 200);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut exit = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            exit = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = exit.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("frontdoor did not exit after SIGTERM");
+    });
+    assert!(exit.success(), "exit status {exit}");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    let access = stdout
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .expect("an access log line");
+    let line: serde_json::Value = serde_json::from_str(access).expect("access log is JSON");
+    assert_eq!(line["route"], "all");
+    assert_eq!(line["status"], 200);
+    assert!(line["request_id"].as_str().is_some_and(|r| r.len() == 16));
+}

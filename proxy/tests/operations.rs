@@ -1,0 +1,537 @@
+//! Operating a front door: reloads (good, bad, under load, on file change), the admin API,
+//! health checks, TLS with SNI and certificate rotation, draining on shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{TOKEN, cluster, eventually, start, start_with, url};
+use frontdoor::server::{Running, StartOptions};
+use frontdoor::state::ConfigSource;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use loadtest::{Client, FaultSpec, Origin};
+use serde_json::Value;
+
+async fn admin(
+    fd: &Running,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value, String) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", fd.admin, path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = Client::http1()
+        .send(req.body(Full::default()).expect("req"))
+        .await
+        .expect("admin answers");
+    let text = resp.text();
+    (
+        resp.status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("frontdoor-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token_and_reports_state() {
+    let origin = Origin::builder()
+        .region("us-central1")
+        .start()
+        .await
+        .expect("origin");
+    let config = format!(
+        "[regions]\nus-central1 = {{ jurisdiction = \"us\" }}\n[server]\nregion = \"us-central1\"\n{}\n[[routes]]\nname = \"main\"\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "us-central1", "stable")])
+    );
+    let fd = start(&config).await;
+    let (s, _, body) = admin(&fd, Method::GET, "/healthz", None).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "ok\n"));
+    for path in ["/status", "/metrics"] {
+        assert_eq!(
+            admin(&fd, Method::GET, path, None).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            admin(&fd, Method::GET, path, Some("wrong")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        admin(&fd, Method::POST, "/reload", Some("test-toke"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    assert_eq!(
+        Client::http1()
+            .get(&url(&fd, "/"))
+            .await
+            .expect("proxied")
+            .status,
+        StatusCode::OK
+    );
+    let (s, status, _) = admin(&fd, Method::GET, "/status", Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(status["region"], "us-central1");
+    assert_eq!(status["config"]["hash"].as_str().map(str::len), Some(16));
+    assert_eq!(status["routes"][0]["name"], "main");
+    let member = &status["clusters"][0]["members"][0];
+    assert_eq!(member["address"], origin.addr.to_string());
+    assert_eq!(member["healthy"], true);
+
+    let (s, _, metrics) = admin(&fd, Method::GET, "/metrics", Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        metrics.contains("frontdoor_requests_total{route=\"main\",cluster=\"app\",class=\"2xx\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("frontdoor_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("frontdoor_upstream_healthy"), "{metrics}");
+    assert_eq!(
+        admin(&fd, Method::GET, "/nope", Some(TOKEN)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        admin(&fd, Method::DELETE, "/status", Some(TOKEN)).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_config_is_rejected_with_every_error_and_the_old_one_keeps_serving() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = temp_dir("reload-bad");
+    let path = dir.join("config.toml");
+    let good = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    std::fs::write(&path, &good).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.clone())),
+        ..Default::default()
+    })
+    .await;
+    let hash = fd.proxy.active().snapshot.hash.clone();
+
+    let bad = format!("{good}\n[[routes]]\npath_prefix = \"api\"\ncluster = \"missing\"\n");
+    std::fs::write(&path, bad).expect("write");
+    let (s, body, _) = admin(&fd, Method::POST, "/reload", Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors: Vec<String> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with("routes[1].cluster:")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("routes[1].path_prefix:")),
+        "{errors:?}"
+    );
+    assert_eq!(body["serving"], hash.as_str());
+    assert_eq!(fd.proxy.active().snapshot.hash, hash);
+    assert_eq!(
+        Client::http1()
+            .get(&url(&fd, "/"))
+            .await
+            .expect("resp")
+            .status,
+        StatusCode::OK
+    );
+    let (_, status, _) = admin(&fd, Method::GET, "/status", Some(TOKEN)).await;
+    assert_eq!(status["config"]["reloads_rejected"], 1);
+    assert_eq!(
+        status["config"]["last_errors"].as_array().map(Vec::len),
+        Some(errors.len())
+    );
+
+    // Fix it: the next reload is accepted and clears the errors.
+    let fixed = format!("{good}\n[[routes]]\npath_prefix = \"/api\"\ncluster = \"app\"\n");
+    std::fs::write(&path, fixed).expect("write");
+    let (s, body, _) = admin(&fd, Method::POST, "/reload", Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_ne!(fd.proxy.active().snapshot.hash, hash);
+    assert_eq!(fd.proxy.active().snapshot.routes.len(), 2);
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_changed_file_is_picked_up() {
+    let a = Origin::builder().version("a").start().await.expect("a");
+    let b = Origin::builder().version("b").start().await.expect("b");
+    let dir = temp_dir("reload-watch");
+    let path = dir.join("config.toml");
+    let config = |o: &loadtest::OriginHandle| {
+        format!(
+            "{}\n[[routes]]\ncluster = \"app\"\n",
+            cluster("app", "", &[(o.addr, "", "v")])
+        )
+    };
+    std::fs::write(&path, config(&a)).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.clone())),
+        watch_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await;
+    let client = Client::http1();
+    assert_eq!(
+        client
+            .get(&url(&fd, "/"))
+            .await
+            .expect("resp")
+            .header("x-origin-version"),
+        Some("a")
+    );
+    std::fs::write(&path, config(&b)).expect("write");
+    let u = url(&fd, "/");
+    eventually("traffic moves to b after the file changed", || {
+        let client = client.clone();
+        let u = u.clone();
+        async move {
+            client
+                .get(&u)
+                .await
+                .ok()
+                .and_then(|r| r.header("x-origin-version").map(String::from))
+                == Some("b".into())
+        }
+    })
+    .await;
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_under_load_fail_no_request() {
+    let a = Origin::builder().version("a").start().await.expect("a");
+    let b = Origin::builder().version("b").start().await.expect("b");
+    let dir = temp_dir("reload-load");
+    let path = dir.join("config.toml");
+    let configs = [
+        format!(
+            "{}\n[[routes]]\ncluster = \"app\"\n",
+            cluster("app", "", &[(a.addr, "", "v")])
+        ),
+        format!(
+            "{}\n[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/x\"\ncluster = \"app\"\n",
+            cluster("app", "", &[(a.addr, "", "v"), (b.addr, "", "v")])
+        ),
+    ];
+    std::fs::write(&path, &configs[0]).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.clone())),
+        ..Default::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+        let client = if i % 2 == 0 {
+            Client::http1()
+        } else {
+            Client::h2c()
+        };
+        let u = url(&fd, "/");
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&u).await {
+                    Ok(r) if r.status == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for i in 0..100 {
+        std::fs::write(&path, &configs[(i + 1) % 2]).expect("write");
+        fd.proxy.reload().await.expect("reload accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across 100 reloads",
+        ok + failed
+    );
+    assert!(ok > 100, "load too thin to mean anything: {ok} requests");
+    assert_eq!(fd.proxy.status.lock().expect("status").reloads_ok, 100);
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn active_health_checks_take_an_endpoint_out_and_back() {
+    let a = Origin::builder().version("a").start().await.expect("a");
+    let b = Origin::builder().version("b").start().await.expect("b");
+    let extra = "health_check = { path = \"/healthz\", interval = \"50ms\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 2 }";
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", extra, &[(a.addr, "", "v"), (b.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    // Down: health checks fail (503) and live requests are dropped.
+    a.faults.set(FaultSpec {
+        down: true,
+        ..Default::default()
+    });
+    let fd_ref = &fd;
+    eventually("a is marked unhealthy", || async move {
+        let (_, st, _) = admin(fd_ref, Method::GET, "/status", Some(TOKEN)).await;
+        st["clusters"][0]["members"][0]["active_check_ok"] == false
+    })
+    .await;
+    for _ in 0..10 {
+        let r = client.get(&url(&fd, "/")).await.expect("resp");
+        assert_eq!(r.header("x-origin-version"), Some("b"));
+    }
+    a.faults.set(FaultSpec::default());
+    eventually("a is healthy again", || async move {
+        let (_, st, _) = admin(fd_ref, Method::GET, "/status", Some(TOKEN)).await;
+        st["clusters"][0]["members"][0]["healthy"] == true
+    })
+    .await;
+    let mut seen_a = false;
+    for _ in 0..10 {
+        seen_a |= client
+            .get(&url(&fd, "/"))
+            .await
+            .expect("resp")
+            .header("x-origin-version")
+            == Some("a");
+    }
+    assert!(seen_a, "recovered endpoint takes traffic again");
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let slow = Origin::builder().start().await.expect("origin");
+    slow.faults.set(FaultSpec {
+        latency_ms: 400,
+        ..Default::default()
+    });
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(slow.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let u = url(&fd, "/");
+    let http = fd.http.expect("http");
+    let in_flight = tokio::spawn(async move { Client::http1().get(&u).await });
+    // Wait until the origin has the request, then stop the front door.
+    let faults = Arc::clone(&slow.faults);
+    eventually("request reached the origin", || {
+        let faults = Arc::clone(&faults);
+        async move { faults.requests() == 1 }
+    })
+    .await;
+    let clean = fd.shutdown().await;
+    assert!(clean, "drain finished within the deadline");
+    let resp = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight request completed");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "listener closed after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn tls_sni_alpn_and_certificate_rotation() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = temp_dir("tls");
+    let ca = certs::dev::DevCa::new("test CA").expect("ca");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let a = ca.issue(&["a.test"]).expect("a");
+    let b = ca.issue(&["*.b.test"]).expect("b");
+    let (a_cert, a_key) = (write("a.pem", &a.cert_pem), write("a.key", &a.key_pem));
+    let (b_cert, b_key) = (write("b.pem", &b.cert_pem), write("b.key", &b.key_pem));
+    let config = format!(
+        "[[tls.certificates]]\nhosts = [\"a.test\"]\ncert = \"{a_cert}\"\nkey = \"{a_key}\"\n[[tls.certificates]]\nhosts = [\"*.b.test\"]\ncert = \"{b_cert}\"\nkey = \"{b_key}\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &config).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.clone())),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https");
+    for (name, alpn, want) in [
+        ("a.test", &[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
+        ("x.b.test", &[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let (proto, resp) = loadtest::client::tls_get(https, name, &ca.cert_pem, alpn, "/")
+            .await
+            .expect("TLS request verifies");
+        assert_eq!(proto.as_deref(), Some(want), "{name}");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(
+            resp.echo().expect("echo").header("x-forwarded-proto"),
+            Some("https")
+        );
+    }
+    // A name no certificate covers gets the default (the first): verification fails.
+    assert!(
+        loadtest::client::tls_get(https, "c.test", &ca.cert_pem, &[b"http/1.1"], "/")
+            .await
+            .is_err()
+    );
+
+    // Rotation: a.test gets a certificate from a new CA; after reload only the new CA verifies.
+    let ca2 = certs::dev::DevCa::new("rotated CA").expect("ca2");
+    let a2 = ca2.issue(&["a.test"]).expect("a2");
+    // A broken pair first (new cert, old key): rejected, the old certificate keeps serving.
+    std::fs::write(&a_cert, &a2.cert_pem).expect("write");
+    let errors = fd
+        .proxy
+        .reload()
+        .await
+        .expect_err("mismatched key rejected");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("a.pem") && e.contains("does not match")),
+        "{errors:?}"
+    );
+    assert!(
+        loadtest::client::tls_get(https, "a.test", &ca.cert_pem, &[b"h2"], "/")
+            .await
+            .is_ok()
+    );
+    std::fs::write(&a_key, &a2.key_pem).expect("write");
+    fd.proxy.reload().await.expect("rotation accepted");
+    assert!(
+        loadtest::client::tls_get(https, "a.test", &ca2.cert_pem, &[b"h2"], "/")
+            .await
+            .is_ok()
+    );
+    assert!(
+        loadtest::client::tls_get(https, "a.test", &ca.cert_pem, &[b"h2"], "/")
+            .await
+            .is_err()
+    );
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn demo_fault_injection_through_the_admin_api() {
+    let us = Origin::builder()
+        .region("us-central1")
+        .version("stable")
+        .start()
+        .await
+        .expect("origin");
+    let config = format!(
+        "[regions]\nus-central1 = {{ jurisdiction = \"us\" }}\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster(
+            "app",
+            "retries = { attempts = 0 }\noutlier = { consecutive_failures = 0 }",
+            &[(us.addr, "us-central1", "stable")]
+        )
+    );
+    let demo = Arc::new(frontdoor::demo::DemoOrigins::from_origins(vec![us]));
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        demo: Some(Arc::clone(&demo)),
+        ..Default::default()
+    })
+    .await;
+    let put = |path: &str, body: &str| {
+        let req = Request::put(format!("http://{}{}", fd.admin, path))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(bytes::Bytes::from(body.to_string())))
+            .expect("req");
+        async move { Client::http1().send(req).await.expect("admin") }
+    };
+    let r = put("/demo/origins/us-central1/stable", r#"{"error_rate":1.0}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let resp = Client::http1().get(&url(&fd, "/")).await.expect("resp");
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(resp.header("x-origin-region"), Some("us-central1"));
+
+    let r = put("/demo/origins/us-central1/stable", r#"{"down":true}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        Client::http1()
+            .get(&url(&fd, "/"))
+            .await
+            .expect("resp")
+            .status,
+        StatusCode::BAD_GATEWAY
+    );
+    put("/demo/origins/us-central1/stable", "{}").await;
+    assert_eq!(
+        Client::http1()
+            .get(&url(&fd, "/"))
+            .await
+            .expect("resp")
+            .status,
+        StatusCode::OK
+    );
+
+    assert_eq!(
+        put("/demo/origins/mars/stable", "{}").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        put("/demo/origins/us-central1/stable", r#"{"error_rate":2}"#)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        put("/demo/origins/us-central1/stable", r#"{"eror_rate":0.1}"#)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    let (_, list, _) = admin(&fd, Method::GET, "/demo/origins", Some(TOKEN)).await;
+    assert_eq!(list["us-central1/stable"]["requests"], 3);
+    fd.shutdown().await;
+}
