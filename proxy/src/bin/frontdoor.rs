@@ -19,6 +19,9 @@ use frontdoor::state::ConfigSource;
     about = "Edge reverse proxy and traffic router"
 )]
 struct Cli {
+    /// Worker threads (default: one per CPU).
+    #[arg(long, global = true, env = "FRONTDOOR_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
