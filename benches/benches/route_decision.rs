@@ -5,9 +5,14 @@ use routes::{RequestFacts, normalize_host};
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
-    let snapshot = routes::load(&frontdoor_benches::route_table_config(1000)).expect("bench config is valid");
+    let snapshot =
+        routes::load(&frontdoor_benches::route_table_config(1000)).expect("bench config is valid");
     let cases = [
-        ("exact host, deep path", "H3.example.com:443", "/svc3/v0/users/42/orders"),
+        (
+            "exact host, deep path",
+            "H3.example.com:443",
+            "/svc3/v0/users/42/orders",
+        ),
         ("wildcard host", "api.w1.example.net", "/svc1/v1/items"),
         ("any host, prefix", "other.org", "/svc998/v2/x"),
         ("fallback", "other.org", "/not/routed/anywhere/specific"),
@@ -17,7 +22,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let host = normalize_host(black_box(host));
-                let facts = RequestFacts { host: &host, path: black_box(path) };
+                let facts = RequestFacts {
+                    host: &host,
+                    path: black_box(path),
+                };
                 black_box(snapshot.decide(&facts))
             })
         });

@@ -8,7 +8,10 @@ pub fn route_table_config(n: usize) -> String {
     let mut text = String::from(
         "[regions]\nus-central1 = { jurisdiction = \"us\" }\neurope-west1 = { jurisdiction = \"eu\" }\nasia-southeast1 = { jurisdiction = \"apac\" }\n",
     );
-    for (i, region) in ["us-central1", "europe-west1", "asia-southeast1"].iter().enumerate() {
+    for (i, region) in ["us-central1", "europe-west1", "asia-southeast1"]
+        .iter()
+        .enumerate()
+    {
         text.push_str(&format!(
             "[clusters.c{i}]\nendpoints = [{{ address = \"127.0.0.1:{}\", region = \"{region}\", version = \"stable\" }}]\n",
             9000 + i
