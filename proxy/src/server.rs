@@ -96,52 +96,35 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         anyhow::bail!("no listener: set server.http / server.https or pass --http / --https");
     }
 
-    let mut bound_http = None;
-    if let Some(addr) = http_addr {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("bind http {addr}: {e}"))?;
-        bound_http = Some(listener.local_addr()?);
-        let p = Arc::clone(&proxy);
-        let make = move |peer| {
-            let p = Arc::clone(&p);
-            hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
-        };
-        tasks.push(tokio::spawn(crate::listen::serve(
-            "http",
-            listener,
-            None,
-            make,
-            stop_signal(&rx),
-            drain,
-        )));
-    }
-    let mut bound_https = None;
-    if let Some(addr) = https_addr {
-        let resolver = proxy
-            .tls
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(resolver)));
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("bind https {addr}: {e}"))?;
-        bound_https = Some(listener.local_addr()?);
-        let p = Arc::clone(&proxy);
-        let make = move |peer| {
-            let p = Arc::clone(&p);
-            hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
-        };
-        tasks.push(tokio::spawn(crate::listen::serve(
-            "https",
-            listener,
-            Some(acceptor),
-            make,
-            stop_signal(&rx),
-            drain,
-        )));
-    }
+    let bound_http = match http_addr {
+        Some(addr) => {
+            Some(spawn_proxy_listener("http", addr, None, &proxy, &rx, drain, &mut tasks).await?)
+        }
+        None => None,
+    };
+    let bound_https = match https_addr {
+        Some(addr) => {
+            let resolver = proxy
+                .tls
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(resolver)));
+            Some(
+                spawn_proxy_listener(
+                    "https",
+                    addr,
+                    Some(acceptor),
+                    &proxy,
+                    &rx,
+                    drain,
+                    &mut tasks,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
 
     let admin_listener = TcpListener::bind(admin_addr)
         .await
@@ -177,6 +160,36 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// Binds a data-plane listener and serves the request pipeline on it; returns the bound address.
+async fn spawn_proxy_listener(
+    name: &'static str,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: &Arc<Proxy>,
+    stop: &watch::Receiver<bool>,
+    drain: Duration,
+    tasks: &mut Vec<JoinHandle<bool>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {name} {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let p = Arc::clone(proxy);
+    let make = move |peer| {
+        let p = Arc::clone(&p);
+        hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
+    };
+    tasks.push(tokio::spawn(crate::listen::serve(
+        name,
+        listener,
+        tls,
+        make,
+        stop_signal(stop),
+        drain,
+    )));
+    Ok(bound)
 }
 
 /// Reloads when the config file or a certificate file changes (content, not mtime).

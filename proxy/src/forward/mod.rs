@@ -112,9 +112,13 @@ pub async fn send(
     let path = head
         .uri
         .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let bodiless = body.is_end_stream();
+    let method = head.method.clone();
+    // Keep the head for a possible retry; otherwise it moves into the one attempt (no clone).
+    let retryable = bodiless && cfg.retries.attempts > 0;
+    let mut head = Some(head);
     let mut body = Some(body);
     let mut failed: Option<Arc<Member>> = None;
     let mut attempts = 0u32;
@@ -136,7 +140,7 @@ pub async fn send(
         let uri = Uri::builder()
             .scheme("http")
             .authority(member.authority.clone())
-            .path_and_query(path.as_str())
+            .path_and_query(path.clone())
             .build();
         let Ok(uri) = uri else {
             return Err(ForwardError {
@@ -150,7 +154,21 @@ pub async fn send(
             Some(b) if !bodiless => Either::Left(b),
             _ => Either::Right(Empty::new()),
         };
-        let mut parts = head.clone();
+        let mut parts = match (&head, retryable) {
+            (Some(h), true) => h.clone(),
+            _ => match head.take() {
+                Some(h) => h,
+                None => {
+                    return Err(ForwardError {
+                        error: ProxyError::NoHealthyUpstream {
+                            cluster: cfg.name.clone(),
+                        },
+                        member: failed,
+                        attempts,
+                    });
+                }
+            },
+        };
         parts.uri = uri;
         let req = Request::from_parts(parts, upstream_body);
 
@@ -187,7 +205,7 @@ pub async fn send(
         let may_retry = bodiless
             && attempts <= cfg.retries.attempts
             && !matches!(error, ProxyError::Timeout { .. })
-            && (idempotent(&head.method) || error.nothing_sent())
+            && (idempotent(&method) || error.nothing_sent())
             && cluster.retry_allowed();
         if !may_retry {
             return Err(ForwardError {
