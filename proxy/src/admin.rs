@@ -90,6 +90,7 @@ impl Admin {
                     &json!({ "ok": false, "errors": errors, "serving": self.proxy.active().snapshot.hash }),
                 ),
             },
+            (Method::GET, "/explain") => self.explain(req.uri().query().unwrap_or_default()),
             (Method::GET, "/demo/origins") => match &self.demo {
                 Some(demo) => json_response(StatusCode::OK, &demo.list()),
                 None => error(StatusCode::NOT_FOUND, "not running in demo mode"),
@@ -101,6 +102,68 @@ impl Admin {
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         Ok(resp)
+    }
+
+    /// `GET /explain?url=URL[&country=DE][&jurisdiction=eu][&tenant=T][&client=IP]`: the
+    /// decision for such a request (headers as if sent by a trusted proxy), and where it
+    /// would be served from right now.
+    fn explain(&self, query: &str) -> Response<Full<Bytes>> {
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect();
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(url) = get("url") else {
+            return error(StatusCode::BAD_REQUEST, "missing url parameter");
+        };
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            return error(StatusCode::BAD_REQUEST, "url is not a valid URL");
+        };
+        let Some(authority) = uri.authority() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "url needs a host (https://host/path)",
+            );
+        };
+        let host = routes::normalize_host(authority.as_str());
+        let active = self.proxy.active_full();
+        let s = &active.snapshot;
+        let client: Option<std::net::IpAddr> = get("client").and_then(|c| c.parse().ok());
+        let geo = client.and_then(|ip| active.geoip.as_ref().and_then(|g| g.country(ip)));
+        let facts = routes::RequestFacts {
+            host: &host,
+            path: uri.path(),
+            tenant: get("tenant"),
+            country: get("country"),
+            jurisdiction: get("jurisdiction"),
+            geoip_country: geo.as_ref().and_then(|c| std::str::from_utf8(c).ok()),
+        };
+        let mut text = s.explain(&facts);
+        if let Some(d) = s.decide(&facts) {
+            let cluster = &active.upstreams.clusters[d.cluster.0];
+            let now = match cluster.pick(s, s.route(d.route), d.allowed, None) {
+                Some(m) => format!(
+                    "  now:          {} ({}) — healthy endpoints as of this moment\n",
+                    m.region.map_or("-", |r| s.region(r).name.as_str()),
+                    m.addr
+                ),
+                None if d.restricted => "  now:          503 residency refusal: no healthy endpoint in the allowed regions\n".to_string(),
+                None => "  now:          503: no healthy endpoint\n".to_string(),
+            };
+            text.push_str(&now);
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -223,6 +286,22 @@ mod tests {
     use super::constant_time_eq;
 
     #[test]
+    fn percent_decoding() {
+        use super::percent_decode;
+        let cases = [
+            ("a%20b", "a b"),
+            ("a+b", "a b"),
+            ("https%3A%2F%2Fx%2Fy", "https://x/y"),
+            ("%zz", "%zz"),
+            ("100%", "100%"),
+            ("%4", "%4"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(percent_decode(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
     fn constant_time_eq_cases() {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
@@ -232,4 +311,31 @@ mod tests {
         assert!(!constant_time_eq(b"x", b""));
         assert!(constant_time_eq(b"", b""));
     }
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding) in a query component.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

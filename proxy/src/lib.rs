@@ -11,6 +11,7 @@ pub mod classify;
 pub mod clock;
 pub mod demo;
 pub mod forward;
+pub mod geoip;
 pub mod listen;
 pub mod pipeline;
 pub mod respond;

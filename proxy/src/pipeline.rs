@@ -24,6 +24,9 @@ use crate::respond::ProxyError;
 use crate::state::{Active, Proxy};
 use crate::telemetry::AccessRecord;
 
+/// The region whose endpoint answered, on every proxied response.
+pub const SERVED_REGION: http::HeaderName = http::HeaderName::from_static("x-served-region");
+
 /// Body of every response the proxy sends: streamed from upstream, or our own error body.
 pub type ProxyBody = Either<IdleTimeoutBody, Full<Bytes>>;
 
@@ -34,6 +37,7 @@ struct Outcome {
     attempts: u32,
     upstream_ms: f64,
     error: Option<ProxyError>,
+    decision: Option<routes::Decision>,
 }
 
 /// Serves one request. Never fails: every error becomes a response here.
@@ -57,15 +61,33 @@ pub async fn handle(
         attempts: 0,
         upstream_ms: 0.0,
         error: None,
+        decision: None,
     };
-    let response = match proxy_request(&active, peer, req, &host, &request_id, &mut outcome).await {
-        Ok(resp) => resp,
-        Err(err) => {
-            let resp = err.into_response(request_id.to_str().unwrap_or_default());
-            outcome.error = Some(err);
-            resp.map(Either::Right)
-        }
-    };
+    let response =
+        match proxy_request(&active, peer, req, &host, client, &request_id, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if let (
+                    ProxyError::ResidencyRefused {
+                        jurisdiction,
+                        allowed,
+                    },
+                    Some(d),
+                ) = (&err, &outcome.decision)
+                {
+                    crate::telemetry::audit_residency_refusal(
+                        request_id.to_str().unwrap_or_default(),
+                        &active.snapshot.route(d.route).name,
+                        jurisdiction,
+                        d.jurisdiction_source.as_str(),
+                        allowed,
+                    );
+                }
+                let resp = err.into_response(request_id.to_str().unwrap_or_default());
+                outcome.error = Some(err);
+                resp.map(Either::Right)
+            }
+        };
 
     // record
     let total = started.elapsed();
@@ -101,6 +123,7 @@ async fn proxy_request(
     peer: Peer,
     mut req: Request<Incoming>,
     host: &str,
+    client: std::net::IpAddr,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -109,14 +132,41 @@ async fn proxy_request(
         return Err(ProxyError::BadRequest("missing Host"));
     }
 
-    // route
-    let facts = routes::RequestFacts {
-        host,
-        path: req.uri().path(),
+    // classify + route: jurisdiction facts (edge headers only from trusted peers), decision
+    let trusted = snapshot.is_trusted_proxy(peer.addr.ip());
+    let geo = active.geoip.as_ref().and_then(|g| g.country(client));
+    let geo_text = geo.as_ref().and_then(|c| std::str::from_utf8(c).ok());
+    let decision = {
+        let headers = req.headers();
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let c = &snapshot.classify;
+        let facts = routes::RequestFacts {
+            host,
+            path: req.uri().path(),
+            tenant: c.tenant_header.as_deref().and_then(text),
+            country: if trusted {
+                text(&c.country_header)
+            } else {
+                None
+            },
+            jurisdiction: if trusted {
+                text(&c.jurisdiction_header)
+            } else {
+                None
+            },
+            geoip_country: geo_text,
+        };
+        snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?
     };
-    let decision = snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(decision.route.0);
+    outcome.decision = Some(decision);
     let route = snapshot.route(decision.route);
+    if !trusted {
+        // Edge classification headers from anyone else are ignored and not passed on.
+        let c = &snapshot.classify;
+        req.headers_mut().remove(c.country_header.as_str());
+        req.headers_mut().remove(c.jurisdiction_header.as_str());
+    }
 
     // upgrades: WebSocket only where the route allows it; never h2c (a smuggling tunnel).
     let upgrade = req
@@ -140,21 +190,13 @@ async fn proxy_request(
         head.headers.insert(header::HOST, v);
     }
     classify::strip_hop_by_hop(&mut head.headers, websocket);
-    let trusted = snapshot.is_trusted_proxy(peer.addr.ip());
     classify::set_forwarded(&mut head.headers, &peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
 
     // forward
     let cluster = &active.upstreams.clusters[decision.cluster.0];
     let sent = Instant::now();
-    let result = forward::send(
-        cluster,
-        head,
-        body,
-        route.version.as_deref(),
-        snapshot.server.region,
-    )
-    .await;
+    let result = forward::send(cluster, snapshot, &decision, head, body).await;
     outcome.upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
     let forwarded = match result {
         Ok(f) => f,

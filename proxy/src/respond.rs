@@ -8,6 +8,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+/// Set on refusals, saying which policy refused (`residency`).
+pub const REFUSED: http::HeaderName = http::HeaderName::from_static("x-frontdoor-refused");
+
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -28,6 +31,12 @@ pub enum ProxyError {
     NoRoute,
     /// No healthy endpoint for the route's cluster (503).
     NoHealthyUpstream { cluster: String },
+    /// A residency-restricted request with no healthy endpoint in its allowed regions (503,
+    /// `x-frontdoor-refused: residency`). Fail closed: never forwarded elsewhere.
+    ResidencyRefused {
+        jurisdiction: String,
+        allowed: String,
+    },
     /// Could not connect to the chosen endpoint (502). Nothing was sent: retry is safe.
     Connect { endpoint: String },
     /// The upstream broke the exchange before a response head (502).
@@ -41,7 +50,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream { .. } | ProxyError::ResidencyRefused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -67,6 +78,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::ResidencyRefused { .. } => "residency_refused",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
@@ -80,6 +92,12 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { cluster } => {
                 format!("no healthy upstream in cluster {cluster}")
             }
+            ProxyError::ResidencyRefused {
+                jurisdiction,
+                allowed,
+            } => format!(
+                "data residency: requests in jurisdiction {jurisdiction} may only be served from [{allowed}], and none of those is healthy"
+            ),
             ProxyError::Connect { .. } => "could not connect to the upstream".into(),
             ProxyError::UpstreamFailed { .. } => "the upstream closed the exchange".into(),
             ProxyError::Timeout { .. } => "the upstream did not answer in time".into(),
@@ -109,6 +127,9 @@ impl ProxyError {
         );
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(crate::classify::REQUEST_ID, v);
+        }
+        if matches!(self, ProxyError::ResidencyRefused { .. }) {
+            h.insert(REFUSED, HeaderValue::from_static("residency"));
         }
         resp
     }

@@ -20,6 +20,16 @@ pub struct Active {
     pub upstreams: Upstreams,
     /// Pre-registered metric handles by route index.
     pub route_metrics: Vec<RouteMetrics>,
+    /// The country database, when `classify.geoip_db` is set.
+    pub geoip: Option<crate::geoip::GeoIp>,
+}
+
+impl Active {
+    /// `x-served-region` value for a region (names are validated header-safe at load).
+    pub fn region_header(&self, region: routes::RegionId) -> http::HeaderValue {
+        http::HeaderValue::from_str(&self.snapshot.region(region).name)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+    }
 }
 
 /// Where the config comes from.
@@ -94,7 +104,7 @@ impl Proxy {
             None
         };
         let upstream_shared = forward::Shared::default();
-        let active = build_active(snapshot, &upstream_shared, None).await;
+        let active = build_active(snapshot, &upstream_shared, None).await?;
         record_config(&active.snapshot.hash, None);
         let proxy = Proxy {
             active: ArcSwap::from_pointee(active),
@@ -166,7 +176,7 @@ impl Proxy {
             }
             _ => None,
         };
-        let new = build_active(snapshot, &self.upstream_shared, Some(&old.upstreams)).await;
+        let new = build_active(snapshot, &self.upstream_shared, Some(&old.upstreams)).await?;
         let hash = new.snapshot.hash.clone();
         // Certificates first: a request seeing the new routes never meets the old certs' gap.
         if let (Some(resolver), Some(store)) = (&self.tls, certs) {
@@ -249,18 +259,23 @@ async fn build_active(
     snapshot: Snapshot,
     shared: &forward::Shared,
     previous: Option<&Upstreams>,
-) -> Active {
+) -> Result<Active, Vec<String>> {
+    let geoip = match &snapshot.classify.geoip_db {
+        Some(path) => Some(crate::geoip::GeoIp::open(path).map_err(|e| vec![e])?),
+        None => None,
+    };
     let upstreams = Upstreams::build(&snapshot, shared, previous).await;
     let route_metrics = snapshot
         .routes
         .iter()
         .map(|r| RouteMetrics::new(&r.name, &snapshot.cluster(r.cluster).name))
         .collect();
-    Active {
+    Ok(Active {
         snapshot,
         upstreams,
         route_metrics,
-    }
+        geoip,
+    })
 }
 
 fn record_config(hash: &str, old: Option<&str>) {

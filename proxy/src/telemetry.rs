@@ -19,6 +19,10 @@ pub const UPSTREAM_EJECTIONS: &str = "frontdoor_upstream_ejections_total";
 pub const CONFIG_RELOADS: &str = "frontdoor_config_reloads_total";
 /// 1, labelled with the hash of the config in service.
 pub const CONFIG_INFO: &str = "frontdoor_config_info";
+/// Requests refused because no allowed region could serve them, by route and jurisdiction.
+pub const RESIDENCY_REFUSALS: &str = "frontdoor_residency_refusals_total";
+/// Requests served, by route, region and jurisdiction (`none` when unrestricted/unknown).
+pub const REGION_REQUESTS: &str = "frontdoor_region_requests_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 
@@ -29,6 +33,8 @@ pub const L_ENDPOINT: &str = "endpoint";
 pub const L_RESULT: &str = "result";
 pub const L_HASH: &str = "hash";
 pub const L_LISTENER: &str = "listener";
+pub const L_REGION: &str = "region";
+pub const L_JURISDICTION: &str = "jurisdiction";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -119,4 +125,25 @@ impl AccessRecord<'_> {
             total_ms = self.total_ms,
         );
     }
+}
+
+/// The audit line for a residency refusal (target `audit`).
+pub fn audit_residency_refusal(
+    request_id: &str,
+    route: &str,
+    jurisdiction: &str,
+    source: &str,
+    allowed: &str,
+) {
+    metrics::counter!(RESIDENCY_REFUSALS, L_ROUTE => route.to_string(), L_JURISDICTION => jurisdiction.to_string()).increment(1);
+    tracing::warn!(
+        target: "audit",
+        event = "residency_refused",
+        request_id,
+        route,
+        jurisdiction,
+        jurisdiction_source = source,
+        allowed_regions = allowed,
+        reason = "no healthy endpoint in an allowed region; request refused (fail closed)",
+    );
 }

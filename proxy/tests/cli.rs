@@ -60,7 +60,7 @@ cluster = "ap"
     );
     assert!(
         String::from_utf8_lossy(&out.stdout)
-            .contains("2 routes, 1 clusters, 6 endpoints, 3 regions")
+            .contains("4 routes, 2 clusters, 7 endpoints, 3 regions")
     );
 }
 

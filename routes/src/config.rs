@@ -19,6 +19,13 @@ pub struct RawConfig {
     pub regions: BTreeMap<String, RawRegion>,
     #[serde(default)]
     pub tls: RawTls,
+    /// How a request's jurisdiction is found.
+    #[serde(default)]
+    pub classify: RawClassify,
+    /// Jurisdiction → the only regions its requests may reach. A jurisdiction listed here is
+    /// *restricted*; others may go anywhere.
+    #[serde(default)]
+    pub residency: BTreeMap<String, Vec<String>>,
     /// Cluster name → cluster.
     #[serde(default)]
     pub clusters: BTreeMap<String, RawCluster>,
@@ -55,6 +62,42 @@ pub struct RawServer {
 pub struct RawRegion {
     /// Jurisdiction code such as `"us"`, `"eu"`, `"apac"`.
     pub jurisdiction: String,
+}
+
+/// Jurisdiction classification: tenant map, trusted headers, GeoIP, defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassify {
+    /// ISO 3166 alpha-2 country header set by a CDN. Default `x-client-country`.
+    pub country_header: Option<String>,
+    /// Jurisdiction header set by a CDN. Default `x-client-jurisdiction`.
+    pub jurisdiction_header: Option<String>,
+    /// MaxMind country database (`.mmdb`) looked up on the client address.
+    pub geoip_db: Option<String>,
+    /// Country → jurisdiction, added to (or overriding) the built-in EU/EEA → `eu` list.
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
+    /// Jurisdiction when nothing else decides and the route has no default.
+    pub default_jurisdiction: Option<String>,
+    #[serde(default)]
+    pub tenants: RawTenants,
+}
+
+/// Tenant → jurisdiction, the first source consulted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenants {
+    /// Header carrying the tenant id (e.g. `x-tenant-id`).
+    pub header: Option<String>,
+    /// Tenant id (header value) → jurisdiction.
+    #[serde(default)]
+    pub ids: BTreeMap<String, String>,
+    /// Exact host → jurisdiction.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+    /// Path prefix (segment-wise) → jurisdiction.
+    #[serde(default)]
+    pub path_prefixes: BTreeMap<String, String>,
 }
 
 /// Certificates for the TLS listener.
@@ -158,4 +201,14 @@ pub struct RawRoute {
     /// Allow `Upgrade: websocket` on this route. Default false.
     #[serde(default)]
     pub websocket: bool,
+    /// Region → weight: requests are spread over these regions in proportion, among the ones
+    /// healthy and allowed for the request. Exclusive with `failover`.
+    pub regional_weights: Option<BTreeMap<String, f64>>,
+    /// Regions in order: the first healthy, allowed one takes the request.
+    pub failover: Option<Vec<String>>,
+    /// Jurisdiction for this route's requests when no tenant, header or GeoIP decides.
+    pub default_jurisdiction: Option<String>,
+    /// Every request on this route is restricted to this jurisdiction's regions, whatever its
+    /// own jurisdiction; checked statically against the cluster's endpoints.
+    pub residency: Option<String>,
 }

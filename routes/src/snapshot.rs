@@ -7,7 +7,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::table::RouteTable;
+use std::collections::HashMap;
+
+use crate::residency::{JurisdictionId, RegionPolicy, RegionSet};
+use crate::table::{PrefixMap, RouteTable};
 use crate::units::Cidr;
 
 /// Index of a cluster in [`Snapshot::clusters`].
@@ -32,6 +35,11 @@ pub struct Snapshot {
     pub tls: Tls,
     pub clusters: Vec<Cluster>,
     pub routes: Vec<Route>,
+    /// Every jurisdiction name the config mentions, interned.
+    pub jurisdictions: Vec<String>,
+    /// By jurisdiction: the only regions its requests may reach (`None`: unrestricted).
+    pub residency: Vec<Option<RegionSet>>,
+    pub classify: Classify,
     pub(crate) table: RouteTable,
 }
 
@@ -46,6 +54,29 @@ impl Snapshot {
 
     pub fn region(&self, id: RegionId) -> &Region {
         &self.regions[id.0]
+    }
+
+    pub fn jurisdiction(&self, id: JurisdictionId) -> &str {
+        &self.jurisdictions[id.0]
+    }
+
+    pub fn jurisdiction_named(&self, name: &str) -> Option<JurisdictionId> {
+        self.jurisdictions
+            .iter()
+            .position(|j| j.eq_ignore_ascii_case(name))
+            .map(JurisdictionId)
+    }
+
+    /// The regions a jurisdiction is restricted to, if it is restricted.
+    pub fn allowed_regions(&self, id: JurisdictionId) -> Option<RegionSet> {
+        self.residency.get(id.0).copied().flatten()
+    }
+
+    pub fn region_names(&self, set: RegionSet) -> Vec<&str> {
+        set.iter()
+            .filter(|r| r.0 < self.regions.len())
+            .map(|r| self.regions[r.0].name.as_str())
+            .collect()
     }
 
     pub fn region_named(&self, name: &str) -> Option<RegionId> {
@@ -194,4 +225,37 @@ pub struct Route {
     pub cluster: ClusterId,
     pub version: Option<String>,
     pub websocket: bool,
+    /// How requests are spread over regions.
+    pub regions: RegionPolicy,
+    pub default_jurisdiction: Option<JurisdictionId>,
+    /// Pinned residency: every request is restricted to this jurisdiction's regions.
+    pub residency: Option<JurisdictionId>,
+}
+
+/// How a request's jurisdiction is found (sources in order: tenant, trusted headers, GeoIP,
+/// route default, global default).
+#[derive(Debug, Default)]
+pub struct Classify {
+    /// Lower-case header names.
+    pub country_header: String,
+    pub jurisdiction_header: String,
+    pub geoip_db: Option<String>,
+    /// Upper-case ISO 3166 alpha-2 → jurisdiction (built-in EU/EEA plus config).
+    pub(crate) countries: HashMap<String, JurisdictionId>,
+    pub default: Option<JurisdictionId>,
+    /// Lower-case header carrying the tenant id.
+    pub tenant_header: Option<String>,
+    pub(crate) tenant_ids: HashMap<String, JurisdictionId>,
+    pub(crate) tenant_hosts: HashMap<String, JurisdictionId>,
+    pub(crate) tenant_prefixes: PrefixMap<JurisdictionId>,
+}
+
+impl Classify {
+    /// Jurisdiction of a country code, if the country maps to one.
+    pub fn country(&self, code: &str) -> Option<JurisdictionId> {
+        if code.len() != 2 {
+            return None;
+        }
+        self.countries.get(&code.to_ascii_uppercase()).copied()
+    }
 }

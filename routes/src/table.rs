@@ -8,15 +8,24 @@ use std::collections::HashMap;
 
 use crate::snapshot::RouteId;
 
-/// Prefix → route, for one host (or one wildcard suffix, or "any host").
-#[derive(Debug, Default)]
-pub(crate) struct PrefixMap {
-    by_prefix: HashMap<String, RouteId>,
+/// Prefix → value (a route, or a tenant's jurisdiction), for one host (or one wildcard suffix,
+/// or "any host").
+#[derive(Debug)]
+pub(crate) struct PrefixMap<T = RouteId> {
+    by_prefix: HashMap<String, T>,
 }
 
-impl PrefixMap {
-    /// Adds a route; returns the route already holding this prefix, if any.
-    pub(crate) fn insert(&mut self, prefix: &str, route: RouteId) -> Option<RouteId> {
+impl<T> Default for PrefixMap<T> {
+    fn default() -> Self {
+        PrefixMap {
+            by_prefix: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Copy> PrefixMap<T> {
+    /// Adds a value; returns the one already holding this prefix, if any.
+    pub(crate) fn insert(&mut self, prefix: &str, route: T) -> Option<T> {
         match self.by_prefix.get(prefix) {
             Some(existing) => Some(*existing),
             None => {
@@ -27,7 +36,7 @@ impl PrefixMap {
     }
 
     /// Longest prefix of `path` that has a route: `/a/b/c`, then `/a/b`, `/a`, `/`.
-    fn longest(&self, path: &str) -> Option<RouteId> {
+    pub(crate) fn longest(&self, path: &str) -> Option<T> {
         let mut candidate = path;
         loop {
             if let Some(id) = self.by_prefix.get(candidate) {

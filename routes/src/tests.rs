@@ -11,9 +11,9 @@ endpoints = [
   { address = "127.0.0.1:9002", region = "europe-west1", version = "canary" },
 ]
 [clusters.api]
-endpoints = [{ address = "api.internal:8080" }]
+endpoints = [{ address = "api.internal:8080", region = "us-central1" }]
 [clusters.static]
-endpoints = [{ address = "[::1]:9003" }]
+endpoints = [{ address = "[::1]:9003", region = "europe-west1" }]
 "#;
 
 fn snapshot(routes: &str) -> Snapshot {
@@ -29,7 +29,7 @@ fn errors_of(text: &str) -> Vec<String> {
 
 fn route_name(s: &Snapshot, host: &str, path: &str) -> Option<String> {
     let host = normalize_host(host);
-    s.decide(&RequestFacts { host: &host, path })
+    s.decide(&RequestFacts::new(&host, path))
         .map(|d| s.route(d.route).name.clone())
 }
 
@@ -104,7 +104,7 @@ cluster = "app"
     assert_eq!(route_name(&s, "b.test", "/x"), None);
     let host = "b.test";
     assert!(
-        s.explain(&RequestFacts { host, path: "/x" })
+        s.explain(&RequestFacts::new(host, "/x"))
             .contains("no route")
     );
 }

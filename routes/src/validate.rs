@@ -8,10 +8,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{RawCluster, RawConfig, RawEndpoint, RawRoute, RawServer};
+use crate::config::{RawClassify, RawCluster, RawConfig, RawEndpoint, RawRoute, RawServer};
+use crate::residency::{EU_EEA_COUNTRIES, JurisdictionId, MAX_REGIONS, RegionPolicy, RegionSet};
 use crate::snapshot::{
-    Address, CertificateSource, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy, Outlier,
-    Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls, UpstreamProtocol,
+    Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy,
+    Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
+    UpstreamProtocol,
 };
 use crate::table::{PrefixMap, RouteTable, canonical_prefix};
 use crate::units::{Cidr, parse_duration};
@@ -121,6 +123,12 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
             if r.jurisdiction.trim().is_empty() {
                 errors.push(format!("regions.{name}.jurisdiction"), "must not be empty");
             }
+            if !valid_header_name(name) {
+                errors.push(
+                    format!("regions.{name}"),
+                    "region names use letters, digits, '-' and '_'",
+                );
+            }
             Region {
                 name: name.clone(),
                 jurisdiction: r.jurisdiction.trim().to_ascii_lowercase(),
@@ -132,6 +140,19 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         .enumerate()
         .map(|(i, r)| (r.name.as_str(), RegionId(i)))
         .collect();
+
+    if regions.len() > MAX_REGIONS {
+        errors.push(
+            "regions",
+            format!("at most {MAX_REGIONS} regions, got {}", regions.len()),
+        );
+    }
+    let mut jurisdictions = Jurisdictions::default();
+    for r in &regions {
+        jurisdictions.id(&r.jurisdiction);
+    }
+    let residency = residency(raw, &regions, &region_ids, &mut jurisdictions, &mut errors);
+    let classify = classify(&raw.classify, &mut jurisdictions, &mut errors);
 
     let server = server(&raw.server, &region_ids, &mut errors);
     let tls = tls(raw, &mut errors);
@@ -151,9 +172,36 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
     let mut table = RouteTable::default();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = route(i, r, &cluster_ids, &clusters, &mut table, &mut errors) {
-            routes.push(route);
+        let Some(mut route) = route(i, r, &cluster_ids, &clusters, &mut table, &mut errors) else {
+            continue;
+        };
+        route.regions = region_policy(i, r, &region_ids, &mut errors);
+        route.default_jurisdiction = r
+            .default_jurisdiction
+            .as_deref()
+            .map(|j| jurisdictions.id(j));
+        if let Some(pinned) = &r.residency {
+            let id = jurisdictions.id(pinned);
+            match residency.get(&id) {
+                None => errors.push(
+                    format!("routes[{i}].residency"),
+                    format!("{pinned:?} has no [residency] policy: say which regions it may reach"),
+                ),
+                Some(allowed) => {
+                    route.residency = Some(id);
+                    prove_route_residency(
+                        i,
+                        &route,
+                        &clusters[route.cluster.0],
+                        &regions,
+                        *allowed,
+                        pinned,
+                        &mut errors,
+                    );
+                }
+            }
         }
+        routes.push(route);
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -173,6 +221,9 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
     if !errors.0.is_empty() {
         return Err(ConfigErrors(errors.0));
     }
+    let residency = (0..jurisdictions.0.len())
+        .map(|j| residency.get(&JurisdictionId(j)).copied())
+        .collect();
     Ok(Snapshot {
         hash: hash.to_string(),
         server,
@@ -180,6 +231,9 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         tls,
         clusters,
         routes,
+        jurisdictions: jurisdictions.0,
+        residency,
+        classify,
         table,
     })
 }
@@ -433,6 +487,10 @@ fn endpoint(
         }
     };
     let region = match &raw.region {
+        None if !regions.is_empty() => {
+            errors.push(format!("{path}.region"), "must name the endpoint's region: [regions] is declared, and residency needs every endpoint placed");
+            None
+        }
         None => None,
         Some(name) => {
             let id = regions.get(name.as_str()).copied();
@@ -586,5 +644,298 @@ fn route(
         cluster: cluster?,
         version: raw.version.clone(),
         websocket: raw.websocket,
+        regions: RegionPolicy::LocalFirst,
+        default_jurisdiction: None,
+        residency: None,
     })
+}
+
+/// Interns jurisdiction names (lower-case) into ids.
+#[derive(Default)]
+struct Jurisdictions(Vec<String>);
+
+impl Jurisdictions {
+    fn id(&mut self, name: &str) -> JurisdictionId {
+        let name = name.trim().to_ascii_lowercase();
+        match self.0.iter().position(|j| *j == name) {
+            Some(i) => JurisdictionId(i),
+            None => {
+                self.0.push(name);
+                JurisdictionId(self.0.len() - 1)
+            }
+        }
+    }
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `[residency]`: jurisdiction → allowed regions. A region of another jurisdiction in the list
+/// would itself be a leak, so it is an error.
+fn residency(
+    raw: &RawConfig,
+    regions: &[Region],
+    region_ids: &HashMap<&str, RegionId>,
+    jurisdictions: &mut Jurisdictions,
+    errors: &mut Errors,
+) -> HashMap<JurisdictionId, RegionSet> {
+    let mut out = HashMap::new();
+    for (j, names) in &raw.residency {
+        let at = format!("residency.{j}");
+        if names.is_empty() {
+            errors.push(
+                at.clone(),
+                "must list at least one region (an empty list would refuse every request)",
+            );
+        }
+        let mut set = RegionSet::EMPTY;
+        for (i, name) in names.iter().enumerate() {
+            match region_ids.get(name.as_str()) {
+                None => errors.push(
+                    format!("{at}[{i}]"),
+                    format!("unknown region {name:?} (declare it under [regions])"),
+                ),
+                Some(id) => {
+                    let rj = &regions[id.0].jurisdiction;
+                    if !rj.eq_ignore_ascii_case(j) {
+                        errors.push(
+                            format!("{at}[{i}]"),
+                            format!("leak: region {name:?} is in jurisdiction {rj:?}, not {j:?}"),
+                        );
+                    }
+                    set.insert(*id);
+                }
+            }
+        }
+        out.insert(jurisdictions.id(j), set);
+    }
+    out
+}
+
+fn classify(raw: &RawClassify, jurisdictions: &mut Jurisdictions, errors: &mut Errors) -> Classify {
+    let header = |errors: &mut Errors, field: &str, v: Option<&String>, default: &str| {
+        let h = v
+            .map(|h| h.to_ascii_lowercase())
+            .unwrap_or_else(|| default.to_string());
+        if !valid_header_name(&h) {
+            errors.push(
+                format!("classify.{field}"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+        h
+    };
+    let country_header = header(
+        errors,
+        "country_header",
+        raw.country_header.as_ref(),
+        "x-client-country",
+    );
+    let jurisdiction_header = header(
+        errors,
+        "jurisdiction_header",
+        raw.jurisdiction_header.as_ref(),
+        "x-client-jurisdiction",
+    );
+    let mut countries = HashMap::new();
+    let eu = jurisdictions.id("eu");
+    for c in EU_EEA_COUNTRIES {
+        countries.insert(c.to_string(), eu);
+    }
+    for (code, j) in &raw.countries {
+        if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+            errors.push(
+                format!("classify.countries.{code}"),
+                "must be an ISO 3166 alpha-2 code such as \"US\"",
+            );
+            continue;
+        }
+        countries.insert(code.to_ascii_uppercase(), jurisdictions.id(j));
+    }
+    let t = &raw.tenants;
+    let tenant_header = t.header.as_ref().map(|h| {
+        let h = h.to_ascii_lowercase();
+        if !valid_header_name(&h) {
+            errors.push(
+                "classify.tenants.header",
+                format!("{h:?} is not a header name"),
+            );
+        }
+        h
+    });
+    if !t.ids.is_empty() && tenant_header.is_none() {
+        errors.push(
+            "classify.tenants.ids",
+            "needs classify.tenants.header to read the tenant id from",
+        );
+    }
+    let mut tenant_prefixes = PrefixMap::default();
+    for (prefix, j) in &t.path_prefixes {
+        if !prefix.starts_with('/') {
+            errors.push(
+                format!("classify.tenants.path_prefixes.{prefix}"),
+                "must start with '/'",
+            );
+        }
+        let id = jurisdictions.id(j);
+        tenant_prefixes.insert(&canonical_prefix(prefix), id);
+    }
+    Classify {
+        country_header,
+        jurisdiction_header,
+        geoip_db: raw.geoip_db.clone(),
+        countries,
+        default: raw
+            .default_jurisdiction
+            .as_deref()
+            .map(|j| jurisdictions.id(j)),
+        tenant_header,
+        tenant_ids: t
+            .ids
+            .iter()
+            .map(|(k, v)| (k.clone(), jurisdictions.id(v)))
+            .collect(),
+        tenant_hosts: t
+            .hosts
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), jurisdictions.id(v)))
+            .collect(),
+        tenant_prefixes,
+    }
+}
+
+/// A route's region policy from `regional_weights` or `failover`.
+fn region_policy(
+    i: usize,
+    raw: &RawRoute,
+    region_ids: &HashMap<&str, RegionId>,
+    errors: &mut Errors,
+) -> RegionPolicy {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let region = |errors: &mut Errors, path: String, name: &str| {
+        let id = region_ids.get(name).copied();
+        if id.is_none() {
+            errors.push(
+                path,
+                format!("unknown region {name:?} (declare it under [regions])"),
+            );
+        }
+        id
+    };
+    match (&raw.regional_weights, &raw.failover) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                at("failover"),
+                "set either regional_weights or failover, not both",
+            );
+            RegionPolicy::LocalFirst
+        }
+        (Some(weights), None) => {
+            let mut out = Vec::new();
+            for (name, w) in weights {
+                let path = at(&format!("regional_weights.{name}"));
+                if !w.is_finite() || *w < 0.0 {
+                    errors.push(
+                        path.clone(),
+                        format!("weight must be a non-negative number, got {w}"),
+                    );
+                }
+                if let Some(id) = region(errors, path, name) {
+                    out.push((id, w.max(0.0)));
+                }
+            }
+            if out.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 && errors.0.is_empty() {
+                errors.push(at("regional_weights"), "weights must add up to more than 0");
+            }
+            RegionPolicy::Weighted(out)
+        }
+        (None, Some(order)) => {
+            if order.is_empty() {
+                errors.push(at("failover"), "must list at least one region");
+            }
+            RegionPolicy::Failover(
+                order
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, name)| region(errors, at(&format!("failover[{k}]")), name))
+                    .collect(),
+            )
+        }
+        (None, None) => RegionPolicy::LocalFirst,
+    }
+}
+
+/// The static residency proof for one route: with a pinned `residency`, neither the region
+/// policy nor any endpoint the route can use may lie outside the allowed regions.
+fn prove_route_residency(
+    i: usize,
+    route: &Route,
+    cluster: &Cluster,
+    regions: &[Region],
+    allowed: RegionSet,
+    jurisdiction: &str,
+    errors: &mut Errors,
+) {
+    let names = |set: RegionSet| {
+        set.iter()
+            .map(|r| regions[r.0].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let policy_regions = route.regions.regions(RegionSet::first(regions.len()));
+    if !matches!(route.regions, RegionPolicy::LocalFirst) {
+        for r in policy_regions.iter().filter(|r| !allowed.contains(*r)) {
+            let field = if matches!(route.regions, RegionPolicy::Weighted(_)) {
+                "regional_weights"
+            } else {
+                "failover"
+            };
+            errors.push(
+                format!("routes[{i}].{field}.{}", regions[r.0].name),
+                format!(
+                    "leak: route {:?} is pinned to residency {jurisdiction:?} (regions {}) but sends traffic to {} ({})",
+                    route.name,
+                    names(allowed),
+                    regions[r.0].name,
+                    regions[r.0].jurisdiction
+                ),
+            );
+        }
+    }
+    let mut reachable = false;
+    for (k, e) in cluster.endpoints.iter().enumerate() {
+        if route
+            .version
+            .as_ref()
+            .is_some_and(|v| e.version.as_ref() != Some(v))
+        {
+            continue;
+        }
+        match e.region {
+            Some(r) if allowed.contains(r) => reachable = true,
+            Some(r) => errors.push(
+                format!("routes[{i}].residency"),
+                format!(
+                    "leak: route {:?} is pinned to residency {jurisdiction:?} (regions {}) but its cluster {:?} has clusters.{}.endpoints[{k}] ({}) in {} ({})",
+                    route.name,
+                    names(allowed),
+                    cluster.name,
+                    cluster.name,
+                    e.address,
+                    regions[r.0].name,
+                    regions[r.0].jurisdiction
+                ),
+            ),
+            None => {}
+        }
+    }
+    if !reachable {
+        errors.push(
+            format!("routes[{i}].residency"),
+            format!("route {:?} is pinned to {jurisdiction:?} but has no endpoint in {}: it could only ever answer 503", route.name, names(allowed)),
+        );
+    }
 }

@@ -103,6 +103,8 @@ fn main() -> std::process::ExitCode {
             Command::Check { .. } => Ok(()),
         }
     });
+    // Drained already; do not wait on idle background tasks (health checks, DNS, resolver).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -242,6 +244,8 @@ The config (deploy/demo.toml, embedded):
 Try:
   curl -s -D- http://{h}/
   curl -s --http2-prior-knowledge http://{h}/canary
+  curl -s -D- -H 'x-client-country: DE' http://{h}/     # EU user: served from europe-west1
+  cargo run --bin proxyctl -- --admin http://{a} explain --country DE http://localhost/ai/chat
   curl -s --cacert {ca} https://localhost:{sp}/
   export FRONTDOOR_ADMIN_TOKEN={token}
   cargo run --bin proxyctl -- --admin http://{a} status

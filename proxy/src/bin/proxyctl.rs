@@ -47,6 +47,21 @@ enum Command {
     Status,
     /// Ask the front door to re-read its config; prints every error if it is rejected.
     Reload,
+    /// Explain how a request would be routed: route, jurisdiction and its source, allowed
+    /// regions, chosen region (as if the classification headers came from a trusted proxy).
+    Explain {
+        url: String,
+        /// Country code as a CDN would send it (x-client-country).
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Client address, for GeoIP.
+        #[arg(long)]
+        client: Option<String>,
+    },
     /// Validate a config file locally (no front door needed).
     Check { config: PathBuf },
     /// Demo mode: inspect or inject faults into the demo origins.
@@ -163,6 +178,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
                 return Ok(std::process::ExitCode::FAILURE);
             }
+        }
+        Command::Explain {
+            url,
+            country,
+            jurisdiction,
+            tenant,
+            client,
+        } => {
+            let mut query = format!("url={}", percent_encode(url));
+            for (k, v) in [
+                ("country", country),
+                ("jurisdiction", jurisdiction),
+                ("tenant", tenant),
+                ("client", client),
+            ] {
+                if let Some(v) = v {
+                    query.push_str(&format!("&{k}={}", percent_encode(v)));
+                }
+            }
+            let v = call(&cli, Method::GET, &format!("/explain?{query}"), None).await?;
+            print!("{}", v.as_str().unwrap_or_default());
         }
         Command::Demo {
             command: DemoCommand::Origins,
@@ -358,4 +394,17 @@ fn print_table(rows: &[Vec<String>]) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+/// Encodes everything but unreserved characters, for a query component.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use routes::{RegionId, Snapshot, UpstreamProtocol};
+use routes::{Decision, Snapshot, UpstreamProtocol};
 
 pub use body::IdleTimeoutBody;
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
@@ -96,14 +96,16 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// Sends the request (head already rewritten by the pipeline) to a member of `cluster`.
+/// Sends the request (head already rewritten by the pipeline) to a member of `cluster`,
+/// only ever in the regions `decision.allowed` permits.
 pub async fn send(
     cluster: &ClusterRuntime,
+    snapshot: &Snapshot,
+    decision: &Decision,
     mut head: Parts,
     body: Incoming,
-    version: Option<&str>,
-    local_region: Option<RegionId>,
 ) -> Result<Forwarded, ForwardError> {
+    let route = snapshot.route(decision.route);
     let cfg = &cluster.config;
     head.version = match cfg.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -121,17 +123,33 @@ pub async fn send(
     let mut head = Some(head);
     let mut body = Some(body);
     let mut failed: Option<Arc<Member>> = None;
+    let mut last_error: Option<ProxyError> = None;
     let mut attempts = 0u32;
     cluster.in_flight.fetch_add(1, Ordering::Relaxed);
     let _active = Decrement(&cluster.in_flight);
     // Held while a retry attempt is in flight, so the budget sees concurrent retries.
     let mut _retrying: Option<Decrement<'_>> = None;
     loop {
-        let Some(member) = cluster.pick(version, local_region, failed.as_deref()) else {
-            return Err(ForwardError {
-                error: ProxyError::NoHealthyUpstream {
+        let Some(member) = cluster.pick(snapshot, route, decision.allowed, failed.as_deref())
+        else {
+            let error = if let Some(previous) = last_error {
+                // A retry found nowhere (else) to go: report what went wrong with the attempt.
+                previous
+            } else if decision.restricted {
+                ProxyError::ResidencyRefused {
+                    jurisdiction: decision
+                        .jurisdiction
+                        .map_or("-", |j| snapshot.jurisdiction(j))
+                        .to_string(),
+                    allowed: snapshot.region_names(decision.allowed).join(", "),
+                }
+            } else {
+                ProxyError::NoHealthyUpstream {
                     cluster: cfg.name.clone(),
-                },
+                }
+            };
+            return Err(ForwardError {
+                error,
                 member: failed,
                 attempts,
             });
@@ -219,6 +237,7 @@ pub async fn send(
         cluster.retries_in_flight.fetch_add(1, Ordering::Relaxed);
         _retrying = Some(Decrement(&cluster.retries_in_flight));
         failed = Some(member);
+        last_error = Some(error);
     }
 }
 

@@ -19,7 +19,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Gauge;
-use routes::{Address, Cluster, LbPolicy, RegionId, Timeouts, UpstreamProtocol};
+use routes::{
+    Address, Cluster, LbPolicy, RegionId, RegionSet, Route, Snapshot, Timeouts, UpstreamProtocol,
+};
 
 use crate::clock;
 use crate::telemetry;
@@ -236,38 +238,57 @@ impl ClusterRuntime {
             .collect()
     }
 
-    /// Chooses a member: version must match (when the route names one), must be available; the
-    /// front door's own region is preferred when it has one; `avoid` (a member that just failed)
-    /// is skipped when another is available.
+    /// Chooses a member for one attempt of a request on `route`.
+    ///
+    /// Eligible members carry the route's version (when it names one) and are available
+    /// (passing active checks, not ejected). With regions declared, the region comes from
+    /// [`Snapshot::pick_region`] over the regions that have an eligible member and are in
+    /// `allowed` — so a restricted request can never reach a region outside `allowed`, on
+    /// the first attempt or a retry. `avoid` (a member that just failed) is skipped when the
+    /// chosen region has another.
     pub fn pick(
         &self,
-        version: Option<&str>,
-        local_region: Option<RegionId>,
+        snapshot: &Snapshot,
+        route: &Route,
+        allowed: RegionSet,
         avoid: Option<&Member>,
     ) -> Option<Arc<Member>> {
         let members = self.members.load();
         let now = clock::now_ms();
+        let version = route.version.as_deref();
         let eligible = |m: &Member| {
             version.is_none_or(|v| m.version.as_deref() == Some(v)) && m.health.available(now)
         };
-        let not_avoided = |m: &Member| avoid.is_none_or(|a| !std::ptr::eq(a, m));
-        let tiers: [&dyn Fn(&Member) -> bool; 4] = [
-            &|m| eligible(m) && not_avoided(m) && local_region.is_some_and(|r| m.region == Some(r)),
-            &|m| eligible(m) && not_avoided(m),
-            &|m| eligible(m) && local_region.is_some_and(|r| m.region == Some(r)),
-            &|m| eligible(m),
-        ];
+        let fresh = |m: &Member| avoid.is_none_or(|a| !std::ptr::eq(a, m));
+        let n = self.rr.fetch_add(1, Ordering::Relaxed);
+        let region = if snapshot.regions.is_empty() {
+            None
+        } else {
+            let healthy_regions = |also: &dyn Fn(&Member) -> bool| {
+                members
+                    .iter()
+                    .filter(|m| eligible(m) && also(m))
+                    .filter_map(|m| m.region)
+                    .fold(RegionSet::EMPTY, RegionSet::with)
+            };
+            let mut healthy = healthy_regions(&fresh);
+            if allowed.intersect(healthy).is_empty() {
+                healthy = healthy_regions(&|_| true);
+            }
+            Some(snapshot.pick_region(route, allowed, healthy, n as u64)?)
+        };
+        let in_region = |m: &Member| eligible(m) && region.is_none_or(|r| m.region == Some(r));
+        let tiers: [&dyn Fn(&Member) -> bool; 2] = [&|m| in_region(m) && fresh(m), &in_region];
         for tier in tiers {
             let count = members.iter().filter(|m| tier(m)).count();
             if count == 0 {
                 continue;
             }
-            let n = self.rr.fetch_add(1, Ordering::Relaxed);
             let nth = |i: usize| members.iter().filter(|m| tier(m)).nth(i % count);
             let chosen = match self.config.lb {
                 LbPolicy::RoundRobin => nth(n),
                 LbPolicy::LeastRequest => {
-                    // Power of two choices: two distinct positions from the counter.
+                    // Power of two choices: two positions from the counter.
                     let a = nth(n);
                     let b = nth(n.wrapping_mul(7).wrapping_add(1 + n / count));
                     match (a, b) {
@@ -326,9 +347,13 @@ mod tests {
     }
 
     const CONFIG: &str = r#"
+[server]
+region = "us"
 [regions]
 us = { jurisdiction = "us" }
 eu = { jurisdiction = "eu" }
+[residency]
+eu = ["eu"]
 [clusters.app]
 outlier = { consecutive_failures = 2, ejection_time = "10s" }
 endpoints = [
@@ -339,44 +364,69 @@ endpoints = [
 ]
 [[routes]]
 cluster = "app"
+version = "stable"
+[[routes]]
+path_prefix = "/canary"
+cluster = "app"
+version = "canary"
 "#;
 
     fn port(m: &Member) -> u16 {
         m.addr.port()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn round_robin_prefers_local_region_and_version() {
-        let (s, rt) = runtime(CONFIG);
-        let us = s.region_named("us");
-        let mut seen: Vec<u16> = (0..6)
-            .map(|_| port(&rt.pick(Some("stable"), us, None).expect("member")))
-            .collect();
-        seen.sort_unstable();
-        assert_eq!(seen, vec![1001, 1001, 1001, 1002, 1002, 1002]);
-        let eu = s.region_named("eu");
-        assert_eq!(port(&rt.pick(Some("stable"), eu, None).expect("m")), 1003);
-        assert_eq!(port(&rt.pick(Some("canary"), eu, None).expect("m")), 1004);
-        assert!(rt.pick(Some("nope"), us, None).is_none());
+    fn eu_only(s: &Snapshot) -> RegionSet {
+        s.allowed_regions(s.jurisdiction_named("eu").expect("eu"))
+            .expect("restricted")
     }
 
     #[tokio::test(start_paused = true)]
-    async fn ejection_fails_over_and_expires() {
+    async fn round_robin_prefers_local_region_and_version() {
         let (s, rt) = runtime(CONFIG);
-        let us = s.region_named("us");
+        let (stable, canary) = (&s.routes[0], &s.routes[1]);
+        let all = s.all_regions();
+        let mut seen: Vec<u16> = (0..6)
+            .map(|_| port(&rt.pick(&s, stable, all, None).expect("member")))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1001, 1001, 1001, 1002, 1002, 1002]);
+        assert_eq!(
+            port(&rt.pick(&s, stable, eu_only(&s), None).expect("m")),
+            1003
+        );
+        assert_eq!(port(&rt.pick(&s, canary, all, None).expect("m")), 1004);
+        // No canary in the EU: an EU-restricted canary request has nowhere to go.
+        assert!(rt.pick(&s, canary, eu_only(&s), None).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_fails_over_within_what_is_allowed_and_expires() {
+        let (s, rt) = runtime(CONFIG);
+        let stable = &s.routes[0];
         let outlier = rt.config.outlier;
         let members = rt.members.load_full();
-        for m in members.iter().filter(|m| m.region == us) {
+        for m in members.iter().filter(|m| m.region == s.region_named("us")) {
             assert!(!m.health.record_live(false, &outlier));
             assert!(
                 m.health.record_live(false, &outlier),
                 "second failure ejects"
             );
         }
-        // Both local stable members ejected: the eu one takes over.
-        assert_eq!(port(&rt.pick(Some("stable"), us, None).expect("m")), 1003);
+        // Both local stable members ejected: the eu one takes unrestricted traffic.
+        assert_eq!(
+            port(&rt.pick(&s, stable, s.all_regions(), None).expect("m")),
+            1003
+        );
+        // The EU member ejected too: an EU request gets nothing rather than the US.
+        let eu = members.iter().find(|m| port(m) == 1003).expect("eu");
+        eu.health.record_live(false, &outlier);
+        eu.health.record_live(false, &outlier);
+        assert!(rt.pick(&s, stable, eu_only(&s), None).is_none());
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
-        assert_ne!(port(&rt.pick(Some("stable"), us, None).expect("m")), 1003);
+        assert_ne!(
+            port(&rt.pick(&s, stable, s.all_regions(), None).expect("m")),
+            1003
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -399,18 +449,25 @@ cluster = "app"
     }
 
     #[tokio::test(start_paused = true)]
-    async fn avoid_skips_the_failed_member_when_possible() {
+    async fn avoid_skips_the_failed_member_but_never_leaves_the_allowed_set() {
         let (s, rt) = runtime(CONFIG);
-        let us = s.region_named("us");
+        let (stable, canary) = (&s.routes[0], &s.routes[1]);
+        let all = s.all_regions();
         for _ in 0..10 {
-            let first = rt.pick(Some("stable"), us, None).expect("m");
-            let second = rt.pick(Some("stable"), us, Some(&first)).expect("m");
+            let first = rt.pick(&s, stable, all, None).expect("m");
+            let second = rt.pick(&s, stable, all, Some(&first)).expect("m");
             assert_ne!(first.addr, second.addr);
         }
-        let only = rt.pick(Some("canary"), us, None).expect("m");
+        let only = rt.pick(&s, canary, all, None).expect("m");
         assert_eq!(
-            rt.pick(Some("canary"), us, Some(&only)).expect("m").addr,
+            rt.pick(&s, canary, all, Some(&only)).expect("m").addr,
             only.addr
+        );
+        // The only EU member failed: the retry goes to it again, not to the US.
+        let eu = rt.pick(&s, stable, eu_only(&s), None).expect("m");
+        assert_eq!(
+            port(&rt.pick(&s, stable, eu_only(&s), Some(&eu)).expect("m")),
+            1003
         );
     }
 
@@ -418,11 +475,10 @@ cluster = "app"
     async fn least_request_avoids_busy_members() {
         let text = CONFIG.replace("[clusters.app]", "[clusters.app]\nlb = \"least_request\"");
         let (s, rt) = runtime(&text);
-        let us = s.region_named("us");
         let members = rt.members.load_full();
         members[0].health.in_flight.store(100, Ordering::Relaxed);
         let picks = (0..100)
-            .filter(|_| port(&rt.pick(Some("stable"), us, None).expect("m")) == 1002)
+            .filter(|_| port(&rt.pick(&s, &s.routes[0], s.all_regions(), None).expect("m")) == 1002)
             .count();
         assert!(
             picks > 50,
