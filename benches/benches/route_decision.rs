@@ -22,9 +22,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let host = normalize_host(black_box(host));
+                // With residency classification: a trusted country header.
                 let facts = RequestFacts {
-                    host: &host,
-                    path: black_box(path),
+                    country: Some(black_box("DE")),
+                    ..RequestFacts::new(&host, black_box(path))
                 };
                 black_box(snapshot.decide(&facts))
             })

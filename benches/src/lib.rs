@@ -6,7 +6,7 @@
 /// prefixes, all pointing at three clusters in three regions.
 pub fn route_table_config(n: usize) -> String {
     let mut text = String::from(
-        "[regions]\nus-central1 = { jurisdiction = \"us\" }\neurope-west1 = { jurisdiction = \"eu\" }\nasia-southeast1 = { jurisdiction = \"apac\" }\n",
+        "[regions]\nus-central1 = { jurisdiction = \"us\" }\neurope-west1 = { jurisdiction = \"eu\" }\nasia-southeast1 = { jurisdiction = \"apac\" }\n[residency]\neu = [\"europe-west1\"]\n",
     );
     for (i, region) in ["us-central1", "europe-west1", "asia-southeast1"]
         .iter()

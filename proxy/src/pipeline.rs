@@ -228,6 +228,11 @@ async fn proxy_request(
     parts
         .headers
         .insert(classify::REQUEST_ID, request_id.clone());
+    if let Some(region) = forwarded.member.region {
+        parts
+            .headers
+            .insert(SERVED_REGION, active.region_header(region));
+    }
     let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
