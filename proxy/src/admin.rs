@@ -5,7 +5,8 @@
 //! - `GET /status` — config hash and reload history, routes, clusters, endpoint health (JSON).
 //! - `GET /metrics` — Prometheus text.
 //! - `POST /reload` — re-read the config; 200 with the new hash, or 422 with every error.
-//! - `GET /demo/origins`, `PUT /demo/origins/{region}/{version}` — demo fault injection.
+//! - `GET /explain?url=...` — how a request would be routed (see `proxyctl explain`).
+//! - `GET /demo/origins`, `PUT /demo/origins/{region}[/{version}]` — demo fault injection.
 
 use std::convert::Infallible;
 use std::sync::Arc;

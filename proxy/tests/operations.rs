@@ -515,6 +515,11 @@ async fn demo_fault_injection_through_the_admin_api() {
         StatusCode::OK
     );
 
+    // Region only: every version there.
+    let r = put("/demo/origins/us-central1", r#"{"latency_ms":1}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.text().contains("\"updated\": 1"), "{}", r.text());
+    put("/demo/origins/us-central1", "{}").await;
     assert_eq!(
         put("/demo/origins/mars/stable", "{}").await.status,
         StatusCode::NOT_FOUND

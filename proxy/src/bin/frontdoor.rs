@@ -249,7 +249,7 @@ Try:
   curl -s --cacert {ca} https://localhost:{sp}/
   export FRONTDOOR_ADMIN_TOKEN={token}
   cargo run --bin proxyctl -- --admin http://{a} status
-  cargo run --bin proxyctl -- --admin http://{a} demo fault us-central1 stable --down
+  cargo run --bin proxyctl -- --admin http://{a} demo fault --region europe-west1 --down   # EU requests: 503 residency
   curl -s -H "Authorization: Bearer {token}" http://{a}/metrics | grep frontdoor_requests
 
 Ctrl-C (or SIGTERM) drains and stops.

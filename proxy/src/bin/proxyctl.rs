@@ -75,10 +75,14 @@ enum Command {
 enum DemoCommand {
     /// List demo origins with their faults and request counts.
     Origins,
-    /// Set a fault on the origin(s) of REGION and VERSION (`--clear` removes all faults).
+    /// Set a fault on the demo origin(s) of a region (and version); `--clear` removes it.
     Fault {
+        /// Region of the origin(s).
+        #[arg(long)]
         region: String,
-        version: String,
+        /// Version of the origin(s); every version in the region when omitted.
+        #[arg(long)]
+        version: Option<String>,
         /// Share of requests answered with 500 (0..1, or a percentage like 20%).
         #[arg(long, value_parser = parse_rate)]
         error_rate: Option<f64>,
@@ -244,13 +248,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 serde_json::json!({ "error_rate": error_rate.unwrap_or(0.0), "latency_ms": latency_ms.unwrap_or(0), "down": down })
             };
-            let v = call(
-                &cli,
-                Method::PUT,
-                &format!("/demo/origins/{region}/{version}"),
-                Some(body),
-            )
-            .await?;
+            let path = match version {
+                Some(v) => format!("/demo/origins/{region}/{v}"),
+                None => format!("/demo/origins/{region}"),
+            };
+            let v = call(&cli, Method::PUT, &path, Some(body)).await?;
+            let version = version.as_deref().unwrap_or("*");
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?)
             } else {
