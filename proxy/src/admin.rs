@@ -182,12 +182,18 @@ impl Admin {
             return error(StatusCode::NOT_FOUND, "not running in demo mode");
         };
         let mut parts = path["/demo/origins/".len()..].split('/');
-        let (Some(region), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(region), version, None) = (parts.next(), parts.next(), parts.next()) else {
             return error(
                 StatusCode::NOT_FOUND,
-                "use /demo/origins/{region}/{version}",
+                "use /demo/origins/{region}[/{version}]",
             );
         };
+        if region.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "use /demo/origins/{region}[/{version}]",
+            );
+        }
         let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
@@ -205,7 +211,7 @@ impl Admin {
         match demo.set(region, version, spec) {
             0 => error(
                 StatusCode::NOT_FOUND,
-                &format!("no demo origin {region}/{version}"),
+                &format!("no demo origin {region}/{}", version.unwrap_or("*")),
             ),
             n => json_response(StatusCode::OK, &json!({ "updated": n, "fault": spec })),
         }
