@@ -58,13 +58,14 @@ impl DemoOrigins {
         DemoOrigins { origins }
     }
 
-    /// Applies a fault to every origin with this region and version; returns how many.
-    pub fn set(&self, region: &str, version: &str, spec: FaultSpec) -> usize {
+    /// Applies a fault to every origin in this region (with this version, when given);
+    /// returns how many.
+    pub fn set(&self, region: &str, version: Option<&str>, spec: FaultSpec) -> usize {
         let mut n = 0;
         for o in self
             .origins
             .iter()
-            .filter(|o| o.region == region && o.version == version)
+            .filter(|o| o.region == region && version.is_none_or(|v| o.version == v))
         {
             o.faults.set(spec);
             n += 1;
