@@ -211,4 +211,55 @@ pub struct RawRoute {
     /// Every request on this route is restricted to this jurisdiction's regions, whatever its
     /// own jurisdiction; checked statically against the cluster's endpoints.
     pub residency: Option<String>,
+    /// A canary or blue-green rollout of a candidate version on this route.
+    pub rollout: Option<RawRollout>,
+}
+
+/// A rollout: the route's `version` is stable; the candidate is another version label of the
+/// same cluster (`candidate`) and/or another cluster (`candidate_cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// `"canary"` (default) or `"blue-green"` (weight is 0 or 100).
+    pub mode: Option<String>,
+    pub candidate: Option<String>,
+    pub candidate_cluster: Option<String>,
+    /// Starting weight in percent (0..=100, fractions allowed). Default 0.
+    pub weight: Option<f64>,
+    /// User key for sticky assignment: `"cookie"` (default), `"header"`, `"ip"`.
+    pub sticky: Option<String>,
+    /// Cookie name (sticky = "cookie"); set by frontdoor when absent. Default `fd-uid`.
+    pub cookie: Option<String>,
+    /// Header holding the user key (sticky = "header"); the client IP when absent.
+    pub header: Option<String>,
+    /// Header that forces a version (`canary` / `stable`). Default `x-frontdoor-version`.
+    pub override_header: Option<String>,
+    /// Believe the override header only from trusted proxies. Default false.
+    #[serde(default)]
+    pub override_trusted_only: bool,
+    /// Weights (percent) to advance through while the gates stay green, e.g. `[1, 10, 50, 100]`.
+    #[serde(default)]
+    pub steps: Vec<f64>,
+    /// How long the gates must stay green at a step before the next. Default `"5m"`.
+    pub step_hold: Option<String>,
+    /// After reaching 100%, keep judging this long and revert on breach. Default `"10m"`.
+    pub post_promotion_watch: Option<String>,
+    #[serde(default)]
+    pub gates: RawGates,
+}
+
+/// When a candidate is judged bad.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGates {
+    /// Sliding window judged, in 1 s buckets. Default `"60s"`.
+    pub window: Option<String>,
+    /// Largest tolerated 5xx share (0..1). Default 0.05.
+    pub max_error_rate: Option<f64>,
+    pub max_p95: Option<String>,
+    pub max_p99: Option<String>,
+    /// No verdict below this many candidate requests in the window. Default 20.
+    pub min_requests: Option<u64>,
+    /// Also fail when the candidate's error rate is significantly above stable's. Default true.
+    pub compare_stable: Option<bool>,
 }

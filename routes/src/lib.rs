@@ -8,6 +8,7 @@
 
 pub mod config;
 mod residency;
+pub mod rollout;
 mod snapshot;
 mod table;
 mod units;

@@ -230,6 +230,7 @@ pub struct Route {
     pub default_jurisdiction: Option<JurisdictionId>,
     /// Pinned residency: every request is restricted to this jurisdiction's regions.
     pub residency: Option<JurisdictionId>,
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 /// How a request's jurisdiction is found (sources in order: tenant, trusted headers, GeoIP,

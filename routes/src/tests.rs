@@ -279,3 +279,60 @@ fn large_tables_route_exactly() {
     }
     assert_eq!(route_name(&s, "h1.example.com", "/p0"), None);
 }
+
+#[test]
+fn rollouts_validate() {
+    let s = snapshot(
+        r#"
+[[routes]]
+cluster = "app"
+version = "stable"
+rollout = { candidate = "canary", weight = 0.5, steps = [1, 10, 50, 100], gates = { max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 } }
+"#,
+    );
+    let r = s.routes[0].rollout.as_ref().expect("rollout");
+    assert_eq!(r.candidate_version.as_deref(), Some("canary"));
+    assert_eq!(r.stable_version.as_deref(), Some("stable"));
+    assert_eq!(r.initial_weight, 0.5);
+    assert_eq!(r.sticky, rollout::Sticky::Cookie("fd-uid".into()));
+    assert_eq!(r.override_header, "x-frontdoor-version");
+    assert_eq!(r.gates.max_p95, Some(std::time::Duration::from_secs(2)));
+
+    let got = errors_of(&format!(
+        r#"{BASE}
+[[routes]]
+cluster = "app"
+version = "stable"
+rollout = {{ candidate = "nightly" }}
+[[routes]]
+path_prefix = "/bg"
+cluster = "app"
+version = "stable"
+rollout = {{ mode = "blue-green", candidate = "canary", weight = 30 }}
+[[routes]]
+path_prefix = "/steps"
+cluster = "app"
+version = "stable"
+rollout = {{ candidate = "canary", steps = [10, 5], sticky = "header" }}
+[[routes]]
+path_prefix = "/same"
+cluster = "app"
+version = "stable"
+rollout = {{ candidate = "stable", gates = {{ max_error_rate = 5 }} }}
+"#
+    ));
+    for p in [
+        "routes[0].rollout.candidate:",
+        "routes[1].rollout.weight:",
+        "routes[2].rollout.steps[1]:",
+        "routes[2].rollout.header:",
+        "routes[3].rollout.candidate:",
+        "routes[3].rollout.gates.max_error_rate:",
+    ] {
+        assert!(
+            got.iter().any(|e| e.starts_with(p)),
+            "missing {p} in:\n{}",
+            got.join("\n")
+        );
+    }
+}

@@ -176,6 +176,10 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
             continue;
         };
         route.regions = region_policy(i, r, &region_ids, &mut errors);
+        route.rollout = r
+            .rollout
+            .as_ref()
+            .and_then(|raw| rollout(i, raw, &route, &cluster_ids, &clusters, &mut errors));
         route.default_jurisdiction = r
             .default_jurisdiction
             .as_deref()
@@ -189,10 +193,15 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
                 ),
                 Some(allowed) => {
                     route.residency = Some(id);
+                    let candidate = route
+                        .rollout
+                        .as_ref()
+                        .map(|r| &clusters[r.candidate_cluster.0]);
                     prove_route_residency(
                         i,
                         &route,
                         &clusters[route.cluster.0],
+                        candidate,
                         &regions,
                         *allowed,
                         pinned,
@@ -647,6 +656,7 @@ fn route(
         regions: RegionPolicy::LocalFirst,
         default_jurisdiction: None,
         residency: None,
+        rollout: None,
     })
 }
 
@@ -874,6 +884,7 @@ fn prove_route_residency(
     i: usize,
     route: &Route,
     cluster: &Cluster,
+    candidate_cluster: Option<&Cluster>,
     regions: &[Region],
     allowed: RegionSet,
     jurisdiction: &str,
@@ -906,15 +917,16 @@ fn prove_route_residency(
         }
     }
     let mut reachable = false;
-    for (k, e) in cluster.endpoints.iter().enumerate() {
-        if route
-            .version
-            .as_ref()
-            .is_some_and(|v| e.version.as_ref() != Some(v))
-        {
-            continue;
-        }
-        match e.region {
+    let mut paths: Vec<(&Cluster, Option<&String>)> = vec![(cluster, route.version.as_ref())];
+    if let (Some(r), Some(candidate)) = (&route.rollout, candidate_cluster) {
+        paths.push((candidate, r.candidate_version.as_ref()));
+    }
+    for (cluster, version) in paths {
+        for (k, e) in cluster.endpoints.iter().enumerate() {
+            if version.is_some_and(|v| e.version.as_ref() != Some(v)) {
+                continue;
+            }
+            match e.region {
             Some(r) if allowed.contains(r) => reachable = true,
             Some(r) => errors.push(
                 format!("routes[{i}].residency"),
@@ -931,6 +943,7 @@ fn prove_route_residency(
             ),
             None => {}
         }
+        }
     }
     if !reachable {
         errors.push(
@@ -938,4 +951,192 @@ fn prove_route_residency(
             format!("route {:?} is pinned to {jurisdiction:?} but has no endpoint in {}: it could only ever answer 503", route.name, names(allowed)),
         );
     }
+}
+
+/// A route's rollout: candidate version and/or cluster, weights, stickiness, gates.
+fn rollout(
+    i: usize,
+    raw: &crate::config::RawRollout,
+    route: &Route,
+    cluster_ids: &BTreeMap<&str, ClusterId>,
+    clusters: &[Cluster],
+    errors: &mut Errors,
+) -> Option<crate::rollout::Rollout> {
+    use crate::rollout::{Gates, Rollout, RolloutMode, Sticky};
+    let at = |field: &str| format!("routes[{i}].rollout.{field}");
+    let before = errors.0.len();
+    let mode = match raw.mode.as_deref() {
+        None | Some("canary") => RolloutMode::Canary,
+        Some("blue-green") => RolloutMode::BlueGreen,
+        Some(other) => {
+            errors.push(
+                at("mode"),
+                format!("{other:?} is not one of \"canary\", \"blue-green\""),
+            );
+            RolloutMode::Canary
+        }
+    };
+    let candidate_cluster = match &raw.candidate_cluster {
+        None => route.cluster,
+        Some(name) => match cluster_ids.get(name.as_str()) {
+            Some(id) => *id,
+            None => {
+                errors.push(at("candidate_cluster"), format!("unknown cluster {name:?}"));
+                route.cluster
+            }
+        },
+    };
+    if raw.candidate.is_none() && raw.candidate_cluster.is_none() {
+        errors.push(
+            at("candidate"),
+            "name the candidate: a version label (candidate) and/or a cluster (candidate_cluster)",
+        );
+    }
+    if candidate_cluster == route.cluster
+        && raw.candidate.is_some()
+        && raw.candidate == route.version
+    {
+        errors.push(
+            at("candidate"),
+            "the candidate must differ from the route's (stable) version",
+        );
+    }
+    if candidate_cluster == route.cluster && raw.candidate.is_some() && route.version.is_none() {
+        errors.push(
+            format!("routes[{i}].version"),
+            "a rollout between version labels needs the route's stable version (version = \"...\")",
+        );
+    }
+    if let Some(v) = &raw.candidate
+        && let Some(c) = clusters.get(candidate_cluster.0)
+        && !c.endpoints.iter().any(|e| e.version.as_ref() == Some(v))
+    {
+        errors.push(
+            at("candidate"),
+            format!("cluster {:?} has no endpoint with version {v:?}", c.name),
+        );
+    }
+    let percent = |errors: &mut Errors, path: String, w: f64| {
+        if !(0.0..=100.0).contains(&w) || !w.is_finite() {
+            errors.push(path, format!("must be 0..=100 (percent), got {w}"));
+        }
+        w.clamp(0.0, 100.0)
+    };
+    let weight = percent(errors, at("weight"), raw.weight.unwrap_or(0.0));
+    let mut steps = Vec::new();
+    for (k, w) in raw.steps.iter().enumerate() {
+        let w = percent(errors, at(&format!("steps[{k}]")), *w);
+        if steps.last().is_some_and(|prev| *prev >= w) {
+            errors.push(at(&format!("steps[{k}]")), "steps must increase");
+        }
+        steps.push(w);
+    }
+    if mode == RolloutMode::BlueGreen {
+        if weight != 0.0 && weight != 100.0 {
+            errors.push(
+                at("weight"),
+                format!("blue-green switches all at once: 0 or 100, got {weight}"),
+            );
+        }
+        if steps.iter().any(|w| *w != 100.0) {
+            errors.push(
+                at("steps"),
+                "blue-green has no intermediate steps (use [100] or none)",
+            );
+        }
+    }
+    let sticky = match raw.sticky.as_deref() {
+        None | Some("cookie") => {
+            Sticky::Cookie(raw.cookie.clone().unwrap_or_else(|| "fd-uid".into()))
+        }
+        Some("header") => match &raw.header {
+            Some(h) if valid_header_name(h) => Sticky::Header(h.to_ascii_lowercase()),
+            _ => {
+                errors.push(at("header"), "sticky = \"header\" needs a header name");
+                Sticky::Ip
+            }
+        },
+        Some("ip") => Sticky::Ip,
+        Some(other) => {
+            errors.push(
+                at("sticky"),
+                format!("{other:?} is not one of \"cookie\", \"header\", \"ip\""),
+            );
+            Sticky::Ip
+        }
+    };
+    if let Sticky::Cookie(c) = &sticky
+        && !valid_header_name(c)
+    {
+        errors.push(at("cookie"), format!("{c:?} is not a valid cookie name"));
+    }
+    let override_header = raw
+        .override_header
+        .clone()
+        .unwrap_or_else(|| "x-frontdoor-version".into())
+        .to_ascii_lowercase();
+    if !valid_header_name(&override_header) {
+        errors.push(
+            at("override_header"),
+            format!("{override_header:?} is not a header name"),
+        );
+    }
+    let g = &raw.gates;
+    let max_error_rate = g.max_error_rate.unwrap_or(0.05);
+    if !(0.0..=1.0).contains(&max_error_rate) {
+        errors.push(
+            at("gates.max_error_rate"),
+            format!("must be 0..=1, got {max_error_rate}"),
+        );
+    }
+    let window = errors.duration(
+        at("gates.window"),
+        g.window.as_ref(),
+        Duration::from_secs(60),
+    );
+    if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
+        errors.push(at("gates.window"), "must be between 1s and 1h");
+    }
+    let gates = Gates {
+        window,
+        max_error_rate,
+        max_p95: g
+            .max_p95
+            .as_ref()
+            .map(|v| errors.duration(at("gates.max_p95"), Some(v), Duration::ZERO)),
+        max_p99: g
+            .max_p99
+            .as_ref()
+            .map(|v| errors.duration(at("gates.max_p99"), Some(v), Duration::ZERO)),
+        min_requests: g.min_requests.unwrap_or(20),
+        compare_stable: g.compare_stable.unwrap_or(true),
+    };
+    let step_hold = errors.duration(
+        at("step_hold"),
+        raw.step_hold.as_ref(),
+        Duration::from_secs(300),
+    );
+    let post_promotion_watch = errors.duration(
+        at("post_promotion_watch"),
+        raw.post_promotion_watch.as_ref(),
+        Duration::from_secs(600),
+    );
+    if errors.0.len() > before {
+        return None;
+    }
+    Some(Rollout {
+        mode,
+        stable_cluster: route.cluster,
+        stable_version: route.version.clone(),
+        candidate_cluster,
+        candidate_version: raw.candidate.clone(),
+        initial_weight: weight,
+        sticky,
+        override_header,
+        override_trusted_only: raw.override_trusted_only,
+        steps,
+        step_hold,
+        post_promotion_watch,
+        gates,
+    })
 }
