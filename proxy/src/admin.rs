@@ -6,6 +6,8 @@
 //! - `GET /metrics` — Prometheus text.
 //! - `POST /reload` — re-read the config; 200 with the new hash, or 422 with every error.
 //! - `GET /explain?url=...` — how a request would be routed (see `proxyctl explain`).
+//! - `GET /rollouts`, `POST /rollouts/{route|_}/{shift|promote|rollback|pause|resume}`,
+//!   `GET /events` — rollouts and their audit trail.
 //! - `GET /demo/origins`, `PUT /demo/origins/{region}[/{version}]` — demo fault injection.
 
 use std::convert::Infallible;
@@ -91,13 +93,18 @@ impl Admin {
                     &json!({ "ok": false, "errors": errors, "serving": self.proxy.active().snapshot.hash }),
                 ),
             },
+            (Method::GET, "/rollouts") => json_response(StatusCode::OK, &self.rollouts()),
+            (Method::GET, "/events") => {
+                json_response(StatusCode::OK, &json!(self.proxy.rollouts.events()))
+            }
+            (Method::POST, p) if p.starts_with("/rollouts/") => self.rollout_action(p, req).await,
             (Method::GET, "/explain") => self.explain(req.uri().query().unwrap_or_default()),
             (Method::GET, "/demo/origins") => match &self.demo {
                 Some(demo) => json_response(StatusCode::OK, &demo.list()),
                 None => error(StatusCode::NOT_FOUND, "not running in demo mode"),
             },
             (Method::PUT, p) if p.starts_with("/demo/origins/") => self.put_fault(p, req).await,
-            (_, "/status" | "/metrics" | "/reload" | "/demo/origins") => {
+            (_, "/status" | "/metrics" | "/reload" | "/demo/origins" | "/rollouts" | "/events") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
@@ -148,7 +155,7 @@ impl Admin {
         let mut text = s.explain(&facts);
         if let Some(d) = s.decide(&facts) {
             let cluster = &active.upstreams.clusters[d.cluster.0];
-            let now = match cluster.pick(s, s.route(d.route), d.allowed, None) {
+            let now = match cluster.pick(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None) {
                 Some(m) => format!(
                     "  now:          {} ({}) — healthy endpoints as of this moment\n",
                     m.region.map_or("-", |r| s.region(r).name.as_str()),
@@ -165,6 +172,105 @@ impl Admin {
             header::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         resp
+    }
+
+    fn rollouts(&self) -> Value {
+        let table = self.proxy.rollouts.table();
+        let mut names: Vec<&String> = table.by_route.keys().collect();
+        names.sort();
+        let list: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                let rr = &table.by_route[name];
+                let s = &rr.state;
+                let gate = rr.gate.lock().map(|g| g.clone()).unwrap_or_default();
+                json!({
+                    "route": name,
+                    "mode": format!("{:?}", s.config.mode).to_lowercase(),
+                    "candidate": s.config.candidate_version,
+                    "stable": s.config.stable_version,
+                    "weight": s.weight,
+                    "phase": s.phase,
+                    "reason": s.reason,
+                    "steps": s.config.steps,
+                    "gate": gate,
+                })
+            })
+            .collect();
+        json!(list)
+    }
+
+    /// `POST /rollouts/{route}/{action}` or `/rollouts/_/{action}` (the only rollout), body
+    /// `{"weight":10,"force":false,"reason":"...","actor":"..."}`.
+    async fn rollout_action(&self, path: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let mut parts = path["/rollouts/".len()..].split('/');
+        let (Some(route), Some(verb), None) = (parts.next(), parts.next(), parts.next()) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "use /rollouts/{route}/{shift|promote|rollback|pause|resume}",
+            );
+        };
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+        };
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields, default)]
+        struct Body {
+            weight: Option<f64>,
+            force: bool,
+            reason: String,
+            actor: String,
+        }
+        let b: Body = if body.is_empty() {
+            Body::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+            }
+        };
+        use crate::rollout::{Action, ActionError};
+        let action = match verb {
+            "shift" => match b.weight {
+                Some(weight) => Action::Shift {
+                    weight,
+                    force: b.force,
+                },
+                None => return error(StatusCode::BAD_REQUEST, "shift needs {\"weight\": percent}"),
+            },
+            "promote" => Action::Promote,
+            "rollback" => Action::Rollback,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            _ => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "actions: shift, promote, rollback, pause, resume",
+                );
+            }
+        };
+        let actor = if b.actor.trim().is_empty() {
+            "admin-api"
+        } else {
+            b.actor.trim()
+        };
+        let route = (route != "_").then_some(route);
+        match self
+            .proxy
+            .rollouts
+            .act(route, action, actor, b.reason.trim())
+        {
+            Ok(event) => json_response(StatusCode::OK, &json!(event)),
+            Err(e) => {
+                let status = match e {
+                    ActionError::NoSuchRollout(_) => StatusCode::NOT_FOUND,
+                    ActionError::GatesRed(_) => StatusCode::CONFLICT,
+                    ActionError::Ambiguous(_) | ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
+                };
+                error(status, &e.to_string())
+            }
+        }
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -284,6 +390,7 @@ impl Admin {
             "version": env!("CARGO_PKG_VERSION"),
             "routes": routes,
             "clusters": clusters,
+            "rollouts": self.rollouts(),
         })
     }
 }

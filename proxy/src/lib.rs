@@ -15,6 +15,7 @@ pub mod geoip;
 pub mod listen;
 pub mod pipeline;
 pub mod respond;
+pub mod rollout;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::classify::{self, Peer};
 use crate::forward::{self, IdleTimeoutBody};
 use crate::respond::ProxyError;
+use crate::rollout::{self, Rollouts, Version as RolloutVersion, Window};
 use crate::state::{Active, Proxy};
 use crate::telemetry::AccessRecord;
 
@@ -63,31 +64,41 @@ pub async fn handle(
         error: None,
         decision: None,
     };
-    let response =
-        match proxy_request(&active, peer, req, &host, client, &request_id, &mut outcome).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                if let (
-                    ProxyError::ResidencyRefused {
-                        jurisdiction,
-                        allowed,
-                    },
-                    Some(d),
-                ) = (&err, &outcome.decision)
-                {
-                    crate::telemetry::audit_residency_refusal(
-                        request_id.to_str().unwrap_or_default(),
-                        &active.snapshot.route(d.route).name,
-                        jurisdiction,
-                        d.jurisdiction_source.as_str(),
-                        allowed,
-                    );
-                }
-                let resp = err.into_response(request_id.to_str().unwrap_or_default());
-                outcome.error = Some(err);
-                resp.map(Either::Right)
+    let response = match proxy_request(
+        &active,
+        &proxy.rollouts,
+        peer,
+        req,
+        &host,
+        client,
+        &request_id,
+        &mut outcome,
+    )
+    .await
+    {
+        Ok(resp) => resp,
+        Err(err) => {
+            if let (
+                ProxyError::ResidencyRefused {
+                    jurisdiction,
+                    allowed,
+                },
+                Some(d),
+            ) = (&err, &outcome.decision)
+            {
+                crate::telemetry::audit_residency_refusal(
+                    request_id.to_str().unwrap_or_default(),
+                    &active.snapshot.route(d.route).name,
+                    jurisdiction,
+                    d.jurisdiction_source.as_str(),
+                    allowed,
+                );
             }
-        };
+            let resp = err.into_response(request_id.to_str().unwrap_or_default());
+            outcome.error = Some(err);
+            resp.map(Either::Right)
+        }
+    };
 
     // record
     let total = started.elapsed();
@@ -118,8 +129,10 @@ pub async fn handle(
     Ok(response)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy_request(
     active: &Active,
+    rollouts: &Rollouts,
     peer: Peer,
     mut req: Request<Incoming>,
     host: &str,
@@ -168,6 +181,44 @@ async fn proxy_request(
         req.headers_mut().remove(c.jurisdiction_header.as_str());
     }
 
+    // rollout: which version (and cluster) serves this request
+    let mut target = (route.cluster, route.version.as_deref());
+    let mut set_cookie = None;
+    let mut arm: Option<(Arc<[Window; 2]>, RolloutVersion)> = None;
+    if let Some(cfg) = &route.rollout {
+        let table = rollouts.table();
+        if let Some(rr) = table.by_route.get(&route.name) {
+            let assigned = rollout::assign(&route.name, &rr.state, req.headers(), client, trusted);
+            set_cookie = assigned.set_cookie;
+            let mut version = assigned.version;
+            if version == RolloutVersion::Candidate {
+                let candidate = &active.upstreams.clusters[cfg.candidate_cluster.0];
+                let regions = !snapshot.regions.is_empty();
+                let wanted = cfg.candidate_version.as_deref();
+                // The split honours residency: with no allowed candidate, stable serves.
+                if !candidate.can_serve(wanted, decision.allowed, regions) {
+                    if !candidate.can_serve(wanted, snapshot.all_regions(), regions) {
+                        // Not residency: the candidate has no healthy endpoint at all. Its
+                        // users see stable; the analysis sees a failed candidate request.
+                        rr.windows[1].record(
+                            crate::clock::now_ms(),
+                            true,
+                            std::time::Duration::ZERO,
+                        );
+                    }
+                    version = RolloutVersion::Stable;
+                }
+            }
+            target = match version {
+                RolloutVersion::Candidate => {
+                    (cfg.candidate_cluster, cfg.candidate_version.as_deref())
+                }
+                RolloutVersion::Stable => (cfg.stable_cluster, cfg.stable_version.as_deref()),
+            };
+            arm = Some((Arc::clone(&rr.windows), version));
+        }
+    }
+
     // upgrades: WebSocket only where the route allows it; never h2c (a smuggling tunnel).
     let upgrade = req
         .headers()
@@ -194,10 +245,22 @@ async fn proxy_request(
     classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
 
     // forward
-    let cluster = &active.upstreams.clusters[decision.cluster.0];
+    let cluster = &active.upstreams.clusters[target.0.0];
     let sent = Instant::now();
-    let result = forward::send(cluster, snapshot, &decision, head, body).await;
-    outcome.upstream_ms = sent.elapsed().as_secs_f64() * 1000.0;
+    let result = forward::send(cluster, snapshot, &decision, target.1, head, body).await;
+    let upstream_time = sent.elapsed();
+    outcome.upstream_ms = upstream_time.as_secs_f64() * 1000.0;
+    if let Some((windows, version)) = &arm {
+        // What the analysis judges: upstream-caused failures and 5xx, and time to the head.
+        let failed = match &result {
+            Ok(f) => f.response.status().is_server_error(),
+            Err(e) => !matches!(
+                e.error,
+                ProxyError::ResidencyRefused { .. } | ProxyError::BadRequest(_)
+            ),
+        };
+        windows[*version as usize].record(crate::clock::now_ms(), failed, upstream_time);
+    }
     let forwarded = match result {
         Ok(f) => f,
         Err(e) => {
@@ -232,6 +295,9 @@ async fn proxy_request(
         parts
             .headers
             .insert(SERVED_REGION, active.region_header(region));
+    }
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
     }
     let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
     Ok(Response::from_parts(parts, Either::Left(body)))

@@ -149,6 +149,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         Duration::from_millis(200),
     )));
 
+    spawn_rollout_controller(Arc::clone(&proxy), rx.clone());
     if let Some(every) = opts.watch_interval {
         watch_files(Arc::clone(&proxy), every, rx.clone());
     }
@@ -190,6 +191,27 @@ async fn spawn_proxy_listener(
         drain,
     )));
     Ok(bound)
+}
+
+/// How often the rollout controller judges the candidates: a breach is acted on within this
+/// long of the window crossing a gate.
+pub const CONTROLLER_TICK: Duration = Duration::from_millis(250);
+
+/// Runs the rollout controller until shutdown.
+fn spawn_rollout_controller(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CONTROLLER_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            for e in proxy.rollouts.tick() {
+                tracing::warn!(route = %e.route, action = %e.action, reason = %e.reason, weight = e.weight_after, "rollout changed by the controller");
+            }
+        }
+    });
 }
 
 /// Reloads when the config file or a certificate file changes (content, not mtime).

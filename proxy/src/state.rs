@@ -65,6 +65,8 @@ pub struct Proxy {
     pub tls_from_config: bool,
     /// The `--region` flag, which wins over `server.region`.
     pub region_override: Option<String>,
+    /// Run-time rollout state (weights, phases, windows, events).
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 fn unix_now() -> u64 {
@@ -118,7 +120,9 @@ impl Proxy {
             tls,
             tls_from_config,
             region_override: options.region,
+            rollouts: crate::rollout::Rollouts::default(),
         };
+        proxy.rollouts.sync(&proxy.active().snapshot);
         Ok(Arc::new(proxy))
     }
 
@@ -183,6 +187,7 @@ impl Proxy {
             resolver.swap(store);
         }
         self.active.store(Arc::new(new));
+        self.rollouts.sync(&self.active().snapshot);
         record_config(&hash, Some(&old.snapshot.hash));
         self.forget_unused_health();
         tracing::info!(hash = %hash, warnings = ?warnings, "config reloaded");

@@ -23,6 +23,10 @@ pub const CONFIG_INFO: &str = "frontdoor_config_info";
 pub const RESIDENCY_REFUSALS: &str = "frontdoor_residency_refusals_total";
 /// Requests served, by route, region and jurisdiction (`none` when unrestricted/unknown).
 pub const REGION_REQUESTS: &str = "frontdoor_region_requests_total";
+/// Current candidate weight (percent) of each route's rollout.
+pub const ROLLOUT_WEIGHT: &str = "frontdoor_rollout_weight_percent";
+/// Automatic rollbacks, by route.
+pub const ROLLBACKS: &str = "frontdoor_rollbacks_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 

@@ -193,15 +193,10 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
                 ),
                 Some(allowed) => {
                     route.residency = Some(id);
-                    let candidate = route
-                        .rollout
-                        .as_ref()
-                        .map(|r| &clusters[r.candidate_cluster.0]);
                     prove_route_residency(
                         i,
                         &route,
-                        &clusters[route.cluster.0],
-                        candidate,
+                        &clusters,
                         &regions,
                         *allowed,
                         pinned,
@@ -883,8 +878,7 @@ fn region_policy(
 fn prove_route_residency(
     i: usize,
     route: &Route,
-    cluster: &Cluster,
-    candidate_cluster: Option<&Cluster>,
+    clusters: &[Cluster],
     regions: &[Region],
     allowed: RegionSet,
     jurisdiction: &str,
@@ -917,9 +911,14 @@ fn prove_route_residency(
         }
     }
     let mut reachable = false;
-    let mut paths: Vec<(&Cluster, Option<&String>)> = vec![(cluster, route.version.as_ref())];
-    if let (Some(r), Some(candidate)) = (&route.rollout, candidate_cluster) {
-        paths.push((candidate, r.candidate_version.as_ref()));
+    // Every way the route reaches endpoints: its own cluster/version and a rollout's candidate.
+    let mut paths: Vec<(&Cluster, Option<&String>)> =
+        vec![(&clusters[route.cluster.0], route.version.as_ref())];
+    if let Some(r) = &route.rollout {
+        paths.push((
+            &clusters[r.candidate_cluster.0],
+            r.candidate_version.as_ref(),
+        ));
     }
     for (cluster, version) in paths {
         for (k, e) in cluster.endpoints.iter().enumerate() {

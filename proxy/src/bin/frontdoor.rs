@@ -246,6 +246,9 @@ Try:
   curl -s --http2-prior-knowledge http://{h}/canary
   curl -s -D- -H 'x-client-country: DE' http://{h}/     # EU user: served from europe-west1
   cargo run --bin proxyctl -- --admin http://{a} explain --country DE http://localhost/ai/chat
+  cargo run --bin proxyctl -- --admin http://{a} shift 10%             # canary rollout of "app"
+  cargo run --bin proxyctl -- --admin http://{a} demo fault --region us-central1 --version canary --error-rate 0.2
+  cargo run --bin proxyctl -- --admin http://{a} events                # the automatic rollback
   curl -s --cacert {ca} https://localhost:{sp}/
   export FRONTDOOR_ADMIN_TOKEN={token}
   cargo run --bin proxyctl -- --admin http://{a} status

@@ -62,6 +62,38 @@ enum Command {
         #[arg(long)]
         client: Option<String>,
     },
+    /// Move a rollout's candidate weight (e.g. `proxyctl shift 10%`). Refused while the gates
+    /// are red unless `--force --reason "..."`.
+    Shift {
+        #[arg(value_parser = parse_percent)]
+        weight: f64,
+        #[command(flatten)]
+        target: RolloutTarget,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Send every user to the candidate (100%); the post-promotion watch still judges it.
+    Promote {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// Send every user back to stable (0%); stays until an operator acts.
+    Rollback {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// Stop automatic steps (breaches still roll back).
+    Pause {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// Resume automatic steps (also clears a rollback).
+    Resume {
+        #[command(flatten)]
+        target: RolloutTarget,
+    },
+    /// Rollout events: every shift, step, rollback with who, when and why.
+    Events,
     /// Validate a config file locally (no front door needed).
     Check { config: PathBuf },
     /// Demo mode: inspect or inject faults into the demo origins.
@@ -69,6 +101,31 @@ enum Command {
         #[command(subcommand)]
         command: DemoCommand,
     },
+}
+
+/// Which rollout, and the audit fields.
+#[derive(clap::Args, Debug)]
+struct RolloutTarget {
+    /// The route; optional when there is exactly one rollout.
+    #[arg(long)]
+    route: Option<String>,
+    /// Why (recorded in events; required with --force).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage like 10% or 0.5%"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{text:?} must be between 0% and 100%"))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,6 +240,76 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
+        Command::Shift {
+            weight,
+            target,
+            force,
+        } => {
+            let body = serde_json::json!({ "weight": weight, "force": force, "reason": target.reason, "actor": actor() });
+            return rollout_call(&cli, target, "shift", body).await;
+        }
+        Command::Promote { target } => {
+            return rollout_call(
+                &cli,
+                target,
+                "promote",
+                serde_json::json!({ "reason": target.reason, "actor": actor() }),
+            )
+            .await;
+        }
+        Command::Rollback { target } => {
+            return rollout_call(
+                &cli,
+                target,
+                "rollback",
+                serde_json::json!({ "reason": target.reason, "actor": actor() }),
+            )
+            .await;
+        }
+        Command::Pause { target } => {
+            return rollout_call(
+                &cli,
+                target,
+                "pause",
+                serde_json::json!({ "reason": target.reason, "actor": actor() }),
+            )
+            .await;
+        }
+        Command::Resume { target } => {
+            return rollout_call(
+                &cli,
+                target,
+                "resume",
+                serde_json::json!({ "reason": target.reason, "actor": actor() }),
+            )
+            .await;
+        }
+        Command::Events => {
+            let v = call(&cli, Method::GET, "/events", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut rows = vec![vec![
+                    "AT (unix ms)".into(),
+                    "ROUTE".into(),
+                    "ACTION".into(),
+                    "WEIGHT".into(),
+                    "ACTOR".into(),
+                    "REASON".into(),
+                ]];
+                for e in v.as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        s(&e["at_unix_ms"]),
+                        s(&e["route"]),
+                        s(&e["action"]),
+                        format!("{}% → {}%", s(&e["weight_before"]), s(&e["weight_after"])),
+                        s(&e["actor"]),
+                        s(&e["reason"]),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
         Command::Explain {
             url,
             country,
@@ -273,6 +400,17 @@ fn s(v: &Value) -> String {
 }
 
 async fn call(cli: &Cli, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    call_allowing(cli, method, path, body, &[StatusCode::UNPROCESSABLE_ENTITY]).await
+}
+
+/// Like [`call`], but statuses in `answers` return their JSON body instead of failing.
+async fn call_allowing(
+    cli: &Cli,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    answers: &[StatusCode],
+) -> anyhow::Result<Value> {
     let token = cli
         .token
         .clone()
@@ -308,7 +446,7 @@ async fn call(cli: &Cli, method: Method, path: &str, body: Option<Value>) -> any
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     match status {
         StatusCode::UNAUTHORIZED => bail!("401 unauthorized: the admin token was refused"),
-        s if s.is_success() || s == StatusCode::UNPROCESSABLE_ENTITY => Ok(value),
+        s if s.is_success() || answers.contains(&s) => Ok(value),
         other => bail!(
             "{other}: {}",
             value
@@ -382,6 +520,62 @@ fn print_status(v: &Value) {
         }
     }
     print_table(&rows);
+    let rollouts = v["rollouts"].as_array().cloned().unwrap_or_default();
+    if !rollouts.is_empty() {
+        println!();
+        let mut rows = vec![vec![
+            "ROLLOUT".into(),
+            "PHASE".into(),
+            "WEIGHT".into(),
+            "GATE".into(),
+            "VERSION".into(),
+            "RPS".into(),
+            "ERRORS".into(),
+            "P95".into(),
+            "REQUESTS".into(),
+        ]];
+        let pct = |x: &Value| {
+            x.as_f64()
+                .map_or("-".into(), |f| format!("{:.1}%", f * 100.0))
+        };
+        let ms = |x: &Value| x.as_f64().map_or("-".into(), |f| format!("{f:.0}ms"));
+        for r in &rollouts {
+            let gate = &r["gate"];
+            for (label, key, name) in [
+                ("stable", "stable", &r["stable"]),
+                ("candidate", "candidate", &r["candidate"]),
+            ] {
+                let st = &gate[key];
+                let first = label == "stable";
+                rows.push(vec![
+                    if first { s(&r["route"]) } else { String::new() },
+                    if first { s(&r["phase"]) } else { String::new() },
+                    if first {
+                        format!("{}%", s(&r["weight"]))
+                    } else {
+                        String::new()
+                    },
+                    if first {
+                        s(&gate["state"])
+                    } else {
+                        String::new()
+                    },
+                    format!("{label} ({})", s(name)),
+                    st["rps"].as_f64().map_or("-".into(), |f| format!("{f:.1}")),
+                    pct(&st["error_rate"]),
+                    ms(&st["p95_ms"]),
+                    s(&st["requests"]),
+                ]);
+            }
+            if let Some(d) = gate["detail"].as_str().filter(|d| !d.is_empty()) {
+                println!("  {}: {d}", s(&r["route"]));
+            }
+            if let Some(reason) = r["reason"].as_str() {
+                println!("  {} rolled back: {reason}", s(&r["route"]));
+            }
+        }
+        print_table(&rows);
+    }
 }
 
 fn print_table(rows: &[Vec<String>]) {
@@ -410,4 +604,49 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+fn actor() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map_or_else(|| "proxyctl".to_string(), |u| format!("{u} (proxyctl)"))
+}
+
+async fn rollout_call(
+    cli: &Cli,
+    target: &RolloutTarget,
+    verb: &str,
+    body: Value,
+) -> anyhow::Result<std::process::ExitCode> {
+    let route = target.route.as_deref().unwrap_or("_");
+    let path = format!("/rollouts/{}/{verb}", percent_encode(route));
+    let v = call_allowing(
+        cli,
+        Method::POST,
+        &path,
+        Some(body),
+        &[
+            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+        ],
+    )
+    .await?;
+    if let Some(err) = v.get("error") {
+        eprintln!("{verb} refused: {}", s(err));
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} {}% → {}%",
+            s(&v["route"]),
+            verb,
+            s(&v["weight_before"]),
+            s(&v["weight_after"])
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -102,6 +102,7 @@ pub async fn send(
     cluster: &ClusterRuntime,
     snapshot: &Snapshot,
     decision: &Decision,
+    version: Option<&str>,
     mut head: Parts,
     body: Incoming,
 ) -> Result<Forwarded, ForwardError> {
@@ -130,8 +131,13 @@ pub async fn send(
     // Held while a retry attempt is in flight, so the budget sees concurrent retries.
     let mut _retrying: Option<Decrement<'_>> = None;
     loop {
-        let Some(member) = cluster.pick(snapshot, route, decision.allowed, failed.as_deref())
-        else {
+        let Some(member) = cluster.pick(
+            snapshot,
+            route,
+            version,
+            decision.allowed,
+            failed.as_deref(),
+        ) else {
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
                 previous

@@ -250,12 +250,12 @@ impl ClusterRuntime {
         &self,
         snapshot: &Snapshot,
         route: &Route,
+        version: Option<&str>,
         allowed: RegionSet,
         avoid: Option<&Member>,
     ) -> Option<Arc<Member>> {
         let members = self.members.load();
         let now = clock::now_ms();
-        let version = route.version.as_deref();
         let eligible = |m: &Member| {
             version.is_none_or(|v| m.version.as_deref() == Some(v)) && m.health.available(now)
         };
@@ -305,6 +305,22 @@ impl ClusterRuntime {
             return chosen.map(Arc::clone);
         }
         None
+    }
+
+    /// True when some available member with `version` lies in `allowed` (or, without
+    /// declared regions, anywhere). Used to keep a rollout's split inside residency.
+    pub fn can_serve(
+        &self,
+        version: Option<&str>,
+        allowed: RegionSet,
+        regions_declared: bool,
+    ) -> bool {
+        let now = clock::now_ms();
+        self.members.load().iter().any(|m| {
+            version.is_none_or(|v| m.version.as_deref() == Some(v))
+                && m.health.available(now)
+                && (!regions_declared || m.region.is_some_and(|r| allowed.contains(r)))
+        })
     }
 
     /// True when one more retry fits the budget: retries in flight stay below
@@ -386,17 +402,34 @@ version = "canary"
         let (stable, canary) = (&s.routes[0], &s.routes[1]);
         let all = s.all_regions();
         let mut seen: Vec<u16> = (0..6)
-            .map(|_| port(&rt.pick(&s, stable, all, None).expect("member")))
+            .map(|_| {
+                port(
+                    &rt.pick(&s, stable, stable.version.as_deref(), all, None)
+                        .expect("member"),
+                )
+            })
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, vec![1001, 1001, 1001, 1002, 1002, 1002]);
         assert_eq!(
-            port(&rt.pick(&s, stable, eu_only(&s), None).expect("m")),
+            port(
+                &rt.pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
+                    .expect("m")
+            ),
             1003
         );
-        assert_eq!(port(&rt.pick(&s, canary, all, None).expect("m")), 1004);
+        assert_eq!(
+            port(
+                &rt.pick(&s, canary, canary.version.as_deref(), all, None)
+                    .expect("m")
+            ),
+            1004
+        );
         // No canary in the EU: an EU-restricted canary request has nowhere to go.
-        assert!(rt.pick(&s, canary, eu_only(&s), None).is_none());
+        assert!(
+            rt.pick(&s, canary, canary.version.as_deref(), eu_only(&s), None)
+                .is_none()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -414,17 +447,26 @@ version = "canary"
         }
         // Both local stable members ejected: the eu one takes unrestricted traffic.
         assert_eq!(
-            port(&rt.pick(&s, stable, s.all_regions(), None).expect("m")),
+            port(
+                &rt.pick(&s, stable, stable.version.as_deref(), s.all_regions(), None)
+                    .expect("m")
+            ),
             1003
         );
         // The EU member ejected too: an EU request gets nothing rather than the US.
         let eu = members.iter().find(|m| port(m) == 1003).expect("eu");
         eu.health.record_live(false, &outlier);
         eu.health.record_live(false, &outlier);
-        assert!(rt.pick(&s, stable, eu_only(&s), None).is_none());
+        assert!(
+            rt.pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
+                .is_none()
+        );
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
         assert_ne!(
-            port(&rt.pick(&s, stable, s.all_regions(), None).expect("m")),
+            port(
+                &rt.pick(&s, stable, stable.version.as_deref(), s.all_regions(), None)
+                    .expect("m")
+            ),
             1003
         );
     }
@@ -454,19 +496,38 @@ version = "canary"
         let (stable, canary) = (&s.routes[0], &s.routes[1]);
         let all = s.all_regions();
         for _ in 0..10 {
-            let first = rt.pick(&s, stable, all, None).expect("m");
-            let second = rt.pick(&s, stable, all, Some(&first)).expect("m");
+            let first = rt
+                .pick(&s, stable, stable.version.as_deref(), all, None)
+                .expect("m");
+            let second = rt
+                .pick(&s, stable, stable.version.as_deref(), all, Some(&first))
+                .expect("m");
             assert_ne!(first.addr, second.addr);
         }
-        let only = rt.pick(&s, canary, all, None).expect("m");
+        let only = rt
+            .pick(&s, canary, canary.version.as_deref(), all, None)
+            .expect("m");
         assert_eq!(
-            rt.pick(&s, canary, all, Some(&only)).expect("m").addr,
+            rt.pick(&s, canary, canary.version.as_deref(), all, Some(&only))
+                .expect("m")
+                .addr,
             only.addr
         );
         // The only EU member failed: the retry goes to it again, not to the US.
-        let eu = rt.pick(&s, stable, eu_only(&s), None).expect("m");
+        let eu = rt
+            .pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
+            .expect("m");
         assert_eq!(
-            port(&rt.pick(&s, stable, eu_only(&s), Some(&eu)).expect("m")),
+            port(
+                &rt.pick(
+                    &s,
+                    stable,
+                    stable.version.as_deref(),
+                    eu_only(&s),
+                    Some(&eu)
+                )
+                .expect("m")
+            ),
             1003
         );
     }
@@ -478,7 +539,18 @@ version = "canary"
         let members = rt.members.load_full();
         members[0].health.in_flight.store(100, Ordering::Relaxed);
         let picks = (0..100)
-            .filter(|_| port(&rt.pick(&s, &s.routes[0], s.all_regions(), None).expect("m")) == 1002)
+            .filter(|_| {
+                port(
+                    &rt.pick(
+                        &s,
+                        &s.routes[0],
+                        s.routes[0].version.as_deref(),
+                        s.all_regions(),
+                        None,
+                    )
+                    .expect("m"),
+                ) == 1002
+            })
             .count();
         assert!(
             picks > 50,

@@ -1,0 +1,579 @@
+//! rollout: which version serves a request (sticky canary / blue-green split, header
+//! override), the per-route × version windows, the controller that judges the candidate and
+//! rolls it back or forward, and the operator actions (shift, promote, rollback, pause,
+//! resume) with their audit trail.
+//!
+//! Run-time rollout state is one immutable [`RolloutTable`] behind an `ArcSwap` (a second
+//! snapshot, per DESIGN.md): every change — operator or controller — builds a new table and
+//! swaps it in one store, under one writer lock. A request reads the table once.
+
+mod window;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use routes::Snapshot;
+use routes::rollout::{self as model, Rollout, RolloutMode, Verdict, WindowStats};
+use serde::Serialize;
+
+pub use window::Window;
+
+use crate::clock;
+use crate::telemetry;
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Judged continuously; advances through the steps while green.
+    Progressing,
+    /// Judged (and rolled back on breach) but not advanced.
+    Paused,
+    /// At 100%, judged for the post-promotion watch; reverts on breach.
+    Promoted,
+    /// Promotion watch passed: the candidate is the new normal.
+    Complete,
+    /// Weight 0 after a breach or an operator rollback; stays until an operator acts.
+    RolledBack,
+}
+
+/// The state of one route's rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutState {
+    pub config: Rollout,
+    /// Percent of users on the candidate.
+    pub weight: f64,
+    pub phase: Phase,
+    /// Clock ms when the current weight was set (for step holds and watches).
+    pub since_ms: u64,
+    /// Why the last rollback happened, with the numbers.
+    pub reason: Option<String>,
+}
+
+/// Per route: state plus its windows (stable = 0, candidate = 1) and the latest verdict.
+#[derive(Debug)]
+pub struct RouteRollout {
+    pub state: RolloutState,
+    pub windows: Arc<[Window; 2]>,
+    pub gate: Arc<Mutex<GateView>>,
+}
+
+/// The controller's latest judgement, for status and for refusing shifts while red.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GateView {
+    /// `green`, `red`, `inconclusive`, or `idle` (not judged: weight 0 or complete).
+    pub state: String,
+    pub detail: String,
+    pub candidate: Option<StatsView>,
+    pub stable: Option<StatsView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    pub requests: u64,
+    pub rps: f64,
+    pub error_rate: f64,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl StatsView {
+    fn of(s: &WindowStats, window_secs: f64) -> StatsView {
+        StatsView {
+            requests: s.requests,
+            rps: s.requests as f64 / window_secs.max(1.0),
+            error_rate: s.error_rate(),
+            p95_ms: s.p95.map(|d| d.as_secs_f64() * 1000.0),
+            p99_ms: s.p99.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// Every route's rollout, by route name.
+#[derive(Debug, Default)]
+pub struct RolloutTable {
+    pub by_route: HashMap<String, Arc<RouteRollout>>,
+}
+
+/// One audited change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at_unix_ms: u64,
+    pub route: String,
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    pub weight_before: f64,
+    pub weight_after: f64,
+}
+
+/// The process's rollouts: the table, the writer lock, the event log.
+#[derive(Debug, Default)]
+pub struct Rollouts {
+    table: ArcSwap<RolloutTable>,
+    writer: Mutex<()>,
+    events: Mutex<VecDeque<Event>>,
+}
+
+const MAX_EVENTS: usize = 1000;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Shift { weight: f64, force: bool },
+    Promote,
+    Rollback,
+    Pause,
+    Resume,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    NoSuchRollout(String),
+    /// The route must be named: zero or several rollouts exist.
+    Ambiguous(Vec<String>),
+    Invalid(String),
+    /// Gates are red: shifting forward needs `force` and a reason.
+    GatesRed(String),
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionError::NoSuchRollout(r) => write!(f, "route {r:?} has no rollout"),
+            ActionError::Ambiguous(names) if names.is_empty() => {
+                write!(f, "no route has a rollout")
+            }
+            ActionError::Ambiguous(names) => write!(
+                f,
+                "several rollouts ({}): name one with --route",
+                names.join(", ")
+            ),
+            ActionError::Invalid(why) => f.write_str(why),
+            ActionError::GatesRed(why) => write!(
+                f,
+                "gates are red ({why}); use --force with --reason to shift anyway"
+            ),
+        }
+    }
+}
+
+impl Rollouts {
+    pub fn table(&self) -> Arc<RolloutTable> {
+        self.table.load_full()
+    }
+
+    /// Brings the table in line with a (new) snapshot: rollouts whose route and candidate are
+    /// unchanged keep their state and windows; new ones start at their configured weight.
+    pub fn sync(&self, snapshot: &Snapshot) {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.table.load_full();
+        let now = clock::now_ms();
+        let mut by_route = HashMap::new();
+        for route in &snapshot.routes {
+            let Some(cfg) = &route.rollout else { continue };
+            let same = |s: &RolloutState| {
+                s.config.candidate_version == cfg.candidate_version
+                    && snapshot.cluster(cfg.candidate_cluster).name
+                        == snapshot_cluster_name(s, snapshot)
+            };
+            let entry = match old.by_route.get(&route.name) {
+                Some(prev) if same(&prev.state) => {
+                    let mut state = prev.state.clone();
+                    state.config = cfg.clone();
+                    RouteRollout {
+                        state,
+                        windows: Arc::clone(&prev.windows),
+                        gate: Arc::clone(&prev.gate),
+                    }
+                }
+                _ => RouteRollout {
+                    state: RolloutState {
+                        config: cfg.clone(),
+                        weight: cfg.initial_weight,
+                        phase: Phase::Progressing,
+                        since_ms: now,
+                        reason: None,
+                    },
+                    windows: Arc::new([
+                        Window::new(cfg.gates.window),
+                        Window::new(cfg.gates.window),
+                    ]),
+                    gate: Arc::new(Mutex::new(GateView {
+                        state: "idle".into(),
+                        ..Default::default()
+                    })),
+                },
+            };
+            set_weight_gauge(&route.name, entry.state.weight);
+            by_route.insert(route.name.clone(), Arc::new(entry));
+        }
+        self.table.store(Arc::new(RolloutTable { by_route }));
+    }
+
+    /// Applies an operator action. `route` may be omitted when exactly one rollout exists.
+    pub fn act(
+        &self,
+        route: Option<&str>,
+        action: Action,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Event, ActionError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.table.load_full();
+        let name = match route {
+            Some(r) => r.to_string(),
+            None => {
+                let names: Vec<String> = table.by_route.keys().cloned().collect();
+                match names.as_slice() {
+                    [one] => one.clone(),
+                    _ => return Err(ActionError::Ambiguous(names)),
+                }
+            }
+        };
+        let current = table
+            .by_route
+            .get(&name)
+            .ok_or_else(|| ActionError::NoSuchRollout(name.clone()))?;
+        let mut state = current.state.clone();
+        let before = state.weight;
+        let now = clock::now_ms();
+        let label = match &action {
+            Action::Shift { weight, force } => {
+                if !(0.0..=100.0).contains(weight) || !weight.is_finite() {
+                    return Err(ActionError::Invalid(format!(
+                        "weight must be 0..=100, got {weight}"
+                    )));
+                }
+                if state.config.mode == RolloutMode::BlueGreen && *weight != 0.0 && *weight != 100.0
+                {
+                    return Err(ActionError::Invalid(
+                        "blue-green switches all at once: 0% or 100%".into(),
+                    ));
+                }
+                let gate = current.gate.lock().map(|g| g.clone()).unwrap_or_default();
+                let forced = *force && !reason.trim().is_empty();
+                if *weight > before && gate.state == "red" && !forced {
+                    return Err(ActionError::GatesRed(gate.detail));
+                }
+                state.weight = *weight;
+                state.phase = if *weight >= 100.0 {
+                    Phase::Promoted
+                } else {
+                    Phase::Progressing
+                };
+                state.reason = None;
+                "shift"
+            }
+            Action::Promote => {
+                state.weight = 100.0;
+                state.phase = Phase::Promoted;
+                state.reason = None;
+                "promote"
+            }
+            Action::Rollback => {
+                state.weight = 0.0;
+                state.phase = Phase::RolledBack;
+                state.reason = Some(format!("operator {actor}: {reason}"));
+                "rollback"
+            }
+            Action::Pause => {
+                if state.phase == Phase::RolledBack {
+                    return Err(ActionError::Invalid(
+                        "rolled back: shift or resume first".into(),
+                    ));
+                }
+                state.phase = Phase::Paused;
+                "pause"
+            }
+            Action::Resume => {
+                state.phase = if state.weight >= 100.0 {
+                    Phase::Promoted
+                } else {
+                    Phase::Progressing
+                };
+                state.reason = None;
+                "resume"
+            }
+        };
+        state.since_ms = now;
+        let event = self.swap_state(&table, &name, current, state, label, actor, reason);
+        Ok(event)
+    }
+
+    /// Replaces one route's state in a new table; records the event. Caller holds `writer`.
+    #[allow(clippy::too_many_arguments)]
+    fn swap_state(
+        &self,
+        table: &RolloutTable,
+        name: &str,
+        current: &RouteRollout,
+        state: RolloutState,
+        action: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Event {
+        let event = Event {
+            at_unix_ms: unix_ms(),
+            route: name.to_string(),
+            action: action.to_string(),
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            weight_before: current.state.weight,
+            weight_after: state.weight,
+        };
+        set_weight_gauge(name, state.weight);
+        let mut by_route = table.by_route.clone();
+        by_route.insert(
+            name.to_string(),
+            Arc::new(RouteRollout {
+                state,
+                windows: Arc::clone(&current.windows),
+                gate: Arc::clone(&current.gate),
+            }),
+        );
+        self.table.store(Arc::new(RolloutTable { by_route }));
+        tracing::warn!(target: "audit", event = "rollout", route = name, action, actor, reason, weight_before = event.weight_before, weight_after = event.weight_after);
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event.clone());
+        event
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One controller pass: judge every active rollout; roll back on breach, advance steps
+    /// while green, end promotion watches. Returns the events it caused.
+    pub fn tick(&self) -> Vec<Event> {
+        let now = clock::now_ms();
+        let table = self.table.load_full();
+        let mut out = Vec::new();
+        for (name, rr) in &table.by_route {
+            let s = &rr.state;
+            let cfg = &s.config;
+            let judged = matches!(
+                s.phase,
+                Phase::Progressing | Phase::Paused | Phase::Promoted
+            ) && s.weight > 0.0;
+            let cand = rr.windows[1].stats(now);
+            let stable = rr.windows[0].stats(now);
+            let secs = cfg.gates.window.as_secs_f64();
+            let verdict = if judged {
+                Some(model::evaluate(&cfg.gates, &cand, &stable))
+            } else {
+                None
+            };
+            {
+                let mut g = rr.gate.lock().unwrap_or_else(|p| p.into_inner());
+                g.candidate = Some(StatsView::of(&cand, secs));
+                g.stable = Some(StatsView::of(&stable, secs));
+                (g.state, g.detail) = match &verdict {
+                    None if s.phase == Phase::RolledBack => {
+                        // Still red while the bad window lasts, so a shift needs --force.
+                        match model::evaluate(&cfg.gates, &cand, &stable) {
+                            Verdict::Breach(why) => ("red".into(), why),
+                            _ => ("idle".into(), s.reason.clone().unwrap_or_default()),
+                        }
+                    }
+                    None => ("idle".into(), String::new()),
+                    Some(Verdict::Pass) => ("green".into(), String::new()),
+                    Some(Verdict::Inconclusive { requests, needed }) => (
+                        "inconclusive".into(),
+                        format!("{requests} of {needed} candidate requests needed: holding"),
+                    ),
+                    Some(Verdict::Breach(why)) => ("red".into(), why.clone()),
+                };
+            }
+            let next = match verdict {
+                Some(Verdict::Breach(why)) => {
+                    metrics::counter!(telemetry::ROLLBACKS, telemetry::L_ROUTE => name.clone())
+                        .increment(1);
+                    let mut st = s.clone();
+                    st.weight = 0.0;
+                    st.phase = Phase::RolledBack;
+                    st.reason = Some(why.clone());
+                    Some((st, "automatic-rollback", why))
+                }
+                Some(Verdict::Pass) if s.phase == Phase::Progressing => {
+                    let held = now.saturating_sub(s.since_ms) >= cfg.step_hold.as_millis() as u64;
+                    match cfg.steps.iter().find(|w| **w > s.weight) {
+                        Some(w) if held => {
+                            let mut st = s.clone();
+                            st.weight = *w;
+                            st.phase = if *w >= 100.0 {
+                                Phase::Promoted
+                            } else {
+                                Phase::Progressing
+                            };
+                            Some((
+                                st,
+                                "step",
+                                format!("gates green for {}s", cfg.step_hold.as_secs()),
+                            ))
+                        }
+                        _ => None,
+                    }
+                }
+                Some(Verdict::Pass) if s.phase == Phase::Promoted => {
+                    let watched = now.saturating_sub(s.since_ms)
+                        >= cfg.post_promotion_watch.as_millis() as u64;
+                    watched.then(|| {
+                        let mut st = s.clone();
+                        st.phase = Phase::Complete;
+                        (st, "complete", "post-promotion watch passed".to_string())
+                    })
+                }
+                _ => None,
+            };
+            if let Some((mut st, action, reason)) = next {
+                let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+                // Re-read under the lock: an operator may have acted since the judgement.
+                let latest = self.table.load_full();
+                let Some(current) = latest.by_route.get(name) else {
+                    continue;
+                };
+                if current.state.weight != s.weight || current.state.phase != s.phase {
+                    continue;
+                }
+                st.since_ms = now;
+                out.push(self.swap_state(
+                    &latest,
+                    name,
+                    current,
+                    st,
+                    action,
+                    "controller",
+                    &reason,
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn snapshot_cluster_name<'a>(s: &RolloutState, snapshot: &'a Snapshot) -> &'a str {
+    snapshot
+        .clusters
+        .get(s.config.candidate_cluster.0)
+        .map_or("", |c| c.name.as_str())
+}
+
+fn set_weight_gauge(route: &str, weight: f64) {
+    telemetry::prometheus();
+    metrics::gauge!(telemetry::ROLLOUT_WEIGHT, telemetry::L_ROUTE => route.to_string()).set(weight);
+}
+
+/// Which version a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Stable = 0,
+    Candidate = 1,
+}
+
+/// The user key and whether a cookie must be set for it.
+pub struct Assignment {
+    pub version: Version,
+    /// `Set-Cookie` value when the sticky cookie was absent.
+    pub set_cookie: Option<http::HeaderValue>,
+}
+
+/// Picks the version for a request: the override header (when allowed), else the sticky
+/// bucket against the current weight.
+pub fn assign(
+    route_name: &str,
+    state: &RolloutState,
+    headers: &http::HeaderMap,
+    client: std::net::IpAddr,
+    trusted: bool,
+) -> Assignment {
+    let cfg = &state.config;
+    if !cfg.override_trusted_only || trusted {
+        match headers
+            .get(cfg.override_header.as_str())
+            .map(|v| v.as_bytes())
+        {
+            Some(b"canary" | b"candidate") => {
+                return Assignment {
+                    version: Version::Candidate,
+                    set_cookie: None,
+                };
+            }
+            Some(b"stable") => {
+                return Assignment {
+                    version: Version::Stable,
+                    set_cookie: None,
+                };
+            }
+            _ => {}
+        }
+    }
+    let mut set_cookie = None;
+    let ip_text;
+    let fresh;
+    let key: &[u8] = match &cfg.sticky {
+        model::Sticky::Cookie(name) => match cookie(headers, name) {
+            Some(v) => v,
+            None => {
+                fresh = crate::classify::new_request_id();
+                set_cookie = http::HeaderValue::from_str(&format!(
+                    "{name}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
+                    fresh.to_str().unwrap_or_default()
+                ))
+                .ok();
+                fresh.as_bytes()
+            }
+        },
+        model::Sticky::Header(h) => match headers.get(h.as_str()) {
+            Some(v) if !v.is_empty() => v.as_bytes(),
+            _ => {
+                ip_text = client.to_string();
+                ip_text.as_bytes()
+            }
+        },
+        model::Sticky::Ip => {
+            ip_text = client.to_string();
+            ip_text.as_bytes()
+        }
+    };
+    let bucket = model::bucket(route_name, key);
+    let version = if model::is_candidate(bucket, state.weight) {
+        Version::Candidate
+    } else {
+        Version::Stable
+    };
+    Assignment {
+        version,
+        set_cookie,
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(http::header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == name.as_bytes() && v.len() > 1).then(|| &v[1..])
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

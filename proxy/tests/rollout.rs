@@ -1,0 +1,222 @@
+//! Canary rollouts end to end: sticky monotonic splits through `shift`, and an automatic
+//! rollback when the canary starts failing under load.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{TOKEN, eventually, start, url};
+use frontdoor::server::Running;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use loadtest::{Client, FaultSpec, Origin};
+use serde_json::Value;
+
+async fn admin(fd: &Running, method: http::Method, path: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", fd.admin, path))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("req");
+    let resp = Client::http1().send(req).await.expect("admin");
+    (
+        resp.status,
+        serde_json::from_slice(&resp.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Sends one request per user (cookie `fd-uid=u{i}`) for `users`, returns those on canary.
+async fn canary_users(fd: &Running, users: std::ops::Range<u32>) -> HashSet<u32> {
+    let users: Vec<u32> = users.collect();
+    let mut tasks = Vec::new();
+    for chunk in users.chunks(users.len().div_ceil(4).max(1)) {
+        let (client, u, chunk) = (Client::http1(), url(fd, "/"), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut on = HashSet::new();
+            for user in chunk {
+                let req = Request::get(&u)
+                    .header("cookie", format!("fd-uid=u{user}"))
+                    .body(Full::default())
+                    .expect("req");
+                let r = client.send(req).await.expect("resp");
+                assert_eq!(r.status, StatusCode::OK);
+                assert!(
+                    r.header("set-cookie").is_none(),
+                    "a user with a cookie gets no new one"
+                );
+                if r.header("x-origin-version") == Some("canary") {
+                    on.insert(user);
+                }
+            }
+            on
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shift_is_sticky_and_monotonic_and_a_failing_canary_rolls_back() {
+    let stable = Origin::builder()
+        .version("stable")
+        .start()
+        .await
+        .expect("stable");
+    let canary = Origin::builder()
+        .version("canary")
+        .start()
+        .await
+        .expect("canary");
+    let config = format!(
+        r#"
+[clusters.app]
+outlier = {{ consecutive_failures = 0 }}
+endpoints = [{{ address = "{}", version = "stable" }}, {{ address = "{}", version = "canary" }}]
+[[routes]]
+name = "app"
+cluster = "app"
+version = "stable"
+[routes.rollout]
+candidate = "canary"
+gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 }}
+"#,
+        stable.addr, canary.addr
+    );
+    let fd = start(&config).await;
+
+    // 0%: nobody on canary; a new user gets a sticky cookie.
+    let first = Client::http1().get(&url(&fd, "/")).await.expect("resp");
+    assert_eq!(first.header("x-origin-version"), Some("stable"));
+    assert!(
+        first
+            .header("set-cookie")
+            .is_some_and(|c| c.starts_with("fd-uid="))
+    );
+
+    let (s, v) = admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/_/shift",
+        r#"{"weight":10,"actor":"test"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let at10 = canary_users(&fd, 0..10_000).await;
+    let share = at10.len() as f64 / 100.0;
+    assert!(
+        (share - 10.0).abs() <= 1.5,
+        "{share}% of 10,000 users on canary at 10%"
+    );
+    // The same users again: the same answer, every one.
+    assert_eq!(
+        canary_users(&fd, 0..2_000).await,
+        at10.iter().copied().filter(|u| *u < 2_000).collect()
+    );
+
+    admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/app/shift",
+        r#"{"weight":50}"#,
+    )
+    .await;
+    let at50 = canary_users(&fd, 0..10_000).await;
+    assert!(
+        at10.is_subset(&at50),
+        "{} users moved back to stable when the weight went up",
+        at10.difference(&at50).count()
+    );
+    assert!(
+        (at50.len() as f64 / 100.0 - 50.0).abs() <= 2.0,
+        "{}",
+        at50.len()
+    );
+
+    // 20% errors on canary under load: the controller rolls it back by itself.
+    canary.faults.set(FaultSpec {
+        error_rate: 0.2,
+        ..Default::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..4u32 {
+        let (client, u, stop) = (Client::http1(), url(&fd, "/"), Arc::clone(&stop));
+        load.push(tokio::spawn(async move {
+            let mut user = t;
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(&u)
+                    .header("cookie", format!("fd-uid=load{user}"))
+                    .body(Full::default())
+                    .expect("req");
+                let _ = client.send(req).await;
+                user += 4;
+            }
+        }));
+    }
+    let fd_ref = &fd;
+    eventually("the canary is rolled back", || async move {
+        let (_, v) = admin(fd_ref, http::Method::GET, "/rollouts", "").await;
+        v[0]["phase"] == "rolled_back"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load");
+    }
+    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
+    assert_eq!(rollouts[0]["weight"], 0.0);
+    assert!(
+        rollouts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error rate")),
+        "{rollouts}"
+    );
+    let (_, events) = admin(&fd, http::Method::GET, "/events", "").await;
+    let actions: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["shift", "shift", "automatic-rollback"]);
+    assert_eq!(events[0]["actor"], "test");
+    // Everyone is back on stable, together.
+    assert!(canary_users(&fd, 0..1_000).await.is_empty());
+    // Gates are still red: shifting forward needs --force with a reason.
+    let (s, v) = admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/app/shift",
+        r#"{"weight":10}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/app/shift",
+        r#"{"weight":10,"force":true,"reason":"fixed"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // Testers can force a version with the override header.
+    let req = Request::get(url(&fd, "/"))
+        .header("x-frontdoor-version", "canary")
+        .body(Full::default())
+        .expect("req");
+    assert_eq!(
+        Client::http1()
+            .send(req)
+            .await
+            .expect("resp")
+            .header("x-origin-version"),
+        Some("canary")
+    );
+    fd.shutdown().await;
+}
