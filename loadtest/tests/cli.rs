@@ -1,0 +1,105 @@
+//! The `loadtest` binary against an in-process origin: verdicts decide the exit status and the
+//! report files are written.
+
+use std::process::Command;
+
+use loadtest::Origin;
+
+fn scenario(dir: &std::path::Path, allowed: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("scenario-{allowed}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "duration = \"1s\"\nrate = 200\nusers = 50\nprotocol = \"http1\"\n[countries]\nDE = 1\n[[paths]]\npath = \"/\"\n[expect]\nmax_error_rate = 0.0\nmax_p99 = \"2s\"\n[expect.regions]\nDE = [\"{allowed}\"]\n"
+        ),
+    )
+    .expect("write");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_passes_and_fails_on_its_verdicts_and_writes_a_report() {
+    let origin = Origin::builder()
+        .region("europe-west1")
+        .start()
+        .await
+        .expect("origin");
+    let dir = std::env::temp_dir().join(format!("loadtest-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let proxy = format!("http://{}", origin.addr);
+    let report = dir.join("report");
+
+    let ok = tokio::task::spawn_blocking({
+        let (s, proxy, report) = (
+            scenario(&dir, "europe-west1"),
+            proxy.clone(),
+            report.clone(),
+        );
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_loadtest"))
+                .arg("--proxy")
+                .arg(proxy)
+                .arg("--report")
+                .arg(report)
+                .arg("run")
+                .arg(s)
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("[PASS] no residency leaks"), "{out}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("summary.json")).expect("summary.json"))
+            .expect("json");
+    let requests = summary["summary"]["requests"].as_u64().expect("requests");
+    assert!((150..=250).contains(&requests), "1 s at 200/s: {requests}");
+    assert!(
+        std::fs::read_to_string(report.join("report.html"))
+            .expect("report.html")
+            .contains("<svg")
+    );
+    assert!(origin.faults.requests() >= requests);
+
+    // The same traffic, but DE may only be served from asia: every answer is a leak, exit 1.
+    let bad = tokio::task::spawn_blocking({
+        let (s, proxy) = (scenario(&dir, "asia-southeast1"), proxy.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_loadtest"))
+                .arg("--proxy")
+                .arg(proxy)
+                .arg("run")
+                .arg(s)
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(out.contains("[FAIL] no residency leaks"), "{out}");
+
+    // A broken scenario is a usage error (2) with the reason.
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "rate = -1\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("run")
+        .arg(&broken)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,107 @@
+//! The load-test drills, run against an in-process front door on the demo config (origins on
+//! free ports instead of the demo's fixed ones). Each drill asserts its own outcome.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use frontdoor::demo::{DEMO_CONFIG, DemoOrigins};
+use frontdoor::server::{Running, StartOptions};
+use frontdoor::state::ConfigSource;
+use loadtest::Origin;
+use loadtest::drill::{self, DrillOptions};
+
+/// The demo, with each fixed origin address replaced by a fresh `:0` origin.
+async fn demo() -> Running {
+    let snapshot = routes::load(DEMO_CONFIG).expect("demo config");
+    let mut config = DEMO_CONFIG.to_string();
+    let mut origins = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for c in &snapshot.clusters {
+        for e in &c.endpoints {
+            let routes::Address::Ip(fixed) = e.address else {
+                continue;
+            };
+            if !seen.insert(fixed) {
+                continue;
+            }
+            let region = snapshot
+                .region(e.region.expect("demo endpoints have regions"))
+                .name
+                .clone();
+            let o = Origin::builder()
+                .region(&region)
+                .version(e.version.as_deref().unwrap_or("stable"))
+                .start()
+                .await
+                .expect("origin");
+            config = config.replace(&format!("\"{fixed}\""), &format!("\"{}\"", o.addr));
+            origins.push(o);
+        }
+    }
+    common::start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        demo: Some(Arc::new(DemoOrigins::from_origins(origins))),
+        ..Default::default()
+    })
+    .await
+}
+
+fn options(fd: &Running, phase: Duration) -> DrillOptions {
+    DrillOptions {
+        proxy: common::url(fd, ""),
+        admin: format!("http://{}", fd.admin),
+        token: common::TOKEN.into(),
+        rate: 100.0,
+        duration: phase,
+        protocol: "http1".into(),
+        rollback_within: Duration::from_secs(10),
+    }
+}
+
+async fn assert_drill(name: &str, phase: Duration) {
+    let fd = demo().await;
+    let report = drill::run(name, &options(&fd, phase))
+        .await
+        .expect("drill runs");
+    assert!(report.passed(), "{}", report.text());
+    assert!(report.summary.requests > 0);
+    let html = report.html();
+    assert!(
+        html.contains("<svg") && html.contains("PASS"),
+        "report renders"
+    );
+    fd.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_region_weights() {
+    assert_drill("region-weights", Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_residency_failover() {
+    // The demo health-checks every 2 s and needs 2 failures: a phase must outlast that.
+    assert_drill("residency-failover", Duration::from_secs(6)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_canary_rollback() {
+    assert_drill("canary-rollback", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_reload_under_load() {
+    assert_drill("reload-under-load", Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_unknown_drill_is_a_clear_error() {
+    let fd = demo().await;
+    let err = drill::run("chaos-monkey", &options(&fd, Duration::from_secs(1)))
+        .await
+        .expect_err("unknown");
+    assert!(err.contains("canary-rollback"), "{err}");
+    fd.shutdown().await;
+}
