@@ -391,6 +391,7 @@ impl Admin {
             "routes": routes,
             "clusters": clusters,
             "rollouts": self.rollouts(),
+            "fleet": self.proxy.fleet_status.lock().map(|f| f.clone()).unwrap_or_default(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod classify;
 pub mod clock;
 pub mod demo;
+pub mod fleet;
 pub mod forward;
 pub mod geoip;
 pub mod listen;

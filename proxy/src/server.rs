@@ -28,6 +28,8 @@ pub struct StartOptions {
     pub fallback_certs: Option<certs::CertStore>,
     /// Poll the config and certificate files for changes at this interval (None: off).
     pub watch_interval: Option<Duration>,
+    /// Join a fleet through etcd.
+    pub fleet: Option<crate::fleet::FleetOptions>,
 }
 
 /// A running front door.
@@ -150,6 +152,9 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
     )));
 
     spawn_rollout_controller(Arc::clone(&proxy), rx.clone());
+    if let Some(fleet) = opts.fleet {
+        crate::fleet::spawn(Arc::clone(&proxy), fleet);
+    }
     if let Some(every) = opts.watch_interval {
         watch_files(Arc::clone(&proxy), every, rx.clone());
     }

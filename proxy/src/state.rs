@@ -67,6 +67,8 @@ pub struct Proxy {
     pub region_override: Option<String>,
     /// Run-time rollout state (weights, phases, windows, events).
     pub rollouts: crate::rollout::Rollouts,
+    /// Fleet status for `/status` (None: not in fleet mode), kept fresh by the fleet task.
+    pub fleet_status: Mutex<Option<serde_json::Value>>,
 }
 
 fn unix_now() -> u64 {
@@ -121,6 +123,7 @@ impl Proxy {
             tls_from_config,
             region_override: options.region,
             rollouts: crate::rollout::Rollouts::default(),
+            fleet_status: Mutex::new(None),
         };
         proxy.rollouts.sync(&proxy.active().snapshot);
         Ok(Arc::new(proxy))
@@ -138,8 +141,17 @@ impl Proxy {
     /// Re-reads the config (and certificate files) and swaps in the result. On any error the
     /// running state is untouched and every error is returned.
     pub async fn reload(&self) -> Result<String, Vec<String>> {
+        self.reload_with(None).await
+    }
+
+    /// Reloads from config text given here (the fleet's config in etcd) instead of the source.
+    pub async fn reload_text(&self, text: String) -> Result<String, Vec<String>> {
+        self.reload_with(Some(text)).await
+    }
+
+    async fn reload_with(&self, text: Option<String>) -> Result<String, Vec<String>> {
         let _serial = self.reload_lock.lock().await;
-        let result = self.try_reload().await;
+        let result = self.try_reload(text).await;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let label = match &result {
             Ok(_) => {
@@ -159,8 +171,11 @@ impl Proxy {
         result
     }
 
-    async fn try_reload(&self) -> Result<String, Vec<String>> {
-        let text = read(&self.source)?;
+    async fn try_reload(&self, text: Option<String>) -> Result<String, Vec<String>> {
+        let text = match text {
+            Some(t) => t,
+            None => read(&self.source)?,
+        };
         let snapshot = parse(&text, self.region_override.as_deref())?;
         let old = self.active.load_full();
         let mut warnings = Vec::new();

@@ -27,6 +27,8 @@ pub const REGION_REQUESTS: &str = "frontdoor_region_requests_total";
 pub const ROLLOUT_WEIGHT: &str = "frontdoor_rollout_weight_percent";
 /// Automatic rollbacks, by route.
 pub const ROLLBACKS: &str = "frontdoor_rollbacks_total";
+/// 1 while fleet mode cannot reach etcd (serving the last known state), else 0.
+pub const FLEET_DEGRADED: &str = "frontdoor_fleet_degraded";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 

@@ -71,6 +71,20 @@ struct Common {
     admin_token_file: Option<PathBuf>,
     #[arg(long, env = "FRONTDOOR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// etcd endpoints (comma-separated) for fleet mode, e.g. http://127.0.0.1:2379.
+    #[arg(
+        long,
+        env = "FRONTDOOR_ETCD",
+        value_delimiter = ',',
+        requires = "fleet"
+    )]
+    etcd: Vec<String>,
+    /// Fleet name: front doors with the same name share rollout state (and config).
+    #[arg(long, env = "FRONTDOOR_FLEET")]
+    fleet: Option<String>,
+    /// This member's id in the fleet (default: host name and process id).
+    #[arg(long)]
+    member: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -174,6 +188,18 @@ fn read_token(common: &Common) -> anyhow::Result<String> {
 
 async fn run(config: PathBuf, common: Common) -> anyhow::Result<()> {
     let token = read_token(&common)?;
+    let fleet = match (&common.fleet, common.etcd.is_empty()) {
+        (Some(name), false) => Some(frontdoor::fleet::FleetOptions {
+            endpoints: common.etcd.clone(),
+            name: name.clone(),
+            member: common.member.clone().unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
+        }),
+        (Some(_), true) => anyhow::bail!("--fleet needs --etcd URL"),
+        (None, _) => None,
+    };
     let running = server::start(StartOptions {
         config: Some(ConfigSource::File(config)),
         region: common.region,
@@ -182,6 +208,7 @@ async fn run(config: PathBuf, common: Common) -> anyhow::Result<()> {
         admin: common.admin,
         admin_token: token,
         watch_interval: Some(Duration::from_secs(2)),
+        fleet,
         ..Default::default()
     })
     .await?;

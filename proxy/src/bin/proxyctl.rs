@@ -37,14 +37,30 @@ struct Cli {
     /// Print the raw JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Fleet mode: write rollout actions straight to etcd (comma-separated endpoints).
+    #[arg(
+        long,
+        global = true,
+        env = "FRONTDOOR_ETCD",
+        value_delimiter = ',',
+        requires = "fleet"
+    )]
+    etcd: Vec<String>,
+    /// The fleet name (with --etcd).
+    #[arg(long, global = true, env = "FRONTDOOR_FLEET")]
+    fleet: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Config version, routes, clusters and endpoint health.
-    Status,
+    /// Config version, routes, clusters and endpoint health (`--fleet-members`: the fleet).
+    Status {
+        /// List the fleet's members: region, config revision, last seen, rollout weights.
+        #[arg(long)]
+        members: bool,
+    },
     /// Ask the front door to re-read its config; prints every error if it is rejected.
     Reload,
     /// Explain how a request would be routed: route, jurisdiction and its source, allowed
@@ -215,7 +231,65 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             });
         }
-        Command::Status => {
+        Command::Status { members: true } => {
+            let v = call(&cli, Method::GET, "/status", None).await?;
+            let f = &v["fleet"];
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(f)?);
+            } else if f.is_null() {
+                println!("not in fleet mode");
+            } else {
+                println!(
+                    "fleet {}  member {}  state {}  pending writes {}",
+                    s(&f["name"]),
+                    s(&f["member"]),
+                    s(&f["state"]),
+                    s(&f["pending_writes"])
+                );
+                if let Some(e) = f["last_error"].as_str() {
+                    println!("  last error: {e}");
+                }
+                for e in f["config_errors"].as_array().into_iter().flatten() {
+                    println!("  fleet config rejected: {}", s(e));
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as f64)
+                    .unwrap_or(0.0);
+                let mut rows = vec![vec![
+                    "MEMBER".into(),
+                    "REGION".into(),
+                    "VERSION".into(),
+                    "CONFIG".into(),
+                    "LAST SEEN".into(),
+                    "ROLLOUTS".into(),
+                ]];
+                for m in f["members"].as_array().into_iter().flatten() {
+                    let ago = m["last_seen_unix_ms"]
+                        .as_f64()
+                        .map_or("-".into(), |t| format!("{:.1}s ago", (now - t) / 1000.0));
+                    let weights = m["rollouts"]
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, w)| format!("{k}={}%", s(w)))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    rows.push(vec![
+                        s(&m["id"]),
+                        s(&m["region"]),
+                        s(&m["version"]),
+                        s(&m["config_hash"]),
+                        ago,
+                        weights,
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        Command::Status { members: false } => {
             let v = call(&cli, Method::GET, "/status", None).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?)

@@ -24,7 +24,7 @@ use crate::clock;
 use crate::telemetry;
 
 /// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Judged continuously; advances through the steps while green.
@@ -109,12 +109,25 @@ pub struct Event {
     pub weight_after: f64,
 }
 
+/// A local change, for the fleet to publish.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub route: String,
+    pub weight: f64,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub action: String,
+    pub actor: String,
+}
+
 /// The process's rollouts: the table, the writer lock, the event log.
 #[derive(Debug, Default)]
 pub struct Rollouts {
     table: ArcSwap<RolloutTable>,
     writer: Mutex<()>,
     events: Mutex<VecDeque<Event>>,
+    /// Where local changes go (fleet mode).
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Change>>>,
 }
 
 const MAX_EVENTS: usize = 1000;
@@ -323,6 +336,38 @@ impl Rollouts {
         actor: &str,
         reason: &str,
     ) -> Event {
+        self.swap_state_quiet(table, name, current, state, action, actor, reason, true)
+    }
+
+    /// [`Self::swap_state`], publishing the change to the fleet only when `publish`.
+    #[allow(clippy::too_many_arguments)]
+    fn swap_state_quiet(
+        &self,
+        table: &RolloutTable,
+        name: &str,
+        current: &RouteRollout,
+        state: RolloutState,
+        action: &str,
+        actor: &str,
+        reason: &str,
+        publish: bool,
+    ) -> Event {
+        if publish
+            && let Some(tx) = self
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+        {
+            let _ = tx.send(Change {
+                route: name.to_string(),
+                weight: state.weight,
+                phase: state.phase,
+                reason: state.reason.clone(),
+                action: action.to_string(),
+                actor: actor.to_string(),
+            });
+        }
         let event = Event {
             at_unix_ms: unix_ms(),
             route: name.to_string(),
@@ -350,6 +395,49 @@ impl Rollouts {
         }
         events.push_back(event.clone());
         event
+    }
+
+    /// Local changes from now on are also sent to the returned channel (fleet mode).
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<Change> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Applies a state decided elsewhere in the fleet; not re-published. Returns false when
+    /// the route has no rollout here or nothing changes.
+    pub fn apply_remote(
+        &self,
+        route: &str,
+        weight: f64,
+        phase: Phase,
+        reason: Option<String>,
+        actor: &str,
+    ) -> bool {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.table.load_full();
+        let Some(current) = table.by_route.get(route) else {
+            return false;
+        };
+        if current.state.weight == weight && current.state.phase == phase {
+            return false;
+        }
+        let mut state = current.state.clone();
+        state.weight = weight;
+        state.phase = phase;
+        state.reason = reason;
+        state.since_ms = clock::now_ms();
+        self.swap_state_quiet(
+            &table,
+            route,
+            current,
+            state,
+            "fleet-sync",
+            actor,
+            "applied from the fleet",
+            false,
+        );
+        true
     }
 
     pub fn events(&self) -> Vec<Event> {

@@ -1,0 +1,448 @@
+//! Fleet mode against a real etcd (Debian `etcd-server`), started on free loopback ports with a
+//! temporary data directory and stopped by PID.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TOKEN, eventually, start_with};
+use frontdoor::fleet::FleetOptions;
+use frontdoor::server::{Running, StartOptions};
+use frontdoor::state::ConfigSource;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use loadtest::{Client, Origin, OriginHandle};
+use serde_json::Value;
+use tokio::time::Instant;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A real etcd on loopback.
+struct Etcd {
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
+            "frontdoor-etcd-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let mut e = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        e.spawn().await;
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    async fn spawn(&mut self) {
+        let (c, p) = (self.client_port, self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{c}"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{p}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("t=http://127.0.0.1:{p}"),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", free_port()),
+                "--log-level",
+                "error",
+                "--logger",
+                "zap",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd is installed (Debian etcd-server; .ci/run installs it)");
+        self.child = Some(child);
+        let url = format!("{}/health", self.url());
+        eventually("etcd is healthy", || {
+            let url = url.clone();
+            async move {
+                Client::http1()
+                    .get(&url)
+                    .await
+                    .is_ok_and(|r| r.status == StatusCode::OK)
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    async fn put(&self, key: &str, value: &str) {
+        let mut client = etcd_client::Client::connect([self.url()], None)
+            .await
+            .expect("connect");
+        client.put(key, value, None).await.expect("put");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config(stable: &OriginHandle, canary: &OriginHandle, extra: &str) -> String {
+    format!(
+        r#"
+[regions]
+us-central1 = {{ jurisdiction = "us" }}
+europe-west1 = {{ jurisdiction = "eu" }}
+asia-southeast1 = {{ jurisdiction = "apac" }}
+[clusters.app]
+endpoints = [
+  {{ address = "{}", region = "us-central1", version = "stable" }},
+  {{ address = "{}", region = "us-central1", version = "canary" }},
+]
+[[routes]]
+name = "app"
+cluster = "app"
+version = "stable"
+[routes.rollout]
+candidate = "canary"
+weight = 10
+{extra}
+"#,
+        stable.addr, canary.addr
+    )
+}
+
+async fn member(etcd: &Etcd, text: &str, region: &str, id: &str) -> Running {
+    start_with(StartOptions {
+        config: Some(ConfigSource::Inline(text.to_string())),
+        region: Some(region.into()),
+        fleet: Some(FleetOptions {
+            endpoints: vec![etcd.url()],
+            name: "t".into(),
+            member: id.into(),
+        }),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn admin(fd: &Running, method: Method, path: &str, body: &str) -> Value {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", fd.admin, path))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("req");
+    serde_json::from_slice(&Client::http1().send(req).await.expect("admin").body)
+        .unwrap_or(Value::Null)
+}
+
+async fn rollout(fd: &Running) -> (f64, String) {
+    let v = admin(fd, Method::GET, "/rollouts", "").await;
+    (
+        v[0]["weight"].as_f64().unwrap_or(-1.0),
+        v[0]["phase"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+async fn fleet_state(fd: &Running) -> Value {
+    admin(fd, Method::GET, "/status", "").await["fleet"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_state_spreads_across_the_fleet() {
+    let etcd = Etcd::start().await;
+    let (stable, canary) = (
+        Origin::builder()
+            .version("stable")
+            .start()
+            .await
+            .expect("o"),
+        Origin::builder()
+            .version("canary")
+            .start()
+            .await
+            .expect("o"),
+    );
+    let text = config(&stable, &canary, "");
+    let fds = [
+        member(&etcd, &text, "us-central1", "us-1").await,
+        member(&etcd, &text, "europe-west1", "eu-1").await,
+        member(&etcd, &text, "asia-southeast1", "asia-1").await,
+    ];
+    let first = &fds[0];
+    eventually("all three members are listed", || async move {
+        let f = fleet_state(first).await;
+        f["state"] == "ok" && f["members"].as_array().is_some_and(|m| m.len() == 3)
+    })
+    .await;
+    let members = fleet_state(first).await["members"].clone();
+    let regions: Vec<&str> = members
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["region"].as_str())
+        .collect();
+    assert_eq!(
+        regions,
+        ["asia-southeast1", "europe-west1", "us-central1"],
+        "{members}"
+    );
+
+    // Shifts on one member reach the others; measure how long that takes.
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let weight = 11.0 + f64::from(i);
+        let writer = &fds[i as usize % 3];
+        let started = Instant::now();
+        admin(
+            writer,
+            Method::POST,
+            "/rollouts/app/shift",
+            &format!(r#"{{"weight":{weight}}}"#),
+        )
+        .await;
+        let fds_ref = &fds;
+        eventually("every member applies the shift", || async move {
+            let mut all = true;
+            for fd in fds_ref {
+                all &= rollout(fd).await.0 == weight;
+            }
+            all
+        })
+        .await;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "fleet propagation over 20 shifts: p50 {:?}, p90 {:?}, max {:?}",
+        latencies[10], latencies[18], latencies[19]
+    );
+    assert!(latencies[19] < Duration::from_secs(5), "{latencies:?}");
+
+    // An operator rollback on one member: everyone rolls back.
+    admin(
+        &fds[1],
+        Method::POST,
+        "/rollouts/app/rollback",
+        r#"{"reason":"drill"}"#,
+    )
+    .await;
+    let fds_ref = &fds;
+    eventually("every member is rolled back", || async move {
+        let mut all = true;
+        for fd in fds_ref {
+            all &= rollout(fd).await == (0.0, "rolled_back".to_string());
+        }
+        all
+    })
+    .await;
+    // proxyctl --etcd writes straight to etcd.
+    let rec = frontdoor::fleet::act_in_etcd(
+        &[etcd.url()],
+        "t",
+        None,
+        Some(5.0),
+        frontdoor::rollout::Phase::Progressing,
+        "tester",
+        "via etcd",
+    )
+    .await
+    .expect("act");
+    assert_eq!(rec.weight, 5.0);
+    eventually("every member applies the etcd write", || async move {
+        let mut all = true;
+        for fd in fds_ref {
+            all &= rollout(fd).await.0 == 5.0;
+        }
+        all
+    })
+    .await;
+    for fd in fds {
+        fd.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_degrades_and_a_rollback_decided_meanwhile_wins() {
+    let mut etcd = Etcd::start().await;
+    let (stable, canary) = (
+        Origin::builder()
+            .version("stable")
+            .start()
+            .await
+            .expect("o"),
+        Origin::builder()
+            .version("canary")
+            .start()
+            .await
+            .expect("o"),
+    );
+    let text = config(&stable, &canary, "");
+    let a = member(&etcd, &text, "us-central1", "a").await;
+    let b = member(&etcd, &text, "europe-west1", "b").await;
+    let (a_ref, b_ref) = (&a, &b);
+    eventually("both connected", || async move {
+        fleet_state(a_ref).await["state"] == "ok" && fleet_state(b_ref).await["state"] == "ok"
+    })
+    .await;
+
+    etcd.stop();
+    eventually("both report degraded", || async move {
+        fleet_state(a_ref).await["state"] == "degraded"
+            && fleet_state(b_ref).await["state"] == "degraded"
+    })
+    .await;
+    // Still serving from the last known state.
+    for fd in [&a, &b] {
+        assert_eq!(
+            Client::http1()
+                .get(&common::url(fd, "/"))
+                .await
+                .expect("resp")
+                .status,
+            StatusCode::OK
+        );
+    }
+    let metrics = Client::http1()
+        .send(
+            Request::get(format!("http://{}/metrics", a.admin))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::default())
+                .expect("req"),
+        )
+        .await
+        .expect("metrics")
+        .text();
+    assert!(metrics.contains("frontdoor_fleet_degraded 1"), "{metrics}");
+
+    // During the outage: b shifts forward, a rolls back. When etcd returns, the rollback wins.
+    admin(&b, Method::POST, "/rollouts/app/shift", r#"{"weight":50}"#).await;
+    admin(
+        &a,
+        Method::POST,
+        "/rollouts/app/rollback",
+        r#"{"reason":"errors seen in us"}"#,
+    )
+    .await;
+    etcd.spawn().await;
+    eventually("both rolled back after etcd returns", || async move {
+        rollout(a_ref).await == (0.0, "rolled_back".to_string())
+            && rollout(b_ref).await == (0.0, "rolled_back".to_string())
+    })
+    .await;
+    eventually("both ok again", || async move {
+        fleet_state(a_ref).await["state"] == "ok" && fleet_state(b_ref).await["state"] == "ok"
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_pushed_to_etcd_is_applied_and_a_bad_one_rejected_by_every_member() {
+    let etcd = Etcd::start().await;
+    let (stable, canary) = (
+        Origin::builder()
+            .version("stable")
+            .start()
+            .await
+            .expect("o"),
+        Origin::builder()
+            .version("canary")
+            .start()
+            .await
+            .expect("o"),
+    );
+    let text = config(&stable, &canary, "");
+    let a = member(&etcd, &text, "us-central1", "a").await;
+    let b = member(&etcd, &text, "europe-west1", "b").await;
+    let hash = a.proxy.active().snapshot.hash.clone();
+    let (a_ref, b_ref) = (&a, &b);
+    eventually("connected", || async move {
+        fleet_state(a_ref).await["state"] == "ok" && fleet_state(b_ref).await["state"] == "ok"
+    })
+    .await;
+
+    etcd.put("/frontdoor/t/config", "[[routes]]\ncluster = \"missing\"\n")
+        .await;
+    eventually("both reject it with the errors in status", || async move {
+        let ea = fleet_state(a_ref).await["config_errors"].to_string();
+        let eb = fleet_state(b_ref).await["config_errors"].to_string();
+        ea.contains("routes[0].cluster") && eb.contains("routes[0].cluster")
+    })
+    .await;
+    assert_eq!(
+        a.proxy.active().snapshot.hash,
+        hash,
+        "the last good config keeps serving"
+    );
+    assert_eq!(
+        Client::http1()
+            .get(&common::url(&a, "/"))
+            .await
+            .expect("resp")
+            .status,
+        StatusCode::OK
+    );
+
+    let good = format!(
+        "{text}\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\ncluster = \"app\"\nversion = \"stable\"\n"
+    );
+    etcd.put("/frontdoor/t/config", &good).await;
+    eventually("both apply the good one", || async move {
+        a_ref.proxy.active().snapshot.routes.len() == 2
+            && b_ref.proxy.active().snapshot.routes.len() == 2
+    })
+    .await;
+    assert_eq!(
+        fleet_state(&a).await["config_errors"],
+        serde_json::json!([])
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
