@@ -28,6 +28,8 @@ pub const DRILLS: [&str; 4] = [
 pub struct DrillOptions {
     pub proxy: String,
     pub admin: String,
+    /// The admin API that takes `/demo/origins` faults (the demo's; default: `admin`).
+    pub faults: Option<String>,
     pub token: String,
     pub rate: f64,
     /// Length of each phase of the drill.
@@ -137,10 +139,11 @@ fn background(o: &DrillOptions, s: &Scenario, total: Duration) -> Result<Backgro
 /// Runs a drill by name.
 pub async fn run(name: &str, o: &DrillOptions) -> Result<Report, String> {
     let admin = Admin::new(&o.admin, &o.token);
+    let faults = Admin::new(o.faults.as_deref().unwrap_or(&o.admin), &o.token);
     match name {
         "region-weights" => region_weights(o).await,
-        "residency-failover" => residency_failover(o, &admin).await,
-        "canary-rollback" => canary_rollback(o, &admin).await,
+        "residency-failover" => residency_failover(o, &faults).await,
+        "canary-rollback" => canary_rollback(o, &admin, &faults).await,
         "reload-under-load" => reload_under_load(o, &admin).await,
         other => Err(format!(
             "unknown drill {other:?}; drills: {}",
@@ -200,7 +203,8 @@ async fn region_weights(o: &DrillOptions) -> Result<Report, String> {
 
 /// Takes the EU down under load: EU users get 503 refusals (never another region), others
 /// are unaffected; then brings it back and times the recovery.
-async fn residency_failover(o: &DrillOptions, admin: &Admin) -> Result<Report, String> {
+async fn residency_failover(o: &DrillOptions, faults: &Admin) -> Result<Report, String> {
+    let admin = faults;
     let s = scenario("US = 60\nDE = 30\nSG = 10", "/", &o.protocol)?;
     let phase = o.duration;
     let (rec, _stop, handle) = background(o, &s, phase * 3)?;
@@ -283,12 +287,16 @@ async fn residency_failover(o: &DrillOptions, admin: &Admin) -> Result<Report, S
 }
 
 /// Shifts the canary to 10%, injects 20% errors on it, and times the automatic rollback.
-async fn canary_rollback(o: &DrillOptions, admin: &Admin) -> Result<Report, String> {
+async fn canary_rollback(
+    o: &DrillOptions,
+    admin: &Admin,
+    faults: &Admin,
+) -> Result<Report, String> {
     let s = scenario("US = 100", "/", &o.protocol)?;
     admin.ok(Method::POST, "/rollouts/_/shift", Some(serde_json::json!({ "weight": 10, "force": true, "reason": "canary-rollback drill", "actor": "loadtest" }))).await?;
     let (rec, stop, handle) = background(o, &s, o.rollback_within + o.duration * 2)?;
     tokio::time::sleep(o.duration).await;
-    admin
+    faults
         .ok(
             Method::PUT,
             "/demo/origins/us-central1/canary",
@@ -313,7 +321,7 @@ async fn canary_rollback(o: &DrillOptions, admin: &Admin) -> Result<Report, Stri
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let elapsed = handle.await.map_err(|e| e.to_string())?;
-    admin
+    faults
         .ok(
             Method::PUT,
             "/demo/origins/us-central1/canary",

@@ -52,6 +52,7 @@ fn options(fd: &Running, phase: Duration) -> DrillOptions {
     DrillOptions {
         proxy: common::url(fd, ""),
         admin: format!("http://{}", fd.admin),
+        faults: None,
         token: common::TOKEN.into(),
         rate: 100.0,
         duration: phase,

@@ -50,6 +50,10 @@ enum Command {
         name: String,
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
+        /// Admin API that takes demo faults (`/demo/origins`), when not `--admin` (fleet.sh:
+        /// the demo process hosts the origins).
+        #[arg(long)]
+        faults: Option<String>,
         #[arg(long, env = "FRONTDOOR_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// "http1" or "h2".
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Drill {
             name,
             admin,
+            faults,
             token,
             protocol,
             rollback_within,
@@ -194,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let o = DrillOptions {
                 proxy: cli.proxy.clone(),
                 admin: admin.clone(),
+                faults: faults.clone(),
                 token: token.clone().unwrap_or_default(),
                 rate: cli.rate.unwrap_or(200.0),
                 duration: cli.duration.unwrap_or(Duration::from_secs(5)),
