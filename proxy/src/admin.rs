@@ -2,6 +2,7 @@
 //! endpoint except `/healthz`, compared in constant time.
 //!
 //! - `GET /healthz` — liveness, no token.
+//! - `GET /ui` — a read-only status page (static; it reads the API with `#token=...`).
 //! - `GET /status` — config hash and reload history, routes, clusters, endpoint health (JSON).
 //! - `GET /metrics` — Prometheus text.
 //! - `POST /reload` — re-read the config; 200 with the new hash, or 422 with every error.
@@ -23,6 +24,9 @@ use crate::clock;
 use crate::demo::DemoOrigins;
 use crate::state::Proxy;
 use crate::telemetry;
+
+/// The read-only status page (`/ui`): plain HTML and JS, no build step.
+const UI_PAGE: &str = include_str!("admin_ui/index.html");
 
 /// What the admin API serves.
 #[derive(Debug)]
@@ -65,6 +69,22 @@ impl Admin {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
             return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+        }
+        if path == "/ui" || path == "/ui/" {
+            // Static and data-free: the page reads the API with the token it is given.
+            let mut resp = Response::new(Full::new(Bytes::from_static(UI_PAGE.as_bytes())));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(
+                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                ),
+            );
+            return Ok(resp);
         }
         if !self.authorized(&req) {
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
