@@ -10,6 +10,9 @@
 
 pub mod dev;
 mod store;
+mod x509;
+
+pub use x509::not_after_unix;
 
 pub use store::{
     CertError, CertSource, CertStore, SniResolver, load_certified_key, tls_server_config,

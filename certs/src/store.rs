@@ -83,6 +83,22 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
+    /// Each certificate's host patterns and `notAfter` (Unix seconds), for expiry metrics.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let mut seen = std::collections::HashSet::new();
+        let wildcards = self
+            .wildcard
+            .iter()
+            .map(|(suffix, k)| (format!("*{suffix}"), k));
+        self.exact
+            .iter()
+            .map(|(name, k)| (name.clone(), k))
+            .chain(wildcards)
+            .filter(|(_, k)| seen.insert(Arc::as_ptr(k)))
+            .filter_map(|(name, k)| Some((name, crate::not_after_unix(k.cert.first()?)?)))
+            .collect()
+    }
+
     /// Loads every source. `default_host` picks the certificate for missing/unknown SNI (default:
     /// the first source); `reject_unknown_sni` refuses such handshakes instead.
     pub fn load(

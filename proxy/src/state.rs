@@ -107,6 +107,9 @@ impl Proxy {
         } else {
             None
         };
+        if let Some(resolver) = &tls {
+            telemetry::record_certificates(&resolver.current());
+        }
         let upstream_shared = forward::Shared::default();
         let active = build_active(snapshot, &upstream_shared, None).await?;
         record_config(&active.snapshot.hash, None);
@@ -199,6 +202,7 @@ impl Proxy {
         let hash = new.snapshot.hash.clone();
         // Certificates first: a request seeing the new routes never meets the old certs' gap.
         if let (Some(resolver), Some(store)) = (&self.tls, certs) {
+            telemetry::record_certificates(&store);
             resolver.swap(store);
         }
         self.active.store(Arc::new(new));

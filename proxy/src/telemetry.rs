@@ -29,6 +29,8 @@ pub const ROLLOUT_WEIGHT: &str = "frontdoor_rollout_weight_percent";
 pub const ROLLBACKS: &str = "frontdoor_rollbacks_total";
 /// 1 while fleet mode cannot reach etcd (serving the last known state), else 0.
 pub const FLEET_DEGRADED: &str = "frontdoor_fleet_degraded";
+/// Each served certificate's `notAfter` (Unix seconds), by one of its names.
+pub const CERT_NOT_AFTER: &str = "frontdoor_certificate_not_after_timestamp_seconds";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 
@@ -41,6 +43,7 @@ pub const L_HASH: &str = "hash";
 pub const L_LISTENER: &str = "listener";
 pub const L_REGION: &str = "region";
 pub const L_JURISDICTION: &str = "jurisdiction";
+pub const L_NAME: &str = "name";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -152,4 +155,12 @@ pub fn audit_residency_refusal(
         allowed_regions = allowed,
         reason = "no healthy endpoint in an allowed region; request refused (fail closed)",
     );
+}
+
+/// Publishes the expiry of every certificate in a store.
+pub fn record_certificates(store: &certs::CertStore) {
+    prometheus();
+    for (name, not_after) in store.expiries() {
+        metrics::gauge!(CERT_NOT_AFTER, L_NAME => name).set(not_after as f64);
+    }
 }

@@ -445,6 +445,19 @@ async fn tls_sni_alpn_and_certificate_rotation() {
     );
     std::fs::write(&a_key, &a2.key_pem).expect("write");
     fd.proxy.reload().await.expect("rotation accepted");
+    let req = Request::get(format!("http://{}/metrics", fd.admin))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::default())
+        .expect("req");
+    let metrics = Client::http1().send(req).await.expect("metrics").text();
+    assert!(
+        metrics.contains("frontdoor_certificate_not_after_timestamp_seconds{name=\"a.test\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("frontdoor_certificate_not_after_timestamp_seconds{name=\"*.b.test\"}"),
+        "{metrics}"
+    );
     assert!(
         loadtest::client::tls_get(https, "a.test", &ca2.cert_pem, &[b"h2"], "/")
             .await

@@ -1,0 +1,100 @@
+//! Just enough DER to read a certificate's `notAfter` (RFC 5280 §4.1.2.5), for expiry metrics.
+
+/// Reads one DER element at `pos`: (tag, content range end, content start).
+fn element(der: &[u8], pos: usize) -> Option<(u8, usize, usize)> {
+    let tag = *der.get(pos)?;
+    let first = *der.get(pos + 1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*der.get(pos + 2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let start = pos + header;
+    let end = start.checked_add(len)?;
+    (end <= der.len()).then_some((tag, end, start))
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn parse_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(text).ok()?;
+    let (year, rest) = match tag {
+        0x17 => {
+            // UTCTime: YYMMDDHHMMSSZ; 50..99 → 19xx (RFC 5280).
+            let yy: i64 = s.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
+        }
+        0x18 => (s.get(0..4)?.parse().ok()?, s.get(4..)?),
+        _ => return None,
+    };
+    let num = |r: std::ops::Range<usize>| rest.get(r).and_then(|v| v.parse::<i64>().ok());
+    let (mo, d, h, mi, se) = (num(0..2)?, num(2..4)?, num(4..6)?, num(6..8)?, num(8..10)?);
+    if !rest.ends_with('Z') {
+        return None;
+    }
+    Some(days_from_civil(year, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+/// The certificate's `notAfter`, as Unix seconds.
+pub fn not_after_unix(der: &[u8]) -> Option<i64> {
+    let (_, _, cert) = element(der, 0)?; // Certificate SEQUENCE
+    let (_, _, tbs) = element(der, cert)?; // tbsCertificate SEQUENCE
+    let mut pos = tbs;
+    let (tag, end, _) = element(der, pos)?;
+    if tag == 0xa0 {
+        pos = end; // [0] version
+    }
+    for _ in 0..3 {
+        pos = element(der, pos)?.1; // serialNumber, signature, issuer
+    }
+    let (_, _, validity) = element(der, pos)?;
+    let (_, not_before_end, _) = element(der, validity)?;
+    let (tag, end, start) = element(der, not_before_end)?;
+    parse_time(tag, &der[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn reads_not_after() {
+        for (y, m, d) in [(2031, 7, 4), (2049, 12, 31), (2050, 1, 1), (1999, 3, 1)] {
+            let mut params =
+                rcgen::CertificateParams::new(vec!["a.test".to_string()]).expect("params");
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+            let key = rcgen::KeyPair::generate().expect("key");
+            let pem = params.self_signed(&key).expect("cert").pem();
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("der");
+            let want = days_from_civil(i64::from(y), i64::from(m), i64::from(d)) * 86_400;
+            assert_eq!(not_after_unix(&der), Some(want), "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(
+            not_after_unix(b"\x30\x03\x02\x01"),
+            None,
+            "truncated input is not a panic"
+        );
+        assert_eq!(not_after_unix(&[]), None);
+    }
+}
