@@ -75,6 +75,24 @@ pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAd
     client
 }
 
+/// Refuses what the HTTP/1 parser lets through but an upstream could read differently:
+/// `Transfer-Encoding` together with `Content-Length` (RFC 9112 §6.1; we never forward such a
+/// request), and more than one `Host` (RFC 9112 §3.2: 400).
+pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(crate::respond::ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(crate::respond::ProxyError::BadRequest(
+            "more than one Host header",
+        ));
+    }
+    Ok(())
+}
+
 /// Returns the request's id, adding a fresh one when absent or not a valid header value.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&REQUEST_ID)

@@ -144,6 +144,24 @@ async fn proxy_request(
     if host.is_empty() {
         return Err(ProxyError::BadRequest("missing Host"));
     }
+    classify::check_framing(&req)?;
+    // One normal form of the path for every rule, and the same form goes upstream.
+    let path = routes::normalize_path(req.uri().path())
+        .ok_or(ProxyError::BadRequest("invalid request path"))?;
+    if path != req.uri().path() {
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            target
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("invalid request path"))?,
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts)
+            .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
+    }
 
     // classify + route: jurisdiction facts (edge headers only from trusted peers), decision
     let trusted = snapshot.is_trusted_proxy(peer.addr.ip());
@@ -155,7 +173,7 @@ async fn proxy_request(
         let c = &snapshot.classify;
         let facts = routes::RequestFacts {
             host,
-            path: req.uri().path(),
+            path: &path,
             tenant: c.tenant_header.as_deref().and_then(text),
             country: if trusted {
                 text(&c.country_header)
@@ -241,6 +259,18 @@ async fn proxy_request(
         head.headers.insert(header::HOST, v);
     }
     classify::strip_hop_by_hop(&mut head.headers, websocket);
+    if !trusted {
+        // Our own x-frontdoor-* headers (read above, e.g. the version override) stop here.
+        let ours: Vec<header::HeaderName> = head
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-frontdoor-"))
+            .cloned()
+            .collect();
+        for k in ours {
+            head.headers.remove(k);
+        }
+    }
     classify::set_forwarded(&mut head.headers, &peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
 

@@ -128,6 +128,10 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(crate::classify::REQUEST_ID, v);
         }
+        if matches!(self, ProxyError::BadRequest(_)) {
+            // After a request we refused to parse further, the connection's framing is suspect.
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, ProxyError::ResidencyRefused { .. }) {
             h.insert(REFUSED, HeaderValue::from_static("residency"));
         }

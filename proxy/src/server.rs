@@ -132,6 +132,9 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("bind admin {admin_addr}: {e}"))?;
     let bound_admin = admin_listener.local_addr()?;
+    if !bound_admin.ip().is_loopback() {
+        tracing::warn!(admin = %bound_admin, "the admin API listens beyond loopback without TLS: the bearer token crosses the network in clear text");
+    }
     let admin = Arc::new(Admin {
         proxy: Arc::clone(&proxy),
         token: opts.admin_token,

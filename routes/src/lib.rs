@@ -22,7 +22,7 @@ pub use snapshot::{
     Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
     UpstreamProtocol,
 };
-pub use table::normalize_host;
+pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};
 pub use validate::{ConfigError, ConfigErrors, content_hash, load, validate};
 

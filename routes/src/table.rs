@@ -106,3 +106,84 @@ pub fn normalize_host(raw: &str) -> String {
     };
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
+
+/// The path as routing sees it, the same for every rule: percent-encoded unreserved
+/// characters decoded (`%61` → `a`), other escapes kept with upper-case hex (`%2f` → `%2F`, so
+/// an encoded slash never becomes a separator), empty segments kept, and `.` / `..` segments
+/// resolved (RFC 3986 §5.2.4) — so `/api/../admin` is `/admin` and cannot slip past a rule.
+/// Returns `None` for a path that does not start with `/` or has a broken escape.
+pub fn normalize_path(raw: &str) -> Option<String> {
+    if !raw.starts_with('/') {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(hex, 16).ok()?;
+            if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(char::from(v));
+            } else {
+                decoded.push('%');
+                decoded.push_str(&hex.to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            decoded.push(char::from(b));
+            i += 1;
+        }
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (k, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if k == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if k == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::normalize_path;
+
+    #[test]
+    fn normalizes_paths_for_routing() {
+        let cases = [
+            ("/", Some("/")),
+            ("/api/x", Some("/api/x")),
+            ("/api/../admin", Some("/admin")),
+            ("/api/./x", Some("/api/x")),
+            ("/a/b/..", Some("/a/")),
+            ("/a/b/.", Some("/a/b/")),
+            ("/../../etc", Some("/etc")),
+            ("/%61pi/x", Some("/api/x")),
+            ("/api/%2e%2e/admin", Some("/admin")),
+            ("/a%2fb", Some("/a%2Fb")),
+            ("/a%2Fb/..", Some("/a%2Fb/..").map(|_| "/")),
+            ("/a//b", Some("/a//b")),
+            ("/x%zz", None),
+            ("/x%4", None),
+            ("relative", None),
+            ("/caf%C3%A9", Some("/caf%C3%A9")),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize_path(raw).as_deref(), want, "{raw}");
+        }
+    }
+}

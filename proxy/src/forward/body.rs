@@ -69,3 +69,50 @@ impl Body for IdleTimeoutBody {
         self.inner.size_hint()
     }
 }
+
+/// The client's request body on its way upstream; remembers whether *it* failed (a malformed
+/// chunk, a client gone mid-upload), so the failure is blamed on the client (400), not the
+/// upstream (502).
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            ClientBody {
+                inner,
+                failed: std::sync::Arc::clone(&failed),
+            },
+            failed,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &poll {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

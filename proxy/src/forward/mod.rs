@@ -20,7 +20,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use routes::{Decision, Snapshot, UpstreamProtocol};
 
-pub use body::IdleTimeoutBody;
+pub use body::{ClientBody, IdleTimeoutBody};
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
 
 use crate::respond::ProxyError;
@@ -125,6 +125,8 @@ pub async fn send(
     let mut body = Some(body);
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
+    // Set when the client's own body broke the exchange (then it is a 400, not a 502).
+    let mut client_body_failed: Option<Arc<std::sync::atomic::AtomicBool>> = None;
     let mut attempts = 0u32;
     cluster.in_flight.fetch_add(1, Ordering::Relaxed);
     let _active = Decrement(&cluster.in_flight);
@@ -175,7 +177,11 @@ pub async fn send(
         };
         // The first attempt takes the client's body; a retry is only ever of a bodiless request.
         let upstream_body = match body.take() {
-            Some(b) if !bodiless => Either::Left(b),
+            Some(b) if !bodiless => {
+                let (body, failed) = ClientBody::new(b);
+                client_body_failed = Some(failed);
+                Either::Left(body)
+            }
             _ => Either::Right(Empty::new()),
         };
         let mut parts = match (&head, retryable) {
@@ -210,6 +216,18 @@ pub async fn send(
                 return Ok(Forwarded {
                     response,
                     member,
+                    attempts,
+                });
+            }
+            Ok(Err(_))
+                if client_body_failed
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
+            {
+                // The upstream is not at fault: don't count it against it.
+                return Err(ForwardError {
+                    error: ProxyError::BadRequest("malformed or incomplete request body"),
+                    member: Some(member),
                     attempts,
                 });
             }

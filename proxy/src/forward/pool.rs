@@ -14,7 +14,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,7 +26,7 @@ use crate::clock;
 use crate::telemetry;
 
 /// Body sent upstream: the client's streaming body, or nothing (replayable requests).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<super::body::ClientBody, Empty<Bytes>>;
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// Health of one endpoint address, shared across reloads.

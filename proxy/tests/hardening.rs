@@ -1,0 +1,141 @@
+//! Hostile input, byte for byte on a socket: ambiguous framing, bad headers, smuggling
+//! attempts. Each must get a 4xx and never reach the upstream.
+
+mod common;
+
+use common::{cluster, start};
+use loadtest::Origin;
+
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        loadtest::client::raw_exchange(addr, raw, 4096),
+    )
+    .await
+    .expect("answered or closed in time")
+    .unwrap_or_default();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let addr = fd.http.expect("http");
+    let cases: &[(&str, &[u8])] = &[
+        ("two different Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+        ("Content-Length list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\nabcde"),
+        ("negative Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
+        ("Content-Length with a sign", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd"),
+        ("TE not ending in chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        ("TE identity", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
+        ("TE with a space before the colon", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n"),
+        ("bare CR in a header value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n"),
+        ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n"),
+        ("invalid header name", b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("missing Host", b"GET / HTTP/1.1\r\n\r\n"),
+        ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw) in cases {
+        let before = origin.faults.requests();
+        let out = exchange(addr, raw).await;
+        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let reached = origin.faults.requests() > before;
+        if !(400..500).contains(&status) || reached {
+            failures.push(format!(
+                "{name}: status {status}, reached upstream: {reached}, answer {:?}",
+                out.lines().next()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Transfer-Encoding with Content-Length: the HTTP/1 parser drops Content-Length, reads
+    // the chunked body, and closes the connection after the answer (RFC 9112 §6.1), so
+    // nothing can ride behind it. The upstream sees one unambiguous request.
+    let smuggle = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let before = origin.faults.requests();
+    let out = exchange(addr, smuggle).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("\r\n5\r\nhello\r\n0\r\n"),
+        "the chunked body, not 4 bytes of it: {out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert_eq!(
+        origin.faults.requests() - before,
+        1,
+        "the smuggled request never reaches the upstream"
+    );
+    fd.shutdown().await;
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_routing_and_forwarding() {
+    let public = Origin::builder()
+        .version("public")
+        .start()
+        .await
+        .expect("origin");
+    let admin = Origin::builder()
+        .version("admin")
+        .start()
+        .await
+        .expect("origin");
+    let config = format!(
+        "{}{}\n[[routes]]\npath_prefix = \"/api\"\ncluster = \"public\"\n[[routes]]\npath_prefix = \"/admin\"\ncluster = \"admin\"\n",
+        cluster("public", "", &[(public.addr, "", "v")]),
+        cluster("admin", "", &[(admin.addr, "", "v")]),
+    );
+    let fd = start(&config).await;
+    let addr = fd.http.expect("http");
+    let cases = [
+        ("/api/../admin/users", "admin", "/admin/users"),
+        ("/api/%2e%2e/admin", "admin", "/admin"),
+        ("/%61pi/x?q=1", "public", "/api/x?q=1"),
+        ("/api/./x", "public", "/api/x"),
+    ];
+    for (raw, version, forwarded) in cases {
+        let out = exchange(
+            addr,
+            format!("GET {raw} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            out.contains(&format!("x-origin-version: {version}")),
+            "{raw}: {out}"
+        );
+        assert!(
+            out.contains(&format!("\"path\":\"{forwarded}\"")),
+            "{raw} must reach the upstream as {forwarded}: {out}"
+        );
+    }
+    let out = exchange(
+        addr,
+        b"GET /api/%zz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Our own headers from an untrusted client are not passed on.
+    let out = exchange(
+        addr,
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Frontdoor-Debug: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !out.to_ascii_lowercase().contains("x-frontdoor-debug"),
+        "{out}"
+    );
+    fd.shutdown().await;
+}
