@@ -197,22 +197,10 @@ async fn session(
             Some(mine) if mine.is_rollback() || seen == Some(*rev) => {}
             Some(_) => {
                 local.pending.remove(route);
-                proxy.rollouts.apply_remote(
-                    route,
-                    record.weight,
-                    record.phase,
-                    record.reason.clone(),
-                    &format!("fleet:{}", record.member),
-                );
+                apply(proxy, route, record);
             }
             None => {
-                proxy.rollouts.apply_remote(
-                    route,
-                    record.weight,
-                    record.phase,
-                    record.reason.clone(),
-                    &format!("fleet:{}", record.member),
-                );
+                apply(proxy, route, record);
             }
         }
     }
@@ -280,7 +268,7 @@ async fn session(
                                 continue;
                             }
                             local.pending.remove(route);
-                            proxy.rollouts.apply_remote(route, r.weight, r.phase, r.reason.clone(), &format!("fleet:{}", r.member));
+                            apply(proxy, route, &r);
                         }
                     } else if key == format!("{pre}config") {
                         apply_config(proxy, local, kv.value_str().unwrap_or_default(), kv.mod_revision()).await;
@@ -352,17 +340,22 @@ async fn write_pending(
         }
         local.pending.remove(route);
         if let Some(r) = theirs {
-            proxy.rollouts.apply_remote(
-                route,
-                r.weight,
-                r.phase,
-                r.reason.clone(),
-                &format!("fleet:{}", r.member),
-            );
+            apply(proxy, route, &r);
         }
         return Ok(());
     }
     Err(format!("{key}: too many concurrent writers"))
+}
+
+/// Applies another member's (or proxyctl's) record to the local rollout.
+fn apply(proxy: &Proxy, route: &str, record: &Record) {
+    proxy.rollouts.apply_remote(
+        route,
+        record.weight,
+        record.phase,
+        record.reason.clone(),
+        &format!("fleet:{}", record.member),
+    );
 }
 
 async fn apply_config(proxy: &Arc<Proxy>, local: &mut Local, text: &str, rev: i64) {
