@@ -37,6 +37,8 @@ pub struct DrillOptions {
     pub protocol: String,
     /// Seconds within which the canary must be rolled back.
     pub rollback_within: Duration,
+    /// TLS to the proxy (an https:// `proxy`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A small admin API client.
@@ -44,10 +46,7 @@ pub struct DrillOptions {
 pub struct Admin {
     base: String,
     token: String,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
+    client: engine::HttpClient,
 }
 
 impl Admin {
@@ -129,7 +128,7 @@ fn background(o: &DrillOptions, s: &Scenario, total: Duration) -> Result<Backgro
     let target = Target {
         base: o.proxy.clone(),
     };
-    let client = engine::client(&o.protocol);
+    let client = engine::client_with(&o.protocol, o.tls.clone());
     let (r, st) = (Arc::clone(&rec), Arc::clone(&stop));
     let handle =
         tokio::spawn(async move { engine::run(&model, mix, &target, client, r, st).await });
@@ -233,7 +232,7 @@ async fn residency_failover(o: &DrillOptions, faults: &Admin) -> Result<Report, 
         2.0 * phase.as_secs_f64()
     ));
     // Time until an EU user is served from the EU again.
-    let client = engine::client("http1");
+    let client = engine::client_with("http1", o.tls.clone());
     let mut recovered = None;
     while back.elapsed() < phase * 2 {
         let req = Request::get(format!("{}/", o.proxy.trim_end_matches('/')))

@@ -22,7 +22,30 @@ use tokio::time::Instant;
 
 use crate::scenario::{Model, PathSpec, Scenario};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// A pooled client over plain TCP or TLS.
+#[derive(Clone)]
+pub enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<crate::tls::TlsConnector, Full<Bytes>>),
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpClient::Plain(_) => "HttpClient::Plain",
+            HttpClient::Tls(_) => "HttpClient::Tls",
+        })
+    }
+}
+
+impl HttpClient {
+    pub fn request(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            HttpClient::Plain(c) => c.request(req),
+            HttpClient::Tls(c) => c.request(req),
+        }
+    }
+}
 
 /// A histogram of microseconds, 1 µs .. 1 h, 3 significant digits.
 fn histogram() -> Histogram<u64> {
@@ -401,16 +424,26 @@ impl Mix {
     }
 }
 
-/// Builds the client for a protocol (`http1` or `h2`).
-pub fn client(protocol: &str) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// Builds the client for a protocol (`http1` or `h2`; over TLS with `tls`, where ALPN decides).
+pub fn client_with(protocol: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> HttpClient {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_timer(TokioTimer::new()).pool_max_idle_per_host(4096);
     if protocol == "h2" {
         b.http2_only(true);
     }
-    b.build(connector)
+    match tls {
+        Some(config) => HttpClient::Tls(b.build(crate::tls::TlsConnector::new(config))),
+        None => {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            HttpClient::Plain(b.build(connector))
+        }
+    }
+}
+
+/// A plain-TCP client for a protocol (`http1` or `h2`).
+pub fn client(protocol: &str) -> HttpClient {
+    client_with(protocol, None)
 }
 
 async fn one(

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod origin;
 pub mod report;
 pub mod scenario;
+pub mod tls;
 
 pub use client::{Client, Collected};
 pub use origin::{Echo, FaultSpec, Faults, Origin, OriginHandle};

@@ -36,6 +36,9 @@ struct Cli {
     /// Write summary.json and report.html here.
     #[arg(long, global = true)]
     report: Option<PathBuf>,
+    /// PEM CA to trust for an https:// --proxy (e.g. the demo's /tmp/frontdoor-demo/ca.pem).
+    #[arg(long, global = true)]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,7 +115,19 @@ fn progress(rec: Arc<Recorder>, done: Arc<AtomicBool>) -> tokio::task::JoinHandl
     })
 }
 
+/// The TLS client config for an https:// proxy URL (ALPN by protocol), or None for http://.
+fn tls_for(cli: &Cli, protocol: &str) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if !cli.proxy.starts_with("https://") {
+        return Ok(None);
+    }
+    let path = cli.cacert.as_ref().context("an https:// --proxy needs --cacert FILE (the CA that signed its certificate)")?;
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let alpn: &[&[u8]] = if protocol == "h2" { &[b"h2"] } else { &[b"http/1.1"] };
+    Ok(Some(loadtest::tls::client_config(&pem, alpn).map_err(anyhow::Error::msg)?))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let report = match &cli.command {
         Command::Run { scenario } => {
             let text = std::fs::read_to_string(scenario)
@@ -131,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 &model,
                 mix,
                 &target,
-                engine::client(&s.protocol),
+                engine::client_with(&s.protocol, tls_for(&cli, &s.protocol)?),
                 Arc::clone(&rec),
                 Arc::new(AtomicBool::new(false)),
             )
@@ -205,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 duration: cli.duration.unwrap_or(Duration::from_secs(5)),
                 protocol: protocol.clone(),
                 rollback_within: *rollback_within,
+                tls: tls_for(&cli, protocol)?,
             };
             drill::run(name, &o).await.map_err(anyhow::Error::msg)?
         }
