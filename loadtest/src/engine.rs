@@ -425,7 +425,10 @@ impl Mix {
 }
 
 /// Builds the client for a protocol (`http1` or `h2`; over TLS with `tls`, where ALPN decides).
-pub fn client_with(protocol: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> HttpClient {
+pub fn client_with(
+    protocol: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> HttpClient {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_timer(TokioTimer::new()).pool_max_idle_per_host(4096);
     if protocol == "h2" {

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::classify::{self, Peer};
 use crate::forward::{self, IdleTimeoutBody};
 use crate::respond::ProxyError;
-use crate::rollout::{self, Rollouts, Version as RolloutVersion, Window};
+use crate::rollout::{self, Rollouts, Version as RolloutVersion, Windows};
 use crate::state::{Active, Proxy};
 use crate::telemetry::AccessRecord;
 
@@ -202,7 +202,7 @@ async fn proxy_request(
     // rollout: which version (and cluster) serves this request
     let mut target = (route.cluster, route.version.as_deref());
     let mut set_cookie = None;
-    let mut arm: Option<(Arc<[Window; 2]>, RolloutVersion)> = None;
+    let mut arm: Option<(Arc<Windows>, RolloutVersion)> = None;
     if let Some(cfg) = &route.rollout {
         let table = rollouts.table();
         if let Some(rr) = table.by_route.get(&route.name) {
@@ -218,8 +218,9 @@ async fn proxy_request(
                     if !candidate.can_serve(wanted, snapshot.all_regions(), regions) {
                         // Not residency: the candidate has no healthy endpoint at all. Its
                         // users see stable; the analysis sees a failed candidate request.
-                        rr.windows[1].record(
-                            crate::clock::now_ms(),
+                        rr.windows.record(
+                            RolloutVersion::Candidate,
+                            None,
                             true,
                             std::time::Duration::ZERO,
                         );
@@ -289,7 +290,11 @@ async fn proxy_request(
                 ProxyError::ResidencyRefused { .. } | ProxyError::BadRequest(_)
             ),
         };
-        windows[*version as usize].record(crate::clock::now_ms(), failed, upstream_time);
+        let region = match &result {
+            Ok(f) => f.member.region,
+            Err(e) => e.member.as_ref().and_then(|m| m.region),
+        };
+        windows.record(*version, region, failed, upstream_time);
     }
     let forwarded = match result {
         Ok(f) => f,

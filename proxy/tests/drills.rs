@@ -112,13 +112,27 @@ async fn an_unknown_drill_is_a_clear_error() {
 async fn the_engine_drives_https_with_http1_and_h2() {
     use loadtest::engine::{self, Mix, Recorder, Target};
     use loadtest::scenario::{Model, Scenario};
-    let origin = Origin::builder().region("us-central1").start().await.expect("origin");
+    let origin = Origin::builder()
+        .region("us-central1")
+        .start()
+        .await
+        .expect("origin");
     let ca = certs::dev::DevCa::new("loadtest CA").expect("ca");
     let leaf = ca.issue(&["localhost"]).expect("leaf");
-    let store = certs::CertStore::from_keys([(vec!["localhost".to_string()], Arc::new(leaf.certified_key().expect("key")))], None, false)
-        .expect("store");
+    let store = certs::CertStore::from_keys(
+        [(
+            vec!["localhost".to_string()],
+            Arc::new(leaf.certified_key().expect("key")),
+        )],
+        None,
+        false,
+    )
+    .expect("store");
     let fd = common::start_with(StartOptions {
-        config: Some(ConfigSource::Inline(format!("{}\n[[routes]]\ncluster = \"app\"\n", common::cluster("app", "", &[(origin.addr, "", "v")])))),
+        config: Some(ConfigSource::Inline(format!(
+            "{}\n[[routes]]\ncluster = \"app\"\n",
+            common::cluster("app", "", &[(origin.addr, "", "v")])
+        ))),
         https: Some("127.0.0.1:0".parse().expect("addr")),
         fallback_certs: Some(store),
         ..Default::default()
@@ -126,7 +140,8 @@ async fn the_engine_drives_https_with_http1_and_h2() {
     .await;
     let base = format!("https://localhost:{}", fd.https.expect("https").port());
     for (protocol, alpn) in [("http1", &b"http/1.1"[..]), ("h2", &b"h2"[..])] {
-        let s = Scenario::parse(&format!("protocol = \"{protocol}\"\nusers = 10\n")).expect("scenario");
+        let s =
+            Scenario::parse(&format!("protocol = \"{protocol}\"\nusers = 10\n")).expect("scenario");
         let tls = loadtest::tls::client_config(ca.cert_pem.as_bytes(), &[alpn]).expect("tls");
         let rec = Arc::new(Recorder::default());
         let model = Model::Open(vec![(100.0, Duration::from_secs(1))]);
@@ -140,7 +155,11 @@ async fn the_engine_drives_https_with_http1_and_h2() {
         )
         .await;
         let summary = rec.summary(elapsed);
-        assert!(summary.requests >= 90, "{protocol}: {} requests", summary.requests);
+        assert!(
+            summary.requests >= 90,
+            "{protocol}: {} requests",
+            summary.requests
+        );
         assert_eq!(summary.failed, 0, "{protocol}: {:?}", summary.statuses);
     }
     fd.shutdown().await;

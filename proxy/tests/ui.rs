@@ -77,6 +77,32 @@ rollout = {{ candidate = "canary", weight = 10 }}
         endpoints.join(", ")
     );
     let fd = start(&config).await;
+    // Some traffic: status then shows the rollout per region and version.
+    for user in 0..40 {
+        let req = Request::get(common::url(&fd, "/"))
+            .header("cookie", format!("fd-uid=u{user}"))
+            .body(Full::default())
+            .expect("req");
+        Client::http1().send(req).await.expect("proxied");
+    }
+    let admin_addr = fd.admin;
+    common::eventually("rollout status per region", || async move {
+        let req = Request::get(format!("http://{admin_addr}/rollouts"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::default())
+            .expect("req");
+        let v: serde_json::Value =
+            serde_json::from_slice(&Client::http1().send(req).await.expect("admin").body)
+                .expect("json");
+        v[0]["gate"]["regions"].as_array().is_some_and(|r| {
+            r.iter().any(|x| {
+                x["region"] == "us-central1"
+                    && x["version"] == "stable"
+                    && x["stats"]["requests"].as_u64() > Some(0)
+            })
+        })
+    })
+    .await;
     let admin = fd.admin;
     let dom = tokio::task::spawn_blocking(move || render(admin))
         .await

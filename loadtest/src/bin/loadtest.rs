@@ -120,10 +120,19 @@ fn tls_for(cli: &Cli, protocol: &str) -> anyhow::Result<Option<Arc<rustls::Clien
     if !cli.proxy.starts_with("https://") {
         return Ok(None);
     }
-    let path = cli.cacert.as_ref().context("an https:// --proxy needs --cacert FILE (the CA that signed its certificate)")?;
+    let path = cli
+        .cacert
+        .as_ref()
+        .context("an https:// --proxy needs --cacert FILE (the CA that signed its certificate)")?;
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let alpn: &[&[u8]] = if protocol == "h2" { &[b"h2"] } else { &[b"http/1.1"] };
-    Ok(Some(loadtest::tls::client_config(&pem, alpn).map_err(anyhow::Error::msg)?))
+    let alpn: &[&[u8]] = if protocol == "h2" {
+        &[b"h2"]
+    } else {
+        &[b"http/1.1"]
+    };
+    Ok(Some(
+        loadtest::tls::client_config(&pem, alpn).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {

@@ -641,6 +641,20 @@ fn print_status(v: &Value) {
                     s(&st["requests"]),
                 ]);
             }
+            for rv in gate["regions"].as_array().into_iter().flatten() {
+                let st = &rv["stats"];
+                rows.push(vec![
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    format!("  {} in {}", s(&rv["version"]), s(&rv["region"])),
+                    st["rps"].as_f64().map_or("-".into(), |f| format!("{f:.1}")),
+                    pct(&st["error_rate"]),
+                    ms(&st["p95_ms"]),
+                    s(&st["requests"]),
+                ]);
+            }
             if let Some(d) = gate["detail"].as_str().filter(|d| !d.is_empty()) {
                 println!("  {}: {d}", s(&r["route"]));
             }

@@ -52,12 +52,48 @@ pub struct RolloutState {
     pub reason: Option<String>,
 }
 
-/// Per route: state plus its windows (stable = 0, candidate = 1) and the latest verdict.
+/// Per route: state plus its windows and the latest verdict.
 #[derive(Debug)]
 pub struct RouteRollout {
     pub state: RolloutState,
-    pub windows: Arc<[Window; 2]>,
+    pub windows: Arc<Windows>,
     pub gate: Arc<Mutex<GateView>>,
+}
+
+/// A route's windows, by version (stable = 0, candidate = 1): over all regions (what the gates
+/// judge) and per region (what `status` shows).
+#[derive(Debug)]
+pub struct Windows {
+    pub all: [Window; 2],
+    /// By region index of the snapshot: (region name, windows).
+    pub regions: Vec<(String, [Window; 2])>,
+}
+
+impl Windows {
+    fn new(len: std::time::Duration, regions: &[String]) -> Windows {
+        Windows {
+            all: [Window::new(len), Window::new(len)],
+            regions: regions
+                .iter()
+                .map(|r| (r.clone(), [Window::new(len), Window::new(len)]))
+                .collect(),
+        }
+    }
+
+    /// Records one exchange of `version`, served from `region` (when known).
+    pub fn record(
+        &self,
+        version: Version,
+        region: Option<routes::RegionId>,
+        error: bool,
+        latency: std::time::Duration,
+    ) {
+        let now = clock::now_ms();
+        self.all[version as usize].record(now, error, latency);
+        if let Some((_, w)) = region.and_then(|r| self.regions.get(r.0)) {
+            w[version as usize].record(now, error, latency);
+        }
+    }
 }
 
 /// The controller's latest judgement, for status and for refusing shifts while red.
@@ -68,6 +104,16 @@ pub struct GateView {
     pub detail: String,
     pub candidate: Option<StatsView>,
     pub stable: Option<StatsView>,
+    /// Per region and version, where there was traffic in the window.
+    pub regions: Vec<RegionView>,
+}
+
+/// One region × version of a rollout, for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionView {
+    pub region: String,
+    pub version: &'static str,
+    pub stats: StatsView,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +239,7 @@ impl Rollouts {
         let old = self.table.load_full();
         let now = clock::now_ms();
         let mut by_route = HashMap::new();
+        let region_names: Vec<String> = snapshot.regions.iter().map(|r| r.name.clone()).collect();
         for route in &snapshot.routes {
             let Some(cfg) = &route.rollout else { continue };
             let same = |s: &RolloutState| {
@@ -204,9 +251,19 @@ impl Rollouts {
                 Some(prev) if same(&prev.state) => {
                     let mut state = prev.state.clone();
                     state.config = cfg.clone();
+                    let regions_same = prev
+                        .windows
+                        .regions
+                        .iter()
+                        .map(|(n, _)| n)
+                        .eq(region_names.iter());
                     RouteRollout {
                         state,
-                        windows: Arc::clone(&prev.windows),
+                        windows: if regions_same {
+                            Arc::clone(&prev.windows)
+                        } else {
+                            Arc::new(Windows::new(cfg.gates.window, &region_names))
+                        },
                         gate: Arc::clone(&prev.gate),
                     }
                 }
@@ -218,10 +275,7 @@ impl Rollouts {
                         since_ms: now,
                         reason: None,
                     },
-                    windows: Arc::new([
-                        Window::new(cfg.gates.window),
-                        Window::new(cfg.gates.window),
-                    ]),
+                    windows: Arc::new(Windows::new(cfg.gates.window, &region_names)),
                     gate: Arc::new(Mutex::new(GateView {
                         state: "idle".into(),
                         ..Default::default()
@@ -460,9 +514,26 @@ impl Rollouts {
                 s.phase,
                 Phase::Progressing | Phase::Paused | Phase::Promoted
             ) && s.weight > 0.0;
-            let cand = rr.windows[1].stats(now);
-            let stable = rr.windows[0].stats(now);
+            let cand = rr.windows.all[1].stats(now);
+            let stable = rr.windows.all[0].stats(now);
             let secs = cfg.gates.window.as_secs_f64();
+            let regional: Vec<RegionView> = rr
+                .windows
+                .regions
+                .iter()
+                .flat_map(|(name, w)| {
+                    [("stable", &w[0]), ("candidate", &w[1])]
+                        .into_iter()
+                        .filter_map(move |(version, win)| {
+                            let st = win.stats(now);
+                            (st.requests > 0).then(|| RegionView {
+                                region: name.clone(),
+                                version,
+                                stats: StatsView::of(&st, secs),
+                            })
+                        })
+                })
+                .collect();
             let verdict = if judged {
                 Some(model::evaluate(&cfg.gates, &cand, &stable))
             } else {
@@ -472,6 +543,7 @@ impl Rollouts {
                 let mut g = rr.gate.lock().unwrap_or_else(|p| p.into_inner());
                 g.candidate = Some(StatsView::of(&cand, secs));
                 g.stable = Some(StatsView::of(&stable, secs));
+                g.regions = regional;
                 (g.state, g.detail) = match &verdict {
                     None if s.phase == Phase::RolledBack => {
                         // Still red while the bad window lasts, so a shift needs --force.

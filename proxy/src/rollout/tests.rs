@@ -39,9 +39,9 @@ fn state(r: &Rollouts) -> RolloutState {
 /// Records `n` requests for a version over the last second, `errors` of them 5xx.
 fn traffic(r: &Rollouts, version: Version, n: u64, errors: u64, latency: Duration) {
     let t = r.table();
-    let w = &t.by_route["app"].windows[version as usize];
+    let w = &t.by_route["app"].windows;
     for i in 0..n {
-        w.record(clock::now_ms(), i < errors, latency);
+        w.record(version, None, i < errors, latency);
     }
 }
 
@@ -107,7 +107,7 @@ async fn rollback_lands_within_two_seconds_of_the_window_crossing() {
     for step in 0..40u64 {
         traffic(&r, Version::Candidate, 5, 3, Duration::from_millis(5));
         let now = step * 250;
-        let stats = r.table().by_route["app"].windows[1].stats(clock::now_ms());
+        let stats = r.table().by_route["app"].windows.all[1].stats(clock::now_ms());
         if crossed_at.is_none() && stats.error_rate() > 0.05 {
             crossed_at = Some(now);
         }
