@@ -308,6 +308,8 @@ impl Admin {
             return error(StatusCode::NOT_FOUND, "not running in demo mode");
         };
         let mut parts = path["/demo/origins/".len()..].split('/');
+        let decoded: Vec<String> = parts.by_ref().map(percent_decode).collect();
+        let mut parts = decoded.iter().map(String::as_str);
         let (Some(region), version, None) = (parts.next(), parts.next(), parts.next()) else {
             return error(
                 StatusCode::NOT_FOUND,

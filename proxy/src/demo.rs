@@ -58,15 +58,13 @@ impl DemoOrigins {
         DemoOrigins { origins }
     }
 
-    /// Applies a fault to every origin in this region (with this version, when given);
-    /// returns how many.
+    /// Applies a fault to every origin in this region (`*`: every region), with this version
+    /// when given; returns how many.
     pub fn set(&self, region: &str, version: Option<&str>, spec: FaultSpec) -> usize {
         let mut n = 0;
-        for o in self
-            .origins
-            .iter()
-            .filter(|o| o.region == region && version.is_none_or(|v| o.version == v))
-        {
+        for o in self.origins.iter().filter(|o| {
+            (region == "*" || o.region == region) && version.is_none_or(|v| o.version == v)
+        }) {
             o.faults.set(spec);
             n += 1;
         }

@@ -533,6 +533,10 @@ async fn demo_fault_injection_through_the_admin_api() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(r.text().contains("\"updated\": 1"), "{}", r.text());
     put("/demo/origins/us-central1", "{}").await;
+    // Every region, one version (`proxyctl demo fault --version stable` sends `*`).
+    let r = put("/demo/origins/%2A/stable", r#"{"latency_ms":1}"#).await;
+    assert!(r.text().contains("\"updated\": 1"), "{}", r.text());
+    put("/demo/origins/%2A/stable", "{}").await;
     assert_eq!(
         put("/demo/origins/mars/stable", "{}").await.status,
         StatusCode::NOT_FOUND

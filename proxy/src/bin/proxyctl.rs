@@ -150,8 +150,8 @@ enum DemoCommand {
     Origins,
     /// Set a fault on the demo origin(s) of a region (and version); `--clear` removes it.
     Fault {
-        /// Region of the origin(s).
-        #[arg(long)]
+        /// Region of the origin(s); every region when omitted.
+        #[arg(long, default_value = "*")]
         region: String,
         /// Version of the origin(s); every version in the region when omitted.
         #[arg(long)]
@@ -450,8 +450,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 serde_json::json!({ "error_rate": error_rate.unwrap_or(0.0), "latency_ms": latency_ms.unwrap_or(0), "down": down })
             };
             let path = match version {
-                Some(v) => format!("/demo/origins/{region}/{v}"),
-                None => format!("/demo/origins/{region}"),
+                Some(v) => format!("/demo/origins/{}/{v}", percent_encode(region)),
+                None => format!("/demo/origins/{}", percent_encode(region)),
             };
             let v = call(&cli, Method::PUT, &path, Some(body)).await?;
             let version = version.as_deref().unwrap_or("*");
