@@ -26,6 +26,8 @@ use crate::scenario::{Model, PathSpec, Scenario};
 #[derive(Clone)]
 pub enum HttpClient {
     Plain(Client<HttpConnector, Full<Bytes>>),
+    /// HTTP/1.1 over plain TCP: the closed model drives its own connections (no pool).
+    PlainH1(Client<HttpConnector, Full<Bytes>>),
     Tls(Client<crate::tls::TlsConnector, Full<Bytes>>),
 }
 
@@ -33,6 +35,7 @@ impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             HttpClient::Plain(_) => "HttpClient::Plain",
+            HttpClient::PlainH1(_) => "HttpClient::PlainH1",
             HttpClient::Tls(_) => "HttpClient::Tls",
         })
     }
@@ -41,7 +44,7 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     pub fn request(&self, req: Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
         match self {
-            HttpClient::Plain(c) => c.request(req),
+            HttpClient::Plain(c) | HttpClient::PlainH1(c) => c.request(req),
             HttpClient::Tls(c) => c.request(req),
         }
     }
@@ -439,7 +442,11 @@ pub fn client_with(
         None => {
             let mut connector = HttpConnector::new();
             connector.set_nodelay(true);
-            HttpClient::Plain(b.build(connector))
+            if protocol == "h2" {
+                HttpClient::Plain(b.build(connector))
+            } else {
+                HttpClient::PlainH1(b.build(connector))
+            }
         }
     }
 }
@@ -486,6 +493,9 @@ pub async fn run(
     let start = Instant::now();
     let base: Arc<str> = Arc::from(target.base.trim_end_matches('/'));
     match model {
+        Model::Closed { workers, duration } if matches!(client, HttpClient::PlainH1(_)) => {
+            closed_direct(*workers, start + *duration, &mix, &base, &rec, &stop, start).await;
+        }
         Model::Closed { workers, duration } => {
             let end = start + *duration;
             let next = Arc::new(AtomicU64::new(0));
@@ -576,6 +586,109 @@ pub async fn run(
         }
     }
     start.elapsed()
+}
+
+/// The closed model over plain HTTP/1.1: each worker owns one keep-alive connection and sends
+/// back to back on it (what wrk does), reconnecting when the server closes it.
+async fn closed_direct(
+    workers: usize,
+    end: Instant,
+    mix: &Arc<Mix>,
+    base: &Arc<str>,
+    rec: &Arc<Recorder>,
+    stop: &Arc<AtomicBool>,
+    start: Instant,
+) {
+    let authority = base
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let Ok(host) = HeaderValue::from_str(&authority) else {
+        return;
+    };
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (mix, base, rec, stop, authority, host) = (
+            Arc::clone(mix),
+            Arc::clone(base),
+            Arc::clone(rec),
+            Arc::clone(stop),
+            authority.clone(),
+            host.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+            let mut i = w as u64;
+            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                let (user, country, mut req) = mix.request(i, &base);
+                i += workers as u64;
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                *req.uri_mut() = target.parse().unwrap_or_default();
+                req.headers_mut().insert(http::header::HOST, host.clone());
+                let sent = Instant::now();
+                rec.sent.fetch_add(1, Ordering::Relaxed);
+                if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                    conn = async {
+                        let tcp = tokio::net::TcpStream::connect(&authority).await.ok()?;
+                        let _ = tcp.set_nodelay(true);
+                        let (send, c) = hyper::client::conn::http1::handshake(
+                            hyper_util::rt::TokioIo::new(tcp),
+                        )
+                        .await
+                        .ok()?;
+                        tokio::spawn(c);
+                        Some(send)
+                    }
+                    .await;
+                }
+                let outcome = match conn.as_mut() {
+                    Some(send) => match send.ready().await {
+                        Ok(()) => send.send_request(req).await.ok(),
+                        Err(_) => None,
+                    },
+                    None => None,
+                };
+                let (status, region, version, refused) = match outcome {
+                    Some(resp) => {
+                        let h = resp.headers();
+                        let text =
+                            |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                        let region = text("x-served-region").or_else(|| text("x-origin-region"));
+                        let version = text("x-origin-version");
+                        let refused = h.contains_key("x-frontdoor-refused");
+                        let status = resp.status().as_u16();
+                        let ok = resp.into_body().collect().await.is_ok();
+                        (ok.then_some(status), region, version, refused)
+                    }
+                    None => {
+                        conn = None;
+                        (None, None, None, false)
+                    }
+                };
+                let o = Observation {
+                    user,
+                    country: country.clone(),
+                    status,
+                    region,
+                    version,
+                    refused,
+                    latency: sent.elapsed(),
+                    at: sent - start,
+                };
+                rec.record(&o, mix.expect.get(&country));
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
 }
 
 #[cfg(test)]

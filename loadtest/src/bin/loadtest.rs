@@ -36,6 +36,9 @@ struct Cli {
     /// Write summary.json and report.html here.
     #[arg(long, global = true)]
     report: Option<PathBuf>,
+    /// Worker threads (default: one per CPU). Match the cores you give it (e.g. under taskset).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     /// PEM CA to trust for an https:// --proxy (e.g. the demo's /tmp/frontdoor-demo/ca.pem).
     #[arg(long, global = true)]
     cacert: Option<PathBuf>,
