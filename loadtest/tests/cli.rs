@@ -103,3 +103,50 @@ async fn run_passes_and_fails_on_its_verdicts_and_writes_a_report() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_model_sends_back_to_back_on_its_own_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use loadtest::engine::{self, Mix, Recorder, Target};
+    use loadtest::scenario::{Model, Scenario};
+    let origin = Origin::builder()
+        .region("us-central1")
+        .version("stable")
+        .start()
+        .await
+        .expect("origin");
+    let s = Scenario::parse("concurrency = 4\nduration = \"1s\"\nusers = 20\n").expect("scenario");
+    let rec = Arc::new(Recorder::default());
+    let model = s.model(None, None);
+    assert_eq!(
+        model,
+        Model::Closed {
+            workers: 4,
+            duration: Duration::from_secs(1)
+        }
+    );
+    let elapsed = engine::run(
+        &model,
+        Arc::new(Mix::new(&s).expect("mix")),
+        &Target {
+            base: format!("http://{}", origin.addr),
+        },
+        engine::client("http1"),
+        Arc::clone(&rec),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    let summary = rec.summary(elapsed);
+    assert!(
+        summary.requests > 100,
+        "{} requests in 1 s on 4 connections",
+        summary.requests
+    );
+    assert_eq!(summary.failed, 0, "{:?}", summary.statuses);
+    assert_eq!(summary.by_version.len(), 1);
+    assert_eq!(summary.by_version[0].region, "us-central1");
+    assert_eq!(origin.faults.requests(), summary.requests);
+}
