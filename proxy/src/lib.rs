@@ -13,6 +13,7 @@ pub mod demo;
 pub mod fleet;
 pub mod forward;
 pub mod geoip;
+pub mod limit;
 pub mod listen;
 pub mod pipeline;
 pub mod respond;

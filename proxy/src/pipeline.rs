@@ -199,6 +199,31 @@ async fn proxy_request(
         req.headers_mut().remove(c.jurisdiction_header.as_str());
     }
 
+    // limit: the route's token bucket for this client key
+    if let Some(limiter) = &active.limiters[decision.route.0] {
+        let ip_text;
+        let key = match &limiter.config.key {
+            routes::RateKey::Route => "",
+            routes::RateKey::Header(h) => {
+                match req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()) {
+                    Some(v) => v,
+                    None => {
+                        ip_text = client.to_string();
+                        &ip_text
+                    }
+                }
+            }
+            routes::RateKey::Ip => {
+                ip_text = client.to_string();
+                &ip_text
+            }
+        };
+        if let Err(retry_after_secs) = limiter.check(key) {
+            metrics::counter!(crate::telemetry::RATE_LIMITED, crate::telemetry::L_ROUTE => route.name.clone()).increment(1);
+            return Err(ProxyError::RateLimited { retry_after_secs });
+        }
+    }
+
     // rollout: which version (and cluster) serves this request
     let mut target = (route.cluster, route.version.as_deref());
     let mut set_cookie = None;

@@ -29,6 +29,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// No route matches host and path (404).
     NoRoute,
+    /// Over the route's rate limit (429 with `Retry-After`).
+    RateLimited { retry_after_secs: u64 },
     /// No healthy endpoint for the route's cluster (503).
     NoHealthyUpstream { cluster: String },
     /// A residency-restricted request with no healthy endpoint in its allowed regions (503,
@@ -50,6 +52,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoHealthyUpstream { .. } | ProxyError::ResidencyRefused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -62,7 +65,9 @@ impl ProxyError {
 
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::NoRoute => Source::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::NoRoute | ProxyError::RateLimited { .. } => {
+                Source::Downstream
+            }
             _ => Source::Upstream,
         }
     }
@@ -77,6 +82,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::ResidencyRefused { .. } => "residency_refused",
             ProxyError::Connect { .. } => "upstream_connect_failed",
@@ -89,6 +95,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => (*why).to_string(),
             ProxyError::NoRoute => "no route matches this host and path".into(),
+            ProxyError::RateLimited { retry_after_secs } => {
+                format!("rate limit exceeded; retry after {retry_after_secs} s")
+            }
             ProxyError::NoHealthyUpstream { cluster } => {
                 format!("no healthy upstream in cluster {cluster}")
             }
@@ -128,6 +137,12 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(crate::classify::REQUEST_ID, v);
         }
+        if let ProxyError::RateLimited { retry_after_secs } = self {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
+        }
         if matches!(self, ProxyError::BadRequest(_)) {
             // After a request we refused to parse further, the connection's framing is suspect.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -155,6 +170,13 @@ mod tests {
         let cases = [
             (ProxyError::BadRequest("x"), 400, Source::Downstream),
             (ProxyError::NoRoute, 404, Source::Downstream),
+            (
+                ProxyError::RateLimited {
+                    retry_after_secs: 3,
+                },
+                429,
+                Source::Downstream,
+            ),
             (
                 ProxyError::NoHealthyUpstream { cluster: e("c") },
                 503,

@@ -22,6 +22,8 @@ pub struct Active {
     pub route_metrics: Vec<RouteMetrics>,
     /// The country database, when `classify.geoip_db` is set.
     pub geoip: Option<crate::geoip::GeoIp>,
+    /// Rate limiters by route index.
+    pub limiters: Vec<Option<Arc<crate::limit::RateLimiter>>>,
 }
 
 impl Active {
@@ -294,11 +296,31 @@ async fn build_active(
         .iter()
         .map(|r| RouteMetrics::new(&r.name, &snapshot.cluster(r.cluster).name))
         .collect();
+    // Limiters carry over a reload when the route keeps its name and limit, so a reload
+    // does not hand every client a fresh burst.
+    let limiters = snapshot
+        .routes
+        .iter()
+        .map(|r| {
+            let cfg = r.rate_limit.clone()?;
+            let mut kept = shared.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            let l = kept
+                .entry(r.name.clone())
+                .and_modify(|l| {
+                    if l.config != cfg {
+                        *l = Arc::new(crate::limit::RateLimiter::new(cfg.clone()));
+                    }
+                })
+                .or_insert_with(|| Arc::new(crate::limit::RateLimiter::new(cfg.clone())));
+            Some(Arc::clone(l))
+        })
+        .collect();
     Ok(Active {
         snapshot,
         upstreams,
         route_metrics,
         geoip,
+        limiters,
     })
 }
 

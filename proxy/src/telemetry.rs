@@ -31,6 +31,8 @@ pub const ROLLBACKS: &str = "frontdoor_rollbacks_total";
 pub const FLEET_DEGRADED: &str = "frontdoor_fleet_degraded";
 /// Each served certificate's `notAfter` (Unix seconds), by one of its names.
 pub const CERT_NOT_AFTER: &str = "frontdoor_certificate_not_after_timestamp_seconds";
+/// Requests refused with 429 by a route's rate limit.
+pub const RATE_LIMITED: &str = "frontdoor_rate_limited_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 

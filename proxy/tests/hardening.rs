@@ -139,3 +139,54 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
     );
     fd.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_key() {
+    use http::Request;
+    use http_body_util::Full;
+    use loadtest::Client;
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\nrate_limit = {{ rps = 0.5, burst = 2, key = \"header:x-api-key\" }}\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let get = |key: Option<&'static str>| {
+        let mut req = Request::get(common::url(&fd, "/"));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let req = req.body(Full::default()).expect("req");
+        async move { Client::http1().send(req).await.expect("resp") }
+    };
+    assert_eq!(get(Some("a")).await.status, 200);
+    assert_eq!(get(Some("a")).await.status, 200);
+    let before = origin.faults.requests();
+    let limited = get(Some("a")).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.header("retry-after"),
+        Some("2"),
+        "0.5 rps: the next token in 2 s"
+    );
+    assert!(
+        limited.text().contains("rate_limited"),
+        "{}",
+        limited.text()
+    );
+    assert_eq!(
+        origin.faults.requests(),
+        before,
+        "a limited request never reaches the upstream"
+    );
+    assert_eq!(
+        get(Some("b")).await.status,
+        200,
+        "another key has its own bucket"
+    );
+    // Without the header the client address is the key.
+    assert_eq!(get(None).await.status, 200);
+    assert_eq!(get(None).await.status, 200);
+    assert_eq!(get(None).await.status, 429);
+    fd.shutdown().await;
+}

@@ -213,6 +213,21 @@ pub struct RawRoute {
     pub residency: Option<String>,
     /// A canary or blue-green rollout of a candidate version on this route.
     pub rollout: Option<RawRollout>,
+    /// Token-bucket request rate limit, per client key.
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `rate_limit = { rps = 100, burst = 200, key = "ip" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Sustained requests per second per key.
+    pub rps: f64,
+    /// Bucket size: requests a key may send at once. Default: `rps` (at least 1).
+    pub burst: Option<f64>,
+    /// `"ip"` (default; the client address, trusted-proxy aware), `"header:NAME"`, or
+    /// `"route"` (one bucket for everyone).
+    pub key: Option<String>,
 }
 
 /// A rollout: the route's `version` is stable; the candidate is another version label of the

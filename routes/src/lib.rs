@@ -19,8 +19,8 @@ pub use residency::{
 };
 pub use snapshot::{
     Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy,
-    Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
-    UpstreamProtocol,
+    Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route, RouteId, Server, Snapshot,
+    Timeouts, Tls, UpstreamProtocol,
 };
 pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};

@@ -231,6 +231,24 @@ pub struct Route {
     /// Pinned residency: every request is restricted to this jurisdiction's regions.
     pub residency: Option<JurisdictionId>,
     pub rollout: Option<crate::rollout::Rollout>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A validated rate limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    pub rps: f64,
+    pub burst: f64,
+    pub key: RateKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    Ip,
+    /// A request header (lower-case name); the client IP when absent.
+    Header(String),
+    Route,
 }
 
 /// How a request's jurisdiction is found (sources in order: tenant, trusted headers, GeoIP,

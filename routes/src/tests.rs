@@ -336,3 +336,26 @@ rollout = {{ candidate = "stable", gates = {{ max_error_rate = 5 }} }}
         );
     }
 }
+
+#[test]
+fn rate_limits_validate() {
+    let s = snapshot(
+        "[[routes]]\ncluster = \"app\"\nrate_limit = { rps = 10, key = \"header:X-Api-Key\" }\n",
+    );
+    let rl = s.routes[0].rate_limit.as_ref().expect("limit");
+    assert_eq!((rl.rps, rl.burst), (10.0, 10.0));
+    assert_eq!(rl.key, RateKey::Header("x-api-key".into()));
+    let got = errors_of(&format!(
+        "{BASE}\n[[routes]]\ncluster = \"app\"\nrate_limit = {{ rps = 0, burst = 0.5, key = \"cookie\" }}\n"
+    ));
+    for p in [
+        "routes[0].rate_limit.rps:",
+        "routes[0].rate_limit.burst:",
+        "routes[0].rate_limit.key:",
+    ] {
+        assert!(
+            got.iter().any(|e| e.starts_with(p)),
+            "missing {p} in {got:?}"
+        );
+    }
+}

@@ -652,6 +652,49 @@ fn route(
         default_jurisdiction: None,
         residency: None,
         rollout: None,
+        rate_limit: raw
+            .rate_limit
+            .as_ref()
+            .and_then(|r| rate_limit(i, r, errors)),
+    })
+}
+
+fn rate_limit(
+    i: usize,
+    raw: &crate::config::RawRateLimit,
+    errors: &mut Errors,
+) -> Option<crate::snapshot::RateLimit> {
+    use crate::snapshot::{RateKey, RateLimit};
+    let at = |f: &str| format!("routes[{i}].rate_limit.{f}");
+    let before = errors.0.len();
+    if !raw.rps.is_finite() || raw.rps <= 0.0 {
+        errors.push(
+            at("rps"),
+            format!("must be a positive number, got {}", raw.rps),
+        );
+    }
+    let burst = raw.burst.unwrap_or(raw.rps.max(1.0));
+    if !burst.is_finite() || burst < 1.0 {
+        errors.push(at("burst"), format!("must be at least 1, got {burst}"));
+    }
+    let key = match raw.key.as_deref() {
+        None | Some("ip") => RateKey::Ip,
+        Some("route") => RateKey::Route,
+        Some(k) => match k.strip_prefix("header:") {
+            Some(h) if valid_header_name(h) => RateKey::Header(h.to_ascii_lowercase()),
+            _ => {
+                errors.push(
+                    at("key"),
+                    format!("{k:?} is not \"ip\", \"route\" or \"header:NAME\""),
+                );
+                RateKey::Ip
+            }
+        },
+    };
+    (errors.0.len() == before).then_some(RateLimit {
+        rps: raw.rps,
+        burst,
+        key,
     })
 }
 

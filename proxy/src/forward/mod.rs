@@ -37,6 +37,9 @@ pub struct Upstreams {
 pub struct Shared {
     pub health: Arc<HealthRegistry>,
     pub clients: ClientRegistry,
+    /// Rate limiters by route name, kept across reloads.
+    pub limiters:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::limit::RateLimiter>>>,
 }
 
 impl Upstreams {
