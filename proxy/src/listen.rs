@@ -27,12 +27,78 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Caps on open client connections, shared by the data-plane listeners.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max: usize,
+    max_per_ip: usize,
+    open: std::sync::atomic::AtomicUsize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Holds one connection's place in [`ConnLimits`]; released on drop.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnLimits {
+    pub fn new(max: usize, max_per_ip: usize) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max,
+            max_per_ip,
+            open: Default::default(),
+            per_ip: Default::default(),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, or why not (`"global"` / `"per_ip"`).
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+        use std::sync::atomic::Ordering;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err("global");
+        }
+        let n = per_ip.entry(ip).or_default();
+        if *n >= self.max_per_ip {
+            return Err("per_ip");
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnSlot {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.limits
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What a refused plain-HTTP connection reads before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 21\r\n\r\ntoo many connections\n";
+
 /// Serves connections from `listener` until `shutdown` resolves, then drains for up to `drain`.
 /// Returns true when every connection finished within the deadline.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     name: &'static str,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    limits: Option<Arc<ConnLimits>>,
     make_service: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -76,6 +142,31 @@ where
             () = &mut shutdown => break,
         };
         accepted.increment(1);
+        let slot = match limits.as_ref().map(|l| l.admit(addr.ip())) {
+            None => None,
+            Some(Ok(slot)) => Some(slot),
+            Some(Err(reason)) => {
+                metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => reason).increment(1);
+                let plain = tls.is_none();
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    if plain {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        // Answer, then drain what the client already sent before closing, so
+                        // the close is not a reset that would discard the answer.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            stream.write_all(REFUSED).await?;
+                            stream.shutdown().await?;
+                            let mut sink = [0u8; 1024];
+                            while stream.read(&mut sink).await? > 0 {}
+                            Ok::<(), std::io::Error>(())
+                        })
+                        .await;
+                    }
+                });
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let peer = Peer {
             addr,
@@ -86,6 +177,7 @@ where
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => {
                     let conn =

@@ -98,10 +98,13 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         anyhow::bail!("no listener: set server.http / server.https or pass --http / --https");
     }
 
+    let limits =
+        crate::listen::ConnLimits::new(server.max_connections, server.max_connections_per_ip);
     let bound_http = match http_addr {
-        Some(addr) => {
-            Some(spawn_proxy_listener("http", addr, None, &proxy, &rx, drain, &mut tasks).await?)
-        }
+        Some(addr) => Some(
+            spawn_proxy_listener("http", addr, None, &limits, &proxy, &rx, drain, &mut tasks)
+                .await?,
+        ),
         None => None,
     };
     let bound_https = match https_addr {
@@ -117,6 +120,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
                     "https",
                     addr,
                     Some(acceptor),
+                    &limits,
                     &proxy,
                     &rx,
                     drain,
@@ -149,6 +153,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         "admin",
         admin_listener,
         None,
+        None,
         make_admin,
         stop_signal(&rx),
         Duration::from_millis(200),
@@ -172,10 +177,12 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
 }
 
 /// Binds a data-plane listener and serves the request pipeline on it; returns the bound address.
+#[allow(clippy::too_many_arguments)]
 async fn spawn_proxy_listener(
     name: &'static str,
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: &Arc<crate::listen::ConnLimits>,
     proxy: &Arc<Proxy>,
     stop: &watch::Receiver<bool>,
     drain: Duration,
@@ -194,6 +201,7 @@ async fn spawn_proxy_listener(
         name,
         listener,
         tls,
+        Some(Arc::clone(limits)),
         make,
         stop_signal(stop),
         drain,

@@ -33,6 +33,8 @@ pub const FLEET_DEGRADED: &str = "frontdoor_fleet_degraded";
 pub const CERT_NOT_AFTER: &str = "frontdoor_certificate_not_after_timestamp_seconds";
 /// Requests refused with 429 by a route's rate limit.
 pub const RATE_LIMITED: &str = "frontdoor_rate_limited_total";
+/// Connections refused by the connection limits, by listener and reason (`global`, `per_ip`).
+pub const CONNECTIONS_REFUSED: &str = "frontdoor_connections_refused_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 
@@ -46,6 +48,7 @@ pub const L_LISTENER: &str = "listener";
 pub const L_REGION: &str = "region";
 pub const L_JURISDICTION: &str = "jurisdiction";
 pub const L_NAME: &str = "name";
+pub const L_REASON: &str = "reason";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

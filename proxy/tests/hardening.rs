@@ -190,3 +190,66 @@ async fn rate_limits_answer_429_with_retry_after_per_key() {
     assert_eq!(get(None).await.status, 429);
     fd.shutdown().await;
 }
+
+#[tokio::test]
+async fn connection_limits_refuse_clearly_and_free_slots_on_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "[server]\nmax_connections = 3\nmax_connections_per_ip = 2\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start(&config).await;
+    let addr = fd.http.expect("http");
+    // Two open keep-alive connections from 127.0.0.1, each served once.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    // The third from the same address is refused with a clear answer.
+    let out = exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.1 503") && out.contains("too many connections"),
+        "{out}"
+    );
+    // Another client address (127.0.0.2) still gets in: the cap is per address.
+    let other = tokio::net::TcpSocket::new_v4().expect("socket");
+    other
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let mut s = other.connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.expect("read");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // Closing one frees its slot.
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let out = exchange(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if out.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served, "a closed connection's slot is released");
+    fd.shutdown().await;
+}

@@ -54,6 +54,10 @@ pub struct RawServer {
     pub drain_timeout: Option<String>,
     /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
     pub via: Option<String>,
+    /// Open client connections at most, over all listeners (default 100,000).
+    pub max_connections: Option<usize>,
+    /// Open client connections at most per client address (default 1,000).
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// A region and the jurisdiction its data falls under.

@@ -103,6 +103,8 @@ pub struct Server {
     pub access_log: bool,
     pub drain_timeout: Duration,
     pub via: String,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// A region and its jurisdiction (`us`, `eu`, `apac`, ...).

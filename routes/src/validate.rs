@@ -279,6 +279,29 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             Duration::from_secs(30),
         ),
         via: raw.via.clone().unwrap_or_else(|| "frontdoor".to_string()),
+        max_connections: positive(
+            errors,
+            "server.max_connections",
+            raw.max_connections,
+            100_000,
+        ),
+        max_connections_per_ip: positive(
+            errors,
+            "server.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            1_000,
+        ),
+    }
+}
+
+fn positive(errors: &mut Errors, path: &str, value: Option<usize>, default: usize) -> usize {
+    match value {
+        Some(0) => {
+            errors.push(path, "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
     }
 }
 
