@@ -456,27 +456,25 @@ pub fn client(protocol: &str) -> HttpClient {
     client_with(protocol, None)
 }
 
-async fn one(
-    client: &HttpClient,
-    req: Request<Full<Bytes>>,
-) -> (Option<u16>, Option<String>, Option<String>, bool) {
+/// What a response said: status (None when the body broke), served region, origin version,
+/// and whether it was a residency refusal. Reads the body to the end: a response is done when
+/// its body is.
+type Answer = (Option<u16>, Option<String>, Option<String>, bool);
+
+async fn read_answer(resp: http::Response<hyper::body::Incoming>) -> Answer {
+    let h = resp.headers();
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let region = text("x-served-region").or_else(|| text("x-origin-region"));
+    let version = text("x-origin-version");
+    let refused = h.contains_key("x-frontdoor-refused");
+    let status = resp.status().as_u16();
+    let ok = resp.into_body().collect().await.is_ok();
+    (ok.then_some(status), region, version, refused)
+}
+
+async fn one(client: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
     match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let h = resp.headers();
-            let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
-            let region = text("x-served-region").or_else(|| text("x-origin-region"));
-            let version = text("x-origin-version");
-            let refused = h.contains_key("x-frontdoor-refused");
-            let status = resp.status().as_u16();
-            // Read the body to the end: a response is done when its body is.
-            let ok = resp.into_body().collect().await.is_ok();
-            (
-                if ok { Some(status) } else { None },
-                region,
-                version,
-                refused,
-            )
-        }
+        Ok(Ok(resp)) => read_answer(resp).await,
         _ => (None, None, None, false),
     }
 }
@@ -656,17 +654,7 @@ async fn closed_direct(
                     None => None,
                 };
                 let (status, region, version, refused) = match outcome {
-                    Some(resp) => {
-                        let h = resp.headers();
-                        let text =
-                            |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
-                        let region = text("x-served-region").or_else(|| text("x-origin-region"));
-                        let version = text("x-origin-version");
-                        let refused = h.contains_key("x-frontdoor-refused");
-                        let status = resp.status().as_u16();
-                        let ok = resp.into_body().collect().await.is_ok();
-                        (ok.then_some(status), region, version, refused)
-                    }
+                    Some(resp) => read_answer(resp).await,
                     None => {
                         conn = None;
                         (None, None, None, false)
