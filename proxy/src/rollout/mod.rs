@@ -374,28 +374,14 @@ impl Rollouts {
             }
         };
         state.since_ms = now;
-        let event = self.swap_state(&table, &name, current, state, label, actor, reason);
+        let event = self.swap_state(&table, &name, current, state, label, actor, reason, true);
         Ok(event)
     }
 
-    /// Replaces one route's state in a new table; records the event. Caller holds `writer`.
+    /// Replaces one route's state in a new table and records the event; publishes the change to
+    /// the fleet when `publish` (not for changes that came from the fleet). Caller holds `writer`.
     #[allow(clippy::too_many_arguments)]
     fn swap_state(
-        &self,
-        table: &RolloutTable,
-        name: &str,
-        current: &RouteRollout,
-        state: RolloutState,
-        action: &str,
-        actor: &str,
-        reason: &str,
-    ) -> Event {
-        self.swap_state_quiet(table, name, current, state, action, actor, reason, true)
-    }
-
-    /// [`Self::swap_state`], publishing the change to the fleet only when `publish`.
-    #[allow(clippy::too_many_arguments)]
-    fn swap_state_quiet(
         &self,
         table: &RolloutTable,
         name: &str,
@@ -481,7 +467,7 @@ impl Rollouts {
         state.phase = phase;
         state.reason = reason;
         state.since_ms = clock::now_ms();
-        self.swap_state_quiet(
+        self.swap_state(
             &table,
             route,
             current,
@@ -621,6 +607,7 @@ impl Rollouts {
                     action,
                     "controller",
                     &reason,
+                    true,
                 ));
             }
         }
