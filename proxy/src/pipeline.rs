@@ -53,7 +53,12 @@ pub async fn handle(
     let method = req.method().clone();
     let protocol = req.version();
     let host = classify::host_of(&req).unwrap_or_default();
-    let path = req.uri().path().to_owned();
+    // Kept for the access log only (the request moves on); no copy when the log is off.
+    let logged_path = active
+        .snapshot
+        .server
+        .access_log
+        .then(|| req.uri().path().to_owned());
     let client = classify::client_ip(&active.snapshot, peer.addr.ip(), req.headers());
 
     let mut outcome = Outcome {
@@ -111,7 +116,7 @@ pub async fn handle(
             client,
             method: method.as_str(),
             host: &host,
-            path: &path,
+            path: logged_path.as_deref().unwrap_or_default(),
             protocol,
             route: outcome
                 .route
