@@ -31,6 +31,72 @@ pub struct RawConfig {
     pub clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Cache-header policy per path and the shared HTTP cache.
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `[cache]`: the shared cache's bounds and behaviour, and the header rules (`[[cache.rules]]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Memory bound of the shared cache: bytes, or text such as `"256MiB"`. Absent or 0: no
+    /// shared cache (the header rules still apply).
+    pub max_bytes: Option<RawSize>,
+    /// Responses larger than this are never stored. Default `"8MiB"`.
+    pub max_object_bytes: Option<RawSize>,
+    /// Response header saying what the cache did (`HIT`, `MISS`, ...). Default `x-cache`;
+    /// `""` leaves it out.
+    pub status_header: Option<String>,
+    /// RFC 9213 targeted fields this cache obeys, first valid one wins over `Cache-Control`.
+    /// Default `["CDN-Cache-Control"]`.
+    pub targeted_fields: Option<Vec<String>>,
+    /// Cookies that make a request authenticated (like `Authorization`).
+    #[serde(default)]
+    pub auth_cookies: Vec<String>,
+    /// Heuristic freshness as a percentage of the time since `Last-Modified`. Default 10.
+    pub heuristic_percent: Option<u32>,
+    /// Upper bound of a heuristic freshness lifetime. Default `"1d"`.
+    pub heuristic_max: Option<String>,
+    /// Header rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RawCacheRule>,
+}
+
+/// A size: a number of bytes or text with a unit (`"64MiB"`, `"512KiB"`, `"1GB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// One header rule: which requests it matches and what it does to their responses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheRule {
+    pub name: Option<String>,
+    /// Path patterns: `/exact`, `/dir/**` (the directory and everything below), `*` for one
+    /// segment, `*.css` inside a segment.
+    pub paths: Vec<String>,
+    /// Only for these hosts (exact or `*.suffix`); empty: any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Only on these routes (by name); empty: any.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Never stored, by this cache or any downstream one (`Cache-Control: no-store`).
+    #[serde(default)]
+    pub no_store: bool,
+    /// Header → value, replacing what the origin sent.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Header → value, only where the origin sent none (never for authenticated requests).
+    #[serde(default)]
+    pub default: BTreeMap<String, String>,
+    /// Headers removed from the origin's response.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// Listener addresses and process-wide behaviour.

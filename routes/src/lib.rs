@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 mod residency;
 pub mod rollout;
@@ -203,11 +204,14 @@ impl Snapshot {
                 "  regions:      {policy}\n  chosen:       {chosen} (with every region healthy)\n"
             ));
         }
+        out.push_str(&self.cache.explain(d.route, facts.host, facts.path));
         out
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cache;
 #[cfg(test)]
 mod tests_residency;

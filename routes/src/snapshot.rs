@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub residency: Vec<Option<RegionSet>>,
     pub classify: Classify,
     pub(crate) table: RouteTable,
+    /// Cache-header rules and the shared cache's settings.
+    pub cache: crate::cache::CachePolicy,
 }
 
 impl Snapshot {

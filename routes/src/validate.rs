@@ -221,6 +221,7 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
     if routes.is_empty() && errors.0.is_empty() {
         errors.push("routes", "at least one route is required");
     }
+    let cache = crate::cache::compile(&raw.cache, &routes, &mut |p, m| errors.push(p, m));
 
     if !errors.0.is_empty() {
         return Err(ConfigErrors(errors.0));
@@ -239,6 +240,7 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         residency,
         classify,
         table,
+        cache,
     })
 }
 
