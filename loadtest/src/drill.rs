@@ -204,7 +204,7 @@ async fn region_weights(o: &DrillOptions) -> Result<Report, String> {
 /// are unaffected; then brings it back and times the recovery.
 async fn residency_failover(o: &DrillOptions, faults: &Admin) -> Result<Report, String> {
     let admin = faults;
-    let s = scenario("US = 60\nDE = 30\nSG = 10", "/", &o.protocol)?;
+    let s = scenario("US = 60\nDE = 30\nSG = 10", "/api/profile", &o.protocol)?;
     let phase = o.duration;
     let (rec, _stop, handle) = background(o, &s, phase * 3)?;
     let mut notes = Vec::new();
@@ -291,7 +291,7 @@ async fn canary_rollback(
     admin: &Admin,
     faults: &Admin,
 ) -> Result<Report, String> {
-    let s = scenario("US = 100", "/", &o.protocol)?;
+    let s = scenario("US = 100", "/api/checkout", &o.protocol)?;
     admin.ok(Method::POST, "/rollouts/_/shift", Some(serde_json::json!({ "weight": 10, "force": true, "reason": "canary-rollback drill", "actor": "loadtest" }))).await?;
     let (rec, stop, handle) = background(o, &s, o.rollback_within + o.duration * 2)?;
     tokio::time::sleep(o.duration).await;
@@ -353,7 +353,7 @@ async fn canary_rollback(
 
 /// 100 config reloads while traffic flows: no request may fail.
 async fn reload_under_load(o: &DrillOptions, admin: &Admin) -> Result<Report, String> {
-    let s = scenario("US = 60\nDE = 30\nSG = 10", "/", &o.protocol)?;
+    let s = scenario("US = 60\nDE = 30\nSG = 10", "/api/orders", &o.protocol)?;
     let (rec, stop, handle) = background(o, &s, o.duration * 10)?;
     let mut ok = 0;
     let started = Instant::now();

@@ -119,14 +119,18 @@ impl Admin {
             }
             (Method::POST, p) if p.starts_with("/rollouts/") => self.rollout_action(p, req).await,
             (Method::GET, "/explain") => self.explain(req.uri().query().unwrap_or_default()),
+            (Method::GET, "/cache") => self.cache_status(),
+            (Method::POST, "/cache/purge") => self.purge(req).await,
             (Method::GET, "/demo/origins") => match &self.demo {
                 Some(demo) => json_response(StatusCode::OK, &demo.list()),
                 None => error(StatusCode::NOT_FOUND, "not running in demo mode"),
             },
             (Method::PUT, p) if p.starts_with("/demo/origins/") => self.put_fault(p, req).await,
-            (_, "/status" | "/metrics" | "/reload" | "/demo/origins" | "/rollouts" | "/events") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                _,
+                "/status" | "/metrics" | "/reload" | "/demo/origins" | "/rollouts" | "/events"
+                | "/cache" | "/cache/purge",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         Ok(resp)
@@ -218,6 +222,113 @@ impl Admin {
             })
             .collect();
         json!(list)
+    }
+
+    /// `GET /cache`: whether the shared cache is on, its limits and what it holds.
+    fn cache_status(&self) -> Response<Full<Bytes>> {
+        let active = self.proxy.active_full();
+        let rules: Vec<Value> = active
+            .snapshot
+            .cache
+            .rules
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "paths": r.paths.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(),
+                    "no_store": r.no_store,
+                })
+            })
+            .collect();
+        let body = match &active.cache.store {
+            Some(cache) => {
+                let (entries, bytes) = cache.usage();
+                json!({
+                    "enabled": true,
+                    "max_bytes": cache.limits.max_bytes,
+                    "max_object_bytes": cache.limits.max_object_bytes,
+                    "entries": entries,
+                    "bytes": bytes,
+                    "rules": rules,
+                })
+            }
+            None => json!({ "enabled": false, "rules": rules }),
+        };
+        json_response(StatusCode::OK, &body)
+    }
+
+    /// `POST /cache/purge`, body `{"url": "https://host/path?q"}`, `{"prefix": "/static/",
+    /// "host": "optional"}` or `{"all": true}`: drops stored responses in every scope and
+    /// variant.
+    async fn purge(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+        };
+        #[derive(serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields, default)]
+        struct Body {
+            url: Option<String>,
+            prefix: Option<String>,
+            host: Option<String>,
+            all: bool,
+        }
+        let b: Body = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
+        };
+        let active = self.proxy.active_full();
+        let Some(cache) = &active.cache.store else {
+            return error(
+                StatusCode::CONFLICT,
+                "the shared cache is off ([cache] max_bytes)",
+            );
+        };
+        match (b.url, b.prefix, b.all) {
+            (Some(url), None, false) => {
+                let Ok(uri) = url.parse::<http::Uri>() else {
+                    return error(StatusCode::BAD_REQUEST, "url is not a valid URL");
+                };
+                let Some(authority) = uri.authority() else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "url needs a host (https://host/path)",
+                    );
+                };
+                let host = routes::normalize_host(authority.as_str());
+                let Some(path) = routes::normalize_path(uri.path()) else {
+                    return error(StatusCode::BAD_REQUEST, "invalid path");
+                };
+                let target = match uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let n = cache.invalidate_url(&host, &target);
+                tracing::info!(host, target, keys = n, "cache purge (url)");
+                json_response(StatusCode::OK, &json!({ "ok": true, "purged_keys": n }))
+            }
+            (None, Some(prefix), false) if prefix.starts_with('/') => {
+                let host = b.host.as_deref().map(routes::normalize_host);
+                if let Err(e) = cache.purge_prefix(host.as_deref(), &prefix) {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, &e);
+                }
+                tracing::info!(
+                    prefix,
+                    host = host.as_deref().unwrap_or("*"),
+                    "cache purge (prefix)"
+                );
+                json_response(StatusCode::OK, &json!({ "ok": true }))
+            }
+            (None, None, true) => {
+                cache.purge_all();
+                tracing::info!("cache purge (all)");
+                json_response(StatusCode::OK, &json!({ "ok": true }))
+            }
+            _ => error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of {\"url\": URL}, {\"prefix\": \"/path\"} or {\"all\": true}",
+            ),
+        }
     }
 
     /// `POST /rollouts/{route}/{action}` or `/rollouts/_/{action}` (the only rollout), body

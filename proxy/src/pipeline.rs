@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use crate::cache::TeeBody;
+use crate::cache::stage::{Lookup, Served};
 use crate::classify::{self, Peer};
 use crate::forward::{self, IdleTimeoutBody};
 use crate::respond::ProxyError;
@@ -29,7 +31,7 @@ use crate::telemetry::AccessRecord;
 pub const SERVED_REGION: http::HeaderName = http::HeaderName::from_static("x-served-region");
 
 /// Body of every response the proxy sends: streamed from upstream, or our own error body.
-pub type ProxyBody = Either<IdleTimeoutBody, Full<Bytes>>;
+pub type ProxyBody = Either<TeeBody, Full<Bytes>>;
 
 /// What the record stage needs to know about how the request went.
 struct Outcome {
@@ -39,6 +41,8 @@ struct Outcome {
     upstream_ms: f64,
     error: Option<ProxyError>,
     decision: Option<routes::Decision>,
+    /// What the cache did, when it was consulted.
+    cache: Option<crate::cache::Status>,
 }
 
 /// Serves one request. Never fails: every error becomes a response here.
@@ -68,6 +72,7 @@ pub async fn handle(
         upstream_ms: 0.0,
         error: None,
         decision: None,
+        cache: None,
     };
     let response = match proxy_request(
         &active,
@@ -128,6 +133,7 @@ pub async fn handle(
             attempts: outcome.attempts,
             upstream_ms: outcome.upstream_ms,
             total_ms: total.as_secs_f64() * 1000.0,
+            cache: outcome.cache.map_or("-", crate::cache::Status::as_str),
         }
         .emit();
     }
@@ -136,7 +142,7 @@ pub async fn handle(
 
 #[allow(clippy::too_many_arguments)]
 async fn proxy_request(
-    active: &Active,
+    active: &Arc<Active>,
     rollouts: &Rollouts,
     peer: Peer,
     mut req: Request<Incoming>,
@@ -305,10 +311,22 @@ async fn proxy_request(
     classify::set_forwarded(&mut head.headers, &peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
 
+    // cache: answer from the store, or plan the exchange (coalesced, maybe conditional)
+    let mut plan = match crate::cache::stage::lookup(
+        active, &decision, target.0, target.1, host, &mut head, !websocket,
+    )
+    .await?
+    {
+        Lookup::Serve(served) => {
+            return Ok(from_cache(active, served, request_id, set_cookie, outcome));
+        }
+        Lookup::Forward(plan) => plan,
+    };
+
     // forward
     let cluster = &active.upstreams.clusters[target.0.0];
     let sent = Instant::now();
-    let result = forward::send(cluster, snapshot, &decision, target.1, head, body).await;
+    let result = forward::send(cluster, snapshot, &decision, target.1, head, Some(body)).await;
     let upstream_time = sent.elapsed();
     outcome.upstream_ms = upstream_time.as_secs_f64() * 1000.0;
     if let Some((windows, version)) = &arm {
@@ -330,12 +348,26 @@ async fn proxy_request(
         Ok(f) => f,
         Err(e) => {
             outcome.attempts = e.attempts;
+            if let Some(served) = plan.on_error(active) {
+                // stale-if-error: the stored response stands in for the failed exchange.
+                return Ok(from_cache(active, served, request_id, set_cookie, outcome));
+            }
             outcome.upstream = e.member.map(|m| m.addr.to_string()).unwrap_or_default();
             return Err(e.error);
         }
     };
     outcome.attempts = forwarded.attempts;
     outcome.upstream = forwarded.member.addr.to_string();
+    if let Some(served) = plan.on_response(
+        active,
+        forwarded.response.status(),
+        forwarded.response.headers(),
+    ) {
+        // A 304 to our revalidation, or a 5xx replaced by a stale answer.
+        return Ok(from_cache(active, served, request_id, set_cookie, outcome));
+    }
+    outcome.cache = (plan.status != crate::cache::Status::Bypass || active.cache.store.is_some())
+        .then_some(plan.status);
 
     // respond
     let mut response = forwarded.response;
@@ -353,6 +385,14 @@ async fn proxy_request(
     let (mut parts, body) = response.into_parts();
     classify::strip_hop_by_hop(&mut parts.headers, switching);
     classify::add_via(&mut parts.headers, parts.version, &snapshot.server.via);
+    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
+    let body = plan.respond(
+        active,
+        &mut parts,
+        body,
+        forwarded.member.region,
+        &outcome.upstream,
+    );
     parts
         .headers
         .insert(classify::REQUEST_ID, request_id.clone());
@@ -364,8 +404,32 @@ async fn proxy_request(
     if let Some(cookie) = set_cookie {
         parts.headers.append(header::SET_COOKIE, cookie);
     }
-    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// A stored response on its way out: the same per-request headers as a proxied one.
+fn from_cache(
+    active: &Active,
+    served: Served,
+    request_id: &HeaderValue,
+    set_cookie: Option<HeaderValue>,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    outcome.cache = Some(served.status);
+    outcome.upstream = served.upstream;
+    let (mut parts, body) = served.response.into_parts();
+    parts
+        .headers
+        .insert(classify::REQUEST_ID, request_id.clone());
+    if let Some(region) = served.region {
+        parts
+            .headers
+            .insert(SERVED_REGION, active.region_header(region));
+    }
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
+    Response::from_parts(parts, Either::Right(body))
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.

@@ -45,6 +45,8 @@ pub enum ProxyError {
     UpstreamFailed { endpoint: String },
     /// The upstream did not answer within the request timeout (504).
     Timeout { endpoint: String },
+    /// `Cache-Control: only-if-cached` and nothing usable is stored (504, RFC 9111 §5.2.1.7).
+    NotCached,
 }
 
 impl ProxyError {
@@ -59,15 +61,16 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     pub fn source(&self) -> Source {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::NoRoute | ProxyError::RateLimited { .. } => {
-                Source::Downstream
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::NoRoute
+            | ProxyError::RateLimited { .. }
+            | ProxyError::NotCached => Source::Downstream,
             _ => Source::Upstream,
         }
     }
@@ -88,6 +91,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::NotCached => "not_cached",
         }
     }
 
@@ -110,6 +114,7 @@ impl ProxyError {
             ProxyError::Connect { .. } => "could not connect to the upstream".into(),
             ProxyError::UpstreamFailed { .. } => "the upstream closed the exchange".into(),
             ProxyError::Timeout { .. } => "the upstream did not answer in time".into(),
+            ProxyError::NotCached => "only-if-cached, and no stored response can answer".into(),
         }
     }
 

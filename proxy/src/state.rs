@@ -24,6 +24,8 @@ pub struct Active {
     pub geoip: Option<crate::geoip::GeoIp>,
     /// Rate limiters by route index.
     pub limiters: Vec<Option<Arc<crate::limit::RateLimiter>>>,
+    /// Cache rules and the shared cache (kept across reloads while its limits hold).
+    pub cache: crate::cache::CacheRuntime,
 }
 
 impl Active {
@@ -315,12 +317,19 @@ async fn build_active(
             Some(Arc::clone(l))
         })
         .collect();
+    let cache = {
+        let mut kept = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = crate::cache::CacheRuntime::new(&snapshot.cache, kept.as_ref());
+        *kept = rt.store.clone();
+        rt
+    };
     Ok(Active {
         snapshot,
         upstreams,
         route_metrics,
         geoip,
         limiters,
+        cache,
     })
 }
 

@@ -38,6 +38,20 @@ pub const CONNECTIONS_REFUSED: &str = "frontdoor_connections_refused_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
 
+/// Cacheable-path requests by what the cache did (`hit`, `miss`, `stale`, `revalidated`,
+/// `bypass`).
+pub const CACHE_REQUESTS: &str = "frontdoor_cache_requests_total";
+/// Responses stored in the shared cache.
+pub const CACHE_STORED: &str = "frontdoor_cache_stored_total";
+/// Entries evicted for space.
+pub const CACHE_EVICTIONS: &str = "frontdoor_cache_evictions_total";
+/// Requests that waited for another request's fetch of the same key instead of going upstream.
+pub const CACHE_COALESCED: &str = "frontdoor_cache_coalesced_total";
+/// Bytes held by the shared cache (approximate, updated on store).
+pub const CACHE_BYTES: &str = "frontdoor_cache_bytes";
+/// Keys held by the shared cache.
+pub const CACHE_ENTRIES: &str = "frontdoor_cache_entries";
+
 pub const L_ROUTE: &str = "route";
 pub const L_CLUSTER: &str = "cluster";
 pub const L_CLASS: &str = "class";
@@ -118,6 +132,8 @@ pub struct AccessRecord<'a> {
     pub attempts: u32,
     pub upstream_ms: f64,
     pub total_ms: f64,
+    /// What the cache did (`HIT`, `MISS`, ...), `-` when not consulted.
+    pub cache: &'a str,
 }
 
 impl AccessRecord<'_> {
@@ -137,6 +153,7 @@ impl AccessRecord<'_> {
             attempts = self.attempts,
             upstream_ms = self.upstream_ms,
             total_ms = self.total_ms,
+            cache = self.cache,
         );
     }
 }

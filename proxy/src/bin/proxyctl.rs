@@ -63,6 +63,19 @@ enum Command {
     },
     /// Ask the front door to re-read its config; prints every error if it is rejected.
     Reload,
+    /// Drop stored responses from the shared cache: one URL (every variant, jurisdiction and
+    /// version), every path under `--prefix` (optionally on one `--host`), or `--all`.
+    Purge {
+        url: Option<String>,
+        #[arg(long, conflicts_with_all = ["url", "all"])]
+        prefix: Option<String>,
+        #[arg(long, requires = "prefix")]
+        host: Option<String>,
+        #[arg(long, conflicts_with = "url")]
+        all: bool,
+    },
+    /// The shared cache: limits, entries and bytes held, header rules.
+    Cache,
     /// Explain how a request would be routed: route, jurisdiction and its source, allowed
     /// regions, chosen region (as if the classification headers came from a trusted proxy).
     Explain {
@@ -312,6 +325,62 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     eprintln!("  {}", e.as_str().unwrap_or_default());
                 }
                 return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Purge {
+            url,
+            prefix,
+            host,
+            all,
+        } => {
+            let body = match (url, prefix, all) {
+                (Some(url), None, false) => serde_json::json!({ "url": url }),
+                (None, Some(prefix), false) => {
+                    serde_json::json!({ "prefix": prefix, "host": host })
+                }
+                (None, None, true) => serde_json::json!({ "all": true }),
+                _ => {
+                    eprintln!("proxyctl purge: give a URL, --prefix /path or --all");
+                    return Ok(std::process::ExitCode::from(2));
+                }
+            };
+            let v = call(&cli, Method::POST, "/cache/purge", Some(body)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(n) = v["purged_keys"].as_u64() {
+                println!("purged: {n} key(s), every variant");
+            } else {
+                println!("purged");
+            }
+        }
+        Command::Cache => {
+            let v = call(&cli, Method::GET, "/cache", None).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                if v["enabled"] == true {
+                    println!(
+                        "shared cache: on, {} entries, {} of {} bytes (objects up to {} bytes)",
+                        v["entries"], v["bytes"], v["max_bytes"], v["max_object_bytes"]
+                    );
+                } else {
+                    println!("shared cache: off (header rules only)");
+                }
+                let mut rows = vec![vec!["RULE".into(), "PATHS".into(), "NO_STORE".into()]];
+                for r in v["rules"].as_array().into_iter().flatten() {
+                    let paths: Vec<&str> = r["paths"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str())
+                        .collect();
+                    rows.push(vec![
+                        r["name"].as_str().unwrap_or_default().to_string(),
+                        paths.join(" "),
+                        r["no_store"].to_string(),
+                    ]);
+                }
+                print_table(&rows);
             }
         }
         Command::Shift {

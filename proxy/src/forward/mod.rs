@@ -40,6 +40,8 @@ pub struct Shared {
     /// Rate limiters by route name, kept across reloads.
     pub limiters:
         std::sync::Mutex<std::collections::HashMap<String, Arc<crate::limit::RateLimiter>>>,
+    /// The shared cache, kept across reloads.
+    pub cache: std::sync::Mutex<Option<Arc<crate::cache::Cache>>>,
 }
 
 impl Upstreams {
@@ -107,7 +109,7 @@ pub async fn send(
     decision: &Decision,
     version: Option<&str>,
     mut head: Parts,
-    body: Incoming,
+    body: Option<Incoming>,
 ) -> Result<Forwarded, ForwardError> {
     let route = snapshot.route(decision.route);
     let cfg = &cluster.config;
@@ -120,12 +122,12 @@ pub async fn send(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let bodiless = body.is_end_stream();
+    let bodiless = body.as_ref().is_none_or(Incoming::is_end_stream);
     let method = head.method.clone();
     // Keep the head for a possible retry; otherwise it moves into the one attempt (no clone).
     let retryable = bodiless && cfg.retries.attempts > 0;
     let mut head = Some(head);
-    let mut body = Some(body);
+    let mut body = body;
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
     // Set when the client's own body broke the exchange (then it is a 400, not a 502).
