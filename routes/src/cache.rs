@@ -124,7 +124,7 @@ impl CachePolicy {
         }
         for (name, value) in &rule.default {
             out.push_str(&format!(
-                "  headers:      {}: {value} (default: when the origin sends none; not for authenticated requests)\n",
+                "  headers:      {}: {value} (default: when the origin sends no caching headers; not for authenticated requests)\n",
                 display_name(name)
             ));
             if !rule.set.iter().any(|(n, _)| n == name) {

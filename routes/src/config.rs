@@ -92,6 +92,8 @@ pub struct RawCacheRule {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
     /// Header → value, only where the origin sent none (never for authenticated requests).
+    /// Cache-controlling fields (`Cache-Control`, targeted fields, `Surrogate-Control`) are
+    /// defaulted only when the origin sent none of them, nor `Expires`.
     #[serde(default)]
     pub default: BTreeMap<String, String>,
     /// Headers removed from the origin's response.

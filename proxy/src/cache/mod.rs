@@ -84,6 +84,9 @@ pub struct Entry {
     pub vary: Vec<(HeaderName, String)>,
     pub region: Option<RegionId>,
     pub upstream: String,
+    /// The origin (or a `set` rule), not a `default` rule, made it shareable with
+    /// authenticated requests (public, s-maxage or must-revalidate; RFC 9111 §3.5).
+    pub for_authenticated: bool,
 }
 
 impl Entry {
@@ -470,6 +473,14 @@ impl CacheRuntime {
     /// Applies rule `rule` to response headers. Defaults are skipped for authenticated
     /// requests: what makes their responses shareable must come from the origin.
     pub fn apply(&self, rule: Option<usize>, headers: &mut HeaderMap, authenticated: bool) {
+        self.apply_overrides(rule, headers);
+        if !authenticated {
+            self.apply_defaults(rule, headers);
+        }
+    }
+
+    /// `no_store`, `remove` and `set`: what the rule imposes whatever the origin said.
+    pub fn apply_overrides(&self, rule: Option<usize>, headers: &mut HeaderMap) {
         let Some(rule) = rule.and_then(|i| self.rules.get(i)) else {
             return;
         };
@@ -488,11 +499,28 @@ impl CacheRuntime {
         for (name, value) in &rule.set {
             headers.insert(name.clone(), value.clone());
         }
-        if !authenticated {
-            for (name, value) in &rule.default {
-                if !headers.contains_key(name) {
-                    headers.insert(name.clone(), value.clone());
-                }
+    }
+
+    /// `default`: only where the origin sent none.
+    pub fn apply_defaults(&self, rule: Option<usize>, headers: &mut HeaderMap) {
+        let Some(rule) = rule.and_then(|i| self.rules.get(i)) else {
+            return;
+        };
+        if rule.no_store {
+            return;
+        }
+        // An origin that states any caching policy keeps it whole: defaults for the
+        // cache-controlling fields apply only when it sent none of them (a default
+        // CDN-Cache-Control must not outlive an origin's `max-age=0`).
+        let states_policy = headers.contains_key(header::CACHE_CONTROL)
+            || headers.contains_key(header::EXPIRES)
+            || headers.contains_key("surrogate-control")
+            || self.targeted.iter().any(|t| headers.contains_key(t));
+        for (name, value) in &rule.default {
+            let controlling = *name != header::VARY;
+            let origin_decides = headers.contains_key(name) || (controlling && states_policy);
+            if !origin_decides {
+                headers.insert(name.clone(), value.clone());
             }
         }
     }
@@ -629,6 +657,7 @@ pub fn entry_for(
         facts,
         region,
         upstream: upstream.to_string(),
+        for_authenticated: false,
     })
 }
 
@@ -697,6 +726,7 @@ pub fn refreshed(
         vary: old.vary.clone(),
         region: old.region,
         upstream: old.upstream.clone(),
+        for_authenticated: old.for_authenticated,
     }
 }
 

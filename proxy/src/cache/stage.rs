@@ -165,7 +165,7 @@ pub async fn lookup(
         let now = unix_now();
         let entry = cache
             .lookup(&key, &head.headers, decision.allowed)
-            .filter(|e| !plan.authenticated || e.facts.directives.allows_authenticated());
+            .filter(|e| !plan.authenticated || e.for_authenticated);
         if let Some(entry) = entry {
             match entry.facts.usability(&request_cc, now, heuristic) {
                 Usability::Fresh => {
@@ -394,8 +394,23 @@ impl Plan {
         upstream: &str,
     ) -> TeeBody {
         let rt = &active.cache;
-        rt.apply(self.rule, &mut parts.headers, self.authenticated);
+        let policy = &active.snapshot.cache;
+        rt.apply_overrides(self.rule, &mut parts.headers);
+        // Shareable with authenticated requests only on the origin's (or a set rule's) word.
+        let for_authenticated = self.guard.is_some()
+            && super::facts_of(policy, parts.status, &parts.headers, 0, 0)
+                .directives
+                .allows_authenticated();
+        if !self.authenticated {
+            rt.apply_defaults(self.rule, &mut parts.headers);
+        }
+        let status_header = rt
+            .status_header
+            .as_ref()
+            .filter(|_| rt.store.is_some())
+            .map(|name| (name.clone(), HeaderValue::from_static(self.status.as_str())));
         let Some(cache) = self.cache.take() else {
+            parts.headers.extend(status_header);
             return TeeBody::plain(body);
         };
         if self.request.is_none() {
@@ -413,11 +428,11 @@ impl Plan {
                     }
                 }
             }
+            parts.headers.extend(status_header);
             return TeeBody::plain(body);
         }
         let mut out = None;
         if let (Some(guard), Some(request)) = (self.guard.take(), self.request.as_ref()) {
-            let policy = &active.snapshot.cache;
             let limits = cache.limits;
             let length = parts
                 .headers
@@ -434,8 +449,14 @@ impl Plan {
                 region,
                 upstream,
             );
-            if let Some(entry) = entry {
-                let useful = entry.facts.lifetime(policy.heuristic).0 > 0 || entry.has_validator();
+            if let Some(mut entry) = entry {
+                entry.for_authenticated = for_authenticated;
+                // Worth keeping: fresh for a while, revalidatable, or servable stale.
+                let d = &entry.facts.directives;
+                let useful = entry.facts.lifetime(policy.heuristic).0 > 0
+                    || entry.has_validator()
+                    || d.stale_if_error.is_some()
+                    || d.stale_while_revalidate.is_some();
                 let ok = storable(
                     &self.method,
                     &self.request_cc,
@@ -451,11 +472,7 @@ impl Plan {
                 }
             }
         }
-        if let Some(name) = &rt.status_header {
-            parts
-                .headers
-                .insert(name.clone(), HeaderValue::from_static(self.status.as_str()));
-        }
+        parts.headers.extend(status_header);
         cache.record(self.status);
         match out {
             Some((guard, entry, max)) => TeeBody::filling(body, guard, entry, max),
@@ -535,7 +552,13 @@ fn revalidate_in_background(
             return;
         }
         let authenticated = active.cache.authenticated(&request);
-        active.cache.apply(rule, &mut parts.headers, authenticated);
+        active.cache.apply_overrides(rule, &mut parts.headers);
+        let for_authenticated = super::facts_of(policy, parts.status, &parts.headers, 0, 0)
+            .directives
+            .allows_authenticated();
+        if !authenticated {
+            active.cache.apply_defaults(rule, &mut parts.headers);
+        }
         let Some(mut fresh) = entry_for(
             policy,
             &request,
@@ -548,6 +571,7 @@ fn revalidate_in_background(
         ) else {
             return;
         };
+        fresh.for_authenticated = for_authenticated;
         let max = cache.limits.max_object_bytes;
         let allowed = storable(
             &Method::GET,

@@ -1,1 +1,290 @@
+use super::*;
 
+fn policy(text: &str) -> CachePolicy {
+    let config = format!(
+        "[clusters.app]\nendpoints = [{{ address = \"127.0.0.1:9001\" }}]\n[[routes]]\ncluster = \"app\"\n{text}"
+    );
+    routes::load(&config).expect("valid config").cache
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    h
+}
+
+fn entry(
+    p: &CachePolicy,
+    request: &[(&str, &str)],
+    response: &[(&str, &str)],
+    body: &str,
+) -> Entry {
+    let mut e = entry_for(
+        p,
+        &headers(request),
+        StatusCode::OK,
+        &headers(response),
+        1000,
+        1000,
+        None,
+        "127.0.0.1:1",
+    )
+    .expect("storable vary");
+    e.body = Bytes::from(body.to_string());
+    e
+}
+
+const STORE: &str = "[cache]\nmax_bytes = \"1MiB\"\nmax_object_bytes = \"64KiB\"\n";
+
+#[test]
+fn rfc9111_4_1_vary_selects_the_variant_and_star_is_never_stored() {
+    let p = policy(STORE);
+    let cache = Cache::new(p.store.expect("store"));
+    let key = cache.key("*|app|-", "example.com", "/page");
+    let vary = [("vary", "Accept-Language, Accept-Encoding")];
+    for lang in ["en", "de"] {
+        let e = entry(&p, &[("accept-language", lang)], &vary, lang);
+        cache.insert(key.clone(), e);
+    }
+    let all = RegionSet::first(64);
+    let found = |lang: &str| {
+        cache
+            .lookup(&key, &headers(&[("accept-language", lang)]), all)
+            .map(|e| e.body.clone())
+    };
+    assert_eq!(found("en"), Some(Bytes::from("en")));
+    assert_eq!(found("de"), Some(Bytes::from("de")));
+    assert_eq!(found("fr"), None);
+    // Whitespace and line splits do not make a different variant.
+    let split = headers(&[("accept-language", "de"), ("accept-encoding", "")]);
+    assert!(cache.lookup(&key, &split, all).is_some());
+    // Vary: * → no entry at all.
+    assert!(
+        entry_for(
+            &p,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &headers(&[("vary", "x, *")]),
+            0,
+            0,
+            None,
+            ""
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn rfc9111_4_4_invalidation_reaches_every_scope() {
+    let p = policy(STORE);
+    let cache = Cache::new(p.store.expect("store"));
+    let all = RegionSet::first(64);
+    for scope in ["*|app|stable", "eu|app|stable", "*|app|canary"] {
+        let key = cache.key(scope, "h", "/doc");
+        cache.insert(key, entry(&p, &[], &[], scope));
+    }
+    let other = cache.key("*|app|stable", "h", "/other");
+    cache.insert(other.clone(), entry(&p, &[], &[], "other"));
+    assert_eq!(cache.invalidate_url("h", "/doc"), 3);
+    for scope in ["*|app|stable", "eu|app|stable", "*|app|canary"] {
+        assert!(
+            cache
+                .lookup(&cache.key(scope, "h", "/doc"), &HeaderMap::new(), all)
+                .is_none()
+        );
+    }
+    assert!(cache.lookup(&other, &HeaderMap::new(), all).is_some());
+}
+
+#[test]
+fn entries_from_a_region_the_request_may_not_reach_are_not_served() {
+    let p = policy(STORE);
+    let cache = Cache::new(p.store.expect("store"));
+    let key = cache.key("*|app|-", "h", "/x");
+    let mut e = entry(&p, &[], &[], "from region 1");
+    e.region = Some(RegionId(1));
+    cache.insert(key.clone(), e);
+    let mut only_0 = RegionSet::default();
+    only_0.insert(RegionId(0));
+    assert!(cache.lookup(&key, &HeaderMap::new(), only_0).is_none());
+    let mut with_1 = only_0;
+    with_1.insert(RegionId(1));
+    assert!(cache.lookup(&key, &HeaderMap::new(), with_1).is_some());
+}
+
+#[test]
+fn memory_stays_within_max_bytes() {
+    let p = policy("[cache]\nmax_bytes = \"64KiB\"\nmax_object_bytes = \"8KiB\"\n");
+    let cache = Cache::new(p.store.expect("store"));
+    let body = "x".repeat(4096);
+    for i in 0..200 {
+        let key = cache.key("*", "h", &format!("/{i}"));
+        cache.insert(key, entry(&p, &[], &[], &body));
+    }
+    let (entries, bytes) = cache.usage();
+    assert!(bytes <= 64 * 1024, "{bytes} bytes held");
+    assert!(entries > 0 && entries < 200, "{entries} entries");
+}
+
+#[tokio::test]
+async fn one_leader_per_key_and_followers_wake_when_it_is_done() {
+    let p = policy(STORE);
+    let cache = Cache::new(p.store.expect("store"));
+    let key = cache.key("*", "h", "/k");
+    let Turn::Leader(guard) = cache.join(&key) else {
+        panic!("the first caller leads");
+    };
+    let Turn::Follower(mut rx) = cache.join(&key) else {
+        panic!("the second follows");
+    };
+    assert!(cache.try_lead(&key).is_none());
+    let waiter = tokio::spawn(async move { rx.changed().await.is_err() });
+    drop(guard);
+    assert!(waiter.await.expect("task"), "woken by the leader's drop");
+    assert!(
+        matches!(cache.join(&key), Turn::Leader(_)),
+        "the key is free again"
+    );
+}
+
+#[test]
+fn rfc9111_5_4_pragma_no_cache_only_without_cache_control() {
+    assert!(request_directives(&headers(&[("pragma", "no-cache")])).no_cache);
+    assert!(
+        !request_directives(&headers(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=5")
+        ]))
+        .no_cache
+    );
+}
+
+#[test]
+fn rfc9110_13_1_conditionals_against_a_stored_response() {
+    let p = policy(STORE);
+    let e = entry(
+        &p,
+        &[],
+        &[
+            ("etag", "W/\"7\""),
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+        ],
+        "b",
+    );
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("if-none-match", "\"7\"")], true),
+        (&[("if-none-match", "\"8\", W/\"7\"")], true),
+        (&[("if-none-match", "*")], true),
+        (&[("if-none-match", "\"8\"")], false),
+        // If-None-Match present: If-Modified-Since is ignored.
+        (
+            &[
+                ("if-none-match", "\"8\""),
+                ("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT"),
+            ],
+            false,
+        ),
+        (
+            &[("if-modified-since", "Tue, 03 Nov 2026 10:00:00 GMT")],
+            true,
+        ),
+        (
+            &[("if-modified-since", "Mon, 02 Nov 2026 10:00:00 GMT")],
+            true,
+        ),
+        (
+            &[("if-modified-since", "Sun, 01 Nov 2026 10:00:00 GMT")],
+            false,
+        ),
+        (&[("if-modified-since", "garbage")], false),
+    ];
+    for (request, want) in cases {
+        assert_eq!(not_modified(&headers(request), &e), *want, "{request:?}");
+    }
+}
+
+#[test]
+fn rfc9111_4_3_4_a_304_updates_the_stored_headers() {
+    let p = policy(STORE);
+    let rt = CacheRuntime::new(&p, None);
+    let old = entry(
+        &p,
+        &[],
+        &[
+            ("etag", "\"1\""),
+            ("cache-control", "max-age=10"),
+            ("content-length", "4"),
+            ("x-a", "old"),
+        ],
+        "body",
+    );
+    let not_modified = headers(&[
+        ("cache-control", "max-age=99"),
+        ("x-a", "new"),
+        ("content-length", "0"),
+    ]);
+    let fresh = refreshed(&p, &rt, None, &old, &not_modified, 2000, 2001);
+    assert_eq!(fresh.headers["x-a"], "new");
+    assert_eq!(
+        fresh.headers["content-length"], "4",
+        "framing headers are kept"
+    );
+    assert_eq!(fresh.facts.directives.max_age, Some(99));
+    assert_eq!(fresh.facts.response_time, 2001);
+    assert_eq!(fresh.body, old.body);
+}
+
+#[test]
+fn rule_headers_set_default_remove_and_no_store() {
+    let p = policy(
+        r#"
+[[cache.rules]]
+paths = ["/api/**"]
+no_store = true
+[[cache.rules]]
+paths = ["/**"]
+remove = ["Surrogate-Control"]
+[cache.rules.set]
+Vary = "Accept-Encoding"
+[cache.rules.default]
+Cache-Control = "public, max-age=60"
+CDN-Cache-Control = "max-age=600"
+"#,
+    );
+    let rt = CacheRuntime::new(&p, None);
+    // no_store: whatever the origin said, nobody stores it.
+    let mut h = headers(&[
+        ("cache-control", "public, max-age=60"),
+        ("cdn-cache-control", "max-age=60"),
+        ("surrogate-control", "max-age=9"),
+    ]);
+    rt.apply(Some(0), &mut h, false);
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(!h.contains_key("cdn-cache-control") && !h.contains_key("surrogate-control"));
+    // Nothing from the origin: defaults fill in; set and remove apply.
+    let mut h = headers(&[("vary", "Cookie"), ("surrogate-control", "max-age=9")]);
+    rt.apply(Some(1), &mut h, false);
+    assert_eq!(h["cache-control"], "public, max-age=60");
+    assert_eq!(h["cdn-cache-control"], "max-age=600");
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert!(!h.contains_key("surrogate-control"));
+    // The origin stated a policy: the cache-controlling defaults stay out.
+    let mut h = headers(&[("cache-control", "max-age=0")]);
+    rt.apply(Some(1), &mut h, false);
+    assert_eq!(h["cache-control"], "max-age=0");
+    assert!(!h.contains_key("cdn-cache-control"));
+    // Authenticated: no defaults at all.
+    let mut h = HeaderMap::new();
+    rt.apply(Some(1), &mut h, true);
+    assert!(!h.contains_key("cache-control"));
+    assert!(rt.authenticated(&headers(&[("authorization", "Bearer x")])));
+    assert!(
+        !rt.authenticated(&headers(&[("cookie", "session=1")])),
+        "no auth cookies configured"
+    );
+}
