@@ -633,9 +633,10 @@ pub fn entry_for(
     upstream: &str,
 ) -> Option<Entry> {
     let names = vary_names(headers)?;
+    // The received Age counts (RFC 9111 §4.2.3); what clients see is computed per use.
+    let facts = facts_of(policy, status, headers, request_time, response_time);
     let mut headers = headers.clone();
     headers.remove(header::AGE);
-    let facts = facts_of(policy, status, &headers, request_time, response_time);
     if !headers.contains_key(header::DATE) {
         // RFC 9110 §6.6.1: a cache adds the Date it received the response at.
         let date = std::time::UNIX_EPOCH + std::time::Duration::from_secs(response_time);
@@ -717,7 +718,11 @@ pub fn refreshed(
         }
     }
     runtime.apply(rule, &mut headers, false);
-    let facts = facts_of(policy, old.status, &headers, request_time, response_time);
+    let mut facts = facts_of(policy, old.status, &headers, request_time, response_time);
+    facts.age = not_modified
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
     Entry {
         status: old.status,
         headers,
