@@ -153,12 +153,16 @@ fn check(path: &PathBuf) -> std::process::ExitCode {
     match routes::load(&text) {
         Ok(s) => {
             println!(
-                "{}: ok — {} routes, {} clusters, {} endpoints, {} regions, hash {}",
+                "{}: ok — {} routes, {} clusters, {} endpoints, {} regions, {} cache rules, shared cache {}, hash {}",
                 path.display(),
                 s.routes.len(),
                 s.clusters.len(),
                 s.clusters.iter().map(|c| c.endpoints.len()).sum::<usize>(),
                 s.regions.len(),
+                s.cache.rules.len(),
+                s.cache
+                    .store
+                    .map_or("off".to_string(), |l| format!("{} MiB", l.max_bytes >> 20)),
                 s.hash
             );
             std::process::ExitCode::SUCCESS
