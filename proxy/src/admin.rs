@@ -265,18 +265,13 @@ impl Admin {
             Ok(b) => b.to_bytes(),
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
         };
-        #[derive(serde::Deserialize, Default)]
-        #[serde(deny_unknown_fields, default)]
-        struct Body {
-            url: Option<String>,
-            prefix: Option<String>,
-            host: Option<String>,
-            all: bool,
-        }
-        let b: Body = match serde_json::from_slice(&body) {
-            Ok(b) => b,
+        let purge: crate::cache::Purge = match serde_json::from_slice(&body) {
+            Ok(p) => p,
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
         };
+        if let Err(e) = purge.validate() {
+            return error(StatusCode::BAD_REQUEST, &e);
+        }
         let active = self.proxy.active_full();
         let Some(cache) = &active.cache.store else {
             return error(
@@ -284,50 +279,10 @@ impl Admin {
                 "the shared cache is off ([cache] max_bytes)",
             );
         };
-        match (b.url, b.prefix, b.all) {
-            (Some(url), None, false) => {
-                let Ok(uri) = url.parse::<http::Uri>() else {
-                    return error(StatusCode::BAD_REQUEST, "url is not a valid URL");
-                };
-                let Some(authority) = uri.authority() else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "url needs a host (https://host/path)",
-                    );
-                };
-                let host = routes::normalize_host(authority.as_str());
-                let Some(path) = routes::normalize_path(uri.path()) else {
-                    return error(StatusCode::BAD_REQUEST, "invalid path");
-                };
-                let target = match uri.query() {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path,
-                };
-                let n = cache.invalidate_url(&host, &target);
-                tracing::info!(host, target, keys = n, "cache purge (url)");
-                json_response(StatusCode::OK, &json!({ "ok": true, "purged_keys": n }))
-            }
-            (None, Some(prefix), false) if prefix.starts_with('/') => {
-                let host = b.host.as_deref().map(routes::normalize_host);
-                if let Err(e) = cache.purge_prefix(host.as_deref(), &prefix) {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, &e);
-                }
-                tracing::info!(
-                    prefix,
-                    host = host.as_deref().unwrap_or("*"),
-                    "cache purge (prefix)"
-                );
-                json_response(StatusCode::OK, &json!({ "ok": true }))
-            }
-            (None, None, true) => {
-                cache.purge_all();
-                tracing::info!("cache purge (all)");
-                json_response(StatusCode::OK, &json!({ "ok": true }))
-            }
-            _ => error(
-                StatusCode::BAD_REQUEST,
-                "give exactly one of {\"url\": URL}, {\"prefix\": \"/path\"} or {\"all\": true}",
-            ),
+        match purge.apply(cache) {
+            Ok(Some(n)) => json_response(StatusCode::OK, &json!({ "ok": true, "purged_keys": n })),
+            Ok(None) => json_response(StatusCode::OK, &json!({ "ok": true })),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
         }
     }
 

@@ -178,6 +178,9 @@ async fn session(
                 kv.mod_revision(),
             )
             .await;
+        } else if key.starts_with(&format!("{pre}purge/")) {
+            // A purge from the last minute that we missed while away.
+            apply_purge(proxy, kv.value());
         }
     }
     local.connected = true;
@@ -273,6 +276,8 @@ async fn session(
                     } else if key == format!("{pre}config") {
                         apply_config(proxy, local, kv.value_str().unwrap_or_default(), kv.mod_revision()).await;
                         publish_status(proxy, opts, local);
+                    } else if key.starts_with(&format!("{pre}purge/")) {
+                        apply_purge(proxy, kv.value());
                     }
                 }
             }
@@ -414,6 +419,61 @@ fn publish_status(proxy: &Proxy, opts: &FleetOptions, local: &Local) {
     *proxy.fleet_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
 }
 
+/// Applies a fleet purge record to this member's cache.
+fn apply_purge(proxy: &Proxy, value: &[u8]) {
+    let active = proxy.active_full();
+    let Some(cache) = &active.cache.store else {
+        return;
+    };
+    match serde_json::from_slice::<crate::cache::Purge>(value) {
+        Ok(p) => {
+            if let Err(e) = p.apply(cache) {
+                tracing::warn!(error = %e, "fleet purge ignored");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "fleet purge record unreadable"),
+    }
+}
+
+/// How long a fleet purge record stays in etcd: members that reconnect within it apply it.
+const PURGE_TTL_SECS: i64 = 60;
+
+/// `proxyctl --etcd ... purge`: a purge every member applies (its watch sees the record).
+pub async fn purge_in_etcd(
+    endpoints: &[String],
+    fleet: &str,
+    purge: &crate::cache::Purge,
+) -> Result<(), String> {
+    purge.validate()?;
+    let e = |e: etcd_client::Error| e.to_string();
+    let mut client = connect(endpoints).await?;
+    let lease = client
+        .lease_grant(PURGE_TTL_SECS, None)
+        .await
+        .map_err(e)?
+        .id();
+    let key = format!("{}purge/{}-{:x}", prefix(fleet), unix_ms(), lease);
+    let value = serde_json::to_vec(purge).map_err(|x| x.to_string())?;
+    client
+        .put(key, value, Some(PutOptions::new().with_lease(lease)))
+        .await
+        .map_err(e)?;
+    Ok(())
+}
+
+async fn connect(endpoints: &[String]) -> Result<Client, String> {
+    Client::connect(
+        endpoints,
+        Some(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(3))
+                .with_timeout(Duration::from_secs(5)),
+        ),
+    )
+    .await
+    .map_err(|x| format!("cannot reach etcd at {}: {x}", endpoints.join(",")))
+}
+
 /// `proxyctl --etcd`: apply an operator action straight to etcd (every member's watch picks it
 /// up). Returns the record written.
 pub async fn act_in_etcd(
@@ -424,18 +484,9 @@ pub async fn act_in_etcd(
     phase: Phase,
     actor: &str,
     reason: &str,
-) -> Result<Record, String> {
+) -> Result<(String, Record), String> {
     let e = |e: etcd_client::Error| e.to_string();
-    let mut client = Client::connect(
-        endpoints,
-        Some(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(3))
-                .with_timeout(Duration::from_secs(5)),
-        ),
-    )
-    .await
-    .map_err(|x| format!("cannot reach etcd at {}: {x}", endpoints.join(",")))?;
+    let mut client = connect(endpoints).await?;
     let rollouts_pre = format!("{}rollouts/", prefix(fleet));
     let all = client
         .get(rollouts_pre.clone(), Some(GetOptions::new().with_prefix()))
@@ -490,5 +541,5 @@ pub async fn act_in_etcd(
     if !client.txn(txn).await.map_err(e)?.succeeded() {
         return Err(format!("{route}: changed concurrently; try again"));
     }
-    Ok(record)
+    Ok((route, record))
 }

@@ -282,7 +282,7 @@ async fn rollout_state_spreads_across_the_fleet() {
     })
     .await;
     // proxyctl --etcd writes straight to etcd.
-    let rec = frontdoor::fleet::act_in_etcd(
+    let (_, rec) = frontdoor::fleet::act_in_etcd(
         &[etcd.url()],
         "t",
         None,
@@ -445,4 +445,83 @@ async fn config_pushed_to_etcd_is_applied_and_a_bad_one_rejected_by_every_member
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxyctl_with_etcd_shifts_and_purges_every_member() {
+    let etcd = Etcd::start().await;
+    let (stable, canary) = (
+        Origin::builder()
+            .version("stable")
+            .start()
+            .await
+            .expect("o"),
+        Origin::builder()
+            .version("canary")
+            .start()
+            .await
+            .expect("o"),
+    );
+    let cache = r#"
+[cache]
+max_bytes = "1MiB"
+max_object_bytes = "64KiB"
+[[cache.rules]]
+paths = ["/**"]
+[cache.rules.default]
+Cache-Control = "public, max-age=600"
+"#;
+    let text = config(&stable, &canary, cache);
+    let a = member(&etcd, &text, "us-central1", "a").await;
+    let b = member(&etcd, &text, "europe-west1", "b").await;
+    let (a_ref, b_ref) = (&a, &b);
+    eventually("connected", || async move {
+        fleet_state(a_ref).await["state"] == "ok" && fleet_state(b_ref).await["state"] == "ok"
+    })
+    .await;
+
+    let proxyctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"))
+            .args(["--etcd", &etcd.url(), "--fleet", "t"])
+            .args(args)
+            .output()
+            .expect("proxyctl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = proxyctl(&["shift", "20%", "--reason", "fleet test"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("app: shift → 20%"), "{text}");
+    eventually("every member applies the shift", || async move {
+        rollout(a_ref).await.0 == 20.0 && rollout(b_ref).await.0 == 20.0
+    })
+    .await;
+
+    // Each member caches /doc; one purge through etcd empties both.
+    let get = |fd: &Running| {
+        let req = Request::get(format!("http://{}/doc", fd.http.expect("http")))
+            .header("x-frontdoor-version", "stable")
+            .body(Full::default())
+            .expect("req");
+        async move { Client::http1().send(req).await.expect("get") }
+    };
+    for fd in [&a, &b] {
+        get(fd).await;
+        assert_eq!(get(fd).await.header("x-cache"), Some("HIT"));
+    }
+    let (ok, text) = proxyctl(&["purge", "http://127.0.0.1/doc"]);
+    assert!(ok, "{text}");
+    eventually("every member drops the URL", || async move {
+        admin(a_ref, Method::GET, "/cache", "").await["entries"] == 0
+            && admin(b_ref, Method::GET, "/cache", "").await["entries"] == 0
+    })
+    .await;
+    for fd in [&a, &b] {
+        assert_eq!(get(fd).await.header("x-cache"), Some("MISS"));
+    }
+    let (ok, text) = proxyctl(&["purge", "--all", "http://x/"]);
+    assert!(!ok, "a URL and --all together are refused: {text}");
 }

@@ -37,7 +37,9 @@ struct Cli {
     /// Print the raw JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Fleet mode: write rollout actions straight to etcd (comma-separated endpoints).
+    /// Fleet mode: write rollout actions and purges straight to etcd (comma-separated
+    /// endpoints); every member applies them. Gates are judged by the members, so `--force`
+    /// is not needed (a red candidate is rolled back again by them).
     #[arg(
         long,
         global = true,
@@ -333,17 +335,34 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             host,
             all,
         } => {
-            let body = match (url, prefix, all) {
-                (Some(url), None, false) => serde_json::json!({ "url": url }),
-                (None, Some(prefix), false) => {
-                    serde_json::json!({ "prefix": prefix, "host": host })
-                }
-                (None, None, true) => serde_json::json!({ "all": true }),
-                _ => {
-                    eprintln!("proxyctl purge: give a URL, --prefix /path or --all");
-                    return Ok(std::process::ExitCode::from(2));
-                }
+            let purge = frontdoor::cache::Purge {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                host: host.clone(),
+                all: *all,
             };
+            if let Err(e) = purge.validate() {
+                eprintln!("proxyctl purge: {e}");
+                return Ok(std::process::ExitCode::from(2));
+            }
+            if !cli.etcd.is_empty() {
+                let fleet = cli.fleet.as_deref().unwrap_or_default();
+                return Ok(
+                    match frontdoor::fleet::purge_in_etcd(&cli.etcd, fleet, &purge).await {
+                        Ok(()) => {
+                            println!(
+                                "purge written to etcd: every member of fleet {fleet} applies it"
+                            );
+                            ok
+                        }
+                        Err(e) => {
+                            eprintln!("purge failed: {e}");
+                            std::process::ExitCode::FAILURE
+                        }
+                    },
+                );
+            }
+            let body = serde_json::to_value(&purge)?;
             let v = call(&cli, Method::POST, "/cache/purge", Some(body)).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -770,12 +789,71 @@ fn actor() -> String {
         .map_or_else(|| "proxyctl".to_string(), |u| format!("{u} (proxyctl)"))
 }
 
+/// Fleet mode: the action goes straight to etcd (compare-and-swap on the rollout's record);
+/// every member's watch applies it, and each member's gates keep judging the candidate.
+async fn rollout_in_etcd(
+    cli: &Cli,
+    target: &RolloutTarget,
+    verb: &str,
+    body: &Value,
+) -> anyhow::Result<std::process::ExitCode> {
+    use frontdoor::rollout::Phase;
+    let (weight, phase) = match verb {
+        "shift" => (body["weight"].as_f64(), Phase::Progressing),
+        "promote" => (None, Phase::Promoted),
+        "rollback" => (None, Phase::RolledBack),
+        "pause" => (None, Phase::Paused),
+        _ => (None, Phase::Progressing),
+    };
+    let fleet = cli.fleet.as_deref().unwrap_or_default();
+    let reason = if target.reason.is_empty() {
+        "proxyctl"
+    } else {
+        target.reason.as_str()
+    };
+    match frontdoor::fleet::act_in_etcd(
+        &cli.etcd,
+        fleet,
+        target.route.as_deref(),
+        weight,
+        phase,
+        &actor(),
+        reason,
+    )
+    .await
+    {
+        Ok((route, record)) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "route": route, "record": record })
+                    )?
+                );
+            } else {
+                println!(
+                    "{route}: {verb} → {}% (written to etcd; every member of fleet {fleet} applies it)",
+                    record.weight
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{verb} failed: {e}");
+            Ok(std::process::ExitCode::FAILURE)
+        }
+    }
+}
+
 async fn rollout_call(
     cli: &Cli,
     target: &RolloutTarget,
     verb: &str,
     body: Value,
 ) -> anyhow::Result<std::process::ExitCode> {
+    if !cli.etcd.is_empty() {
+        return rollout_in_etcd(cli, target, verb, &body).await;
+    }
     let route = target.route.as_deref().unwrap_or("_");
     let path = format!("/rollouts/{}/{verb}", percent_encode(route));
     let v = call_allowing(

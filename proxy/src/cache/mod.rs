@@ -399,6 +399,73 @@ impl Cache {
     }
 }
 
+/// An operator's purge: one URL (`{"url": "https://host/path?q"}`), a path prefix
+/// (`{"prefix": "/static/", "host": "optional"}`), or everything (`{"all": true}`). The body
+/// of `POST /cache/purge`, and the record a fleet purge puts in etcd.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Purge {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Purge {
+    /// Checks the shape: exactly one of url, prefix, all; a URL with a host; a prefix path.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.url, &self.prefix, self.all) {
+            (Some(url), None, false) if self.host.is_none() => {
+                let uri: http::Uri = url.parse().map_err(|_| "url is not a valid URL")?;
+                if uri.authority().is_none() {
+                    return Err("url needs a host (https://host/path)".into());
+                }
+                Ok(())
+            }
+            (None, Some(p), false) if p.starts_with('/') => Ok(()),
+            (None, None, true) if self.host.is_none() => Ok(()),
+            _ => Err(
+                "give exactly one of {\"url\": URL}, {\"prefix\": \"/path\"[, \"host\": H]} or {\"all\": true}"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Drops what it names in every scope and variant; returns the keys dropped when known.
+    pub fn apply(&self, cache: &Cache) -> Result<Option<usize>, String> {
+        self.validate()?;
+        if let Some(url) = &self.url {
+            let uri: http::Uri = url.parse().map_err(|_| "url is not a valid URL")?;
+            let host = routes::normalize_host(uri.authority().map_or("", |a| a.as_str()));
+            let path = routes::normalize_path(uri.path()).ok_or("invalid path")?;
+            let target = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let n = cache.invalidate_url(&host, &target);
+            tracing::info!(host, target, keys = n, "cache purge (url)");
+            return Ok(Some(n));
+        }
+        if let Some(prefix) = &self.prefix {
+            let host = self.host.as_deref().map(routes::normalize_host);
+            cache.purge_prefix(host.as_deref(), prefix)?;
+            tracing::info!(
+                prefix,
+                host = host.as_deref().unwrap_or("*"),
+                "cache purge (prefix)"
+            );
+            return Ok(None);
+        }
+        cache.purge_all();
+        tracing::info!("cache purge (all)");
+        Ok(None)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Headers
 
