@@ -164,3 +164,38 @@ async fn the_engine_drives_https_with_http1_and_h2() {
     }
     fd.shutdown().await;
 }
+
+/// The demo applies the reference cache policy: any non-API path is stored on first use and a
+/// repeated GET is a HIT (the origin's echo of the first request comes back); `/api/**` and
+/// the per-user surfaces are never cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_caches_every_non_api_path_and_never_the_api() {
+    let fd = demo().await;
+    let client = loadtest::Client::http1();
+    let get = |path: &str| {
+        let url = common::url(&fd, path);
+        let client = &client;
+        async move { client.get(&url).await.expect("response") }
+    };
+    for path in ["/", "/products/42", "/static/app.js?v=3", "/canary/page"] {
+        let first = get(path).await;
+        assert_eq!(first.header("x-cache"), Some("MISS"), "{path}");
+        assert_eq!(
+            first.header("cdn-cache-control"),
+            Some("public, max-age=3600"),
+            "{path}"
+        );
+        let again = get(path).await;
+        assert_eq!(again.header("x-cache"), Some("HIT"), "{path}");
+        assert_eq!(again.body, first.body, "{path}: served from the store");
+        assert_ne!(again.header("x-request-id"), first.header("x-request-id"));
+    }
+    for path in ["/api/orders", "/ai/chat", "/gdpr/export"] {
+        let first = get(path).await;
+        let again = get(path).await;
+        assert_eq!(again.header("x-cache"), Some("BYPASS"), "{path}");
+        assert_eq!(again.header("cache-control"), Some("no-store"), "{path}");
+        assert_ne!(again.body, first.body, "{path}: the origin answered each time");
+    }
+    fd.shutdown().await;
+}
