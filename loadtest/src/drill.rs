@@ -291,7 +291,8 @@ async fn canary_rollback(
     admin: &Admin,
     faults: &Admin,
 ) -> Result<Report, String> {
-    let s = scenario("US = 100", "/api/checkout", &o.protocol)?;
+    // A signed-in page on the rolled-out route: never cached, so every request is judged.
+    let s = scenario("US = 100", "/account/checkout", &o.protocol)?;
     admin.ok(Method::POST, "/rollouts/_/shift", Some(serde_json::json!({ "weight": 10, "force": true, "reason": "canary-rollback drill", "actor": "loadtest" }))).await?;
     let (rec, stop, handle) = background(o, &s, o.rollback_within + o.duration * 2)?;
     tokio::time::sleep(o.duration).await;

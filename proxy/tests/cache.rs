@@ -538,6 +538,9 @@ async fn size_limits_request_directives_and_set_cookie() {
             .header("x-cache"),
         Some("HIT")
     );
+    // A stored response that needs revalidation does not answer only-if-cached either.
+    let r = get(&fd, "/n", &[("cache-control", "only-if-cached, no-cache")]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     // Request no-cache forces a trip to the origin.
     let before = origin.hits();
     get(&fd, "/n", &[("cache-control", "no-cache")]).await;

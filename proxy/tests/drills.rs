@@ -190,12 +190,20 @@ async fn demo_caches_every_non_api_path_and_never_the_api() {
         assert_eq!(again.body, first.body, "{path}: served from the store");
         assert_ne!(again.header("x-request-id"), first.header("x-request-id"));
     }
-    for path in ["/api/orders", "/ai/chat", "/gdpr/export"] {
+    for path in [
+        "/api/orders",
+        "/account/settings",
+        "/ai/chat",
+        "/gdpr/export",
+    ] {
         let first = get(path).await;
         let again = get(path).await;
         assert_eq!(again.header("x-cache"), Some("BYPASS"), "{path}");
         assert_eq!(again.header("cache-control"), Some("no-store"), "{path}");
-        assert_ne!(again.body, first.body, "{path}: the origin answered each time");
+        assert_ne!(
+            again.body, first.body,
+            "{path}: the origin answered each time"
+        );
     }
     fd.shutdown().await;
 }

@@ -211,6 +211,11 @@ pub async fn lookup(
                     )));
                 }
                 Usability::Revalidate => {
+                    if request_cc.only_if_cached {
+                        // Never to the origin (RFC 9111 §5.2.1.7).
+                        cache.record(Status::Miss);
+                        return Err(ProxyError::NotCached);
+                    }
                     if is_head {
                         return Ok(Lookup::Forward(plan));
                     }
