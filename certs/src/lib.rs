@@ -4,10 +4,12 @@
 //! default); a [`SniResolver`] serves the current store to rustls and swaps in a new one
 //! atomically on reload, so handshakes in flight keep the store they started with. A new store
 //! is only built when every file loads and every key matches its certificate; otherwise the old
-//! one keeps serving. [`dev`] makes a local CA and leaf for the demo and tests.
+//! one keeps serving. [`dev`] makes a local CA and leaf for the demo and tests; [`acme`] issues
+//! and stores certificates from an ACME CA.
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod dev;
 mod store;
 mod x509;

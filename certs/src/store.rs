@@ -83,6 +83,36 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
+    /// Every distinct certificate: all the names it serves (sorted) and its `notAfter`.
+    pub fn certificates(&self) -> Vec<(Vec<String>, i64)> {
+        let mut by_key: HashMap<*const CertifiedKey, (Vec<String>, i64)> = HashMap::new();
+        let wildcards = self
+            .wildcard
+            .iter()
+            .map(|(suffix, k)| (format!("*{suffix}"), k));
+        for (name, k) in self
+            .exact
+            .iter()
+            .map(|(n, k)| (n.clone(), k))
+            .chain(wildcards)
+        {
+            let Some(not_after) = k.cert.first().and_then(|c| crate::not_after_unix(c)) else {
+                continue;
+            };
+            by_key
+                .entry(Arc::as_ptr(k))
+                .or_insert_with(|| (Vec::new(), not_after))
+                .0
+                .push(name);
+        }
+        let mut out: Vec<(Vec<String>, i64)> = by_key.into_values().collect();
+        for (names, _) in &mut out {
+            names.sort();
+        }
+        out.sort();
+        out
+    }
+
     /// Each certificate's host patterns and `notAfter` (Unix seconds), for expiry metrics.
     pub fn expiries(&self) -> Vec<(String, i64)> {
         let mut seen = std::collections::HashSet::new();
@@ -106,6 +136,16 @@ impl CertStore {
         default_host: Option<&str>,
         reject_unknown_sni: bool,
     ) -> Result<CertStore, Vec<CertError>> {
+        Self::load_with(sources, Vec::new(), default_host, reject_unknown_sni)
+    }
+
+    /// [`CertStore::load`] plus keys already in memory (after the files' keys).
+    pub fn load_with(
+        sources: &[CertSource],
+        extra: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+        default_host: Option<&str>,
+        reject_unknown_sni: bool,
+    ) -> Result<CertStore, Vec<CertError>> {
         let mut errors = Vec::new();
         let mut loaded = Vec::new();
         for s in sources {
@@ -118,7 +158,10 @@ impl CertStore {
             return Err(errors);
         }
         let mut store = CertStore::from_keys(
-            loaded.iter().map(|(s, k)| (s.hosts.clone(), Arc::clone(k))),
+            loaded
+                .iter()
+                .map(|(s, k)| (s.hosts.clone(), Arc::clone(k)))
+                .chain(extra),
             default_host,
             reject_unknown_sni,
         )

@@ -120,6 +120,7 @@ impl Admin {
             (Method::POST, p) if p.starts_with("/rollouts/") => self.rollout_action(p, req).await,
             (Method::GET, "/explain") => self.explain(req.uri().query().unwrap_or_default()),
             (Method::GET, "/cache") => self.cache_status(),
+            (Method::GET, "/certs") => self.certs(),
             (Method::POST, "/cache/purge") => self.purge(req).await,
             (Method::GET, "/demo/origins") => match &self.demo {
                 Some(demo) => json_response(StatusCode::OK, &demo.list()),
@@ -129,7 +130,7 @@ impl Admin {
             (
                 _,
                 "/status" | "/metrics" | "/reload" | "/demo/origins" | "/rollouts" | "/events"
-                | "/cache" | "/cache/purge",
+                | "/cache" | "/cache/purge" | "/certs",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
@@ -222,6 +223,54 @@ impl Admin {
             })
             .collect();
         json!(list)
+    }
+
+    /// `GET /certs`: every served certificate (names, expiry, where it comes from) and the
+    /// ACME settings with the next renewal.
+    fn certs(&self) -> Response<Full<Bytes>> {
+        let Some(resolver) = &self.proxy.tls else {
+            return json_response(StatusCode::OK, &json!({ "tls": false, "certificates": [] }));
+        };
+        let store = resolver.current();
+        let active = self.proxy.active_full();
+        let acme = active.snapshot.tls.acme.as_ref();
+        let now = clock::unix_now() as i64;
+        let certificates: Vec<Value> = store
+            .certificates()
+            .into_iter()
+            .map(|(names, not_after)| {
+                let from_file = store
+                    .sources
+                    .iter()
+                    .find(|s| s.hosts.iter().any(|h| names.contains(h)));
+                let is_acme = acme.is_some_and(|a| names.contains(&a.hosts[0]));
+                let source = match (from_file, is_acme) {
+                    (Some(_), true) => "acme".to_string(),
+                    (Some(s), false) => format!("file {}", s.cert_path),
+                    (None, true) => "acme placeholder (not issued yet)".to_string(),
+                    (None, false) => "built-in (dev)".to_string(),
+                };
+                let renewal = match (acme, is_acme && from_file.is_some()) {
+                    (Some(a), true) => json!(not_after - a.renew_before.as_secs() as i64),
+                    _ => Value::Null,
+                };
+                json!({
+                    "names": names,
+                    "not_after_unix": not_after,
+                    "days_left": (not_after - now) / 86_400,
+                    "source": source,
+                    "next_renewal_unix": renewal,
+                })
+            })
+            .collect();
+        let acme = acme.map(|a| {
+            json!({ "directory": a.directory, "hosts": a.hosts, "storage": a.storage,
+                    "renew_before_s": a.renew_before.as_secs() })
+        });
+        json_response(
+            StatusCode::OK,
+            &json!({ "tls": true, "certificates": certificates, "acme": acme }),
+        )
     }
 
     /// `GET /cache`: whether the shared cache is on, its limits and what it holds.

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod cache;
 pub mod classify;

@@ -52,6 +52,12 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if req.uri().path().starts_with(certs::acme::CHALLENGE_PREFIX)
+        && let Some(resp) = crate::acme::challenge_response(&proxy, req.uri().path())
+    {
+        // An ACME CA validating our HTTP-01 challenge; never routed.
+        return Ok(resp.map(Either::Right));
+    }
     let active = proxy.active_full();
     let request_id = classify::ensure_request_id(req.headers_mut());
     let method = req.method().clone();

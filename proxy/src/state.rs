@@ -73,6 +73,8 @@ pub struct Proxy {
     pub rollouts: crate::rollout::Rollouts,
     /// Fleet status for `/status` (None: not in fleet mode), kept fresh by the fleet task.
     pub fleet_status: Mutex<Option<serde_json::Value>>,
+    /// HTTP-01 answers while an ACME order is being validated.
+    pub acme_challenges: Arc<certs::acme::Challenges>,
 }
 
 fn unix_now() -> u64 {
@@ -100,7 +102,7 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, Vec<String>> {
         let text = read(&source)?;
         let snapshot = parse(&text, options.region.as_deref())?;
-        let tls_from_config = !snapshot.tls.certificates.is_empty();
+        let tls_from_config = !snapshot.tls.certificates.is_empty() || snapshot.tls.acme.is_some();
         let tls = if tls_from_config {
             Some(Arc::new(SniResolver::new(load_certs(&snapshot)?)))
         } else if options.want_tls || snapshot.server.https.is_some() {
@@ -131,6 +133,7 @@ impl Proxy {
             region_override: options.region,
             rollouts: crate::rollout::Rollouts::default(),
             fleet_status: Mutex::new(None),
+            acme_challenges: Arc::default(),
         };
         proxy.rollouts.sync(&proxy.active().snapshot);
         Ok(Arc::new(proxy))
@@ -147,6 +150,23 @@ impl Proxy {
 
     /// Re-reads the config (and certificate files) and swaps in the result. On any error the
     /// running state is untouched and every error is returned.
+    /// Rebuilds the certificate store from the current config (new ACME certificate).
+    pub fn reload_tls(&self) {
+        let Some(resolver) = &self.tls else {
+            return;
+        };
+        match load_certs(&self.active().snapshot) {
+            Ok(store) => {
+                telemetry::record_certificates(&store);
+                resolver.swap(store);
+            }
+            Err(errors) => tracing::warn!(
+                ?errors,
+                "certificates not reloaded; the old ones keep serving"
+            ),
+        }
+    }
+
     pub async fn reload(&self) -> Result<String, Vec<String>> {
         self.reload_with(None).await
     }
@@ -196,7 +216,7 @@ impl Proxy {
         }
         let certs = match (&self.tls, self.tls_from_config) {
             (Some(_), true) => Some(load_certs(&snapshot)?),
-            (None, _) if !snapshot.tls.certificates.is_empty() => {
+            (None, _) if !snapshot.tls.certificates.is_empty() || snapshot.tls.acme.is_some() => {
                 warnings.push("certificates configured but no TLS listener is running".to_string());
                 None
             }
@@ -265,7 +285,7 @@ pub fn parse(text: &str, region: Option<&str>) -> Result<Snapshot, Vec<String>> 
 }
 
 fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
-    let sources: Vec<CertSource> = snapshot
+    let mut sources: Vec<CertSource> = snapshot
         .tls
         .certificates
         .iter()
@@ -275,8 +295,28 @@ fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
             key_path: c.key.clone(),
         })
         .collect();
-    CertStore::load(
+    let mut placeholder = None;
+    if let Some(acme) = &snapshot.tls.acme {
+        if certs::acme::stored_not_after(&crate::acme::settings(acme)).is_some() {
+            sources.push(CertSource {
+                hosts: acme.hosts.clone(),
+                cert_path: acme.cert_path(),
+                key_path: acme.key_path(),
+            });
+        } else {
+            // Not issued yet: a self-signed stand-in keeps the listener up meanwhile.
+            let hosts: Vec<&str> = acme.hosts.iter().map(String::as_str).collect();
+            let key = certs::dev::DevCa::new("frontdoor ACME placeholder")
+                .and_then(|ca| ca.issue(&hosts))
+                .map_err(|e| vec![format!("tls.acme: placeholder certificate: {e}")])?
+                .certified_key()
+                .map_err(|e| vec![format!("tls.acme: placeholder certificate: {e}")])?;
+            placeholder = Some((acme.hosts.clone(), Arc::new(key)));
+        }
+    }
+    CertStore::load_with(
         &sources,
+        placeholder.into_iter().collect(),
         snapshot.tls.default_host.as_deref(),
         snapshot.tls.reject_unknown_sni,
     )

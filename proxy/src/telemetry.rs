@@ -52,6 +52,9 @@ pub const CACHE_BYTES: &str = "frontdoor_cache_bytes";
 /// Keys held by the shared cache.
 pub const CACHE_ENTRIES: &str = "frontdoor_cache_entries";
 
+/// ACME issuance attempts by result (`ok`, `failed`).
+pub const ACME_ISSUANCES: &str = "frontdoor_acme_issuances_total";
+
 pub const L_ROUTE: &str = "route";
 pub const L_CLUSTER: &str = "cluster";
 pub const L_CLASS: &str = "class";

@@ -183,6 +183,28 @@ pub struct RawTls {
     pub default_host: Option<String>,
     #[serde(default)]
     pub reject_unknown_sni: bool,
+    /// Certificates issued and renewed automatically by an ACME CA (RFC 8555).
+    pub acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`: one certificate for `hosts`, issued with HTTP-01 challenges that frontdoor's
+/// own HTTP listener answers, kept in `storage`, renewed `renew_before` its expiry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// The CA's directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// Contact URIs for the account, e.g. `["mailto:ops@example.com"]`.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Exact DNS names on the certificate (the first names the files).
+    pub hosts: Vec<String>,
+    /// Directory for the account credentials and the issued certificate and key.
+    pub storage: String,
+    /// Renew this long before expiry. Default `"30d"`.
+    pub renew_before: Option<String>,
+    /// Extra root (PEM) trusted for the CA's own HTTPS, for a private or test CA.
+    pub ca_file: Option<String>,
 }
 
 /// One certificate chain and key, in PEM files, for a set of host patterns.

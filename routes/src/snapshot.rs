@@ -122,6 +122,37 @@ pub struct Tls {
     pub certificates: Vec<CertificateSource>,
     pub default_host: Option<String>,
     pub reject_unknown_sni: bool,
+    pub acme: Option<Acme>,
+}
+
+/// Validated `[tls.acme]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub hosts: Vec<String>,
+    pub storage: String,
+    pub renew_before: std::time::Duration,
+    pub ca_file: Option<String>,
+}
+
+impl Acme {
+    /// Where the issued chain and key live.
+    pub fn cert_path(&self) -> String {
+        format!(
+            "{}/{}.crt",
+            self.storage.trim_end_matches('/'),
+            self.hosts[0]
+        )
+    }
+
+    pub fn key_path(&self) -> String {
+        format!(
+            "{}/{}.key",
+            self.storage.trim_end_matches('/'),
+            self.hosts[0]
+        )
+    }
 }
 
 /// A PEM chain + key for some host patterns.

@@ -359,3 +359,53 @@ fn rate_limits_validate() {
         );
     }
 }
+
+#[test]
+fn acme_settings_validate() {
+    let ok = snapshot(
+        r#"
+[[routes]]
+cluster = "app"
+[tls]
+default_host = "shop.example.com"
+[tls.acme]
+directory = "https://acme.example/dir"
+contact = ["mailto:ops@example.com"]
+hosts = ["Shop.example.com", "www.example.com"]
+storage = "/var/lib/frontdoor/acme"
+"#,
+    );
+    let acme = ok.tls.acme.as_ref().expect("acme");
+    assert_eq!(acme.hosts, ["shop.example.com", "www.example.com"]);
+    assert_eq!(
+        acme.renew_before,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(
+        acme.cert_path(),
+        "/var/lib/frontdoor/acme/shop.example.com.crt"
+    );
+    let errors = errors_of(&format!(
+        "{BASE}\n{}",
+        r#"
+[[routes]]
+cluster = "app"
+[tls.acme]
+directory = "http://acme.example/dir"
+contact = ["ops@example.com"]
+hosts = ["*.example.com"]
+storage = ""
+renew_before = "soon"
+"#
+    ))
+    .join("\n");
+    for want in [
+        "tls.acme.directory: must be an https:// URL",
+        "tls.acme.hosts[0]: wildcards need DNS-01",
+        "tls.acme.contact[0]: use mailto: URIs",
+        "tls.acme.storage: must name a directory",
+        "tls.acme.renew_before:",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
+    }
+}

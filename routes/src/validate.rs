@@ -330,13 +330,56 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
     }
     if let Some(d) = &t.default_host
         && !certificates.iter().any(|c| c.hosts.iter().any(|h| h == d))
+        && !t
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.hosts.iter().any(|h| h.eq_ignore_ascii_case(d)))
     {
         errors.push(
             "tls.default_host",
             format!("{d:?} is not in any certificate's hosts"),
         );
     }
-    if raw.server.https.is_some() && certificates.is_empty() {
+    let acme = t.acme.as_ref().map(|a| {
+        if !a.directory.starts_with("https://") {
+            errors.push("tls.acme.directory", "must be an https:// URL");
+        }
+        if a.hosts.is_empty() {
+            errors.push("tls.acme.hosts", "must list at least one host");
+        }
+        for (j, h) in a.hosts.iter().enumerate() {
+            if h.starts_with("*.") {
+                errors.push(
+                    format!("tls.acme.hosts[{j}]"),
+                    "wildcards need DNS-01, which is not supported; list exact names",
+                );
+            } else if let Err(e) = check_host_pattern(h) {
+                errors.push(format!("tls.acme.hosts[{j}]"), e);
+            }
+        }
+        for (j, c) in a.contact.iter().enumerate() {
+            if !c.starts_with("mailto:") {
+                errors.push(format!("tls.acme.contact[{j}]"), "use mailto: URIs");
+            }
+        }
+        if a.storage.trim().is_empty() {
+            errors.push("tls.acme.storage", "must name a directory");
+        }
+        let renew_before = errors.duration(
+            "tls.acme.renew_before".into(),
+            a.renew_before.as_ref(),
+            Duration::from_secs(30 * 86_400),
+        );
+        crate::snapshot::Acme {
+            directory: a.directory.clone(),
+            contact: a.contact.clone(),
+            hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            storage: a.storage.clone(),
+            renew_before,
+            ca_file: a.ca_file.clone(),
+        }
+    });
+    if raw.server.https.is_some() && certificates.is_empty() && acme.is_none() {
         errors.push(
             "tls.certificates",
             "server.https is set but no certificate is configured",
@@ -346,6 +389,7 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
         certificates,
         default_host: t.default_host.clone(),
         reject_unknown_sni: t.reject_unknown_sni,
+        acme,
     }
 }
 

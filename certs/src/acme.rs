@@ -1,0 +1,233 @@
+//! ACME (RFC 8555) issuance with instant-acme: one certificate for a list of names, validated
+//! with HTTP-01 challenges that frontdoor's own HTTP listener answers from [`Challenges`].
+//! The account credentials and the issued chain and key are kept on disk (key files 0600,
+//! written to a temporary name and renamed, so a reader never sees half a file).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+/// What to issue and where to keep it.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub hosts: Vec<String>,
+    pub storage: PathBuf,
+    /// Extra root (PEM file) for the CA's own HTTPS.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl AcmeSettings {
+    pub fn cert_path(&self) -> PathBuf {
+        self.storage.join(format!("{}.crt", self.hosts[0]))
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.storage.join(format!("{}.key", self.hosts[0]))
+    }
+
+    fn account_path(&self) -> PathBuf {
+        self.storage.join("account.json")
+    }
+}
+
+/// HTTP-01 tokens awaiting validation: token → key authorization.
+#[derive(Debug, Default)]
+pub struct Challenges(RwLock<HashMap<String, String>>);
+
+impl Challenges {
+    /// The key authorization for a token, if one is being validated.
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    fn set(&self, token: &str, value: Option<String>) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match value {
+            Some(v) => map.insert(token.to_string(), v),
+            None => map.remove(token),
+        };
+    }
+}
+
+/// The path prefix HTTP-01 validation requests use.
+pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The stored certificate's expiry (Unix seconds), when a readable, matching pair is on disk.
+pub fn stored_not_after(settings: &AcmeSettings) -> Option<i64> {
+    let cert = settings.cert_path();
+    let key = settings.key_path();
+    let certified = crate::load_certified_key(cert.to_str()?, key.to_str()?).ok()?;
+    crate::not_after_unix(certified.cert.first()?.as_ref())
+}
+
+/// Issues a certificate for `settings.hosts` and stores it. Returns its expiry.
+pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Result<i64, String> {
+    std::fs::create_dir_all(&settings.storage)
+        .map_err(|e| format!("{}: {e}", settings.storage.display()))?;
+    let account = account(settings).await?;
+    let identifiers: Vec<Identifier> = settings
+        .hosts
+        .iter()
+        .map(|h| Identifier::Dns(h.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+
+    // Publish every pending challenge's answer, then tell the CA to validate.
+    let mut tokens = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let mut challenge = authz
+                .challenge(ChallengeType::Http01)
+                .ok_or("the CA offers no http-01 challenge")?;
+            let token = challenge.token.clone();
+            challenges.set(
+                &token,
+                Some(challenge.key_authorization().as_str().to_string()),
+            );
+            tokens.push(token);
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge ready: {e}"))?;
+        }
+        let retries = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(Duration::from_secs(90));
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .map_err(|e| format!("validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("order is {status:?} after validation"));
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&retries)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        Ok((chain_pem, key_pem))
+    }
+    .await;
+    for t in &tokens {
+        challenges.set(t, None);
+    }
+    let (chain_pem, key_pem) = result?;
+    write_private(
+        &settings.key_path().with_extension("key.new"),
+        key_pem.as_bytes(),
+    )?;
+    write_private(
+        &settings.cert_path().with_extension("crt.new"),
+        chain_pem.as_bytes(),
+    )?;
+    // The pair must load and match before it replaces anything.
+    let check = crate::load_certified_key(
+        &settings
+            .cert_path()
+            .with_extension("crt.new")
+            .to_string_lossy(),
+        &settings
+            .key_path()
+            .with_extension("key.new")
+            .to_string_lossy(),
+    )
+    .map_err(|e| format!("issued certificate unusable: {e}"))?;
+    let not_after = check
+        .cert
+        .first()
+        .and_then(|c| crate::not_after_unix(c.as_ref()))
+        .ok_or("issued certificate has no readable expiry")?;
+    rename(
+        &settings.key_path().with_extension("key.new"),
+        &settings.key_path(),
+    )?;
+    rename(
+        &settings.cert_path().with_extension("crt.new"),
+        &settings.cert_path(),
+    )?;
+    Ok(not_after)
+}
+
+/// The stored account, or a new one (saved before use).
+async fn account(settings: &AcmeSettings) -> Result<Account, String> {
+    let builder = || {
+        match &settings.ca_file {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        }
+        .map_err(|e| format!("ACME client: {e}"))
+    };
+    let path = settings.account_path();
+    if let Ok(text) = std::fs::read(&path) {
+        let credentials: AccountCredentials =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        return builder()?
+            .from_credentials(credentials)
+            .await
+            .map_err(|e| format!("account: {e}"));
+    }
+    let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder()?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            settings.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("new account at {}: {e}", settings.directory))?;
+    let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
+    write_private(&path, &json)?;
+    Ok(account)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    rename(&tmp, path)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::rename(from, to).map_err(|e| format!("{} → {}: {e}", from.display(), to.display()))
+}

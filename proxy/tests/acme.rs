@@ -1,0 +1,255 @@
+//! ACME issuance end to end against a real CA: Debian's `pebble` (Let's Encrypt's test server)
+//! with `pebble-challtestsrv` as its DNS (every name → 127.0.0.1), both on free loopback ports.
+//! Pebble really validates the HTTP-01 challenge against frontdoor's own HTTP listener.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{eventually, start_with};
+use frontdoor::server::StartOptions;
+use frontdoor::state::ConfigSource;
+use loadtest::Origin;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Kills the child on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Pebble {
+    _dns: Killed,
+    _pebble: Killed,
+    directory: String,
+    management: SocketAddr,
+    /// Root that signed pebble's own HTTPS certificate (ours).
+    https_ca: String,
+    https_ca_file: String,
+}
+
+async fn start_pebble(dir: &Path, http01_port: u16) -> Pebble {
+    let ca = certs::dev::DevCa::new("pebble https test CA").expect("ca");
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]).expect("leaf");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let cert = write("pebble-cert.pem", &leaf.cert_pem);
+    let key = write("pebble-key.pem", &leaf.key_pem);
+    let https_ca_file = write("pebble-https-ca.pem", &ca.cert_pem);
+    let (listen, management, tls_port, dns, dns_mgmt) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let config = write(
+        "pebble-config.json",
+        &serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": http01_port, "tlsPort": tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+        }})
+        .to_string(),
+    );
+    let dns_srv = Killed(
+        Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (Debian package pebble) is installed"),
+    );
+    let pebble = Killed(
+        Command::new("pebble")
+            .args([
+                "-config",
+                &config,
+                "-dnsserver",
+                &format!("127.0.0.1:{dns}"),
+            ])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble (Debian package pebble) is installed"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    eventually("pebble listens", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    Pebble {
+        _dns: dns_srv,
+        _pebble: pebble,
+        directory: format!("https://localhost:{listen}/dir"),
+        management: format!("127.0.0.1:{management}").parse().expect("addr"),
+        https_ca: ca.cert_pem.clone(),
+        https_ca_file,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_issues_a_certificate_validated_over_our_http_listener() {
+    certs::install_crypto_provider();
+    let dir = tempdir();
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port).await;
+    let origin = Origin::builder().start().await.expect("origin");
+    let storage = dir.join("acme");
+    let config = format!(
+        r#"
+[clusters.app]
+endpoints = [{{ address = "{}" }}]
+[[routes]]
+cluster = "app"
+[tls.acme]
+directory = "{}"
+contact = ["mailto:ops@shop.test"]
+hosts = ["shop.test", "www.shop.test"]
+storage = "{}"
+ca_file = "{}"
+"#,
+        origin.addr,
+        pebble.directory,
+        storage.display(),
+        pebble.https_ca_file
+    );
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        http: Some(format!("127.0.0.1:{http_port}").parse().expect("addr")),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https listener");
+
+    // Before issuance a placeholder serves; after it, the CA's chain, stored on disk.
+    let cert_file = storage.join("shop.test.crt");
+    let cert_ref = &cert_file;
+    eventually("the certificate is issued and stored", || async move {
+        cert_ref.exists()
+    })
+    .await;
+    assert!(storage.join("account.json").exists(), "account persisted");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(storage.join("shop.test.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+    }
+
+    // Pebble's root, from its management API (served with our test CA's certificate).
+    let (_, roots) = loadtest::client::tls_get(
+        pebble.management,
+        "localhost",
+        &pebble.https_ca,
+        &[b"http/1.1"],
+        "/roots/0",
+    )
+    .await
+    .expect("pebble root");
+    let root = roots.text();
+    assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
+    for name in ["shop.test", "www.shop.test"] {
+        let root = root.clone();
+        eventually("handshakes verify against pebble's root", || {
+            let root = root.clone();
+            async move {
+                loadtest::client::tls_get(https, name, &root, &[b"http/1.1"], "/")
+                    .await
+                    .is_ok_and(|(_, r)| r.status == http::StatusCode::OK)
+            }
+        })
+        .await;
+    }
+
+    // proxyctl certs lists it with its source and next renewal.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"))
+        .args([
+            "--admin",
+            &format!("http://{}", fd.admin),
+            "--token",
+            common::TOKEN,
+        ])
+        .args(["--json", "certs"])
+        .output()
+        .expect("proxyctl");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let cert = &v["certificates"][0];
+    assert_eq!(
+        cert["names"],
+        serde_json::json!(["shop.test", "www.shop.test"]),
+        "{v}"
+    );
+    assert_eq!(cert["source"], "acme", "{v}");
+    assert!(cert["next_renewal_unix"].as_i64().is_some(), "{v}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"))
+        .args([
+            "--admin",
+            &format!("http://{}", fd.admin),
+            "--token",
+            common::TOKEN,
+            "certs",
+        ])
+        .output()
+        .expect("proxyctl");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("shop.test,www.shop.test") && table.contains("acme"),
+        "{table}"
+    );
+
+    // The stored pair loads and is what a restart would serve without a new order.
+    fd.shutdown().await;
+    let settings = certs::acme::AcmeSettings {
+        directory: pebble.directory.clone(),
+        contact: vec![],
+        hosts: vec!["shop.test".into()],
+        storage: storage.clone(),
+        ca_file: None,
+    };
+    let not_after = certs::acme::stored_not_after(&settings).expect("stored pair loads");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(not_after > now + 86_400, "valid for more than a day");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let base = std::env::temp_dir().join(format!(
+        "frontdoor-acme-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    ));
+    std::fs::create_dir_all(&base).expect("tempdir");
+    base
+}
