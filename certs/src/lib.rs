@@ -17,7 +17,8 @@ mod x509;
 pub use x509::not_after_unix;
 
 pub use store::{
-    CertError, CertSource, CertStore, SniResolver, load_certified_key, tls_server_config,
+    CertError, CertSource, CertStore, SniResolver, TlsProfile, load_certified_key,
+    tls_server_config,
 };
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Safe to call more than once.

@@ -257,15 +257,58 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// A rustls server config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, certificates from `resolver`.
-pub fn tls_server_config(resolver: Arc<SniResolver>) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+/// The TLS profile of the listener (Mozilla's server-side recommendations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsProfile {
+    /// TLS 1.2 and 1.3; ECDHE with AES-GCM or ChaCha20-Poly1305 only.
+    #[default]
+    Intermediate,
+    /// TLS 1.3 only.
+    Modern,
+}
+
+/// Cipher suites of Mozilla's "intermediate" profile (its TLS 1.3 suites and the six ECDHE
+/// AEAD suites of TLS 1.2), in preference order.
+const INTERMEDIATE_SUITES: [&str; 9] = [
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// The listener's rustls config: the profile's versions and suites, SNI from `resolver`, ALPN
+/// `h2` then `http/1.1`, and session resumption with both a session cache and tickets.
+pub fn tls_server_config(resolver: Arc<SniResolver>, profile: TlsProfile) -> rustls::ServerConfig {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|s| {
+        let name = format!("{:?}", s.suite());
+        INTERMEDIATE_SUITES.contains(&name.as_str())
+    });
+    provider.cipher_suites.sort_by_key(|s| {
+        let name = format!("{:?}", s.suite());
+        INTERMEDIATE_SUITES.iter().position(|n| *n == name)
+    });
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match profile {
+        TlsProfile::Intermediate => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsProfile::Modern => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(t) => config.ticketer = t,
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS session tickets (the session cache still resumes)")
+        }
+    }
     config
 }
 
@@ -359,5 +402,114 @@ mod tests {
         let errs = CertStore::load(&sources, None, false).expect_err("one bad source");
         assert_eq!(errs.len(), 1);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Runs a handshake in memory; the client's view when it completes.
+    fn handshake(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+        name: &str,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+        let mut c = rustls::ClientConnection::new(client, server_name)?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).expect("client writes");
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut buf.as_slice()).expect("server reads");
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).expect("server writes");
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut buf.as_slice()).expect("client reads");
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                // Let the client take in the server's tickets.
+                let mut buf = Vec::new();
+                while s.wants_write() {
+                    s.write_tls(&mut buf).expect("server writes");
+                }
+                if !buf.is_empty() {
+                    c.read_tls(&mut buf.as_slice()).expect("client reads");
+                    c.process_new_packets()?;
+                }
+                return Ok(c);
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn client(
+        ca_pem: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+
+    #[test]
+    fn profiles_versions_suites_and_resumption() {
+        let ca = dev::DevCa::new("profile CA").expect("ca");
+        let leaf = ca.issue(&["shop.example.com"]).expect("leaf");
+        let store = CertStore::from_keys(
+            [(
+                vec!["shop.example.com".to_string()],
+                Arc::new(leaf.certified_key().expect("key")),
+            )],
+            None,
+            false,
+        )
+        .expect("store");
+        let resolver = Arc::new(SniResolver::new(store));
+        let intermediate = Arc::new(tls_server_config(
+            Arc::clone(&resolver),
+            TlsProfile::Intermediate,
+        ));
+        let modern = Arc::new(tls_server_config(resolver, TlsProfile::Modern));
+        for s in intermediate.crypto_provider().cipher_suites.iter() {
+            let name = format!("{:?}", s.suite());
+            assert!(INTERMEDIATE_SUITES.contains(&name.as_str()), "{name}");
+        }
+        assert_eq!(intermediate.crypto_provider().cipher_suites.len(), 9);
+        let tls12 = client(&ca.cert_pem, &[&rustls::version::TLS12]);
+        let c = handshake(
+            Arc::clone(&tls12),
+            Arc::clone(&intermediate),
+            "shop.example.com",
+        )
+        .expect("TLS 1.2 under intermediate");
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        assert!(
+            handshake(tls12, Arc::clone(&modern), "shop.example.com").is_err(),
+            "modern refuses TLS 1.2"
+        );
+        // Resumption: the second handshake of the same client resumes (TLS 1.3 tickets).
+        let tls13 = client(&ca.cert_pem, &[&rustls::version::TLS13]);
+        let first =
+            handshake(Arc::clone(&tls13), Arc::clone(&modern), "shop.example.com").expect("first");
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let second = handshake(tls13, modern, "shop.example.com").expect("second");
+        assert_eq!(
+            second.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
     }
 }

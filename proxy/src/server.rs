@@ -113,8 +113,14 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
                 .tls
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(resolver)));
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(
+                resolver,
+                if proxy.active().snapshot.tls.modern {
+                    certs::TlsProfile::Modern
+                } else {
+                    certs::TlsProfile::Intermediate
+                },
+            )));
             Some(
                 spawn_proxy_listener(
                     "https",

@@ -183,6 +183,9 @@ pub struct RawTls {
     pub default_host: Option<String>,
     #[serde(default)]
     pub reject_unknown_sni: bool,
+    /// `"intermediate"` (default: TLS 1.2 and 1.3, Mozilla's intermediate suites) or
+    /// `"modern"` (TLS 1.3 only). Takes effect at start.
+    pub profile: Option<String>,
     /// Certificates issued and renewed automatically by an ACME CA (RFC 8555).
     pub acme: Option<RawAcme>,
 }

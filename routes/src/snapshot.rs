@@ -122,6 +122,8 @@ pub struct Tls {
     pub certificates: Vec<CertificateSource>,
     pub default_host: Option<String>,
     pub reject_unknown_sni: bool,
+    /// TLS 1.3 only (Mozilla "modern"); otherwise "intermediate".
+    pub modern: bool,
     pub acme: Option<Acme>,
 }
 

@@ -389,6 +389,17 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
         certificates,
         default_host: t.default_host.clone(),
         reject_unknown_sni: t.reject_unknown_sni,
+        modern: match t.profile.as_deref() {
+            None | Some("intermediate") => false,
+            Some("modern") => true,
+            Some(other) => {
+                errors.push(
+                    "tls.profile",
+                    format!("{other:?} is not one of \"intermediate\", \"modern\""),
+                );
+                false
+            }
+        },
         acme,
     }
 }
