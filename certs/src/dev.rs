@@ -44,9 +44,23 @@ impl DevCa {
 
     /// Issues an ECDSA P-256 leaf for `names` (DNS names or IP addresses).
     pub fn issue(&self, names: &[&str]) -> Result<DevCert, rcgen::Error> {
+        self.issue_valid(names, None)
+    }
+
+    /// Like [`DevCa::issue`], valid from `(not_before, not_after)` as (year, month, day).
+    #[allow(clippy::type_complexity)]
+    pub fn issue_valid(
+        &self,
+        names: &[&str],
+        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> Result<DevCert, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        }
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }

@@ -60,6 +60,31 @@ pub fn load_certified_key(cert_path: &str, key_path: &str) -> Result<CertifiedKe
         key: key_path.to_string(),
         message: e.to_string(),
     })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match certified
+        .cert
+        .first()
+        .and_then(|c| crate::not_after_unix(c))
+    {
+        Some(not_after) if not_after <= now => {
+            return Err(file_err(
+                cert_path,
+                format!(
+                    "certificate expired (notAfter {not_after}, {} days ago)",
+                    (now - not_after) / 86_400
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(file_err(
+                cert_path,
+                "certificate has no readable notAfter".into(),
+            ));
+        }
+    }
     Ok(certified)
 }
 

@@ -557,3 +557,88 @@ async fn demo_fault_injection_through_the_admin_api() {
     assert_eq!(list["us-central1/stable"]["requests"], 3);
     fd.shutdown().await;
 }
+
+/// Rotations while handshakes run: every handshake succeeds, before, during and after 20
+/// rotations and a rejected expired certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_load_fails_no_handshake() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = temp_dir("rotation");
+    let ca = certs::dev::DevCa::new("rotation CA").expect("ca");
+    let pairs: Vec<certs::dev::DevCert> = (0..2)
+        .map(|_| ca.issue(&["a.test"]).expect("leaf"))
+        .collect();
+    let expired = ca
+        .issue_valid(&["a.test"], Some(((2020, 1, 1), (2021, 1, 1))))
+        .expect("expired leaf");
+    let cert = dir.join("a.pem");
+    let key = dir.join("a.key");
+    let put = |pair: &certs::dev::DevCert| {
+        std::fs::write(&cert, &pair.cert_pem).expect("write");
+        std::fs::write(&key, &pair.key_pem).expect("write");
+    };
+    put(&pairs[0]);
+    let config = format!(
+        "[[tls.certificates]]\nhosts = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cert.display(),
+        key.display(),
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &config).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.clone())),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, ca_pem) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            ca.cert_pem.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match loadtest::client::tls_get(https, "a.test", &ca_pem, &[b"http/1.1"], "/").await
+                {
+                    Ok((_, r)) if r.status == StatusCode::OK => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for i in 0..20 {
+        put(&pairs[i % 2]);
+        fd.proxy.reload().await.expect("rotation accepted");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    put(&expired);
+    let errors = fd
+        .proxy
+        .reload()
+        .await
+        .expect_err("expired certificate rejected");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("a.pem") && e.contains("expired")),
+        "{errors:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(failed, 0, "{failed} failed handshakes of {}", ok + failed);
+    assert!(ok >= 20, "only {ok} handshakes ran");
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}
