@@ -193,10 +193,15 @@ where
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %addr, "TLS handshake failed");
+                            let reason = handshake_failure_reason(&e);
+                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => reason).increment(1);
+                            tracing::debug!(error = %e, %addr, reason, "TLS handshake failed");
                             return;
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => "timeout").increment(1);
+                            return;
+                        }
                     };
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -209,4 +214,19 @@ where
     tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_ok()
+}
+
+/// A short label for why a TLS handshake failed, for the metric.
+fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as T;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<T>()) {
+        Some(T::PeerIncompatible(_)) => "incompatible",
+        Some(T::AlertReceived(_)) => "client_alert",
+        Some(T::InvalidMessage(_))
+        | Some(T::InappropriateMessage { .. })
+        | Some(T::InappropriateHandshakeMessage { .. }) => "invalid_message",
+        Some(T::General(m)) if m.contains("certificate") => "no_certificate",
+        Some(_) => "other",
+        None => "io",
+    }
 }

@@ -52,6 +52,9 @@ pub const CACHE_BYTES: &str = "frontdoor_cache_bytes";
 /// Keys held by the shared cache.
 pub const CACHE_ENTRIES: &str = "frontdoor_cache_entries";
 
+/// Failed TLS handshakes by reason (`incompatible`, `client_alert`, `invalid_message`,
+/// `no_certificate`, `timeout`, `io`, `other`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "frontdoor_tls_handshake_failures_total";
 /// ACME issuance attempts by result (`ok`, `failed`).
 pub const ACME_ISSUANCES: &str = "frontdoor_acme_issuances_total";
 

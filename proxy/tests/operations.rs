@@ -458,6 +458,11 @@ async fn tls_sni_alpn_and_certificate_rotation() {
         metrics.contains("frontdoor_certificate_not_after_timestamp_seconds{name=\"*.b.test\"}"),
         "{metrics}"
     );
+    // The client that could not verify c.test's certificate hung up with an alert.
+    assert!(
+        metrics.contains("frontdoor_tls_handshake_failures_total{reason=\"client_alert\"}"),
+        "{metrics}"
+    );
     assert!(
         loadtest::client::tls_get(https, "a.test", &ca2.cert_pem, &[b"h2"], "/")
             .await
