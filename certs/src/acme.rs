@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::sign::CertifiedKey;
+
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
@@ -22,6 +24,7 @@ pub struct AcmeSettings {
     pub storage: PathBuf,
     /// Extra root (PEM file) for the CA's own HTTPS.
     pub ca_file: Option<PathBuf>,
+    pub challenge: Challenge,
 }
 
 impl AcmeSettings {
@@ -38,27 +41,81 @@ impl AcmeSettings {
     }
 }
 
-/// HTTP-01 tokens awaiting validation: token → key authorization.
+/// Which challenge proves control of the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Challenge {
+    /// A token served at `/.well-known/acme-challenge/` on port 80.
+    #[default]
+    Http01,
+    /// A validation certificate offered on port 443 to ALPN `acme-tls/1` (RFC 8737).
+    TlsAlpn01,
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Challenge answers while an order is being validated: HTTP-01 tokens (token → key
+/// authorization) and TLS-ALPN-01 certificates (name → certificate).
 #[derive(Debug, Default)]
-pub struct Challenges(RwLock<HashMap<String, String>>);
+pub struct Challenges {
+    http: RwLock<HashMap<String, String>>,
+    alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+}
 
 impl Challenges {
     /// The key authorization for a token, if one is being validated.
     pub fn get(&self, token: &str) -> Option<String> {
-        self.0
+        self.http
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
             .cloned()
     }
 
+    /// The TLS-ALPN-01 certificate for a name, if one is being validated.
+    pub fn alpn_certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
     fn set(&self, token: &str, value: Option<String>) {
-        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.http.write().unwrap_or_else(|p| p.into_inner());
         match value {
             Some(v) => map.insert(token.to_string(), v),
             None => map.remove(token),
         };
     }
+
+    fn set_alpn(&self, name: &str, value: Option<Arc<CertifiedKey>>) {
+        let mut map = self.alpn.write().unwrap_or_else(|p| p.into_inner());
+        let name = name.to_ascii_lowercase();
+        match value {
+            Some(v) => map.insert(name, v),
+            None => map.remove(&name),
+        };
+    }
+}
+
+/// The self-signed certificate for `name` carrying the acmeIdentifier extension with the
+/// SHA-256 of the key authorization (RFC 8737 §3).
+fn alpn_certificate(name: &str, key_authorization_sha256: &[u8]) -> Result<CertifiedKey, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        key_authorization_sha256,
+    )];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| e.to_string())?;
+    let signing = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
 }
 
 /// The path prefix HTTP-01 validation requests use.
@@ -88,7 +145,11 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
         .map_err(|e| format!("new order: {e}"))?;
 
     // Publish every pending challenge's answer, then tell the CA to validate.
-    let mut tokens = Vec::new();
+    enum Published {
+        Token(String),
+        Name(String),
+    }
+    let mut published = Vec::new();
     let result = async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -98,15 +159,27 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
                 AuthorizationStatus::Pending => {}
                 other => return Err(format!("authorization is {other:?}")),
             }
+            let kind = match settings.challenge {
+                Challenge::Http01 => ChallengeType::Http01,
+                Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let name = authz.identifier().to_string();
             let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no http-01 challenge")?;
-            let token = challenge.token.clone();
-            challenges.set(
-                &token,
-                Some(challenge.key_authorization().as_str().to_string()),
-            );
-            tokens.push(token);
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+            let key_authorization = challenge.key_authorization();
+            match settings.challenge {
+                Challenge::Http01 => {
+                    let token = challenge.token.clone();
+                    challenges.set(&token, Some(key_authorization.as_str().to_string()));
+                    published.push(Published::Token(token));
+                }
+                Challenge::TlsAlpn01 => {
+                    let cert = alpn_certificate(&name, key_authorization.digest().as_ref())?;
+                    challenges.set_alpn(&name, Some(Arc::new(cert)));
+                    published.push(Published::Name(name));
+                }
+            }
             challenge
                 .set_ready()
                 .await
@@ -133,8 +206,11 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
         Ok((chain_pem, key_pem))
     }
     .await;
-    for t in &tokens {
-        challenges.set(t, None);
+    for p in &published {
+        match p {
+            Published::Token(t) => challenges.set(t, None),
+            Published::Name(n) => challenges.set_alpn(n, None),
+        }
     }
     let (chain_pem, key_pem) = result?;
     write_private(

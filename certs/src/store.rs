@@ -257,12 +257,26 @@ impl CertStore {
 #[derive(Debug)]
 pub struct SniResolver {
     store: ArcSwap<CertStore>,
+    /// TLS-ALPN-01 validation certificates (RFC 8737), by server name.
+    challenges: Option<Arc<crate::acme::Challenges>>,
 }
 
 impl SniResolver {
     pub fn new(store: CertStore) -> SniResolver {
         SniResolver {
             store: ArcSwap::from_pointee(store),
+            challenges: None,
+        }
+    }
+
+    /// A resolver that also answers TLS-ALPN-01 validation handshakes from `challenges`.
+    pub fn with_challenges(
+        store: CertStore,
+        challenges: Arc<crate::acme::Challenges>,
+    ) -> SniResolver {
+        SniResolver {
+            store: ArcSwap::from_pointee(store),
+            challenges: Some(challenges),
         }
     }
 
@@ -277,6 +291,14 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if validating {
+            // Only the validation certificate answers acme-tls/1, never a served one.
+            let name = hello.server_name()?;
+            return self.challenges.as_ref()?.alpn_certificate(name);
+        }
         self.store.load().find(hello.server_name())
     }
 }
@@ -327,7 +349,12 @@ pub fn tls_server_config(resolver: Arc<SniResolver>, profile: TlsProfile) -> rus
         .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // acme-tls/1 last: only a CA validating a TLS-ALPN-01 challenge offers it.
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        crate::acme::ACME_TLS_ALPN.to_vec(),
+    ];
     match rustls::crypto::aws_lc_rs::Ticketer::new() {
         Ok(t) => config.ticketer = t,
         Err(e) => {

@@ -24,6 +24,11 @@ pub fn settings(acme: &routes::Acme) -> certs::acme::AcmeSettings {
         hosts: acme.hosts.clone(),
         storage: acme.storage.clone().into(),
         ca_file: acme.ca_file.clone().map(Into::into),
+        challenge: if acme.tls_alpn {
+            certs::acme::Challenge::TlsAlpn01
+        } else {
+            certs::acme::Challenge::Http01
+        },
     }
 }
 

@@ -191,6 +191,13 @@ where
                     )
                     .await
                     {
+                        // A CA's TLS-ALPN-01 validation: the handshake was the answer.
+                        Ok(Ok(s))
+                            if s.get_ref().1.alpn_protocol()
+                                == Some(certs::acme::ACME_TLS_ALPN) =>
+                        {
+                            return;
+                        }
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             let reason = handshake_failure_reason(&e);

@@ -103,8 +103,12 @@ impl Proxy {
         let text = read(&source)?;
         let snapshot = parse(&text, options.region.as_deref())?;
         let tls_from_config = !snapshot.tls.certificates.is_empty() || snapshot.tls.acme.is_some();
+        let acme_challenges: Arc<certs::acme::Challenges> = Arc::default();
         let tls = if tls_from_config {
-            Some(Arc::new(SniResolver::new(load_certs(&snapshot)?)))
+            Some(Arc::new(SniResolver::with_challenges(
+                load_certs(&snapshot)?,
+                Arc::clone(&acme_challenges),
+            )))
         } else if options.want_tls || snapshot.server.https.is_some() {
             let store = options.fallback_certs.ok_or_else(|| {
                 vec!["tls: an HTTPS listener needs [tls] certificates".to_string()]
@@ -133,7 +137,7 @@ impl Proxy {
             region_override: options.region,
             rollouts: crate::rollout::Rollouts::default(),
             fleet_status: Mutex::new(None),
-            acme_challenges: Arc::default(),
+            acme_challenges,
         };
         proxy.rollouts.sync(&proxy.active().snapshot);
         Ok(Arc::new(proxy))

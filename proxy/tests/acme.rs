@@ -41,7 +41,7 @@ struct Pebble {
     https_ca_file: String,
 }
 
-async fn start_pebble(dir: &Path, http01_port: u16) -> Pebble {
+async fn start_pebble(dir: &Path, http01_port: u16, tls_alpn_port: u16) -> Pebble {
     let ca = certs::dev::DevCa::new("pebble https test CA").expect("ca");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]).expect("leaf");
     let write = |name: &str, text: &str| {
@@ -52,20 +52,14 @@ async fn start_pebble(dir: &Path, http01_port: u16) -> Pebble {
     let cert = write("pebble-cert.pem", &leaf.cert_pem);
     let key = write("pebble-key.pem", &leaf.key_pem);
     let https_ca_file = write("pebble-https-ca.pem", &ca.cert_pem);
-    let (listen, management, tls_port, dns, dns_mgmt) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let (listen, management, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
     let config = write(
         "pebble-config.json",
         &serde_json::json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
             "certificate": cert, "privateKey": key,
-            "httpPort": http01_port, "tlsPort": tls_port,
+            "httpPort": http01_port, "tlsPort": tls_alpn_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": false,
         }})
         .to_string(),
@@ -112,10 +106,21 @@ async fn start_pebble(dir: &Path, http01_port: u16) -> Pebble {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pebble_issues_a_certificate_validated_over_our_http_listener() {
+    issue_and_serve("http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_issues_a_certificate_validated_over_tls_alpn() {
+    issue_and_serve("tls-alpn-01").await;
+}
+
+/// Pebble validates `challenge` against this front door (HTTP listener on its HTTP-01 port,
+/// TLS listener on its TLS-ALPN-01 port), issues, and the TLS listener then serves the chain.
+async fn issue_and_serve(challenge: &str) {
     certs::install_crypto_provider();
     let dir = tempdir();
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port).await;
+    let (http_port, https_port) = (free_port(), free_port());
+    let pebble = start_pebble(&dir, http_port, https_port).await;
     let origin = Origin::builder().start().await.expect("origin");
     let storage = dir.join("acme");
     let config = format!(
@@ -130,6 +135,7 @@ contact = ["mailto:ops@shop.test"]
 hosts = ["shop.test", "www.shop.test"]
 storage = "{}"
 ca_file = "{}"
+challenge = "{challenge}"
 "#,
         origin.addr,
         pebble.directory,
@@ -139,7 +145,7 @@ ca_file = "{}"
     let fd = start_with(StartOptions {
         config: Some(ConfigSource::Inline(config)),
         http: Some(format!("127.0.0.1:{http_port}").parse().expect("addr")),
-        https: Some("127.0.0.1:0".parse().expect("addr")),
+        https: Some(format!("127.0.0.1:{https_port}").parse().expect("addr")),
         ..Default::default()
     })
     .await;
@@ -232,6 +238,7 @@ ca_file = "{}"
         hosts: vec!["shop.test".into()],
         storage: storage.clone(),
         ca_file: None,
+        challenge: certs::acme::Challenge::default(),
     };
     let not_after = certs::acme::stored_not_after(&settings).expect("stored pair loads");
     let now = std::time::SystemTime::now()

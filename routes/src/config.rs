@@ -208,6 +208,9 @@ pub struct RawAcme {
     pub renew_before: Option<String>,
     /// Extra root (PEM) trusted for the CA's own HTTPS, for a private or test CA.
     pub ca_file: Option<String>,
+    /// `"http-01"` (default: answered on the HTTP listener, port 80) or `"tls-alpn-01"`
+    /// (answered by the TLS listener, port 443, RFC 8737).
+    pub challenge: Option<String>,
 }
 
 /// One certificate chain and key, in PEM files, for a set of host patterns.

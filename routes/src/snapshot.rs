@@ -136,6 +136,8 @@ pub struct Acme {
     pub storage: String,
     pub renew_before: std::time::Duration,
     pub ca_file: Option<String>,
+    /// TLS-ALPN-01 instead of HTTP-01.
+    pub tls_alpn: bool,
 }
 
 impl Acme {

@@ -377,6 +377,17 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
             storage: a.storage.clone(),
             renew_before,
             ca_file: a.ca_file.clone(),
+            tls_alpn: match a.challenge.as_deref() {
+                None | Some("http-01") => false,
+                Some("tls-alpn-01") => true,
+                Some(other) => {
+                    errors.push(
+                        "tls.acme.challenge",
+                        format!("{other:?} is not one of \"http-01\", \"tls-alpn-01\""),
+                    );
+                    false
+                }
+            },
         }
     });
     if raw.server.https.is_some() && certificates.is_empty() && acme.is_none() {
