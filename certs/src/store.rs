@@ -32,6 +32,8 @@ pub struct CertSource {
     pub hosts: Vec<String>,
     pub cert_path: String,
     pub key_path: String,
+    /// A DER OCSP response stapled to handshakes.
+    pub ocsp_path: Option<String>,
 }
 
 /// Reads a PEM chain and a PEM private key (PKCS#8, PKCS#1 or SEC1) and checks they match.
@@ -86,6 +88,25 @@ pub fn load_certified_key(cert_path: &str, key_path: &str) -> Result<CertifiedKe
         }
     }
     Ok(certified)
+}
+
+/// Attaches the source's OCSP response (DER) when it names one.
+fn staple(mut key: CertifiedKey, source: &CertSource) -> Result<CertifiedKey, CertError> {
+    if let Some(path) = &source.ocsp_path {
+        let der = std::fs::read(path).map_err(|e| CertError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        // An OCSPResponse is a DER SEQUENCE.
+        if der.first() != Some(&0x30) {
+            return Err(CertError::File {
+                path: path.clone(),
+                message: "not a DER OCSP response".into(),
+            });
+        }
+        key.ocsp = Some(der);
+    }
+    Ok(key)
 }
 
 /// An immutable set of certificates indexed by name.
@@ -174,7 +195,7 @@ impl CertStore {
         let mut errors = Vec::new();
         let mut loaded = Vec::new();
         for s in sources {
-            match load_certified_key(&s.cert_path, &s.key_path) {
+            match load_certified_key(&s.cert_path, &s.key_path).and_then(|k| staple(k, s)) {
                 Ok(k) => loaded.push((s, Arc::new(k))),
                 Err(e) => errors.push(e),
             }
@@ -444,11 +465,13 @@ mod tests {
                 hosts: vec!["a.test".into()],
                 cert_path: a_cert.clone(),
                 key_path: a_key,
+                ocsp_path: None,
             },
             CertSource {
                 hosts: vec!["b.test".into()],
                 cert_path: a_cert,
                 key_path: b_key,
+                ocsp_path: None,
             },
         ];
         let errs = CertStore::load(&sources, None, false).expect_err("one bad source");
@@ -563,5 +586,94 @@ mod tests {
             second.handshake_kind(),
             Some(rustls::HandshakeKind::Resumed)
         );
+    }
+
+    /// Accepts any server certificate and keeps the stapled OCSP response it came with.
+    #[derive(Debug)]
+    struct Capture(std::sync::Mutex<Vec<u8>>);
+
+    impl rustls::client::danger::ServerCertVerifier for Capture {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &rustls_pki_types::ServerName<'_>,
+            ocsp_response: &[u8],
+            _now: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            *self.0.lock().expect("lock") = ocsp_response.to_vec();
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[test]
+    fn ocsp_response_is_stapled_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("certs-ocsp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dev::DevCa::new("ocsp CA").expect("ca");
+        let leaf = ca.issue(&["shop.example.com"]).expect("leaf");
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p.to_string_lossy().into_owned()
+        };
+        // Any DER SEQUENCE stands in for a response; the client sees exactly these bytes.
+        let response = [0x30, 0x03, 0x0a, 0x01, 0x00];
+        let source = CertSource {
+            hosts: vec!["shop.example.com".into()],
+            cert_path: write("c.pem", leaf.cert_pem.as_bytes()),
+            key_path: write("k.pem", leaf.key_pem.as_bytes()),
+            ocsp_path: Some(write("ocsp.der", &response)),
+        };
+        let store = CertStore::load(std::slice::from_ref(&source), None, false).expect("store");
+        let server = Arc::new(tls_server_config(
+            Arc::new(SniResolver::new(store)),
+            TlsProfile::Intermediate,
+        ));
+        let capture = Arc::new(Capture(std::sync::Mutex::new(Vec::new())));
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(&capture) as _)
+            .with_no_client_auth(),
+        );
+        handshake(client, server, "shop.example.com").expect("handshake");
+        assert_eq!(*capture.0.lock().expect("lock"), response);
+        // Not DER: rejected with the file named.
+        let bad = CertSource {
+            ocsp_path: Some(write("bad.der", b"hello")),
+            ..source
+        };
+        let errs = CertStore::load(&[bad], None, false).expect_err("bad OCSP file");
+        assert!(errs[0].to_string().contains("bad.der"), "{}", errs[0]);
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -297,6 +297,7 @@ fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
             hosts: c.hosts.clone(),
             cert_path: c.cert.clone(),
             key_path: c.key.clone(),
+            ocsp_path: c.ocsp.clone(),
         })
         .collect();
     let mut placeholder = None;
@@ -306,6 +307,7 @@ fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
                 hosts: acme.hosts.clone(),
                 cert_path: acme.cert_path(),
                 key_path: acme.key_path(),
+                ocsp_path: None,
             });
         } else {
             // Not issued yet: a self-signed stand-in keeps the listener up meanwhile.
@@ -396,6 +398,9 @@ pub fn watched_fingerprint(proxy: &Proxy) -> Option<String> {
     for c in &proxy.active().snapshot.tls.certificates {
         for f in [&c.cert, &c.key] {
             text.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+        }
+        if let Some(ocsp) = &c.ocsp {
+            text.push_str(&format!("{:?}", std::fs::read(ocsp).unwrap_or_default()));
         }
     }
     Some(routes::content_hash(&text))

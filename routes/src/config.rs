@@ -221,6 +221,8 @@ pub struct RawCertificate {
     pub hosts: Vec<String>,
     pub cert: String,
     pub key: String,
+    /// A DER OCSP response to staple (refresh the file; changes are picked up on reload).
+    pub ocsp: Option<String>,
 }
 
 /// An upstream cluster: endpoints in one or more regions, and how to talk to them.

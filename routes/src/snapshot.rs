@@ -165,6 +165,7 @@ pub struct CertificateSource {
     pub hosts: Vec<String>,
     pub cert: String,
     pub key: String,
+    pub ocsp: Option<String>,
 }
 
 /// Wire protocol towards a cluster's endpoints.

@@ -326,6 +326,7 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
             hosts: c.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
             cert: c.cert.clone(),
             key: c.key.clone(),
+            ocsp: c.ocsp.clone(),
         });
     }
     if let Some(d) = &t.default_host
