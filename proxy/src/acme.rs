@@ -84,7 +84,7 @@ pub fn spawn(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
                             Ok(not_after) => {
                                 tracing::info!(hosts = ?s.hosts, not_after, "ACME certificate issued");
                                 metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok").increment(1);
-                                proxy.reload_tls();
+                                let _ = proxy.reload_tls();
                                 backoff = Duration::from_secs(30);
                                 Duration::ZERO
                             }

@@ -121,6 +121,13 @@ impl Admin {
             (Method::GET, "/explain") => self.explain(req.uri().query().unwrap_or_default()),
             (Method::GET, "/cache") => self.cache_status(),
             (Method::GET, "/certs") => self.certs(),
+            (Method::POST, "/certs/reload") => match self.proxy.reload_tls() {
+                Ok(n) => json_response(StatusCode::OK, &json!({ "ok": true, "certificates": n })),
+                Err(errors) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({ "ok": false, "errors": errors }),
+                ),
+            },
             (Method::POST, "/cache/purge") => self.purge(req).await,
             (Method::GET, "/demo/origins") => match &self.demo {
                 Some(demo) => json_response(StatusCode::OK, &demo.list()),
@@ -130,7 +137,7 @@ impl Admin {
             (
                 _,
                 "/status" | "/metrics" | "/reload" | "/demo/origins" | "/rollouts" | "/events"
-                | "/cache" | "/cache/purge" | "/certs",
+                | "/cache" | "/cache/purge" | "/certs" | "/certs/reload",
             ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };

@@ -152,25 +152,32 @@ impl Proxy {
         self.active.load_full()
     }
 
-    /// Re-reads the config (and certificate files) and swaps in the result. On any error the
-    /// running state is untouched and every error is returned.
-    /// Rebuilds the certificate store from the current config (new ACME certificate).
-    pub fn reload_tls(&self) {
+    /// Rebuilds the certificate store from the current config's files (new ACME certificate,
+    /// `proxyctl certs reload`). On any error the old store keeps serving. Returns the number
+    /// of certificates now served.
+    pub fn reload_tls(&self) -> Result<usize, Vec<String>> {
         let Some(resolver) = &self.tls else {
-            return;
+            return Err(vec!["no TLS listener".to_string()]);
         };
         match load_certs(&self.active().snapshot) {
             Ok(store) => {
                 telemetry::record_certificates(&store);
+                let n = store.certificates().len();
                 resolver.swap(store);
+                Ok(n)
             }
-            Err(errors) => tracing::warn!(
-                ?errors,
-                "certificates not reloaded; the old ones keep serving"
-            ),
+            Err(errors) => {
+                tracing::warn!(
+                    ?errors,
+                    "certificates not reloaded; the old ones keep serving"
+                );
+                Err(errors)
+            }
         }
     }
 
+    /// Re-reads the config (and certificate files) and swaps in the result. On any error the
+    /// running state is untouched and every error is returned.
     pub async fn reload(&self) -> Result<String, Vec<String>> {
         self.reload_with(None).await
     }

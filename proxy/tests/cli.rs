@@ -192,3 +192,91 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
     assert_eq!(line["status"], 200);
     assert!(line["request_id"].as_str().is_some_and(|r| r.len() == 16));
 }
+
+/// `frontdoor certs dev` writes a CA and leaf a client can verify with `--cacert`;
+/// `proxyctl certs reload` swaps in rotated files and refuses a broken pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_dev_and_proxyctl_certs_reload() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = std::env::temp_dir().join(format!("frontdoor-cli-certs-{}", std::process::id()));
+    let gen_into = |out: &std::path::Path| {
+        let o = frontdoor()
+            .args(["certs", "dev", "shop.test", "--out"])
+            .arg(out)
+            .output()
+            .expect("certs dev");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let printed = gen_into(&dir);
+    assert!(printed.contains("curl --cacert"), "{printed}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "key is private: {mode:o}");
+    }
+    let config = format!(
+        "[[tls.certificates]]\nhosts = [\"shop.test\"]\ncert = \"{}\"\nkey = \"{}\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display(),
+        common::cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = common::start_with(frontdoor::server::StartOptions {
+        config: Some(frontdoor::state::ConfigSource::Inline(config)),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https");
+    let ca1 = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    loadtest::client::tls_get(https, "shop.test", &ca1, &[b"h2"], "/")
+        .await
+        .expect("verifies with the dev CA");
+
+    let reload = || {
+        proxyctl()
+            .args([
+                "--admin",
+                &format!("http://{}", fd.admin),
+                "--token",
+                common::TOKEN,
+            ])
+            .args(["certs", "reload"])
+            .output()
+            .expect("proxyctl")
+    };
+    // A new pair elsewhere; its certificate alone over ours: a mismatch, refused.
+    let next = dir.join("next");
+    gen_into(&next);
+    std::fs::copy(next.join("cert.pem"), dir.join("cert.pem")).expect("copy");
+    let out = reload();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match"), "{err}");
+    loadtest::client::tls_get(https, "shop.test", &ca1, &[b"h2"], "/")
+        .await
+        .expect("the old certificate still serves");
+    // The whole new pair: accepted, and only the new CA verifies.
+    std::fs::copy(next.join("key.pem"), dir.join("key.pem")).expect("copy");
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca2 = std::fs::read_to_string(next.join("ca.pem")).expect("ca");
+    loadtest::client::tls_get(https, "shop.test", &ca2, &[b"h2"], "/")
+        .await
+        .expect("verifies with the new CA");
+    assert!(
+        loadtest::client::tls_get(https, "shop.test", &ca1, &[b"h2"], "/")
+            .await
+            .is_err()
+    );
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}

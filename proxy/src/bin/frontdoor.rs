@@ -53,6 +53,24 @@ enum Command {
     },
     /// Validate a config: every error with its path (exit 1), or a summary (exit 0).
     Check { config: PathBuf },
+    /// Certificates for development.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Write a local CA and a leaf for NAMES (ca.pem, cert.pem, key.pem; key 0600) to use as
+    /// `[[tls.certificates]]`; clients verify with `--cacert ca.pem`.
+    Dev {
+        /// DNS names or IP addresses on the leaf.
+        #[arg(default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +111,18 @@ fn main() -> std::process::ExitCode {
     if let Command::Check { config } = &cli.command {
         return check(config);
     }
+    if let Command::Certs {
+        command: CertsCommand::Dev { names, out },
+    } = &cli.command
+    {
+        return match dev_certs(names, out) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("frontdoor certs dev: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,7 +144,7 @@ fn main() -> std::process::ExitCode {
                 admin_token,
                 state_dir,
             } => demo(http, https, admin, admin_token, state_dir).await,
-            Command::Check { .. } => Ok(()),
+            Command::Check { .. } | Command::Certs { .. } => Ok(()),
         }
     });
     // Drained already; do not wait on idle background tasks (health checks, DNS, resolver).
@@ -140,6 +170,35 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .init();
+}
+
+fn dev_certs(names: &[String], out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ca = certs::dev::DevCa::new("frontdoor dev CA")?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leaf = ca.issue(&refs)?;
+    std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
+    std::fs::write(out.join("cert.pem"), &leaf.cert_pem)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(out.join("key.pem"))
+        .and_then(|mut f| f.write_all(leaf.key_pem.as_bytes()))
+        .with_context(|| format!("writing {}", out.join("key.pem").display()))?;
+    println!(
+        "wrote {dir}/ca.pem, {dir}/cert.pem, {dir}/key.pem for {}\n  [[tls.certificates]]\n  hosts = {:?}\n  cert = \"{dir}/cert.pem\"\n  key = \"{dir}/key.pem\"\n  clients: curl --cacert {dir}/ca.pem https://{}/",
+        names.join(", "),
+        names,
+        names.first().map_or("localhost", String::as_str),
+        dir = out.display()
+    );
+    Ok(())
 }
 
 fn check(path: &PathBuf) -> std::process::ExitCode {

@@ -56,6 +56,12 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum CertsAction {
+    /// Re-read the certificate files now.
+    Reload,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Config version, routes, clusters and endpoint health (`--fleet-members`: the fleet).
     Status {
@@ -78,8 +84,12 @@ enum Command {
     },
     /// The shared cache: limits, entries and bytes held, header rules.
     Cache,
-    /// Served certificates: names, expiry, source (file, ACME), next renewal.
-    Certs,
+    /// Served certificates: names, expiry, source (file, ACME), next renewal;
+    /// `certs reload` re-reads the certificate files (a broken one is refused, the old serves).
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsAction>,
+    },
     /// Explain how a request would be routed: route, jurisdiction and its source, allowed
     /// regions, chosen region (as if the classification headers came from a trusted proxy).
     Explain {
@@ -374,7 +384,30 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("purged");
             }
         }
-        Command::Certs => {
+        Command::Certs {
+            action: Some(CertsAction::Reload),
+        } => {
+            let v = call_allowing(
+                &cli,
+                Method::POST,
+                "/certs/reload",
+                None,
+                &[StatusCode::UNPROCESSABLE_ENTITY],
+            )
+            .await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v["ok"] == true {
+                println!("certificates reloaded: {} served", v["certificates"]);
+            } else {
+                eprintln!("certificates not reloaded; the old ones keep serving");
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    eprintln!("  {}", e.as_str().unwrap_or_default());
+                }
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Certs { action: None } => {
             let v = call(&cli, Method::GET, "/certs", None).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
