@@ -345,7 +345,7 @@ async fn build_active(
         Some(path) => Some(crate::geoip::GeoIp::open(path).map_err(|e| vec![e])?),
         None => None,
     };
-    let upstreams = Upstreams::build(&snapshot, shared, previous).await;
+    let upstreams = Upstreams::build(&snapshot, shared, previous).await?;
     let route_metrics = snapshot
         .routes
         .iter()

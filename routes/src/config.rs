@@ -243,6 +243,8 @@ pub struct RawCluster {
     pub retries: Option<RawRetries>,
     pub health_check: Option<RawHealthCheck>,
     pub outlier: Option<RawOutlier>,
+    /// TLS to the endpoints (and a client certificate for mutual TLS).
+    pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
 }
@@ -317,6 +319,19 @@ pub struct RawRoute {
     pub rollout: Option<RawRollout>,
     /// Token-bucket request rate limit, per client key.
     pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `tls = { ca = "...", server_name = "...", cert = "...", key = "..." }` on a cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM root(s) the endpoints' certificates must chain to.
+    pub ca: String,
+    /// Name sent as SNI and verified in the certificate. Default: the endpoint's host.
+    pub server_name: Option<String>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `key`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `rate_limit = { rps = 100, burst = 200, key = "ip" }`.

@@ -195,6 +195,16 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     pub outlier: Outlier,
     pub endpoints: Vec<Endpoint>,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub ca: String,
+    pub server_name: Option<String>,
+    /// (cert chain, key) files for mutual TLS.
+    pub client_cert: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -557,6 +557,26 @@ fn cluster(
         .enumerate()
         .filter_map(|(i, e)| endpoint(&at(&format!("endpoints[{i}]")), e, regions, errors))
         .collect();
+    let tls = raw.tls.as_ref().map(|t| {
+        let client_cert = match (&t.cert, &t.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                errors.push(at("tls"), "cert and key go together (mutual TLS)");
+                None
+            }
+        };
+        if let Some(n) = &t.server_name
+            && check_host_pattern(n).is_err()
+        {
+            errors.push(at("tls.server_name"), format!("{n:?} is not a DNS name"));
+        }
+        crate::snapshot::UpstreamTls {
+            ca: t.ca.clone(),
+            server_name: t.server_name.clone(),
+            client_cert,
+        }
+    });
     Cluster {
         name: name.to_string(),
         protocol,
@@ -566,6 +586,7 @@ fn cluster(
         health_check,
         outlier,
         endpoints,
+        tls,
     }
 }
 

@@ -22,10 +22,12 @@ pub fn spawn(runtime: &Arc<ClusterRuntime>) {
             let Some(rt) = weak.upgrade() else { return };
             let members = rt.members.load_full();
             let client = rt.client.clone();
+            let tls = rt.config.tls.is_some();
             drop(rt);
             let checks = members.iter().map(|m| {
                 let client = client.clone();
-                let uri = format!("http://{}{}", m.authority, check.path);
+                let scheme = if tls { "https" } else { "http" };
+                let uri = format!("{scheme}://{}{}", m.authority, check.path);
                 let m = Arc::clone(m);
                 let check = check.clone();
                 async move {

@@ -51,9 +51,26 @@ impl Upstreams {
         snapshot: &Snapshot,
         shared: &Shared,
         previous: Option<&Upstreams>,
-    ) -> Upstreams {
-        let mut clusters = Vec::with_capacity(snapshot.clusters.len());
+    ) -> Result<Upstreams, Vec<String>> {
+        // TLS files first: a cluster whose CA or client certificate cannot be used rejects
+        // the config before anything starts.
+        let mut clients = Vec::with_capacity(snapshot.clusters.len());
+        let mut errors = Vec::new();
         for cluster in &snapshot.clusters {
+            match shared.clients.get(cluster) {
+                Ok(c) => clients.push(Some(c)),
+                Err(e) => {
+                    errors.push(e);
+                    clients.push(None);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut clusters = Vec::with_capacity(snapshot.clusters.len());
+        for (cluster, client) in snapshot.clusters.iter().zip(clients) {
+            let Some(client) = client else { continue };
             let prev_members = previous
                 .and_then(|p| p.clusters.iter().find(|c| c.config.name == cluster.name))
                 .map(|c| c.members.load_full());
@@ -63,18 +80,14 @@ impl Upstreams {
                 prev_members.as_deref().map(Vec::as_slice),
             )
             .await;
-            let rt = Arc::new(ClusterRuntime::new(
-                cluster.clone(),
-                shared.clients.get(cluster),
-                members,
-            ));
+            let rt = Arc::new(ClusterRuntime::new(cluster.clone(), client, members));
             health::spawn(&rt);
             if let Some(ttl) = ttl {
                 dns::spawn(&rt, Arc::clone(&shared.health), ttl);
             }
             clusters.push(rt);
         }
-        Upstreams { clusters }
+        Ok(Upstreams { clusters })
     }
 }
 
@@ -169,7 +182,7 @@ pub async fn send(
         };
         attempts += 1;
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(if cfg.tls.is_some() { "https" } else { "http" })
             .authority(member.authority.clone())
             .path_and_query(path.clone())
             .build();

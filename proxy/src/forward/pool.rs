@@ -14,12 +14,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{Either, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Gauge;
 use routes::{
     Address, Cluster, LbPolicy, RegionId, RegionSet, Route, Snapshot, Timeouts, UpstreamProtocol,
+    UpstreamTls,
 };
 
 use crate::clock;
@@ -27,7 +29,7 @@ use crate::telemetry;
 
 /// Body sent upstream: the client's streaming body, or nothing (replayable requests).
 pub type UpstreamBody = Either<super::body::ClientBody, Empty<Bytes>>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Health of one endpoint address, shared across reloads.
 #[derive(Debug)]
@@ -155,25 +157,127 @@ impl HealthRegistry {
 /// Clients keyed by transport settings, reused across reloads so pooled connections survive.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    clients: Mutex<HashMap<(String, UpstreamProtocol, Timeouts), UpstreamClient>>,
+    /// By cluster, protocol, timeouts and TLS files (with a hash of their contents, so rotated
+    /// files make a new client).
+    #[allow(clippy::type_complexity)]
+    clients: Mutex<
+        HashMap<
+            (
+                String,
+                UpstreamProtocol,
+                Timeouts,
+                Option<(UpstreamTls, String)>,
+            ),
+            UpstreamClient,
+        >,
+    >,
 }
 
 impl ClientRegistry {
-    pub fn get(&self, cluster: &Cluster) -> UpstreamClient {
-        let key = (cluster.name.clone(), cluster.protocol, cluster.timeouts);
+    /// The pooled client for a cluster; an error names the TLS file that could not be used.
+    pub fn get(&self, cluster: &Cluster) -> Result<UpstreamClient, String> {
+        let tls = match &cluster.tls {
+            Some(t) => {
+                let mut text = String::new();
+                let files = [
+                    Some(&t.ca),
+                    t.client_cert.as_ref().map(|c| &c.0),
+                    t.client_cert.as_ref().map(|c| &c.1),
+                ];
+                for f in files.into_iter().flatten() {
+                    let bytes = std::fs::read(f)
+                        .map_err(|e| format!("clusters.{}.tls: {f}: {e}", cluster.name))?;
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                Some((t.clone(), routes::content_hash(&text)))
+            }
+            None => None,
+        };
+        let key = (
+            cluster.name.clone(),
+            cluster.protocol,
+            cluster.timeouts,
+            tls,
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry(key)
-            .or_insert_with(|| build_client(cluster))
-            .clone()
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = build_client(cluster)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
-fn build_client(cluster: &Cluster) -> UpstreamClient {
+/// The rustls client config for a cluster's TLS: its CA as the only root, and the client
+/// certificate when mutual TLS is configured.
+fn tls_client_config(cluster: &Cluster, tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let at =
+        |f: &str, e: &dyn std::fmt::Display| format!("clusters.{}.tls: {f}: {e}", cluster.name);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca).map_err(|e| at(&tls.ca, &e))? {
+        roots
+            .add(cert.map_err(|e| at(&tls.ca, &e))?)
+            .map_err(|e| at(&tls.ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(at(&tls.ca, &"no CERTIFICATE block found"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| at(&tls.ca, &e))?
+    .with_root_certificates(roots);
+    match &tls.client_cert {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| at(cert, &e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| at(cert, &e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| at(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| at(cert, &e))
+        }
+    }
+}
+
+fn build_client(cluster: &Cluster) -> Result<UpstreamClient, String> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cluster.timeouts.connect));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.enforce_http(false);
+    let tls_config = match &cluster.tls {
+        Some(t) => tls_client_config(cluster, t)?,
+        // Plain-HTTP clusters never use it: an empty trust store.
+        None => rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    };
+    let schemes = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let schemes = match cluster.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        Some(name) => {
+            let name = rustls_pki_types::ServerName::try_from(name)
+                .map_err(|e| format!("clusters.{}.tls.server_name: {e}", cluster.name))?;
+            schemes.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => schemes,
+    };
+    let connector = match cluster.protocol {
+        UpstreamProtocol::Http1 => schemes.enable_http1().wrap_connector(connector),
+        UpstreamProtocol::H2 => schemes.enable_http2().wrap_connector(connector),
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -183,7 +287,7 @@ fn build_client(cluster: &Cluster) -> UpstreamClient {
     if cluster.protocol == UpstreamProtocol::H2 {
         builder.http2_only(true);
     }
-    builder.build(connector)
+    Ok(builder.build(connector))
 }
 
 /// The run-time state of one cluster for one config snapshot.
@@ -357,7 +461,7 @@ mod tests {
                 ));
             }
         }
-        let client = build_client(&cluster);
+        let client = build_client(&cluster).expect("plain HTTP client");
         (s, ClusterRuntime::new(cluster, client, members))
     }
 
