@@ -24,6 +24,10 @@ use crate::telemetry;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request head (HTTP/1.1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent streams one HTTP/2 connection may open.
+pub const H2_MAX_STREAMS: u32 = 256;
+/// Largest HTTP/2 header list (decoded), bytes.
+pub const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -118,11 +122,22 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    // HTTP/2 limits, explicit rather than inherited: streams per connection; a bounded header
+    // list (a CONTINUATION flood cannot grow it); rapid reset (CVE-2023-44487): a client that
+    // resets more than 20 streams before they are accepted, or provokes more than 256 resets
+    // of ours, gets GOAWAY; flow-control windows that bound what one client may queue.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_send_buf_size(256 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let make_service = Arc::new(make_service);
     let graceful = GracefulShutdown::new();

@@ -253,3 +253,31 @@ async fn connection_limits_refuse_clearly_and_free_slots_on_close() {
     assert!(served, "a closed connection's slot is released");
     fd.shutdown().await;
 }
+
+/// HTTP/2: a header list over the limit never reaches the upstream; the connection's other
+/// clients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_header_lists_over_the_limit_are_refused() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let big = "x".repeat(frontdoor::listen::H2_MAX_HEADER_LIST as usize + 1024);
+    let req = http::Request::get(common::url(&fd, "/big"))
+        .header("x-big", big.as_str())
+        .body(http_body_util::Full::default())
+        .expect("req");
+    match loadtest::Client::h2c().send(req).await {
+        Ok(r) => assert_eq!(r.status, http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => {} // reset by the server: also a refusal
+    }
+    assert_eq!(origin.faults.requests(), 0, "nothing reached the upstream");
+    let ok = loadtest::Client::h2c()
+        .get(&common::url(&fd, "/small"))
+        .await
+        .expect("a normal request");
+    assert_eq!(ok.status, http::StatusCode::OK);
+    assert_eq!(origin.faults.requests(), 1);
+}
