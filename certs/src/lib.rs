@@ -14,7 +14,7 @@ pub mod dev;
 mod store;
 mod x509;
 
-pub use x509::not_after_unix;
+pub use x509::{issuer_name, not_after_unix};
 
 pub use store::{
     CertError, CertSource, CertStore, SniResolver, TlsProfile, load_certified_key,

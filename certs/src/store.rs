@@ -129,9 +129,11 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// Every distinct certificate: all the names it serves (sorted) and its `notAfter`.
-    pub fn certificates(&self) -> Vec<(Vec<String>, i64)> {
-        let mut by_key: HashMap<*const CertifiedKey, (Vec<String>, i64)> = HashMap::new();
+    /// Every distinct certificate: all the names it serves (sorted), its `notAfter` and
+    /// its issuer's name.
+    pub fn certificates(&self) -> Vec<(Vec<String>, i64, Option<String>)> {
+        let mut by_key: HashMap<*const CertifiedKey, (Vec<String>, i64, Option<String>)> =
+            HashMap::new();
         let wildcards = self
             .wildcard
             .iter()
@@ -145,14 +147,15 @@ impl CertStore {
             let Some(not_after) = k.cert.first().and_then(|c| crate::not_after_unix(c)) else {
                 continue;
             };
+            let issuer = || k.cert.first().and_then(|c| crate::issuer_name(c));
             by_key
                 .entry(Arc::as_ptr(k))
-                .or_insert_with(|| (Vec::new(), not_after))
+                .or_insert_with(|| (Vec::new(), not_after, issuer()))
                 .0
                 .push(name);
         }
-        let mut out: Vec<(Vec<String>, i64)> = by_key.into_values().collect();
-        for (names, _) in &mut out {
+        let mut out: Vec<(Vec<String>, i64, Option<String>)> = by_key.into_values().collect();
+        for (names, _, _) in &mut out {
             names.sort();
         }
         out.sort();

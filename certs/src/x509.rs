@@ -1,4 +1,5 @@
-//! Just enough DER to read a certificate's `notAfter` (RFC 5280 §4.1.2.5), for expiry metrics.
+//! Just enough DER to read a certificate's `notAfter` (RFC 5280 §4.1.2.5), for expiry metrics,
+//! and its issuer's name, for `proxyctl certs`.
 
 /// Reads one DER element at `pos`: (tag, content range end, content start).
 fn element(der: &[u8], pos: usize) -> Option<(u8, usize, usize)> {
@@ -70,6 +71,41 @@ pub fn not_after_unix(der: &[u8]) -> Option<i64> {
     parse_time(tag, &der[start..end])
 }
 
+/// The issuer's common name (or, without one, its organization), for display.
+pub fn issuer_name(der: &[u8]) -> Option<String> {
+    let (_, _, cert) = element(der, 0)?;
+    let (_, _, tbs) = element(der, cert)?;
+    let mut pos = tbs;
+    let (tag, end, _) = element(der, pos)?;
+    if tag == 0xa0 {
+        pos = end;
+    }
+    for _ in 0..2 {
+        pos = element(der, pos)?.1; // serialNumber, signature
+    }
+    let (_, issuer_end, mut rdn) = element(der, pos)?; // issuer Name: SEQUENCE of SETs
+    const CN: [u8; 3] = [0x55, 0x04, 0x03];
+    const O: [u8; 3] = [0x55, 0x04, 0x0a];
+    let (mut cn, mut org) = (None, None);
+    while rdn < issuer_end {
+        let (_, set_end, mut atv) = element(der, rdn)?;
+        while atv < set_end {
+            let (_, atv_end, inner) = element(der, atv)?; // AttributeTypeAndValue
+            let (oid_tag, oid_end, oid_start) = element(der, inner)?;
+            let (_, value_end, value_start) = element(der, oid_end)?;
+            let value = String::from_utf8_lossy(&der[value_start..value_end]).into_owned();
+            if oid_tag == 0x06 && der[oid_start..oid_end] == CN {
+                cn = Some(value);
+            } else if oid_tag == 0x06 && der[oid_start..oid_end] == O {
+                org = Some(value);
+            }
+            atv = atv_end;
+        }
+        rdn = set_end;
+    }
+    cn.or(org)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +132,14 @@ mod tests {
             "truncated input is not a panic"
         );
         assert_eq!(not_after_unix(&[]), None);
+    }
+
+    #[test]
+    fn reads_the_issuer_name() {
+        let ca = crate::dev::DevCa::new("Issuer Test CA").expect("ca");
+        let leaf = ca.issue(&["a.test"]).expect("leaf");
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("der");
+        assert_eq!(issuer_name(&der).as_deref(), Some("Issuer Test CA"));
+        assert_eq!(issuer_name(b"\x30\x03\x02\x01"), None);
     }
 }

@@ -245,7 +245,7 @@ impl Admin {
         let certificates: Vec<Value> = store
             .certificates()
             .into_iter()
-            .map(|(names, not_after)| {
+            .map(|(names, not_after, issuer)| {
                 let from_file = store
                     .sources
                     .iter()
@@ -263,6 +263,7 @@ impl Admin {
                 };
                 json!({
                     "names": names,
+                    "issuer": issuer,
                     "not_after_unix": not_after,
                     "days_left": (not_after - now) / 86_400,
                     "source": source,

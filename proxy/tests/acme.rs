@@ -213,6 +213,12 @@ challenge = "{challenge}"
         "{v}"
     );
     assert_eq!(cert["source"], "acme", "{v}");
+    assert!(
+        cert["issuer"]
+            .as_str()
+            .is_some_and(|i| i.contains("Pebble")),
+        "issued by pebble's intermediate: {v}"
+    );
     assert!(cert["next_renewal_unix"].as_i64().is_some(), "{v}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxyctl"))
         .args([

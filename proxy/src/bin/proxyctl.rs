@@ -423,6 +423,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 };
                 let mut rows = vec![vec![
                     "NAMES".into(),
+                    "ISSUER".into(),
                     "NOT_AFTER".into(),
                     "DAYS_LEFT".into(),
                     "SOURCE".into(),
@@ -437,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         .collect();
                     rows.push(vec![
                         names.join(","),
+                        c["issuer"].as_str().unwrap_or("-").to_string(),
                         date(&c["not_after_unix"]),
                         c["days_left"].to_string(),
                         s(&c["source"]),
