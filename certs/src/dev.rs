@@ -44,7 +44,12 @@ impl DevCa {
 
     /// Issues an ECDSA P-256 leaf for `names` (DNS names or IP addresses).
     pub fn issue(&self, names: &[&str]) -> Result<DevCert, rcgen::Error> {
-        self.issue_valid(names, None)
+        self.sign(names, KeyPair::generate()?, None)
+    }
+
+    /// Like [`DevCa::issue`], with an RSA-2048 key.
+    pub fn issue_rsa(&self, names: &[&str]) -> Result<DevCert, rcgen::Error> {
+        self.sign(names, KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?, None)
     }
 
     /// Like [`DevCa::issue`], valid from `(not_before, not_after)` as (year, month, day).
@@ -54,7 +59,16 @@ impl DevCa {
         names: &[&str],
         validity: Option<((i32, u8, u8), (i32, u8, u8))>,
     ) -> Result<DevCert, rcgen::Error> {
-        let key = KeyPair::generate()?;
+        self.sign(names, KeyPair::generate()?, validity)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn sign(
+        &self,
+        names: &[&str],
+        key: KeyPair,
+        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> Result<DevCert, rcgen::Error> {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {

@@ -14,10 +14,10 @@ pub mod dev;
 mod store;
 mod x509;
 
-pub use x509::{issuer_name, not_after_unix};
+pub use x509::{dns_names, issuer_name, not_after_unix};
 
 pub use store::{
-    CertError, CertSource, CertStore, SniResolver, TlsProfile, load_certified_key,
+    CertError, CertSource, CertStore, SniResolver, TlsProfile, load_certified_key, scan_directory,
     tls_server_config,
 };
 

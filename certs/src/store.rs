@@ -90,6 +90,52 @@ pub fn load_certified_key(cert_path: &str, key_path: &str) -> Result<CertifiedKe
     Ok(certified)
 }
 
+/// Every `NAME.crt` / `NAME.pem` in `dir` with its `NAME.key`, for the DNS names in the
+/// certificate's subjectAltName. In name order; a certificate without its key or without DNS
+/// names is an error naming the file.
+pub fn scan_directory(dir: &str) -> Result<Vec<CertSource>, Vec<CertError>> {
+    let file_err = |path: String, message: String| CertError::File { path, message };
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| vec![file_err(dir.to_string(), e.to_string())])?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("crt" | "pem")))
+        .collect();
+    entries.sort();
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for cert in entries {
+        let cert_path = cert.to_string_lossy().into_owned();
+        let key = cert.with_extension("key");
+        if !key.exists() {
+            errors.push(file_err(
+                cert_path,
+                format!("no key file {}", key.display()),
+            ));
+            continue;
+        }
+        let first = CertificateDer::pem_file_iter(&cert)
+            .ok()
+            .and_then(|mut it| it.next())
+            .and_then(Result::ok);
+        let hosts = first.map(|c| crate::dns_names(&c)).unwrap_or_default();
+        if hosts.is_empty() {
+            errors.push(file_err(cert_path, "no DNS names in subjectAltName".into()));
+            continue;
+        }
+        out.push(CertSource {
+            hosts,
+            cert_path,
+            key_path: key.to_string_lossy().into_owned(),
+            ocsp_path: None,
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Attaches the source's OCSP response (DER) when it names one.
 fn staple(mut key: CertifiedKey, source: &CertSource) -> Result<CertifiedKey, CertError> {
     if let Some(path) = &source.ocsp_path {

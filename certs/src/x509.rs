@@ -71,6 +71,65 @@ pub fn not_after_unix(der: &[u8]) -> Option<i64> {
     parse_time(tag, &der[start..end])
 }
 
+/// The DNS names in the certificate's subjectAltName extension (RFC 5280 §4.2.1.6).
+pub fn dns_names(der: &[u8]) -> Vec<String> {
+    dns_names_inner(der).unwrap_or_default()
+}
+
+fn dns_names_inner(der: &[u8]) -> Option<Vec<String>> {
+    let (_, _, cert) = element(der, 0)?;
+    let (_, tbs_end, tbs) = element(der, cert)?;
+    let mut pos = tbs;
+    let (tag, end, _) = element(der, pos)?;
+    if tag == 0xa0 {
+        pos = end;
+    }
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    for _ in 0..6 {
+        pos = element(der, pos)?.1;
+    }
+    // Optional [1] issuerUniqueID, [2] subjectUniqueID, then [3] extensions.
+    while pos < tbs_end {
+        let (tag, end, start) = element(der, pos)?;
+        if tag == 0xa3 {
+            let (_, exts_end, mut ext) = element(der, start)?;
+            const SAN: [u8; 3] = [0x55, 0x1d, 0x11];
+            while ext < exts_end {
+                let (_, ext_end, inner) = element(der, ext)?;
+                let (_, oid_end, oid_start) = element(der, inner)?;
+                if der[oid_start..oid_end] == SAN {
+                    let mut p = oid_end;
+                    let (mut t, mut e, mut s) = element(der, p)?;
+                    if t == 0x01 {
+                        // critical BOOLEAN
+                        p = e;
+                        (t, e, s) = element(der, p)?;
+                    }
+                    if t != 0x04 {
+                        return None;
+                    }
+                    let (_, names_end, mut name) = element(der, s)?;
+                    let mut out = Vec::new();
+                    while name < names_end.min(e) {
+                        let (tag, end, start) = element(der, name)?;
+                        if tag == 0x82 {
+                            out.push(
+                                String::from_utf8_lossy(&der[start..end]).to_ascii_lowercase(),
+                            );
+                        }
+                        name = end;
+                    }
+                    return Some(out);
+                }
+                ext = ext_end;
+            }
+            return Some(Vec::new());
+        }
+        pos = end;
+    }
+    Some(Vec::new())
+}
+
 /// The issuer's common name (or, without one, its organization), for display.
 pub fn issuer_name(der: &[u8]) -> Option<String> {
     let (_, _, cert) = element(der, 0)?;
@@ -141,5 +200,20 @@ mod tests {
         let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("der");
         assert_eq!(issuer_name(&der).as_deref(), Some("Issuer Test CA"));
         assert_eq!(issuer_name(b"\x30\x03\x02\x01"), None);
+    }
+
+    #[test]
+    fn reads_dns_names() {
+        let ca = crate::dev::DevCa::new("SAN CA").expect("ca");
+        let leaf = ca
+            .issue(&["A.test", "*.b.test", "127.0.0.1"])
+            .expect("leaf");
+        let der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("der");
+        assert_eq!(
+            dns_names(&der),
+            ["a.test", "*.b.test"],
+            "IP SANs are not DNS names"
+        );
+        assert!(dns_names(b"\x30\x03\x02\x01").is_empty());
     }
 }

@@ -102,7 +102,9 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, Vec<String>> {
         let text = read(&source)?;
         let snapshot = parse(&text, options.region.as_deref())?;
-        let tls_from_config = !snapshot.tls.certificates.is_empty() || snapshot.tls.acme.is_some();
+        let tls_from_config = !snapshot.tls.certificates.is_empty()
+            || !snapshot.tls.directories.is_empty()
+            || snapshot.tls.acme.is_some();
         let acme_challenges: Arc<certs::acme::Challenges> = Arc::default();
         let tls = if tls_from_config {
             Some(Arc::new(SniResolver::with_challenges(
@@ -227,7 +229,11 @@ impl Proxy {
         }
         let certs = match (&self.tls, self.tls_from_config) {
             (Some(_), true) => Some(load_certs(&snapshot)?),
-            (None, _) if !snapshot.tls.certificates.is_empty() || snapshot.tls.acme.is_some() => {
+            (None, _)
+                if !snapshot.tls.certificates.is_empty()
+                    || !snapshot.tls.directories.is_empty()
+                    || snapshot.tls.acme.is_some() =>
+            {
                 warnings.push("certificates configured but no TLS listener is running".to_string());
                 None
             }
@@ -307,6 +313,11 @@ fn load_certs(snapshot: &Snapshot) -> Result<CertStore, Vec<String>> {
             ocsp_path: c.ocsp.clone(),
         })
         .collect();
+    for dir in &snapshot.tls.directories {
+        let found = certs::scan_directory(dir)
+            .map_err(|errs| errs.iter().map(|e| format!("tls: {e}")).collect::<Vec<_>>())?;
+        sources.extend(found);
+    }
     let mut placeholder = None;
     if let Some(acme) = &snapshot.tls.acme {
         if certs::acme::stored_not_after(&crate::acme::settings(acme)).is_some() {
@@ -408,6 +419,16 @@ pub fn watched_fingerprint(proxy: &Proxy) -> Option<String> {
         }
         if let Some(ocsp) = &c.ocsp {
             text.push_str(&format!("{:?}", std::fs::read(ocsp).unwrap_or_default()));
+        }
+    }
+    for dir in &proxy.active().snapshot.tls.directories {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map(|it| it.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            text.push_str(&f.to_string_lossy());
+            text.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
         }
     }
     Some(routes::content_hash(&text))

@@ -647,3 +647,55 @@ async fn certificate_rotation_under_load_fails_no_handshake() {
     fd.shutdown().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A certificate directory: each `NAME.crt`/`NAME.pem` with its `NAME.key` serves the DNS
+/// names it carries (ECDSA and RSA); a certificate without its key is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_directory_serves_ecdsa_and_rsa_by_their_names() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = temp_dir("certdir");
+    let certs_dir = dir.join("certs");
+    std::fs::create_dir_all(&certs_dir).expect("dir");
+    let ca = certs::dev::DevCa::new("directory CA").expect("ca");
+    let ecdsa = ca.issue(&["shop.test", "www.shop.test"]).expect("ecdsa");
+    let rsa = ca.issue_rsa(&["*.api.test"]).expect("rsa");
+    let put = |name: &str, text: &str| std::fs::write(certs_dir.join(name), text).expect("write");
+    put("shop.crt", &ecdsa.cert_pem);
+    put("shop.key", &ecdsa.key_pem);
+    put("api.pem", &rsa.cert_pem);
+    put("api.key", &rsa.key_pem);
+    put("orphan.crt", &ecdsa.cert_pem);
+    let config = format!(
+        "[tls]\ndirectories = [\"{}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+        certs_dir.display(),
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let errors = frontdoor::state::Proxy::start(
+        ConfigSource::Inline(config.clone()),
+        frontdoor::state::ProxyOptions::default(),
+    )
+    .await
+    .expect_err("a certificate without its key is refused");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("orphan.crt") && e.contains("no key file")),
+        "{errors:?}"
+    );
+    std::fs::remove_file(certs_dir.join("orphan.crt")).expect("rm");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https");
+    for name in ["shop.test", "www.shop.test", "v1.api.test"] {
+        let (_, r) = loadtest::client::tls_get(https, name, &ca.cert_pem, &[b"http/1.1"], "/")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+    }
+    fd.shutdown().await;
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -178,6 +178,10 @@ pub struct RawTenants {
 pub struct RawTls {
     #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    /// Directories of `NAME.crt`/`NAME.pem` + `NAME.key` pairs, each served for the DNS names
+    /// in its certificate.
+    #[serde(default)]
+    pub directories: Vec<String>,
     /// `hosts` entry of the certificate served when SNI is absent or unknown. Default: the first
     /// certificate. Set `reject_unknown_sni = true` to refuse such handshakes instead.
     pub default_host: Option<String>,

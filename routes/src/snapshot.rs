@@ -120,6 +120,7 @@ pub struct Region {
 #[derive(Debug, Clone, Default)]
 pub struct Tls {
     pub certificates: Vec<CertificateSource>,
+    pub directories: Vec<String>,
     pub default_host: Option<String>,
     pub reject_unknown_sni: bool,
     /// TLS 1.3 only (Mozilla "modern"); otherwise "intermediate".

@@ -330,6 +330,7 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
         });
     }
     if let Some(d) = &t.default_host
+        && t.directories.is_empty()
         && !certificates.iter().any(|c| c.hosts.iter().any(|h| h == d))
         && !t
             .acme
@@ -391,7 +392,11 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
             },
         }
     });
-    if raw.server.https.is_some() && certificates.is_empty() && acme.is_none() {
+    if raw.server.https.is_some()
+        && certificates.is_empty()
+        && acme.is_none()
+        && t.directories.is_empty()
+    {
         errors.push(
             "tls.certificates",
             "server.https is set but no certificate is configured",
@@ -399,6 +404,7 @@ fn tls(raw: &RawConfig, errors: &mut Errors) -> Tls {
     }
     Tls {
         certificates,
+        directories: t.directories.clone(),
         default_host: t.default_host.clone(),
         reject_unknown_sni: t.reject_unknown_sni,
         modern: match t.profile.as_deref() {
