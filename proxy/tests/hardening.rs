@@ -281,3 +281,56 @@ async fn h2_header_lists_over_the_limit_are_refused() {
     assert_eq!(ok.status, http::StatusCode::OK);
     assert_eq!(origin.faults.requests(), 1);
 }
+
+/// Slowloris: hundreds of connections trickling header bytes do not starve anyone else, and
+/// none of them reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_do_not_starve_normal_requests() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let stop = std::sync::Arc::clone(&stop);
+        slow.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.3:0".parse().expect("addr"))
+                .expect("bind");
+            let Ok(mut s) = socket.connect(addr).await else {
+                return;
+            };
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(b"X").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let client = loadtest::Client::http1();
+    let url = common::url(&fd, "/normal");
+    let mut served = 0;
+    for _ in 0..200 {
+        let r = client.get(&url).await.expect("a normal request is served");
+        assert_eq!(r.status, http::StatusCode::OK);
+        served += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in slow {
+        let _ = t.await;
+    }
+    assert_eq!(served, 200);
+    assert_eq!(
+        origin.faults.requests(),
+        200,
+        "no slow request reached the upstream"
+    );
+}
