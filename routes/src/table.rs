@@ -94,17 +94,33 @@ pub(crate) fn canonical_prefix(prefix: &str) -> String {
 /// The host of a request for matching: lower-case, port and trailing dot removed.
 /// IPv6 literals keep their brackets (`[::1]`).
 pub fn normalize_host(raw: &str) -> String {
+    // One step strips a port and trailing dots; repeat until nothing changes, so a malformed
+    // name (`a:1.`) normalises to the same thing however often it is normalised.
+    let mut host = raw.to_ascii_lowercase();
+    loop {
+        let next = normalize_host_step(&host);
+        if next.len() == host.len() {
+            return host;
+        }
+        host = next.to_string();
+    }
+}
+
+fn normalize_host_step(raw: &str) -> &str {
     let without_port = if raw.starts_with('[') {
         match raw.find(']') {
             Some(end) => &raw[..=end],
             None => raw,
         }
     } else {
+        // Only `name:port` has a port: a name with another ':' is malformed and kept whole.
         raw.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|(host, port)| {
+                !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+            })
             .map_or(raw, |(host, _)| host)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    without_port.trim_end_matches('.')
 }
 
 /// The path as routing sees it, the same for every rule: percent-encoded unreserved
@@ -117,7 +133,9 @@ pub fn normalize_path(raw: &str) -> Option<String> {
         return None;
     }
     let bytes = raw.as_bytes();
-    let mut decoded = String::with_capacity(raw.len());
+    // Bytes, not chars: non-ASCII UTF-8 passes through untouched (only ASCII is decoded or
+    // re-cased below, so the result stays valid UTF-8).
+    let mut decoded: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -125,17 +143,18 @@ pub fn normalize_path(raw: &str) -> Option<String> {
             let hex = raw.get(i + 1..i + 3)?;
             let v = u8::from_str_radix(hex, 16).ok()?;
             if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(char::from(v));
+                decoded.push(v);
             } else {
-                decoded.push('%');
-                decoded.push_str(&hex.to_ascii_uppercase());
+                decoded.push(b'%');
+                decoded.extend(hex.to_ascii_uppercase().bytes());
             }
             i += 3;
         } else {
-            decoded.push(char::from(b));
+            decoded.push(b);
             i += 1;
         }
     }
+    let decoded = String::from_utf8(decoded).ok()?;
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -173,6 +192,8 @@ mod path_tests {
             ("/a/b/.", Some("/a/b/")),
             ("/../../etc", Some("/etc")),
             ("/%61pi/x", Some("/api/x")),
+            // Found by the path fuzz target: non-ASCII bytes were re-encoded one by one.
+            ("/caf\u{e9}/\u{fffd}x", Some("/caf\u{e9}/\u{fffd}x")),
             ("/api/%2e%2e/admin", Some("/admin")),
             ("/a%2fb", Some("/a%2Fb")),
             ("/a%2Fb/..", Some("/a%2Fb/..").map(|_| "/")),

@@ -118,9 +118,16 @@ fn normalize_host_cases() {
         ("[::1]", "[::1]"),
         ("127.0.0.1:80", "127.0.0.1"),
         ("example.com.", "example.com"),
+        ("example.com.:443", "example.com"),
+        // Found by the path fuzz target: a malformed name is kept whole, so normalising is
+        // idempotent (it used to lose one ':' segment per pass).
+        ("P:422.:2", "p:422.:2"),
+        ("a:1.", "a"),
+        ("/x/:.", "/x/:"),
     ];
     for (raw, want) in cases {
         assert_eq!(normalize_host(raw), want, "{raw}");
+        assert_eq!(normalize_host(want), want, "idempotent for {raw}");
     }
 }
 
