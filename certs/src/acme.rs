@@ -99,6 +99,61 @@ impl Challenges {
     }
 }
 
+/// One challenge answer, as shared with the other members of a fleet (any of them may be the
+/// one the CA validates against).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Published {
+    Http01 {
+        token: String,
+        key_authorization: String,
+    },
+    /// The SHA-256 of the key authorization, hex.
+    TlsAlpn01 { name: String, digest_hex: String },
+}
+
+impl Challenges {
+    /// Serves an answer published by another member.
+    pub fn apply(&self, p: &Published) -> Result<(), String> {
+        match p {
+            Published::Http01 {
+                token,
+                key_authorization,
+            } => self.set(token, Some(key_authorization.clone())),
+            Published::TlsAlpn01 { name, digest_hex } => {
+                let digest = (0..digest_hex.len())
+                    .step_by(2)
+                    .map(|i| {
+                        digest_hex
+                            .get(i..i + 2)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    })
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or("bad digest")?;
+                let cert = alpn_certificate(name, &digest)?;
+                self.set_alpn(name, Some(Arc::new(cert)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops serving an answer.
+    pub fn withdraw(&self, p: &Published) {
+        match p {
+            Published::Http01 { token, .. } => self.set(token, None),
+            Published::TlsAlpn01 { name, .. } => self.set_alpn(name, None),
+        }
+    }
+}
+
+/// Where this member's challenge answers go besides its own [`Challenges`]: the fleet. `publish`
+/// returns once every member can see the answer.
+pub trait Publish: Send + Sync {
+    fn publish<'a>(
+        &'a self,
+        p: &'a Published,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 /// The self-signed certificate for `name` carrying the acmeIdentifier extension with the
 /// SHA-256 of the key authorization (RFC 8737 §3).
 fn alpn_certificate(name: &str, key_authorization_sha256: &[u8]) -> Result<CertifiedKey, String> {
@@ -130,7 +185,11 @@ pub fn stored_not_after(settings: &AcmeSettings) -> Option<i64> {
 }
 
 /// Issues a certificate for `settings.hosts` and stores it. Returns its expiry.
-pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Result<i64, String> {
+pub async fn issue(
+    settings: &AcmeSettings,
+    challenges: &Arc<Challenges>,
+    publish: Option<&dyn Publish>,
+) -> Result<(i64, String, String), String> {
     std::fs::create_dir_all(&settings.storage)
         .map_err(|e| format!("{}: {e}", settings.storage.display()))?;
     let account = account(settings).await?;
@@ -145,11 +204,7 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
         .map_err(|e| format!("new order: {e}"))?;
 
     // Publish every pending challenge's answer, then tell the CA to validate.
-    enum Published {
-        Token(String),
-        Name(String),
-    }
-    let mut published = Vec::new();
+    let mut published: Vec<Published> = Vec::new();
     let result = async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -168,18 +223,26 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
                 .challenge(kind.clone())
                 .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
             let key_authorization = challenge.key_authorization();
-            match settings.challenge {
-                Challenge::Http01 => {
-                    let token = challenge.token.clone();
-                    challenges.set(&token, Some(key_authorization.as_str().to_string()));
-                    published.push(Published::Token(token));
-                }
-                Challenge::TlsAlpn01 => {
-                    let cert = alpn_certificate(&name, key_authorization.digest().as_ref())?;
-                    challenges.set_alpn(&name, Some(Arc::new(cert)));
-                    published.push(Published::Name(name));
-                }
+            let answer = match settings.challenge {
+                Challenge::Http01 => Published::Http01 {
+                    token: challenge.token.clone(),
+                    key_authorization: key_authorization.as_str().to_string(),
+                },
+                Challenge::TlsAlpn01 => Published::TlsAlpn01 {
+                    name: name.clone(),
+                    digest_hex: key_authorization
+                        .digest()
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect(),
+                },
+            };
+            challenges.apply(&answer)?;
+            if let Some(fleet) = publish {
+                fleet.publish(&answer).await?;
             }
+            published.push(answer);
             challenge
                 .set_ready()
                 .await
@@ -207,45 +270,31 @@ pub async fn issue(settings: &AcmeSettings, challenges: &Arc<Challenges>) -> Res
     }
     .await;
     for p in &published {
-        match p {
-            Published::Token(t) => challenges.set(t, None),
-            Published::Name(n) => challenges.set_alpn(n, None),
-        }
+        challenges.withdraw(p);
     }
     let (chain_pem, key_pem) = result?;
-    write_private(
-        &settings.key_path().with_extension("key.new"),
-        key_pem.as_bytes(),
-    )?;
-    write_private(
-        &settings.cert_path().with_extension("crt.new"),
-        chain_pem.as_bytes(),
-    )?;
-    // The pair must load and match before it replaces anything.
-    let check = crate::load_certified_key(
-        &settings
-            .cert_path()
-            .with_extension("crt.new")
-            .to_string_lossy(),
-        &settings
-            .key_path()
-            .with_extension("key.new")
-            .to_string_lossy(),
-    )
-    .map_err(|e| format!("issued certificate unusable: {e}"))?;
+    let not_after = install(settings, &chain_pem, &key_pem)?;
+    Ok((not_after, chain_pem, key_pem))
+}
+
+/// Stores a chain and key (ours, or issued by another member of the fleet), checked to load
+/// and match before it replaces anything. Returns its expiry.
+pub fn install(settings: &AcmeSettings, chain_pem: &str, key_pem: &str) -> Result<i64, String> {
+    std::fs::create_dir_all(&settings.storage)
+        .map_err(|e| format!("{}: {e}", settings.storage.display()))?;
+    let cert_new = settings.cert_path().with_extension("crt.new");
+    let key_new = settings.key_path().with_extension("key.new");
+    write_private(&key_new, key_pem.as_bytes())?;
+    write_private(&cert_new, chain_pem.as_bytes())?;
+    let check = crate::load_certified_key(&cert_new.to_string_lossy(), &key_new.to_string_lossy())
+        .map_err(|e| format!("issued certificate unusable: {e}"))?;
     let not_after = check
         .cert
         .first()
         .and_then(|c| crate::not_after_unix(c.as_ref()))
         .ok_or("issued certificate has no readable expiry")?;
-    rename(
-        &settings.key_path().with_extension("key.new"),
-        &settings.key_path(),
-    )?;
-    rename(
-        &settings.cert_path().with_extension("crt.new"),
-        &settings.cert_path(),
-    )?;
+    rename(&key_new, &settings.key_path())?;
+    rename(&cert_new, &settings.cert_path())?;
     Ok(not_after)
 }
 

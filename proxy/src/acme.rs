@@ -35,10 +35,14 @@ pub fn settings(acme: &routes::Acme) -> certs::acme::AcmeSettings {
 /// The answer to `GET /.well-known/acme-challenge/TOKEN` while ACME is configured.
 pub fn challenge_response(proxy: &Proxy, path: &str) -> Option<Response<Full<Bytes>>> {
     let token = path.strip_prefix(certs::acme::CHALLENGE_PREFIX)?;
-    proxy.active().snapshot.tls.acme.as_ref()?;
+    // A token being validated (ours, or a fleet member's) is answered; an unknown one is a
+    // 404 where ACME is configured, and otherwise routed like any path.
     let (status, body) = match proxy.acme_challenges.get(token) {
         Some(key_authorization) => (StatusCode::OK, key_authorization),
-        None => (StatusCode::NOT_FOUND, String::new()),
+        None => {
+            proxy.active().snapshot.tls.acme.as_ref()?;
+            (StatusCode::NOT_FOUND, String::new())
+        }
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -63,13 +67,188 @@ fn jitter(d: Duration) -> Duration {
     d / 10 * (nanos % 1000) / 1000
 }
 
-/// Runs the issue/renew loop until shutdown.
-pub fn spawn(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+/// Applies (or, `value` None, withdraws) a challenge answer another member published under
+/// `acme/challenge/<kind>/<id>`.
+pub fn fleet_challenge(proxy: &Proxy, id: &str, value: Option<&[u8]>) {
+    match value {
+        Some(v) => match serde_json::from_slice::<certs::acme::Published>(v) {
+            Ok(p) => {
+                if let Err(e) = proxy.acme_challenges.apply(&p) {
+                    tracing::warn!(error = %e, "fleet ACME challenge ignored");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet ACME challenge unreadable"),
+        },
+        None => {
+            let withdrawn = match id.split_once('/') {
+                Some(("http01", token)) => certs::acme::Published::Http01 {
+                    token: token.to_string(),
+                    key_authorization: String::new(),
+                },
+                Some(("alpn", name)) => certs::acme::Published::TlsAlpn01 {
+                    name: name.to_string(),
+                    digest_hex: String::new(),
+                },
+                _ => return,
+            };
+            proxy.acme_challenges.withdraw(&withdrawn);
+        }
+    }
+}
+
+/// Puts this member's challenge answers in etcd (leased with the order's lock), where every
+/// member's fleet watch applies them.
+struct EtcdPublisher {
+    client: etcd_client::Client,
+    prefix: String,
+    lease: i64,
+}
+
+impl certs::acme::Publish for EtcdPublisher {
+    fn publish<'a>(
+        &'a self,
+        p: &'a certs::acme::Published,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let id = match p {
+                certs::acme::Published::Http01 { token, .. } => format!("http01/{token}"),
+                certs::acme::Published::TlsAlpn01 { name, .. } => format!("alpn/{name}"),
+            };
+            let value = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+            let mut client = self.client.clone();
+            client
+                .put(
+                    format!("{}acme/challenge/{id}", self.prefix),
+                    value,
+                    Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+                )
+                .await
+                .map_err(|e| format!("publishing the challenge: {e}"))?;
+            // Watches deliver within milliseconds on loopback; leave them a margin before the
+            // CA is told to validate.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        })
+    }
+}
+
+/// The fleet's certificate record.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FleetCert {
+    chain: String,
+    key: String,
+    member: String,
+}
+
+/// One round in fleet mode: take the fleet's newer certificate if there is one; otherwise, when
+/// renewal is due, issue under the fleet's lock (one member at a time per name) and share the
+/// result. Returns how long to wait before the next round.
+async fn fleet_round(
+    proxy: &Proxy,
+    acme: &routes::Acme,
+    fleet: &crate::fleet::FleetOptions,
+) -> Result<Duration, String> {
+    let s = settings(acme);
+    let e = |e: etcd_client::Error| e.to_string();
+    let mut client = crate::fleet::connect(&fleet.endpoints).await?;
+    let pre = crate::fleet::prefix(&fleet.name);
+    let host = &s.hosts[0];
+    let cert_key = format!("{pre}acme/cert/{host}");
+    let lock_key = format!("{pre}acme/lock/{host}");
+    let stored = std::fs::read_to_string(s.cert_path()).unwrap_or_default();
+    if let Some(kv) = client
+        .get(cert_key.clone(), None)
+        .await
+        .map_err(e)?
+        .kvs()
+        .first()
+        && let Ok(remote) = serde_json::from_slice::<FleetCert>(kv.value())
+        && remote.chain != stored
+    {
+        let remote_not_after = certs::acme::install(&s, &remote.chain, &remote.key)?;
+        tracing::info!(host, from = %remote.member, not_after = remote_not_after, "ACME certificate taken from the fleet");
+        let _ = proxy.reload_tls();
+    }
+    let renew_at = certs::acme::stored_not_after(&s)
+        .map(|not_after| not_after - acme.renew_before.as_secs() as i64);
+    if let Some(at) = renew_at
+        && at > unix_now()
+    {
+        return Ok(Duration::from_secs((at - unix_now()) as u64).min(Duration::from_secs(60)));
+    }
+    // Due: one member issues. The lock lives as long as its lease (the order's challenge
+    // answers share it, so revoking the lease withdraws them everywhere).
+    let lease = client.lease_grant(120, None).await.map_err(e)?.id();
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::create_revision(
+            lock_key.clone(),
+            etcd_client::CompareOp::Equal,
+            0,
+        )])
+        .and_then([etcd_client::TxnOp::put(
+            lock_key,
+            fleet.member.clone(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )]);
+    if !client.txn(txn).await.map_err(e)?.succeeded() {
+        let _ = client.lease_revoke(lease).await;
+        return Ok(Duration::from_secs(2)); // another member is issuing
+    }
+    let publisher = EtcdPublisher {
+        client: client.clone(),
+        prefix: pre,
+        lease,
+    };
+    let issued = certs::acme::issue(&s, &proxy.acme_challenges, Some(&publisher)).await;
+    let outcome = match issued {
+        Ok((not_after, chain, key)) => {
+            let record = FleetCert {
+                chain,
+                key,
+                member: fleet.member.clone(),
+            };
+            let value = serde_json::to_vec(&record).map_err(|x| x.to_string())?;
+            client.put(cert_key, value, None).await.map_err(e)?;
+            tracing::info!(host, not_after, "ACME certificate issued for the fleet");
+            let _ = proxy.reload_tls();
+            Ok(Duration::ZERO)
+        }
+        Err(err) => Err(err),
+    };
+    let _ = client.lease_revoke(lease).await;
+    outcome
+}
+
+/// Runs the issue/renew loop until shutdown (`fleet`: share the work through etcd).
+pub fn spawn(
+    proxy: Arc<Proxy>,
+    mut stop: watch::Receiver<bool>,
+    fleet: Option<crate::fleet::FleetOptions>,
+) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(30);
         loop {
             let wait = match proxy.active().snapshot.tls.acme.clone() {
                 None => Duration::from_secs(60),
+                Some(acme) if fleet.is_some() => {
+                    let f = fleet.as_ref().expect("checked");
+                    match fleet_round(&proxy, &acme, f).await {
+                        Ok(wait) => {
+                            if wait.is_zero() {
+                                metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok").increment(1);
+                            }
+                            backoff = Duration::from_secs(30);
+                            wait
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "fleet ACME round failed");
+                            metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "failed").increment(1);
+                            let w = backoff + jitter(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(6 * 3600));
+                            w
+                        }
+                    }
+                }
                 Some(acme) => {
                     let s = settings(&acme);
                     let renew_at = certs::acme::stored_not_after(&s)
@@ -80,8 +259,8 @@ pub fn spawn(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
                             Duration::from_secs((at - unix_now()) as u64)
                                 .min(Duration::from_secs(3600))
                         }
-                        _ => match certs::acme::issue(&s, &proxy.acme_challenges).await {
-                            Ok(not_after) => {
+                        _ => match certs::acme::issue(&s, &proxy.acme_challenges, None).await {
+                            Ok((not_after, _, _)) => {
                                 tracing::info!(hosts = ?s.hosts, not_after, "ACME certificate issued");
                                 metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok").increment(1);
                                 let _ = proxy.reload_tls();

@@ -74,7 +74,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn prefix(name: &str) -> String {
+pub(crate) fn prefix(name: &str) -> String {
     format!("/frontdoor/{name}/")
 }
 
@@ -255,6 +255,11 @@ async fn session(
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let key = kv.key_str().map_err(e)?.to_string();
+                    if let Some(id) = key.strip_prefix(&format!("{pre}acme/challenge/")) {
+                        // Another member's ACME order: answer its challenges here too.
+                        crate::acme::fleet_challenge(proxy, id, (ev.event_type() == EventType::Put).then(|| kv.value()));
+                        continue;
+                    }
                     if ev.event_type() != EventType::Put {
                         continue;
                     }
@@ -461,7 +466,7 @@ pub async fn purge_in_etcd(
     Ok(())
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, String> {
+pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, String> {
     Client::connect(
         endpoints,
         Some(

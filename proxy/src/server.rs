@@ -167,7 +167,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
 
     spawn_rollout_controller(Arc::clone(&proxy), rx.clone());
     if proxy.active().snapshot.tls.acme.is_some() {
-        crate::acme::spawn(Arc::clone(&proxy), rx.clone());
+        crate::acme::spawn(Arc::clone(&proxy), rx.clone(), opts.fleet.clone());
     }
     if let Some(fleet) = opts.fleet {
         crate::fleet::spawn(Arc::clone(&proxy), fleet);

@@ -8,18 +8,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use common::etcd::{Etcd, free_port};
 use common::{eventually, start_with};
 use frontdoor::server::StartOptions;
 use frontdoor::state::ConfigSource;
 use loadtest::Origin;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Kills the child on drop.
 struct Killed(Child);
@@ -265,4 +258,98 @@ fn tempdir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&base).expect("tempdir");
     base
+}
+
+/// A fleet issues once: member B (ACME configured) takes the fleet's lock and orders; pebble
+/// validates against member A (which owns pebble's HTTP-01 port and has no ACME config of its
+/// own) — A answers from the challenge B published through etcd; member C, started later,
+/// takes B's certificate from etcd instead of ordering its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_orders_once_and_any_member_answers_the_challenge() {
+    certs::install_crypto_provider();
+    let dir = tempdir();
+    let etcd = Etcd::start().await;
+    let a_http = free_port();
+    let pebble = start_pebble(&dir, a_http, free_port()).await;
+    let origin = Origin::builder().start().await.expect("origin");
+    let base = format!(
+        "[clusters.app]\nendpoints = [{{ address = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+        origin.addr
+    );
+    let acme = |storage: &Path| {
+        format!(
+            "{base}[tls.acme]\ndirectory = \"{}\"\nhosts = [\"shop.test\"]\nstorage = \"{}\"\nca_file = \"{}\"\n",
+            pebble.directory,
+            storage.display(),
+            pebble.https_ca_file
+        )
+    };
+    let member = |config: String, id: &str, http: u16, https: bool| StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        http: Some(format!("127.0.0.1:{http}").parse().expect("addr")),
+        https: https.then(|| "127.0.0.1:0".parse().expect("addr")),
+        fleet: Some(frontdoor::fleet::FleetOptions {
+            endpoints: vec![etcd.url()],
+            name: "acme".into(),
+            member: id.into(),
+        }),
+        ..Default::default()
+    };
+    let a = start_with(member(base.clone(), "a", a_http, false)).await;
+    let a_ref = &a;
+    eventually("member a joins the fleet", || async move {
+        a_ref
+            .proxy
+            .fleet_status
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .is_some_and(|v| v["state"] == "ok")
+    })
+    .await;
+    let (b_dir, c_dir) = (dir.join("b"), dir.join("c"));
+    let b = start_with(member(acme(&b_dir), "b", free_port(), true)).await;
+    let b_cert = b_dir.join("shop.test.crt");
+    let b_ref = &b_cert;
+    eventually(
+        "member b's order is validated through member a",
+        || async move { b_ref.exists() },
+    )
+    .await;
+    let c = start_with(member(acme(&c_dir), "c", free_port(), true)).await;
+    let c_cert = c_dir.join("shop.test.crt");
+    let c_ref = &c_cert;
+    eventually("member c takes the fleet's certificate", || async move {
+        c_ref.exists()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(&b_cert).expect("b"),
+        std::fs::read(&c_cert).expect("c"),
+        "one issuance for the fleet: c serves b's certificate, not one of its own"
+    );
+    let (_, roots) = loadtest::client::tls_get(
+        pebble.management,
+        "localhost",
+        &pebble.https_ca,
+        &[b"http/1.1"],
+        "/roots/0",
+    )
+    .await
+    .expect("pebble root");
+    let root = roots.text();
+    let c_https = c.https.expect("https");
+    eventually("member c serves it", || {
+        let root = root.clone();
+        async move {
+            loadtest::client::tls_get(c_https, "shop.test", &root, &[b"http/1.1"], "/")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    for fd in [a, b, c] {
+        fd.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

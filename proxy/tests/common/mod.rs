@@ -1,6 +1,8 @@
 //! Shared test helpers: start a front door on loopback `:0` ports in front of in-process origins.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
