@@ -169,12 +169,15 @@ async fn fleet_round(
         tracing::info!(host, from = %remote.member, not_after = remote_not_after, "ACME certificate taken from the fleet");
         let _ = proxy.reload_tls();
     }
-    let renew_at = certs::acme::stored_not_after(&s)
-        .map(|not_after| not_after - acme.renew_before.as_secs() as i64);
-    if let Some(at) = renew_at
-        && at > unix_now()
-    {
-        return Ok(Duration::from_secs((at - unix_now()) as u64).min(Duration::from_secs(60)));
+    let stored = certs::acme::stored_not_after(&s);
+    // Re-check the fleet's record every minute: another member may renew first.
+    if let Some(wait) = renewal_wait(
+        stored,
+        acme.renew_before,
+        unix_now(),
+        Duration::from_secs(60),
+    ) {
+        return Ok(wait);
     }
     // Due: one member issues. The lock lives as long as its lease (the order's challenge
     // answers share it, so revoking the lease withdraws them everywhere).
@@ -210,6 +213,8 @@ async fn fleet_round(
             let value = serde_json::to_vec(&record).map_err(|x| x.to_string())?;
             client.put(cert_key, value, None).await.map_err(e)?;
             tracing::info!(host, not_after, "ACME certificate issued for the fleet");
+            metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok")
+                .increment(1);
             let _ = proxy.reload_tls();
             Ok(Duration::ZERO)
         }
@@ -219,6 +224,58 @@ async fn fleet_round(
     outcome
 }
 
+/// One round alone: issue when renewal is due, else say how long until it is.
+async fn local_round(proxy: &Proxy, acme: &routes::Acme) -> Result<Duration, String> {
+    let s = settings(acme);
+    let stored = certs::acme::stored_not_after(&s);
+    if let Some(wait) = renewal_wait(
+        stored,
+        acme.renew_before,
+        unix_now(),
+        Duration::from_secs(3600),
+    ) {
+        return Ok(wait);
+    }
+    let (not_after, _, _) = certs::acme::issue(&s, &proxy.acme_challenges, None).await?;
+    tracing::info!(hosts = ?s.hosts, not_after, "ACME certificate issued");
+    metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok")
+        .increment(1);
+    let _ = proxy.reload_tls();
+    Ok(Duration::ZERO)
+}
+
+/// `None` when a certificate expiring at `not_after` (none stored: `None`) is due for renewal
+/// at `now`; otherwise how long to wait, at most `cap` (so config changes are picked up).
+fn renewal_wait(
+    not_after: Option<i64>,
+    renew_before: Duration,
+    now: i64,
+    cap: Duration,
+) -> Option<Duration> {
+    let due_at = not_after? - renew_before.as_secs() as i64;
+    (due_at > now).then(|| Duration::from_secs((due_at - now) as u64).min(cap))
+}
+
+/// Exponential backoff between failed rounds: 30 s doubling to 6 h.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(6 * 3600);
+
+    /// The wait after a failure (with up to 10% jitter); the next one is twice as long.
+    fn failed(&mut self) -> Duration {
+        let wait = self.0 + jitter(self.0);
+        self.0 = (self.0 * 2).min(Self::MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
 /// Runs the issue/renew loop until shutdown (`fleet`: share the work through etcd).
 pub fn spawn(
     proxy: Arc<Proxy>,
@@ -226,56 +283,23 @@ pub fn spawn(
     fleet: Option<crate::fleet::FleetOptions>,
 ) {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_secs(30);
+        let mut backoff = Backoff(Backoff::FIRST);
         loop {
-            let wait = match proxy.active().snapshot.tls.acme.clone() {
-                None => Duration::from_secs(60),
-                Some(acme) if fleet.is_some() => {
-                    let f = fleet.as_ref().expect("checked");
-                    match fleet_round(&proxy, &acme, f).await {
-                        Ok(wait) => {
-                            if wait.is_zero() {
-                                metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok").increment(1);
-                            }
-                            backoff = Duration::from_secs(30);
-                            wait
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "fleet ACME round failed");
-                            metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "failed").increment(1);
-                            let w = backoff + jitter(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(6 * 3600));
-                            w
-                        }
-                    }
+            let round = match (proxy.active().snapshot.tls.acme.clone(), &fleet) {
+                (None, _) => Ok(Duration::from_secs(60)),
+                (Some(acme), Some(f)) => fleet_round(&proxy, &acme, f).await,
+                (Some(acme), None) => local_round(&proxy, &acme).await,
+            };
+            let wait = match round {
+                Ok(wait) => {
+                    backoff.reset();
+                    wait
                 }
-                Some(acme) => {
-                    let s = settings(&acme);
-                    let renew_at = certs::acme::stored_not_after(&s)
-                        .map(|not_after| not_after - acme.renew_before.as_secs() as i64);
-                    match renew_at {
-                        Some(at) if at > unix_now() => {
-                            backoff = Duration::from_secs(30);
-                            Duration::from_secs((at - unix_now()) as u64)
-                                .min(Duration::from_secs(3600))
-                        }
-                        _ => match certs::acme::issue(&s, &proxy.acme_challenges, None).await {
-                            Ok((not_after, _, _)) => {
-                                tracing::info!(hosts = ?s.hosts, not_after, "ACME certificate issued");
-                                metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "ok").increment(1);
-                                let _ = proxy.reload_tls();
-                                backoff = Duration::from_secs(30);
-                                Duration::ZERO
-                            }
-                            Err(e) => {
-                                tracing::warn!(hosts = ?s.hosts, error = %e, retry_in_s = backoff.as_secs(), "ACME issuance failed");
-                                metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "failed").increment(1);
-                                let w = backoff + jitter(backoff);
-                                backoff = (backoff * 2).min(Duration::from_secs(6 * 3600));
-                                w
-                            }
-                        },
-                    }
+                Err(e) => {
+                    let wait = backoff.failed();
+                    tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "ACME round failed");
+                    metrics::counter!(crate::telemetry::ACME_ISSUANCES, crate::telemetry::L_RESULT => "failed").increment(1);
+                    wait
                 }
             };
             if wait.is_zero() {
@@ -287,4 +311,54 @@ pub fn spawn(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_renew_before_expiry() {
+        let day = 86_400;
+        let before = Duration::from_secs(30 * day as u64);
+        let cap = Duration::from_secs(3600);
+        let now = 1_000_000_000;
+        assert_eq!(
+            renewal_wait(None, before, now, cap),
+            None,
+            "nothing stored: issue"
+        );
+        assert_eq!(
+            renewal_wait(Some(now + 90 * day), before, now, cap),
+            Some(cap)
+        );
+        assert_eq!(
+            renewal_wait(Some(now + 30 * day + 120), before, now, cap),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            renewal_wait(Some(now + 30 * day), before, now, cap),
+            None,
+            "due now"
+        );
+        assert_eq!(
+            renewal_wait(Some(now - day), before, now, cap),
+            None,
+            "expired"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_six_hours_with_bounded_jitter() {
+        let mut b = Backoff(Backoff::FIRST);
+        let mut base = Backoff::FIRST;
+        for _ in 0..12 {
+            let w = b.failed();
+            assert!(w >= base && w <= base + base / 10, "{w:?} for {base:?}");
+            base = (base * 2).min(Backoff::MAX);
+        }
+        assert_eq!(b.0, Backoff::MAX);
+        b.reset();
+        assert_eq!(b.0, Backoff::FIRST);
+    }
 }
