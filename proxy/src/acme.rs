@@ -124,9 +124,9 @@ impl certs::acme::Publish for EtcdPublisher {
                 )
                 .await
                 .map_err(|e| format!("publishing the challenge: {e}"))?;
-            // Watches deliver within milliseconds on loopback; leave them a margin before the
-            // CA is told to validate.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Watches deliver within milliseconds on a quiet network; leave a generous margin
+            // before the CA is told to validate (orders are rare, a second is cheap).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             Ok(())
         })
     }
@@ -138,6 +138,29 @@ struct FleetCert {
     chain: String,
     key: String,
     member: String,
+}
+
+/// Installs the fleet's certificate for the first host when it differs from the stored one.
+async fn take_fleet_certificate(
+    proxy: &Proxy,
+    s: &certs::acme::AcmeSettings,
+    mut client: etcd_client::Client,
+    cert_key: String,
+) -> Result<(), String> {
+    let stored = std::fs::read_to_string(s.cert_path()).unwrap_or_default();
+    let found = client
+        .get(cert_key, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(kv) = found.kvs().first()
+        && let Ok(remote) = serde_json::from_slice::<FleetCert>(kv.value())
+        && remote.chain != stored
+    {
+        let not_after = certs::acme::install(s, &remote.chain, &remote.key)?;
+        tracing::info!(host = %s.hosts[0], from = %remote.member, not_after, "ACME certificate taken from the fleet");
+        let _ = proxy.reload_tls();
+    }
+    Ok(())
 }
 
 /// One round in fleet mode: take the fleet's newer certificate if there is one; otherwise, when
@@ -155,28 +178,22 @@ async fn fleet_round(
     let host = &s.hosts[0];
     let cert_key = format!("{pre}acme/cert/{host}");
     let lock_key = format!("{pre}acme/lock/{host}");
-    let stored = std::fs::read_to_string(s.cert_path()).unwrap_or_default();
-    if let Some(kv) = client
-        .get(cert_key.clone(), None)
-        .await
-        .map_err(e)?
-        .kvs()
-        .first()
-        && let Ok(remote) = serde_json::from_slice::<FleetCert>(kv.value())
-        && remote.chain != stored
-    {
-        let remote_not_after = certs::acme::install(&s, &remote.chain, &remote.key)?;
-        tracing::info!(host, from = %remote.member, not_after = remote_not_after, "ACME certificate taken from the fleet");
-        let _ = proxy.reload_tls();
-    }
-    let stored = certs::acme::stored_not_after(&s);
-    // Re-check the fleet's record every minute: another member may renew first.
-    if let Some(wait) = renewal_wait(
-        stored,
-        acme.renew_before,
-        unix_now(),
-        Duration::from_secs(60),
-    ) {
+    // The fleet's certificate, when it differs from ours, then: is renewal due?
+    let due = |client: etcd_client::Client| {
+        let (s, cert_key) = (&s, cert_key.clone());
+        async move {
+            take_fleet_certificate(proxy, s, client, cert_key).await?;
+            let stored = certs::acme::stored_not_after(s);
+            // Re-check every minute: another member may renew first.
+            Ok::<_, String>(renewal_wait(
+                stored,
+                acme.renew_before,
+                unix_now(),
+                Duration::from_secs(60),
+            ))
+        }
+    };
+    if let Some(wait) = due(client.clone()).await? {
         return Ok(wait);
     }
     // Due: one member issues. The lock lives as long as its lease (the order's challenge
@@ -196,6 +213,15 @@ async fn fleet_round(
     if !client.txn(txn).await.map_err(e)?.succeeded() {
         let _ = client.lease_revoke(lease).await;
         return Ok(Duration::from_secs(2)); // another member is issuing
+    }
+    // Checked again under the lock: a member that finished just before we took it has
+    // already shared its certificate.
+    match due(client.clone()).await {
+        Ok(None) => {}
+        other => {
+            let _ = client.lease_revoke(lease).await;
+            return other.map(|wait| wait.unwrap_or(Duration::ZERO));
+        }
     }
     let publisher = EtcdPublisher {
         client: client.clone(),

@@ -341,7 +341,9 @@ async fn proxy_request(
             Ok(f) => f.response.status().is_server_error(),
             Err(e) => !matches!(
                 e.error,
-                ProxyError::ResidencyRefused { .. } | ProxyError::BadRequest(_)
+                ProxyError::ResidencyRefused { .. }
+                    | ProxyError::BadRequest(_)
+                    | ProxyError::ClientTimeout
             ),
         };
         let region = match &result {

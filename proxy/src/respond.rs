@@ -47,12 +47,15 @@ pub enum ProxyError {
     Timeout { endpoint: String },
     /// `Cache-Control: only-if-cached` and nothing usable is stored (504, RFC 9111 §5.2.1.7).
     NotCached,
+    /// The client went quiet inside its request body (408, connection closed).
+    ClientTimeout,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoHealthyUpstream { .. } | ProxyError::ResidencyRefused { .. } => {
@@ -70,7 +73,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
-            | ProxyError::NotCached => Source::Downstream,
+            | ProxyError::NotCached
+            | ProxyError::ClientTimeout => Source::Downstream,
             _ => Source::Upstream,
         }
     }
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::NotCached => "not_cached",
+            ProxyError::ClientTimeout => "client_timeout",
         }
     }
 
@@ -115,6 +120,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => "the upstream closed the exchange".into(),
             ProxyError::Timeout { .. } => "the upstream did not answer in time".into(),
             ProxyError::NotCached => "only-if-cached, and no stored response can answer".into(),
+            ProxyError::ClientTimeout => "the request body stalled; send it faster".into(),
         }
     }
 
@@ -148,7 +154,7 @@ impl ProxyError {
                 HeaderValue::from(*retry_after_secs),
             );
         }
-        if matches!(self, ProxyError::BadRequest(_)) {
+        if matches!(self, ProxyError::BadRequest(_) | ProxyError::ClientTimeout) {
             // After a request we refused to parse further, the connection's framing is suspect.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -334,3 +334,39 @@ async fn slowloris_connections_do_not_starve_normal_requests() {
         "no slow request reached the upstream"
     );
 }
+
+/// A client that stops inside its request body gets 408 and a closed connection after
+/// `server.client_body_timeout`, not a 504 blamed on the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that reads the whole request before it would answer (and never does).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let fd = start(&format!(
+        "[server]\nclient_body_timeout = \"1s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "request_timeout = \"30s\"", &[(upstream, "", "v")])
+    ))
+    .await;
+    let out = exchange(
+        fd.http.expect("http"),
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("client_timeout"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+}

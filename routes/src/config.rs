@@ -120,6 +120,9 @@ pub struct RawServer {
     pub access_log: Option<bool>,
     /// How long SIGTERM waits for in-flight requests before exiting. Default `"30s"`.
     pub drain_timeout: Option<String>,
+    /// Longest silence inside a client's request body before it is answered 408. Default
+    /// `"30s"`.
+    pub client_body_timeout: Option<String>,
     /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
     pub via: Option<String>,
     /// Open client connections at most, over all listeners (default 100,000).

@@ -280,6 +280,11 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.drain_timeout.as_ref(),
             Duration::from_secs(30),
         ),
+        client_body_timeout: errors.duration(
+            "server.client_body_timeout".into(),
+            raw.client_body_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
         via: raw.via.clone().unwrap_or_else(|| "frontdoor".to_string()),
         max_connections: positive(
             errors,

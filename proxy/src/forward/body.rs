@@ -83,16 +83,24 @@ impl Body for IdleTimeoutBody {
 /// upstream (502).
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
-    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    inner: IdleTimeoutBody,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
 
+/// How the client's body ended, when it broke the exchange.
+pub const CLIENT_BODY_MALFORMED: u8 = 1;
+/// The client went quiet inside its body for longer than `server.client_body_timeout`.
+pub const CLIENT_BODY_TIMED_OUT: u8 = 2;
+
 impl ClientBody {
-    pub fn new(inner: Incoming) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+    ) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicU8>) {
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
         (
             ClientBody {
-                inner,
+                inner: IdleTimeoutBody::new(inner, idle),
                 failed: std::sync::Arc::clone(&failed),
             },
             failed,
@@ -102,16 +110,20 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &poll {
-            self.failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Poll::Ready(Some(Err(e))) = &poll {
+            let how = if e.is::<BodyIdleTimeout>() {
+                CLIENT_BODY_TIMED_OUT
+            } else {
+                CLIENT_BODY_MALFORMED
+            };
+            self.failed.store(how, std::sync::atomic::Ordering::Relaxed);
         }
         poll
     }

@@ -144,7 +144,7 @@ pub async fn send(
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
     // Set when the client's own body broke the exchange (then it is a 400, not a 502).
-    let mut client_body_failed: Option<Arc<std::sync::atomic::AtomicBool>> = None;
+    let mut client_body_failed: Option<Arc<std::sync::atomic::AtomicU8>> = None;
     let mut attempts = 0u32;
     cluster.in_flight.fetch_add(1, Ordering::Relaxed);
     let _active = Decrement(&cluster.in_flight);
@@ -196,7 +196,7 @@ pub async fn send(
         // The first attempt takes the client's body; a retry is only ever of a bodiless request.
         let upstream_body = match body.take() {
             Some(b) if !bodiless => {
-                let (body, failed) = ClientBody::new(b);
+                let (body, failed) = ClientBody::new(b, snapshot.server.client_body_timeout);
                 client_body_failed = Some(failed);
                 Either::Left(body)
             }
@@ -240,11 +240,16 @@ pub async fn send(
             Ok(Err(_))
                 if client_body_failed
                     .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Relaxed)) =>
+                    .is_some_and(|f| f.load(Ordering::Relaxed) != 0) =>
             {
                 // The upstream is not at fault: don't count it against it.
+                let how = client_body_failed.map_or(0, |f| f.load(Ordering::Relaxed));
                 return Err(ForwardError {
-                    error: ProxyError::BadRequest("malformed or incomplete request body"),
+                    error: if how == body::CLIENT_BODY_TIMED_OUT {
+                        ProxyError::ClientTimeout
+                    } else {
+                        ProxyError::BadRequest("malformed or incomplete request body")
+                    },
                     member: Some(member),
                     attempts,
                 });
