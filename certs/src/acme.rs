@@ -334,7 +334,9 @@ async fn account(settings: &AcmeSettings) -> Result<Account, String> {
     Ok(account)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes a file only its owner can read (0600 on Unix), through a temporary name and a
+/// rename, so a reader never sees half of it.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -173,24 +173,14 @@ fn init_logging() {
 }
 
 fn dev_certs(names: &[String], out: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::Write;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ca = certs::dev::DevCa::new("frontdoor dev CA")?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let leaf = ca.issue(&refs)?;
     std::fs::write(out.join("ca.pem"), &ca.cert_pem)?;
     std::fs::write(out.join("cert.pem"), &leaf.cert_pem)?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(out.join("key.pem"))
-        .and_then(|mut f| f.write_all(leaf.key_pem.as_bytes()))
-        .with_context(|| format!("writing {}", out.join("key.pem").display()))?;
+    certs::acme::write_private(&out.join("key.pem"), leaf.key_pem.as_bytes())
+        .map_err(anyhow::Error::msg)?;
     println!(
         "wrote {dir}/ca.pem, {dir}/cert.pem, {dir}/key.pem for {}\n  [[tls.certificates]]\n  hosts = {:?}\n  cert = \"{dir}/cert.pem\"\n  key = \"{dir}/key.pem\"\n  clients: curl --cacert {dir}/ca.pem https://{}/",
         names.join(", "),
