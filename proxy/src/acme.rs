@@ -53,12 +53,6 @@ pub fn challenge_response(proxy: &Proxy, path: &str) -> Option<Response<Full<Byt
     Some(resp)
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Up to a tenth of `d`, from the clock's low bits: spreads a fleet's retries and renewals.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -188,7 +182,7 @@ async fn fleet_round(
             Ok::<_, String>(renewal_wait(
                 stored,
                 acme.renew_before,
-                unix_now(),
+                crate::clock::unix_now() as i64,
                 Duration::from_secs(60),
             ))
         }
@@ -257,7 +251,7 @@ async fn local_round(proxy: &Proxy, acme: &routes::Acme) -> Result<Duration, Str
     if let Some(wait) = renewal_wait(
         stored,
         acme.renew_before,
-        unix_now(),
+        crate::clock::unix_now() as i64,
         Duration::from_secs(3600),
     ) {
         return Ok(wait);
