@@ -23,6 +23,22 @@ fn element(der: &[u8], pos: usize) -> Option<(u8, usize, usize)> {
     (end <= der.len()).then_some((tag, end, start))
 }
 
+/// Where the `n`th field of the tbsCertificate starts (0: serialNumber, 1: signature, 2: issuer,
+/// 3: validity, 4: subject, 5: subjectPublicKeyInfo, 6: what follows), skipping the optional
+/// `[0]` version; and where the tbsCertificate ends.
+fn tbs_field(der: &[u8], n: usize) -> Option<(usize, usize)> {
+    let (_, _, cert) = element(der, 0)?; // Certificate SEQUENCE
+    let (_, tbs_end, mut pos) = element(der, cert)?; // tbsCertificate SEQUENCE
+    let (tag, end, _) = element(der, pos)?;
+    if tag == 0xa0 {
+        pos = end;
+    }
+    for _ in 0..n {
+        pos = element(der, pos)?.1;
+    }
+    Some((pos, tbs_end))
+}
+
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -55,16 +71,7 @@ fn parse_time(tag: u8, text: &[u8]) -> Option<i64> {
 
 /// The certificate's `notAfter`, as Unix seconds.
 pub fn not_after_unix(der: &[u8]) -> Option<i64> {
-    let (_, _, cert) = element(der, 0)?; // Certificate SEQUENCE
-    let (_, _, tbs) = element(der, cert)?; // tbsCertificate SEQUENCE
-    let mut pos = tbs;
-    let (tag, end, _) = element(der, pos)?;
-    if tag == 0xa0 {
-        pos = end; // [0] version
-    }
-    for _ in 0..3 {
-        pos = element(der, pos)?.1; // serialNumber, signature, issuer
-    }
+    let (pos, _) = tbs_field(der, 3)?; // validity
     let (_, _, validity) = element(der, pos)?;
     let (_, not_before_end, _) = element(der, validity)?;
     let (tag, end, start) = element(der, not_before_end)?;
@@ -77,18 +84,8 @@ pub fn dns_names(der: &[u8]) -> Vec<String> {
 }
 
 fn dns_names_inner(der: &[u8]) -> Option<Vec<String>> {
-    let (_, _, cert) = element(der, 0)?;
-    let (_, tbs_end, tbs) = element(der, cert)?;
-    let mut pos = tbs;
-    let (tag, end, _) = element(der, pos)?;
-    if tag == 0xa0 {
-        pos = end;
-    }
-    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
-    for _ in 0..6 {
-        pos = element(der, pos)?.1;
-    }
-    // Optional [1] issuerUniqueID, [2] subjectUniqueID, then [3] extensions.
+    let (mut pos, tbs_end) = tbs_field(der, 6)?;
+    // After subjectPublicKeyInfo: optional [1] issuerUniqueID, [2] subjectUniqueID, then [3] extensions.
     while pos < tbs_end {
         let (tag, end, start) = element(der, pos)?;
         if tag == 0xa3 {
@@ -132,16 +129,7 @@ fn dns_names_inner(der: &[u8]) -> Option<Vec<String>> {
 
 /// The issuer's common name (or, without one, its organization), for display.
 pub fn issuer_name(der: &[u8]) -> Option<String> {
-    let (_, _, cert) = element(der, 0)?;
-    let (_, _, tbs) = element(der, cert)?;
-    let mut pos = tbs;
-    let (tag, end, _) = element(der, pos)?;
-    if tag == 0xa0 {
-        pos = end;
-    }
-    for _ in 0..2 {
-        pos = element(der, pos)?.1; // serialNumber, signature
-    }
+    let (pos, _) = tbs_field(der, 2)?; // issuer
     let (_, issuer_end, mut rdn) = element(der, pos)?; // issuer Name: SEQUENCE of SETs
     const CN: [u8; 3] = [0x55, 0x04, 0x03];
     const O: [u8; 3] = [0x55, 0x04, 0x0a];
