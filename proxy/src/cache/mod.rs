@@ -175,7 +175,7 @@ pub struct Cache {
     store: moka::sync::Cache<Key, Arc<Variants>>,
     pub limits: StoreLimits,
     inflight: Mutex<HashMap<Key, watch::Receiver<()>>>,
-    /// Every scope seen, to invalidate one URL in all of them.
+    /// Every scope an entry was stored under, to invalidate one URL in all of them.
     scopes: Mutex<HashSet<Arc<str>>>,
     metrics: Metrics,
 }
@@ -272,21 +272,10 @@ impl Cache {
         self.metrics.results[status as usize].increment(1);
     }
 
-    /// The key for a request, registering its scope.
+    /// The key for a request.
     pub fn key(&self, scope: &str, host: &str, target: &str) -> Key {
-        let scope: Arc<str> = {
-            let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
-            match scopes.get(scope) {
-                Some(s) => Arc::clone(s),
-                None => {
-                    let s: Arc<str> = Arc::from(scope);
-                    scopes.insert(Arc::clone(&s));
-                    s
-                }
-            }
-        };
         Key {
-            scope,
+            scope: scope.into(),
             host: host.into(),
             target: target.into(),
         }
@@ -304,6 +293,14 @@ impl Cache {
 
     /// Stores an entry, replacing the variant with the same secondary key.
     pub fn insert(&self, key: Key, entry: Entry) {
+        // Only scopes that hold entries need visiting when a URL is invalidated; registered
+        // here, off the lookup path.
+        {
+            let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+            if !scopes.contains(&key.scope) {
+                scopes.insert(Arc::clone(&key.scope));
+            }
+        }
         let entry = Arc::new(entry);
         let mut list: Vec<Arc<Entry>> = match self.store.get(&key) {
             Some(old) => old
