@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TOKEN, cluster, eventually, start, url};
-use http::{Request, Response, StatusCode};
+use common::{admin_call, cluster, eventually, start, url};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use loadtest::Client;
@@ -168,16 +168,7 @@ async fn reference_policy_caches_the_site_and_never_the_api() {
     assert_eq!(origin.hits(), 4, "/api/** is never cached");
 
     // The metrics count what happened.
-    let metrics = Client::http1()
-        .send(
-            Request::get(format!("http://{}/metrics", fd.admin))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(Full::default())
-                .expect("req"),
-        )
-        .await
-        .expect("metrics")
-        .text();
+    let metrics = admin_call(&fd, Method::GET, "/metrics", "").await.text();
     assert!(
         metrics.contains("frontdoor_cache_requests_total{result=\"hit\"} 3"),
         "{metrics}"
@@ -394,20 +385,7 @@ async fn unsafe_methods_invalidate_and_purge_drops() {
     assert_eq!(get(&fd, "/doc", &[]).await.header("x-cache"), Some("HIT"));
 
     // Admin purge by URL, then by prefix.
-    let admin = |body: &'static str| {
-        let uri = format!("http://{}/cache/purge", fd.admin);
-        async move {
-            Client::http1()
-                .send(
-                    Request::post(uri)
-                        .header("authorization", format!("Bearer {TOKEN}"))
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("req"),
-                )
-                .await
-                .expect("admin")
-        }
-    };
+    let admin = |body: &'static str| admin_call(&fd, Method::POST, "/cache/purge", body);
     let r = admin(r#"{"url": "http://127.0.0.1/doc"}"#).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(get(&fd, "/doc", &[]).await.header("x-cache"), Some("MISS"));
@@ -609,18 +587,13 @@ Cache-Control = "public, max-age=600"
 async fn explain_shows_the_effective_headers() {
     let origin = Scripted::start(Duration::ZERO, |_, _| (200, vec![], String::new())).await;
     let fd = start(&config(origin.addr, "")).await;
-    let r = Client::http1()
-        .send(
-            Request::get(format!(
-                "http://{}/explain?url=http%3A%2F%2Fexample.com%2Fdocs%2Fa",
-                fd.admin
-            ))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Full::default())
-            .expect("req"),
-        )
-        .await
-        .expect("explain");
+    let r = admin_call(
+        &fd,
+        Method::GET,
+        "/explain?url=http%3A%2F%2Fexample.com%2Fdocs%2Fa",
+        "",
+    )
+    .await;
     let text = r.text();
     assert!(text.contains("cache rule:   \"site\""), "{text}");
     assert!(

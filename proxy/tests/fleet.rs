@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
-use common::{TOKEN, eventually, start_with};
+use common::{admin_call, eventually, start_with};
 use frontdoor::fleet::FleetOptions;
 use frontdoor::server::{Running, StartOptions};
 use frontdoor::state::ConfigSource;
@@ -56,14 +56,7 @@ async fn member(etcd: &Etcd, text: &str, region: &str, id: &str) -> Running {
 }
 
 async fn admin(fd: &Running, method: Method, path: &str, body: &str) -> Value {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{}", fd.admin, path))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .expect("req");
-    serde_json::from_slice(&Client::http1().send(req).await.expect("admin").body)
-        .unwrap_or(Value::Null)
+    serde_json::from_slice(&admin_call(fd, method, path, body).await.body).unwrap_or(Value::Null)
 }
 
 async fn rollout(fd: &Running) -> (f64, String) {
@@ -233,16 +226,7 @@ async fn an_etcd_outage_degrades_and_a_rollback_decided_meanwhile_wins() {
             StatusCode::OK
         );
     }
-    let metrics = Client::http1()
-        .send(
-            Request::get(format!("http://{}/metrics", a.admin))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(Full::default())
-                .expect("req"),
-        )
-        .await
-        .expect("metrics")
-        .text();
+    let metrics = admin_call(&a, Method::GET, "/metrics", "").await.text();
     assert!(metrics.contains("frontdoor_fleet_degraded 1"), "{metrics}");
 
     // During the outage: b shifts forward, a rolls back. When etcd returns, the rollback wins.

@@ -30,6 +30,27 @@ pub async fn start_with(mut opts: StartOptions) -> Running {
     server::start(opts).await.expect("front door starts")
 }
 
+/// An admin API call on `running` with the test token.
+pub async fn admin_call(
+    running: &Running,
+    method: http::Method,
+    path: &str,
+    body: &str,
+) -> loadtest::Collected {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", running.admin, path))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("admin request");
+    loadtest::Client::http1()
+        .send(req)
+        .await
+        .expect("admin answers")
+}
+
 pub fn url(running: &Running, path: &str) -> String {
     format!("http://{}{}", running.http.expect("http listener"), path)
 }
