@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
             now,
             now,
             None,
-            "x",
+            &http::uri::Authority::from_static("127.0.0.1:1"),
         )
         .expect("storable");
         e.body = bytes::Bytes::from_static(b"<html>hello</html>");

@@ -30,12 +30,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Where the request came from and how.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// TCP peer address.
     pub addr: std::net::SocketAddr,
     /// `true` on the TLS listener.
     pub tls: bool,
+    /// The peer's IP as a header value (`X-Forwarded-For`), formatted once per connection.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: std::net::SocketAddr, tls: bool) -> Peer {
+        let ip = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, tls, ip }
+    }
 }
 
 /// The request's host for routing: `:authority` (HTTP/2) or `Host`, normalised.
@@ -158,31 +168,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Appends our `Via` entry, e.g. `1.1 frontdoor`.
-pub fn add_via(headers: &mut HeaderMap, version: Version, pseudonym: &str) {
-    let proto = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    let entry = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {proto} {pseudonym}"),
-        None => format!("{proto} {pseudonym}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&entry) {
-        headers.insert(header::VIA, v);
+pub fn add_via(headers: &mut HeaderMap, version: Version, via: &ViaValues) {
+    let ours = via.for_version(version);
+    match headers.get(header::VIA).map(HeaderValue::as_bytes) {
+        Some(prev) => {
+            let mut entry = Vec::with_capacity(prev.len() + 2 + ours.len());
+            entry.extend_from_slice(prev);
+            entry.extend_from_slice(b", ");
+            entry.extend_from_slice(ours.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&entry) {
+                headers.insert(header::VIA, v);
+            }
+        }
+        None => {
+            headers.insert(header::VIA, ours.clone());
+        }
+    }
+}
+
+/// Our own `Via` entry (`PROTOCOL PSEUDONYM`) for each protocol version, built once per
+/// snapshot so the request path only clones a header value.
+#[derive(Debug, Clone)]
+pub struct ViaValues([HeaderValue; 4]);
+
+impl ViaValues {
+    pub fn new(pseudonym: &str) -> ViaValues {
+        let value = |proto: &str| {
+            HeaderValue::from_str(&format!("{proto} {pseudonym}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 frontdoor"))
+        };
+        ViaValues([value("1.0"), value("1.1"), value("2"), value("3")])
+    }
+
+    fn for_version(&self, version: Version) -> &HeaderValue {
+        match version {
+            Version::HTTP_10 => &self.0[0],
+            Version::HTTP_2 => &self.0[2],
+            Version::HTTP_3 => &self.0[3],
+            _ => &self.0[1],
+        }
     }
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
 /// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
-    let peer_ip = peer.addr.ip().to_canonical().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted && !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
+        Some(prev) if trusted && !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip().to_canonical())).ok()
+        }
+        _ => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -255,10 +292,7 @@ cluster = "c"
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert!(h.contains_key("accept"));
-        let peer = Peer {
-            addr: "8.8.8.8:1234".parse().expect("addr"),
-            tls: false,
-        };
+        let peer = Peer::new("8.8.8.8:1234".parse().expect("addr"), false);
         set_forwarded(&mut h, &peer, false, "example.com");
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -268,10 +302,7 @@ cluster = "c"
             ("x-forwarded-for", "9.9.9.9"),
             ("x-forwarded-proto", "https"),
         ]);
-        let proxy = Peer {
-            addr: "10.0.0.2:1".parse().expect("addr"),
-            tls: false,
-        };
+        let proxy = Peer::new("10.0.0.2:1".parse().expect("addr"), false);
         set_forwarded(&mut t, &proxy, true, "example.com");
         assert_eq!(t["x-forwarded-for"], "9.9.9.9, 10.0.0.2");
         assert_eq!(t["x-forwarded-proto"], "https");
@@ -285,7 +316,7 @@ cluster = "c"
     #[test]
     fn via_and_request_ids() {
         let mut h = headers(&[("via", "1.1 cdn")]);
-        add_via(&mut h, Version::HTTP_2, "frontdoor");
+        add_via(&mut h, Version::HTTP_2, &ViaValues::new("frontdoor"));
         assert_eq!(h["via"], "1.1 cdn, 2 frontdoor");
         let mut a = HeaderMap::new();
         let id = ensure_request_id(&mut a);

@@ -183,10 +183,7 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer {
-            addr,
-            tls: tls.is_some(),
-        };
+        let peer = Peer::new(addr, tls.is_some());
         let service = make_service(peer);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();

@@ -36,7 +36,7 @@ pub type ProxyBody = Either<TeeBody, Full<Bytes>>;
 /// What the record stage needs to know about how the request went.
 struct Outcome {
     route: Option<usize>,
-    upstream: String,
+    upstream: Option<http::uri::Authority>,
     attempts: u32,
     upstream_ms: f64,
     error: Option<ProxyError>,
@@ -73,7 +73,7 @@ pub async fn handle(
 
     let mut outcome = Outcome {
         route: None,
-        upstream: String::new(),
+        upstream: None,
         attempts: 0,
         upstream_ms: 0.0,
         error: None,
@@ -133,7 +133,7 @@ pub async fn handle(
                 .route
                 .map(|i| active.snapshot.routes[i].name.as_str())
                 .unwrap_or("-"),
-            upstream: &outcome.upstream,
+            upstream: outcome.upstream.as_ref().map_or("", |a| a.as_str()),
             status: response.status().as_u16(),
             error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
             attempts: outcome.attempts,
@@ -315,7 +315,7 @@ async fn proxy_request(
         }
     }
     classify::set_forwarded(&mut head.headers, &peer, trusted, host);
-    classify::add_via(&mut head.headers, head.version, &snapshot.server.via);
+    classify::add_via(&mut head.headers, head.version, &active.via);
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional)
     let mut plan = match crate::cache::stage::lookup(
@@ -360,12 +360,12 @@ async fn proxy_request(
                 // stale-if-error: the stored response stands in for the failed exchange.
                 return Ok(from_cache(active, served, request_id, set_cookie, outcome));
             }
-            outcome.upstream = e.member.map(|m| m.addr.to_string()).unwrap_or_default();
+            outcome.upstream = e.member.map(|m| m.authority.clone());
             return Err(e.error);
         }
     };
     outcome.attempts = forwarded.attempts;
-    outcome.upstream = forwarded.member.addr.to_string();
+    outcome.upstream = Some(forwarded.member.authority.clone());
     if let Some(served) = plan.on_response(
         active,
         forwarded.response.status(),
@@ -385,21 +385,21 @@ async fn proxy_request(
             Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut response)),
             None => {
                 return Err(ProxyError::UpstreamFailed {
-                    endpoint: outcome.upstream.clone(),
+                    endpoint: forwarded.member.authority.to_string(),
                 });
             }
         }
     }
     let (mut parts, body) = response.into_parts();
     classify::strip_hop_by_hop(&mut parts.headers, switching);
-    classify::add_via(&mut parts.headers, parts.version, &snapshot.server.via);
+    classify::add_via(&mut parts.headers, parts.version, &active.via);
     let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
     let body = plan.respond(
         active,
         &mut parts,
         body,
         forwarded.member.region,
-        &outcome.upstream,
+        &forwarded.member.authority,
     );
     parts
         .headers
@@ -424,7 +424,7 @@ fn from_cache(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     outcome.cache = Some(served.status);
-    outcome.upstream = served.upstream;
+    outcome.upstream = Some(served.upstream);
     let (mut parts, body) = served.response.into_parts();
     parts
         .headers

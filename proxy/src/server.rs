@@ -202,9 +202,9 @@ async fn spawn_proxy_listener(
         .map_err(|e| anyhow::anyhow!("bind {name} {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     let p = Arc::clone(proxy);
-    let make = move |peer| {
+    let make = move |peer: crate::classify::Peer| {
         let p = Arc::clone(&p);
-        hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer, req))
+        hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer.clone(), req))
     };
     tasks.push(tokio::spawn(crate::listen::serve(
         name,

@@ -26,13 +26,19 @@ pub struct Active {
     pub limiters: Vec<Option<Arc<crate::limit::RateLimiter>>>,
     /// Cache rules and the shared cache (kept across reloads while its limits hold).
     pub cache: crate::cache::CacheRuntime,
+    /// `x-served-region` values by region index, built once per snapshot.
+    region_headers: Vec<http::HeaderValue>,
+    /// Our `Via` entries by protocol version, built once per snapshot.
+    pub via: crate::classify::ViaValues,
 }
 
 impl Active {
     /// `x-served-region` value for a region (names are validated header-safe at load).
     pub fn region_header(&self, region: routes::RegionId) -> http::HeaderValue {
-        http::HeaderValue::from_str(&self.snapshot.region(region).name)
-            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+        self.region_headers
+            .get(region.0)
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static("invalid"))
     }
 }
 
@@ -387,6 +393,15 @@ async fn build_active(
         *kept = rt.store.clone();
         rt
     };
+    let region_headers = snapshot
+        .regions
+        .iter()
+        .map(|r| {
+            http::HeaderValue::from_str(&r.name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
+        })
+        .collect();
+    let via = crate::classify::ViaValues::new(&snapshot.server.via);
     Ok(Active {
         snapshot,
         upstreams,
@@ -394,6 +409,8 @@ async fn build_active(
         geoip,
         limiters,
         cache,
+        region_headers,
+        via,
     })
 }
 

@@ -10,6 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use frontdoor::demo::{DEMO_CONFIG, DemoOrigins};
 use frontdoor::server::{self, StartOptions};
+
+// mimalloc: per-request allocations (header maps, bodies, futures) cost about half of glibc's
+// malloc/free on the request path (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use frontdoor::state::ConfigSource;
 
 #[derive(Parser, Debug)]

@@ -83,7 +83,8 @@ pub struct Entry {
     /// The request's values of the response's `Vary` fields.
     pub vary: Vec<(HeaderName, String)>,
     pub region: Option<RegionId>,
-    pub upstream: String,
+    /// The endpoint that answered (`ip:port`).
+    pub upstream: http::uri::Authority,
     /// The origin (or a `set` rule), not a `default` rule, made it shareable with
     /// authenticated requests (public, s-maxage or must-revalidate; RFC 9111 §3.5).
     pub for_authenticated: bool,
@@ -694,7 +695,7 @@ pub fn entry_for(
     request_time: u64,
     response_time: u64,
     region: Option<RegionId>,
-    upstream: &str,
+    upstream: &http::uri::Authority,
 ) -> Option<Entry> {
     let names = vary_names(headers)?;
     // The received Age counts (RFC 9111 §4.2.3); what clients see is computed per use.
@@ -721,7 +722,7 @@ pub fn entry_for(
         body: Bytes::new(),
         facts,
         region,
-        upstream: upstream.to_string(),
+        upstream: upstream.clone(),
         for_authenticated: false,
     })
 }

@@ -27,7 +27,7 @@ use crate::state::Active;
 pub struct Served {
     pub response: Response<Full<Bytes>>,
     pub region: Option<RegionId>,
-    pub upstream: String,
+    pub upstream: http::uri::Authority,
     pub status: Status,
 }
 
@@ -396,7 +396,7 @@ impl Plan {
         parts: &mut http::response::Parts,
         body: IdleTimeoutBody,
         region: Option<RegionId>,
-        upstream: &str,
+        upstream: &http::uri::Authority,
     ) -> TeeBody {
         let rt = &active.cache;
         let policy = &active.snapshot.cache;
@@ -537,11 +537,7 @@ fn revalidate_in_background(
         let policy = &active.snapshot.cache;
         let (mut parts, body) = forwarded.response.into_parts();
         crate::classify::strip_hop_by_hop(&mut parts.headers, false);
-        crate::classify::add_via(
-            &mut parts.headers,
-            parts.version,
-            &active.snapshot.server.via,
-        );
+        crate::classify::add_via(&mut parts.headers, parts.version, &active.via);
         if parts.status == StatusCode::NOT_MODIFIED {
             let fresh = refreshed(
                 policy,
@@ -572,7 +568,7 @@ fn revalidate_in_background(
             request_time,
             response_time,
             forwarded.member.region,
-            &forwarded.member.addr.to_string(),
+            &forwarded.member.authority,
         ) else {
             return;
         };

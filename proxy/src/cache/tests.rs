@@ -32,7 +32,7 @@ fn entry(
         1000,
         1000,
         None,
-        "127.0.0.1:1",
+        &http::uri::Authority::from_static("127.0.0.1:1"),
     )
     .expect("storable vary");
     e.body = Bytes::from(body.to_string());
@@ -73,7 +73,7 @@ fn rfc9111_4_1_vary_selects_the_variant_and_star_is_never_stored() {
             0,
             0,
             None,
-            ""
+            &http::uri::Authority::from_static("127.0.0.1:1")
         )
         .is_none()
     );
