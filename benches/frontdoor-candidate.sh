@@ -1,27 +1,62 @@
 #!/usr/bin/env bash
 # Runs frontdoor in the foreground as the harness's candidate: BIN LISTEN UPSTREAM RUNDIR CERT KEY.
+# CONFIG=realistic (default): 1,000 routes, two regions with EU residency, a 10% canary split
+# (sticky by cookie; every wrk request is a new user, so each gets assigned and a Set-Cookie),
+# metrics and the JSON access log on (to RUNDIR/frontdoor-access.log). CONFIG=bare: the 1,000
+# routes and one cluster only, access log off.
 set -euo pipefail
 bin=$1 listen=$2 upstream=$3 run=${4:-/tmp} cert=${5:-} key=${6:-}
 mkdir -p "$run"
 cfg="$run/frontdoor-bench.toml"
 admin_port=$(( ${listen##*:} + 1000 ))
+config=${CONFIG:-realistic}
+mode=${BENCH_MODE:-${MODE:-ka}}
 {
-  mode=${BENCH_MODE:-${MODE:-ka}}
+  echo "[server]"
   if [ "$mode" = tls ] || [ "$mode" = tls-close ]; then
-    echo "[server]"; echo "https = \"$listen\""
-    echo "admin = \"127.0.0.1:$admin_port\""; echo "access_log = false"
-    echo "[[tls.certificates]]"; echo "hosts = [\"localhost\"]"; echo "cert = \"$cert\""; echo "key = \"$key\""
+    echo "https = \"$listen\""
   else
-    echo "[server]"; echo "http = \"$listen\""
-    echo "admin = \"127.0.0.1:$admin_port\""; echo "access_log = false"
+    echo "http = \"$listen\""
   fi
-  echo "[clusters.upstream]"
-  echo "endpoints = [{ address = \"$upstream\" }]"
+  echo "admin = \"127.0.0.1:$admin_port\""
+  if [ "$config" = realistic ]; then
+    echo 'region = "us-central1"'
+    echo 'access_log = true'
+    echo '[regions]'
+    echo 'us-central1 = { jurisdiction = "us" }'
+    echo 'europe-west1 = { jurisdiction = "eu" }'
+    echo '[residency]'
+    echo 'eu = ["europe-west1"]'
+    echo '[classify]'
+    echo 'countries = { US = "us", CA = "us" }'
+    echo '[clusters.upstream]'
+    echo "endpoints = [{ address = \"$upstream\", region = \"us-central1\", version = \"stable\" }]"
+    echo '[clusters.canary]'
+    echo "endpoints = [{ address = \"$upstream\", region = \"us-central1\", version = \"canary\" }]"
+  else
+    echo 'access_log = false'
+    echo '[clusters.upstream]'
+    echo "endpoints = [{ address = \"$upstream\" }]"
+  fi
+  if [ "$mode" = tls ] || [ "$mode" = tls-close ]; then
+    echo "[[tls.certificates]]"; echo "hosts = [\"localhost\"]"; echo "cert = \"$cert\""; echo "key = \"$key\""
+  fi
   # 999 routes that do not match the benchmark's requests, then the one that does.
   for i in $(seq 1 999); do
     echo "[[routes]]"; echo "name = \"r$i\""; echo "hosts = [\"h$((i % 50)).example.com\"]"
     echo "path_prefix = \"/svc$i\""; echo "cluster = \"upstream\""
   done
   echo "[[routes]]"; echo "name = \"bench\""; echo "cluster = \"upstream\""
+  if [ "$config" = realistic ]; then
+    echo 'version = "stable"'
+    echo '[routes.rollout]'
+    echo 'candidate = "canary"'
+    echo 'candidate_cluster = "canary"'
+    echo 'weight = 10'
+  fi
 } > "$cfg"
-FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" --threads "${FRONTDOOR_THREADS:-1}" run --config "$cfg"
+if [ "$config" = realistic ]; then
+  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" --threads "${FRONTDOOR_THREADS:-1}" run --config "$cfg" > "$run/frontdoor-access.log"
+else
+  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" --threads "${FRONTDOOR_THREADS:-1}" run --config "$cfg"
+fi

@@ -192,3 +192,84 @@ pub fn record_certificates(store: &certs::CertStore) {
         metrics::gauge!(CERT_NOT_AFTER, L_NAME => name).set(not_after as f64);
     }
 }
+
+/// Log lines (the access log among them) on stdout in batches: each line is appended to a
+/// buffer that is written out when it passes [`LogSink::BATCH`], by a flusher thread every
+/// 100 ms, and by [`LogSink::flush`] at exit — one `write` per batch, not one per request.
+#[derive(Debug, Default)]
+pub struct LogSink {
+    buf: std::sync::Mutex<Vec<u8>>,
+    /// Held while a batch is written, so batches reach stdout in the order they were cut.
+    out: std::sync::Mutex<()>,
+}
+
+impl LogSink {
+    pub const BATCH: usize = 64 * 1024;
+
+    /// The process's sink, with its flusher thread started.
+    pub fn global() -> &'static LogSink {
+        static SINK: OnceLock<LogSink> = OnceLock::new();
+        let mut started = false;
+        let sink = SINK.get_or_init(|| {
+            started = true;
+            LogSink::default()
+        });
+        if started {
+            let _ = std::thread::Builder::new()
+                .name("log-flush".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        sink.flush();
+                    }
+                });
+        }
+        sink
+    }
+
+    /// A writer for one log line (`tracing_subscriber`'s `with_writer(|| sink.line())`).
+    pub fn line(&self) -> LogLine<'_> {
+        LogLine(self)
+    }
+
+    /// Writes out whatever is buffered.
+    pub fn flush(&self) {
+        self.cut(0);
+    }
+
+    /// Writes out the buffer when it holds more than `min` bytes.
+    fn cut(&self, min: usize) {
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.is_empty() || buf.len() < min {
+            return;
+        }
+        let batch = std::mem::take(&mut *buf);
+        let _order = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        drop(buf);
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        // Nowhere to report a failing stdout; the lines are dropped.
+        let _ = stdout.write_all(&batch).and_then(|()| stdout.flush());
+    }
+}
+
+/// One log line's writer (see [`LogSink`]).
+#[derive(Debug)]
+pub struct LogLine<'a>(&'a LogSink);
+
+impl std::io::Write for LogLine<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buf = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
+        buf.extend_from_slice(data);
+        let full = buf.len() >= LogSink::BATCH;
+        drop(buf);
+        if full {
+            self.0.cut(LogSink::BATCH);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

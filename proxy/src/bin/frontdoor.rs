@@ -154,6 +154,7 @@ fn main() -> std::process::ExitCode {
     });
     // Drained already; do not wait on idle background tasks (health checks, DNS, resolver).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    frontdoor::telemetry::LogSink::global().flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -173,7 +174,7 @@ fn init_logging() {
         .with_current_span(false)
         .with_span_list(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(|| frontdoor::telemetry::LogSink::global().line())
         .init();
 }
 
