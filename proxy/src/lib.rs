@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fleet;
 pub mod forward;
 pub mod geoip;
+pub mod head_timer;
 pub mod limit;
 pub mod listen;
 pub mod pipeline;

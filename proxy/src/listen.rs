@@ -18,12 +18,14 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Peer;
+use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head (HTTP/1.1).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take over a request head (HTTP/1.1) when not configured, and how long
+/// an HTTP/1.1 connection may sit idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams one HTTP/2 connection may open.
 pub const H2_MAX_STREAMS: u32 = 256;
 /// Largest HTTP/2 header list (decoded), bytes.
@@ -103,6 +105,7 @@ pub async fn serve<F, S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Option<Arc<ConnLimits>>,
+    header_timeout: Duration,
     make_service: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -120,7 +123,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The head timer is ours (crate::head_timer): it answers 408 where hyper's would close.
+        .header_read_timeout(None)
         .keep_alive(true);
     // HTTP/2 limits, explicit rather than inherited: streams per connection; a bounded header
     // list (a CONTINUATION flood cannot grow it); rapid reset (CVE-2023-44487): a client that
@@ -184,7 +188,8 @@ where
         };
         let _ = stream.set_nodelay(true);
         let peer = Peer::new(addr, tls.is_some());
-        let service = make_service(peer);
+        let exchanges = Arc::new(Exchanges::default());
+        let service = Counted::new(make_service(peer), Arc::clone(&exchanges));
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -192,8 +197,8 @@ where
             let _slot = slot;
             match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let io = HeadTimer::new(stream, exchanges, header_timeout, name);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
@@ -222,8 +227,8 @@ where
                             return;
                         }
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let io = HeadTimer::new(stream, exchanges, header_timeout, name);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }
             }

@@ -37,6 +37,9 @@ pub const RATE_LIMITED: &str = "frontdoor_rate_limited_total";
 pub const CONNECTIONS_REFUSED: &str = "frontdoor_connections_refused_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
+/// HTTP/1.1 connections answered 408 because a started request head was not finished within
+/// `server.header_timeout`, by listener.
+pub const HEADER_TIMEOUTS: &str = "frontdoor_header_timeouts_total";
 
 /// Cacheable-path requests by what the cache did (`hit`, `miss`, `stale`, `revalidated`,
 /// `bypass`).

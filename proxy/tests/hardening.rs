@@ -370,3 +370,133 @@ async fn a_stalled_request_body_gets_408() {
         "{out}"
     );
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` body from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Everything `s` sends until it closes.
+async fn read_all(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that starts a request head and does not finish it within `server.header_timeout`
+/// gets 408 and a closed connection — trickling bytes does not extend the deadline, and the
+/// same holds for the second request on a kept-alive connection. A connection idle between
+/// requests is closed without an answer; a slow request *body* is not the head timer's business.
+/// (Paused clock: the timeouts elapse without waiting.)
+#[tokio::test(start_paused = true)]
+async fn an_unfinished_request_head_gets_408() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "[server]\nheader_timeout = \"5s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let timed_out = |out: &str| {
+        out.starts_with("HTTP/1.1 408") && out.to_ascii_lowercase().contains("connection: close")
+    };
+
+    // A partial head, then nothing.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    s.write_all(b"GET /partial HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
+    let out = read_all(&mut s).await;
+    assert!(timed_out(&out), "{out}");
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // Trickling one header byte a second: still 408, five seconds after the head began.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    s.write_all(b"GET /trickle HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if wr.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut out).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(timed_out(&out), "{out}");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    trickle.abort();
+
+    // Keep-alive: the first request is served, the second head never finishes.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(b"GET /second HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let out = read_all(&mut s).await;
+    assert!(timed_out(&out), "{out}");
+
+    // Idle between requests: closed after the timeout, nothing written.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    let out = read_all(&mut s).await;
+    assert_eq!(out, "");
+    assert!(t0.elapsed() >= Duration::from_secs(5));
+
+    // A body slower than the head timeout (but within client_body_timeout) is served.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    s.write_all(b"world").await.expect("write");
+    let out = read_response(&mut s).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    assert_eq!(
+        origin.faults.requests(),
+        2,
+        "only the complete requests reached the upstream"
+    );
+}

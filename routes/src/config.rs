@@ -123,6 +123,9 @@ pub struct RawServer {
     /// Longest silence inside a client's request body before it is answered 408. Default
     /// `"30s"`.
     pub client_body_timeout: Option<String>,
+    /// Longest a client may take to send a request head (HTTP/1.1) once it has started one;
+    /// then it is answered 408 and closed. Default `"10s"`. Listener setting: read at start.
+    pub header_timeout: Option<String>,
     /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
     pub via: Option<String>,
     /// Open client connections at most, over all listeners (default 100,000).

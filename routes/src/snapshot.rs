@@ -105,6 +105,7 @@ pub struct Server {
     pub access_log: bool,
     pub drain_timeout: Duration,
     pub client_body_timeout: Duration,
+    pub header_timeout: Duration,
     pub via: String,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,

@@ -285,6 +285,11 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.client_body_timeout.as_ref(),
             Duration::from_secs(30),
         ),
+        header_timeout: errors.duration(
+            "server.header_timeout".into(),
+            raw.header_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
         via: raw.via.clone().unwrap_or_else(|| "frontdoor".to_string()),
         max_connections: positive(
             errors,

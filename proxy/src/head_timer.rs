@@ -1,0 +1,314 @@
+//! The HTTP/1.1 request-head timer, in front of hyper: a client that has started a request head
+//! gets `server.header_timeout` to finish it and is then answered `408 Request Timeout` (with
+//! `Connection: close`) — hyper's own header timeout only drops the connection, which leaves a
+//! client (or the load balancer in front) unable to tell a timeout from a crash. A connection
+//! idle between requests for as long is closed silently, as before.
+//!
+//! Two parts share one connection's [`Exchanges`]: [`Counted`] wraps the service and counts
+//! requests started (the head was parsed) and finished (the response body was dropped: written
+//! out or abandoned); [`HeadTimer`] wraps the connection's IO and, whenever a read would wait
+//! while no request is in flight, waits on one per-connection timer. The timer is re-armed
+//! lazily, so the request path pays a clock read and a waker registration, not a timer
+//! insertion. HTTP/2 connections (client preface `PRI `) are left to h2's own limits.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What a client that took too long over its request head reads before the connection ends.
+pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 34\r\n\r\nrequest head not received in time\n";
+
+/// Requests started and finished on one connection; equal counts: between requests.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    started: AtomicU32,
+    finished: AtomicU32,
+}
+
+impl Exchanges {
+    fn between_requests(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
+    }
+}
+
+/// A service whose requests are counted in [`Exchanges`].
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    exchanges: Arc<Exchanges>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, exchanges: Arc<Exchanges>) -> Counted<S> {
+        Counted { inner, exchanges }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<Finished<B>>;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.exchanges.started.fetch_add(1, Ordering::Relaxed);
+        CountedFuture {
+            inner: self.inner.call(req),
+            done: Done(Some(Arc::clone(&self.exchanges))),
+        }
+    }
+}
+
+/// Counts the exchange finished when dropped (with the response body, or with the future when
+/// the request was abandoned).
+#[derive(Debug)]
+pub struct Done(Option<Arc<Exchanges>>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(ex) = self.0.take() {
+            ex.finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future; hands the exchange's [`Done`] on to the response body.
+    pub struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        done: Done,
+    }
+}
+
+impl<F, B, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Finished<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        let done = Done(this.done.0.take());
+        Poll::Ready(out.map(|resp| resp.map(|inner| Finished { inner, _done: done })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its exchange finished when dropped.
+    pub struct Finished<B> {
+        #[pin]
+        inner: B,
+        _done: Done,
+    }
+}
+
+impl<B: Body> Body for Finished<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's IO with the request-head timer (see the module docs).
+#[derive(Debug)]
+pub struct HeadTimer<T> {
+    io: T,
+    exchanges: Arc<Exchanges>,
+    timeout: Duration,
+    listener: &'static str,
+    /// `started` when last looked at: a change means a head was completed.
+    seen: u32,
+    /// Bytes of a new request head arrived while no request was in flight.
+    partial: bool,
+    /// When the current wait (idle or partial head) runs out; `None` while not waiting.
+    deadline: Option<Instant>,
+    /// One timer per connection, created at the first wait and re-armed only when it fires.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The first bytes, until four have come: `PRI ` means HTTP/2.
+    prefix: [u8; 4],
+    prefix_len: u8,
+    /// HTTP/2: the timer does not apply.
+    off: bool,
+    /// Timed out: reads see the end, writes go nowhere.
+    ended: bool,
+}
+
+impl<T> HeadTimer<T> {
+    pub fn new(
+        io: T,
+        exchanges: Arc<Exchanges>,
+        timeout: Duration,
+        listener: &'static str,
+    ) -> HeadTimer<T> {
+        HeadTimer {
+            io,
+            exchanges,
+            timeout,
+            listener,
+            seen: 0,
+            partial: false,
+            deadline: None,
+            sleep: None,
+            prefix: [0; 4],
+            prefix_len: 0,
+            off: false,
+            ended: false,
+        }
+    }
+
+    fn note_prefix(&mut self, got: &[u8]) {
+        let have = usize::from(self.prefix_len);
+        let take = got.len().min(4 - have);
+        self.prefix[have..have + take].copy_from_slice(&got[..take]);
+        self.prefix_len += take as u8;
+        if self.prefix_len == 4 && &self.prefix == b"PRI " {
+            self.off = true;
+        }
+    }
+
+    /// Polls the connection's timer towards `deadline`; ready once it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier wait: on to this one's deadline.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.off {
+            return read;
+        }
+        let started = this.exchanges.started.load(Ordering::Relaxed);
+        if started != this.seen {
+            // A head was completed since: whatever comes next is a new wait.
+            this.seen = started;
+            this.partial = false;
+            this.deadline = None;
+        }
+        let between = this.exchanges.between_requests();
+        match read {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    if this.prefix_len < 4 {
+                        this.note_prefix(got);
+                    }
+                    if between && !this.partial {
+                        // A new head has begun: its own deadline from the next wait.
+                        this.partial = true;
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.off || !between => {
+                // Inside an exchange: the body has its own timeout.
+                this.deadline = None;
+                Poll::Pending
+            }
+            Poll::Pending => {
+                let deadline = *this
+                    .deadline
+                    .get_or_insert_with(|| Instant::now() + this.timeout);
+                ready!(this.poll_deadline(cx, deadline));
+                this.ended = true;
+                if this.partial {
+                    metrics::counter!(crate::telemetry::HEADER_TIMEOUTS, crate::telemetry::L_LISTENER => this.listener).increment(1);
+                    // Best effort: a small write to a socket with room; then FIN.
+                    let io = Pin::new(&mut this.io);
+                    let _ = io.poll_write(cx, TIMED_OUT);
+                    let _ = Pin::new(&mut this.io).poll_flush(cx);
+                    let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                }
+                // The end of the stream: hyper closes the connection.
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.ended {
+            // Our 408 was the answer; nothing after it.
+            return Poll::Ready(Ok(data.len()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.ended {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
