@@ -398,6 +398,21 @@ impl Mix {
 
     /// The i-th request: a user (whose country is fixed by the user id), a path.
     fn request(&self, i: u64, base: &str) -> (u32, String, Request<Full<Bytes>>) {
+        let p = self.planned(i);
+        let mut req = Request::builder()
+            .method(p.method)
+            .uri(format!("{base}{}", p.path));
+        if let Some(h) = req.headers_mut() {
+            *h = p.headers;
+        }
+        let req = req
+            .body(Full::new(p.body))
+            .unwrap_or_else(|_| Request::new(Full::default()));
+        (p.user, p.country, req)
+    }
+
+    /// The i-th request's parts (see [`Mix::request`]); `headers` has no Host.
+    fn planned(&self, i: u64) -> Planned {
         let user = (mix64(i) % u64::from(self.users)) as u32;
         let country = pick(&self.countries, |c| c.1, mix64(u64::from(user) ^ 0xc0ffee))
             .map(|c| c.0.clone())
@@ -410,21 +425,34 @@ impl Mix {
                 body: None,
                 weight: 1.0,
             });
-        let mut req = Request::builder()
-            .method(Method::from_bytes(spec.method.as_bytes()).unwrap_or(Method::GET))
-            .uri(format!("{base}{}", spec.path))
-            .header(http::header::COOKIE, format!("fd-uid=lt-{user}"));
+        let mut headers = http::HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("fd-uid=lt-{user}")) {
+            headers.insert(http::header::COOKIE, v);
+        }
         if !country.is_empty()
             && let Ok(v) = HeaderValue::from_str(&country)
         {
-            req = req.header(self.country_header.clone(), v);
+            headers.insert(self.country_header.clone(), v);
         }
-        let body = spec.body.map(Bytes::from).unwrap_or_default();
-        let req = req
-            .body(Full::new(body))
-            .unwrap_or_else(|_| Request::new(Full::default()));
-        (user, country, req)
+        Planned {
+            user,
+            country,
+            method: Method::from_bytes(spec.method.as_bytes()).unwrap_or(Method::GET),
+            path: spec.path,
+            headers,
+            body: spec.body.map(Bytes::from).unwrap_or_default(),
+        }
     }
+}
+
+/// One request of the mix, before it becomes a hyper request or bytes on a wire.
+struct Planned {
+    user: u32,
+    country: String,
+    method: Method,
+    path: String,
+    headers: http::HeaderMap,
+    body: Bytes,
 }
 
 /// Builds the client for a protocol (`http1` or `h2`; over TLS with `tls`, where ALPN decides).
@@ -597,80 +625,69 @@ async fn closed_direct(
     stop: &Arc<AtomicBool>,
     start: Instant,
 ) {
-    let authority = base
-        .strip_prefix("http://")
-        .unwrap_or(base)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let rest = base.strip_prefix("http://").unwrap_or(base);
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+        None => (rest.to_string(), String::new()),
+    };
     let Ok(host) = HeaderValue::from_str(&authority) else {
         return;
     };
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (mix, base, rec, stop, authority, host) = (
+        let (mix, prefix, rec, stop, authority, host) = (
             Arc::clone(mix),
-            Arc::clone(base),
+            prefix.clone(),
             Arc::clone(rec),
             Arc::clone(stop),
             authority.clone(),
             host.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+            let mut conn: Option<crate::wire::WireConn> = None;
             let mut i = w as u64;
-            while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-                let (user, country, mut req) = mix.request(i, &base);
+            // One clock read per request: the end of one exchange is the start of the next.
+            let mut now = Instant::now();
+            while now < end && !stop.load(Ordering::Relaxed) {
+                let mut p = mix.planned(i);
                 i += workers as u64;
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                *req.uri_mut() = target.parse().unwrap_or_default();
-                req.headers_mut().insert(http::header::HOST, host.clone());
-                let sent = Instant::now();
-                rec.sent.fetch_add(1, Ordering::Relaxed);
-                if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                    conn = async {
-                        let tcp = tokio::net::TcpStream::connect(&authority).await.ok()?;
-                        let _ = tcp.set_nodelay(true);
-                        let (send, c) = hyper::client::conn::http1::handshake(
-                            hyper_util::rt::TokioIo::new(tcp),
-                        )
-                        .await
-                        .ok()?;
-                        tokio::spawn(c);
-                        Some(send)
-                    }
-                    .await;
+                p.headers.insert(http::header::HOST, host.clone());
+                if !prefix.is_empty() {
+                    p.path.insert_str(0, &prefix);
                 }
-                let outcome = match conn.as_mut() {
-                    Some(send) => match send.ready().await {
-                        Ok(()) => send.send_request(req).await.ok(),
-                        Err(_) => None,
-                    },
+                let sent = now;
+                rec.sent.fetch_add(1, Ordering::Relaxed);
+                if conn.as_ref().is_none_or(|c| !c.reusable()) {
+                    conn = crate::wire::WireConn::connect(&authority).await.ok();
+                }
+                let answer = match conn.as_mut() {
+                    Some(c) => c
+                        .exchange(&p.method, &p.path, &p.headers, &p.body)
+                        .await
+                        .ok(),
                     None => None,
                 };
-                let (status, region, version, refused) = match outcome {
-                    Some(resp) => read_answer(resp).await,
+                let (status, region, version, refused) = match answer {
+                    Some(h) => (Some(h.status), h.region, h.version, h.refused),
                     None => {
                         conn = None;
                         (None, None, None, false)
                     }
                 };
                 let o = Observation {
-                    user,
-                    country: country.clone(),
+                    user: p.user,
+                    country: p.country,
                     status,
                     region,
                     version,
                     refused,
-                    latency: sent.elapsed(),
+                    latency: {
+                        now = Instant::now();
+                        now - sent
+                    },
                     at: sent - start,
                 };
-                rec.record(&o, mix.expect.get(&country));
+                rec.record(&o, mix.expect.get(&o.country));
             }
         }));
     }

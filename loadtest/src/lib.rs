@@ -13,6 +13,7 @@ pub mod origin;
 pub mod report;
 pub mod scenario;
 pub mod tls;
+pub mod wire;
 
 pub use client::{Client, Collected};
 pub use origin::{Echo, FaultSpec, Faults, Origin, OriginHandle};

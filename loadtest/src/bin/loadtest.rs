@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+
+// Same allocator as frontdoor: the generator must not be the bottleneck.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use loadtest::drill::{self, DrillOptions};
 use loadtest::engine::{self, Mix, Recorder, Target};
