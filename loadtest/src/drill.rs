@@ -127,6 +127,7 @@ fn background(o: &DrillOptions, s: &Scenario, total: Duration) -> Result<Backgro
     let model = Model::Open(vec![(o.rate, total)]);
     let target = Target {
         base: o.proxy.clone(),
+        connections: None,
     };
     let client = engine::client_with(&o.protocol, o.tls.clone());
     let (r, st) = (Arc::clone(&rec), Arc::clone(&stop));

@@ -349,6 +349,9 @@ pub struct Summary {
 pub struct Target {
     /// Base URL of the front door, e.g. `http://127.0.0.1:8080`.
     pub base: String,
+    /// Open model over plain HTTP/1.1: connections to spread arrivals over (the scenario's
+    /// `concurrency`); by default one per 2,000 arrivals per second at the peak, 8 to 256.
+    pub connections: Option<usize>,
 }
 
 /// The request mix, prepared for fast sampling.
@@ -520,7 +523,17 @@ pub async fn run(
     let base: Arc<str> = Arc::from(target.base.trim_end_matches('/'));
     match model {
         Model::Closed { workers, duration } if matches!(client, HttpClient::PlainH1(_)) => {
-            closed_direct(*workers, start + *duration, &mix, &base, &rec, &stop, start).await;
+            let pace = Pace::Closed {
+                end: start + *duration,
+            };
+            direct(*workers, pace, &mix, &base, &rec, &stop, start).await;
+        }
+        Model::Open(segments) if matches!(client, HttpClient::PlainH1(_)) => {
+            let connections = target
+                .connections
+                .unwrap_or_else(|| open_connections(segments));
+            let pace = Pace::Open(Arc::new(Schedule::new(segments)));
+            direct(connections, pace, &mix, &base, &rec, &stop, start).await;
         }
         Model::Closed { workers, duration } => {
             let end = start + *duration;
@@ -614,11 +627,58 @@ pub async fn run(
     start.elapsed()
 }
 
-/// The closed model over plain HTTP/1.1: each worker owns one keep-alive connection and sends
-/// back to back on it (what wrk does), reconnecting when the server closes it.
-async fn closed_direct(
+/// Connections for the open model when the scenario does not say: one per 2,000 arrivals per
+/// second at the peak rate, 8 to 256.
+fn open_connections(segments: &[(f64, Duration)]) -> usize {
+    let peak = segments.iter().map(|s| s.0).fold(0.0, f64::max);
+    ((peak / 2000.0).ceil() as usize).clamp(8, 256)
+}
+
+/// The open model's arrival times: segments of (rate per second, length).
+#[derive(Debug)]
+struct Schedule {
+    /// (first arrival index, start offset, interval, arrivals) per segment.
+    segments: Vec<(u64, Duration, Duration, u64)>,
+}
+
+impl Schedule {
+    fn new(segments: &[(f64, Duration)]) -> Schedule {
+        let mut out = Vec::new();
+        let (mut first, mut offset) = (0u64, Duration::ZERO);
+        for (rate, len) in segments {
+            let rate = rate.max(0.001);
+            let n = (rate * len.as_secs_f64()).floor() as u64;
+            out.push((first, offset, Duration::from_secs_f64(1.0 / rate), n));
+            first += n;
+            offset += *len;
+        }
+        Schedule { segments: out }
+    }
+
+    /// When arrival `k` is due, from the start; `None` after the last.
+    fn due(&self, k: u64) -> Option<Duration> {
+        self.segments
+            .iter()
+            .find(|(first, _, _, n)| k >= *first && k < first + n)
+            .map(|(first, offset, interval, _)| *offset + interval.mul_f64((k - first) as f64))
+    }
+}
+
+/// How a direct worker paces its requests.
+#[derive(Debug, Clone)]
+enum Pace {
+    /// Back to back until `end`.
+    Closed { end: Instant },
+    /// Worker `w` of `n` sends arrivals `w, w + n, ...` of the schedule, each at its due time
+    /// or at once when behind (latency counts from the due time, like wrk2).
+    Open(Arc<Schedule>),
+}
+
+/// Both models over plain HTTP/1.1: each worker owns one keep-alive connection and sends on it
+/// (what wrk and wrk2 do), reconnecting when the server closes it.
+async fn direct(
     workers: usize,
-    end: Instant,
+    pace: Pace,
     mix: &Arc<Mix>,
     base: &Arc<str>,
     rec: &Arc<Recorder>,
@@ -635,36 +695,53 @@ async fn closed_direct(
     };
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (mix, prefix, rec, stop, authority, host) = (
+        let (mix, prefix, rec, stop, authority, host, pace) = (
             Arc::clone(mix),
             prefix.clone(),
             Arc::clone(rec),
             Arc::clone(stop),
             authority.clone(),
             host.clone(),
+            pace.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<crate::wire::WireConn> = None;
             let mut i = w as u64;
             // One clock read per request: the end of one exchange is the start of the next.
             let mut now = Instant::now();
-            while now < end && !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
+                let sent = match &pace {
+                    Pace::Closed { end } if now < *end => now,
+                    Pace::Closed { .. } => break,
+                    Pace::Open(schedule) => match schedule.due(i) {
+                        Some(due) => {
+                            let due = start + due;
+                            if due > now {
+                                tokio::time::sleep_until(due).await;
+                            }
+                            due
+                        }
+                        None => break,
+                    },
+                };
                 let mut p = mix.planned(i);
                 i += workers as u64;
                 p.headers.insert(http::header::HOST, host.clone());
                 if !prefix.is_empty() {
                     p.path.insert_str(0, &prefix);
                 }
-                let sent = now;
                 rec.sent.fetch_add(1, Ordering::Relaxed);
                 if conn.as_ref().is_none_or(|c| !c.reusable()) {
                     conn = crate::wire::WireConn::connect(&authority).await.ok();
                 }
                 let answer = match conn.as_mut() {
-                    Some(c) => c
-                        .exchange(&p.method, &p.path, &p.headers, &p.body)
-                        .await
-                        .ok(),
+                    Some(c) => tokio::time::timeout(
+                        Duration::from_secs(30),
+                        c.exchange(&p.method, &p.path, &p.headers, &p.body),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
                     None => None,
                 };
                 let (status, region, version, refused) = match answer {
@@ -699,6 +776,22 @@ async fn closed_direct(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_spaces_arrivals_per_step() {
+        let s = Schedule::new(&[
+            (10.0, Duration::from_secs(1)),
+            (100.0, Duration::from_millis(500)),
+        ]);
+        assert_eq!(s.due(0), Some(Duration::ZERO));
+        assert_eq!(s.due(9), Some(Duration::from_millis(900)));
+        assert_eq!(s.due(10), Some(Duration::from_secs(1)));
+        assert_eq!(s.due(11), Some(Duration::from_millis(1010)));
+        assert_eq!(s.due(59), Some(Duration::from_millis(1490)));
+        assert_eq!(s.due(60), None, "10 + 50 arrivals in all");
+        assert_eq!(open_connections(&[(500.0, Duration::from_secs(1))]), 8);
+        assert_eq!(open_connections(&[(100_000.0, Duration::from_secs(1))]), 50);
+    }
 
     #[test]
     fn mix_keeps_a_user_in_one_country_and_follows_shares() {

@@ -3,7 +3,8 @@
 //! ```toml
 //! duration = "30s"
 //! rate = 500                 # open model: arrivals per second (omit for closed model)
-//! # concurrency = 32         # closed model: workers sending back to back
+//! # concurrency = 32         # closed model: workers sending back to back (with `rate`: the
+//!                            # open model's connections; default one per 2,000/s, 8..256)
 //! protocol = "http1"         # or "h2" (h2c prior knowledge)
 //! users = 10000              # distinct user keys (sticky cookie fd-uid=lt-N)
 //! country_header = "x-client-country"

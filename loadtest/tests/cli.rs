@@ -133,6 +133,7 @@ async fn closed_model_sends_back_to_back_on_its_own_connections() {
         Arc::new(Mix::new(&s).expect("mix")),
         &Target {
             base: format!("http://{}", origin.addr),
+            connections: None,
         },
         engine::client("http1"),
         Arc::clone(&rec),
@@ -149,4 +150,39 @@ async fn closed_model_sends_back_to_back_on_its_own_connections() {
     assert_eq!(summary.by_version.len(), 1);
     assert_eq!(summary.by_version[0].region, "us-central1");
     assert_eq!(origin.faults.requests(), summary.requests);
+}
+
+/// The open model over plain HTTP/1.1 sends exactly the scheduled arrivals (rate × duration per
+/// step) on its own connections, whatever the server's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_sends_every_scheduled_arrival() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use loadtest::engine::{self, Mix, Recorder, Target};
+    use loadtest::scenario::{Model, Scenario};
+    let origin = Origin::builder().start().await.expect("origin");
+    let s = Scenario::parse("steps = [[200, \"500ms\"], [400, \"500ms\"]]\nusers = 50\n")
+        .expect("scenario");
+    let model = s.model(None, None);
+    assert!(matches!(&model, Model::Open(segments) if segments.len() == 2));
+    let rec = Arc::new(Recorder::default());
+    let elapsed = engine::run(
+        &model,
+        Arc::new(Mix::new(&s).expect("mix")),
+        &Target {
+            base: format!("http://{}", origin.addr),
+            connections: Some(4),
+        },
+        engine::client("http1"),
+        Arc::clone(&rec),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    let summary = rec.summary(elapsed);
+    assert_eq!(summary.requests, 100 + 200, "{:?}", summary.statuses);
+    assert_eq!(summary.failed, 0, "{:?}", summary.statuses);
+    assert_eq!(origin.faults.requests(), 300);
+    assert!(elapsed >= Duration::from_millis(990), "{elapsed:?}");
 }

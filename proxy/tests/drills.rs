@@ -148,7 +148,10 @@ async fn the_engine_drives_https_with_http1_and_h2() {
         let elapsed = engine::run(
             &model,
             Arc::new(Mix::new(&s).expect("mix")),
-            &Target { base: base.clone() },
+            &Target {
+                base: base.clone(),
+                connections: None,
+            },
             engine::client_with(protocol, Some(tls)),
             Arc::clone(&rec),
             Arc::new(std::sync::atomic::AtomicBool::new(false)),

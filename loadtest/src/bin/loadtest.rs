@@ -157,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let model = s.model(cli.rate, cli.duration);
             let target = Target {
                 base: cli.proxy.clone(),
+                connections: s.concurrency,
             };
             let elapsed = engine::run(
                 &model,
