@@ -80,7 +80,9 @@ pub async fn handle(
         decision: None,
         cache: None,
     };
-    let response = match proxy_request(
+    // Boxed: the request's whole state machine is several KiB, and hyper moves the service
+    // future (this one) by value; a pointer is cheaper to move than the state.
+    let response = match Box::pin(proxy_request(
         &active,
         &proxy.rollouts,
         peer,
@@ -89,7 +91,7 @@ pub async fn handle(
         client,
         &request_id,
         &mut outcome,
-    )
+    ))
     .await
     {
         Ok(resp) => resp,

@@ -498,3 +498,104 @@ mod tokio_stream_shim {
         }
     }
 }
+
+/// A keep-alive HTTP/1.1 upstream that counts its connections. Each answer is `body` with
+/// `Content-Length` (or chunked when `chunked`); with `close_after` it closes each connection
+/// that long after answering, without saying so (an upstream's keep-alive timeout).
+async fn counting_upstream(
+    chunked: bool,
+    close_after: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    seen.clear();
+                    let answer: &[u8] = if chunked {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_after {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Upstream connections are pooled: sequential requests, with fixed-length or chunked answers,
+/// share one connection; one the upstream closed while idle is replaced, and no client sees
+/// an error for it.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_when_closed() {
+    use std::sync::atomic::Ordering;
+    for chunked in [false, true] {
+        let (addr, accepted) = counting_upstream(chunked, None).await;
+        let fd = start(&format!(
+            "{}\n[[routes]]\ncluster = \"app\"\n",
+            cluster("app", "", &[(addr, "", "v")])
+        ))
+        .await;
+        let client = Client::http1();
+        for i in 0..20 {
+            let r = client
+                .get(&url(&fd, &format!("/seq/{i}")))
+                .await
+                .expect("served");
+            assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "chunked={chunked}: 20 requests, one upstream connection"
+        );
+    }
+
+    let (addr, accepted) = counting_upstream(false, Some(Duration::from_millis(20))).await;
+    let fd = start(&format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(addr, "", "v")])
+    ))
+    .await;
+    let client = Client::http1();
+    for i in 0..5 {
+        let r = client
+            .get(&url(&fd, &format!("/closing/{i}")))
+            .await
+            .expect("served");
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "each closed connection replaced"
+    );
+}

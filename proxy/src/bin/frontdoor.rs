@@ -129,10 +129,18 @@ fn main() -> std::process::ExitCode {
         };
     }
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: tokio's current-thread scheduler (no work stealing, no cross-thread wakes);
+    // otherwise a worker per CPU (or per --threads).
+    let mut builder = match cli.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("frontdoor: cannot start the runtime: {e}");

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::upstream::UpstreamIncoming;
 use tokio::time::{Instant, Sleep};
 
 /// Wraps an upstream body; if no frame arrives for `idle`, the body ends with an error, which
 /// makes hyper abort the client's response (reset stream / close connection) rather than hang.
 #[derive(Debug)]
-pub struct IdleTimeoutBody {
-    inner: Incoming,
+pub struct IdleTimeoutBody<B = UpstreamIncoming> {
+    inner: B,
     idle: Duration,
     /// Armed the first time the upstream makes us wait (most small bodies never do).
     timer: Option<Pin<Box<Sleep>>>,
@@ -30,8 +32,8 @@ impl std::fmt::Display for BodyIdleTimeout {
 
 impl std::error::Error for BodyIdleTimeout {}
 
-impl IdleTimeoutBody {
-    pub fn new(inner: Incoming, idle: Duration) -> IdleTimeoutBody {
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, idle: Duration) -> IdleTimeoutBody<B> {
         IdleTimeoutBody {
             inner,
             idle,
@@ -40,7 +42,11 @@ impl IdleTimeoutBody {
     }
 }
 
-impl Body for IdleTimeoutBody {
+impl<B> Body for IdleTimeoutBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,7 +89,7 @@ impl Body for IdleTimeoutBody {
 /// upstream (502).
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: IdleTimeoutBody,
+    inner: IdleTimeoutBody<Incoming>,
     failed: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
 

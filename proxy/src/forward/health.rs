@@ -22,18 +22,15 @@ pub fn spawn(runtime: &Arc<ClusterRuntime>) {
             let Some(rt) = weak.upgrade() else { return };
             let members = rt.members.load_full();
             let client = rt.client.clone();
-            let tls = rt.config.tls.is_some();
             drop(rt);
             let checks = members.iter().map(|m| {
                 let client = client.clone();
-                let scheme = if tls { "https" } else { "http" };
-                let uri = format!("{scheme}://{}{}", m.authority, check.path);
                 let m = Arc::clone(m);
                 let check = check.clone();
                 async move {
-                    let ok = match Request::get(uri).body(Either::Right(Empty::new())) {
+                    let ok = match Request::get(check.path.as_str()).body(Either::Right(Empty::new())) {
                         Ok(req) => matches!(
-                            tokio::time::timeout(check.timeout, client.request(req)).await,
+                            tokio::time::timeout(check.timeout, client.request(m.addr, &m.authority, req)).await,
                             Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection()
                         ),
                         Err(_) => false,

@@ -10,6 +10,7 @@ mod body;
 mod dns;
 mod health;
 pub mod pool;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,7 @@ use routes::{Decision, Snapshot, UpstreamProtocol};
 
 pub use body::{ClientBody, IdleTimeoutBody};
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
+pub use upstream::UpstreamIncoming;
 
 use crate::respond::ProxyError;
 use crate::telemetry;
@@ -94,7 +96,7 @@ impl Upstreams {
 /// A successful upstream exchange.
 #[derive(Debug)]
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamIncoming>,
     pub member: Arc<Member>,
     pub attempts: u32,
 }
@@ -181,18 +183,6 @@ pub async fn send(
             });
         };
         attempts += 1;
-        let uri = Uri::builder()
-            .scheme(if cfg.tls.is_some() { "https" } else { "http" })
-            .authority(member.authority.clone())
-            .path_and_query(path.clone())
-            .build();
-        let Ok(uri) = uri else {
-            return Err(ForwardError {
-                error: ProxyError::BadRequest("invalid request target"),
-                member: None,
-                attempts,
-            });
-        };
         // The first attempt takes the client's body; a retry is only ever of a bodiless request.
         let upstream_body = match body.take() {
             Some(b) if !bodiless => {
@@ -217,11 +207,15 @@ pub async fn send(
                 }
             },
         };
-        parts.uri = uri;
+        parts.uri = Uri::from(path.clone());
         let req = Request::from_parts(parts, upstream_body);
 
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(cfg.timeouts.request, cluster.client.request(req)).await;
+        let outcome = tokio::time::timeout(
+            cfg.timeouts.request,
+            cluster.client.request(member.addr, &member.authority, req),
+        )
+        .await;
         member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let endpoint = || member.addr.to_string();

@@ -14,10 +14,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{Either, Empty};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Gauge;
 use routes::{
     Address, Cluster, LbPolicy, RegionId, RegionSet, Route, Snapshot, Timeouts, UpstreamProtocol,
@@ -29,7 +25,7 @@ use crate::telemetry;
 
 /// Body sent upstream: the client's streaming body, or nothing (replayable requests).
 pub type UpstreamBody = Either<super::body::ClientBody, Empty<Bytes>>;
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub use super::upstream::UpstreamClient;
 
 /// Health of one endpoint address, shared across reloads.
 #[derive(Debug)]
@@ -247,47 +243,32 @@ fn tls_client_config(cluster: &Cluster, tls: &UpstreamTls) -> Result<rustls::Cli
 }
 
 fn build_client(cluster: &Cluster) -> Result<UpstreamClient, String> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cluster.timeouts.connect));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    connector.enforce_http(false);
-    let tls_config = match &cluster.tls {
-        Some(t) => tls_client_config(cluster, t)?,
-        // Plain-HTTP clusters never use it: an empty trust store.
-        None => rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
-    };
-    let schemes = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config)
-        .https_or_http();
-    let schemes = match cluster.tls.as_ref().and_then(|t| t.server_name.clone()) {
-        Some(name) => {
-            let name = rustls_pki_types::ServerName::try_from(name)
-                .map_err(|e| format!("clusters.{}.tls.server_name: {e}", cluster.name))?;
-            schemes.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+    let http2 = cluster.protocol == UpstreamProtocol::H2;
+    let tls = match &cluster.tls {
+        Some(t) => {
+            let mut config = tls_client_config(cluster, t)?;
+            config.alpn_protocols = vec![if http2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            let name = match &t.server_name {
+                Some(name) => Some(
+                    rustls_pki_types::ServerName::try_from(name.clone())
+                        .map_err(|e| format!("clusters.{}.tls.server_name: {e}", cluster.name))?,
+                ),
+                None => None,
+            };
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
         }
-        None => schemes,
+        None => None,
     };
-    let connector = match cluster.protocol {
-        UpstreamProtocol::Http1 => schemes.enable_http1().wrap_connector(connector),
-        UpstreamProtocol::H2 => schemes.enable_http2().wrap_connector(connector),
-    };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(cluster.timeouts.idle)
-        .pool_max_idle_per_host(1024);
-    if cluster.protocol == UpstreamProtocol::H2 {
-        builder.http2_only(true);
-    }
-    Ok(builder.build(connector))
+    Ok(UpstreamClient::new(super::upstream::Transport {
+        http2,
+        connect_timeout: cluster.timeouts.connect,
+        idle_timeout: cluster.timeouts.idle,
+        tls,
+    }))
 }
 
 /// The run-time state of one cluster for one config snapshot.
