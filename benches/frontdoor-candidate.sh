@@ -55,8 +55,14 @@ mode=${BENCH_MODE:-${MODE:-ka}}
     echo 'weight = 10'
   fi
 } > "$cfg"
-if [ "$config" = realistic ]; then
-  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" --threads "${FRONTDOOR_THREADS:-1}" run --config "$cfg" > "$run/frontdoor-access.log"
+# FRONTDOOR_WORKERS=N: N SO_REUSEPORT workers; else FRONTDOOR_THREADS (default 1) runtime threads.
+if [ -n "${FRONTDOOR_WORKERS:-}" ]; then
+  layout=(--workers "$FRONTDOOR_WORKERS")
 else
-  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" --threads "${FRONTDOOR_THREADS:-1}" run --config "$cfg"
+  layout=(--threads "${FRONTDOOR_THREADS:-1}")
+fi
+if [ "$config" = realistic ]; then
+  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" "${layout[@]}" run --config "$cfg" > "$run/frontdoor-access.log"
+else
+  FRONTDOOR_ADMIN_TOKEN=bench exec "$bin" "${layout[@]}" run --config "$cfg"
 fi

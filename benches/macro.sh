@@ -6,11 +6,12 @@
 #
 #   benches/macro.sh                              # builds release first (SKIP_BUILD=1 to skip)
 #   CONFIG=bare benches/macro.sh                  # the plain config (no residency/canary/log)
-#   LAYOUT=free REFS="nginx:2 haproxy:2" FRONTDOOR_THREADS=2 benches/macro.sh
+#   LAYOUT=free REFS="nginx:2 haproxy:2" FRONTDOOR_WORKERS=2 benches/macro.sh
 #
 # The candidate is `frontdoor run` on a config written by frontdoor-candidate.sh: by default the
 # realistic one (1,000 routes, regions and EU residency, a 10% sticky canary split on the
-# matching route, metrics and the access log on); worker threads from FRONTDOOR_THREADS (1).
+# matching route, metrics and the access log on); one single-threaded runtime by default,
+# FRONTDOOR_WORKERS=N for N SO_REUSEPORT workers, FRONTDOOR_THREADS=N for one N-thread runtime.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)

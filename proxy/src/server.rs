@@ -30,6 +30,11 @@ pub struct StartOptions {
     pub watch_interval: Option<Duration>,
     /// Join a fleet through etcd.
     pub fleet: Option<crate::fleet::FleetOptions>,
+    /// Data-plane workers: with more than one, each proxy listener is bound once per worker
+    /// with `SO_REUSEPORT` (the kernel spreads connections over them) and served by its own
+    /// thread running a single-threaded runtime, as nginx runs worker processes. The first
+    /// worker is the calling runtime, which also runs the admin API and background tasks.
+    pub workers: usize,
 }
 
 /// A running front door.
@@ -102,8 +107,18 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         crate::listen::ConnLimits::new(server.max_connections, server.max_connections_per_ip);
     let bound_http = match http_addr {
         Some(addr) => Some(
-            spawn_proxy_listener("http", addr, None, &limits, &proxy, &rx, drain, &mut tasks)
-                .await?,
+            spawn_proxy_listener(
+                "http",
+                addr,
+                None,
+                &limits,
+                &proxy,
+                &rx,
+                drain,
+                opts.workers,
+                &mut tasks,
+            )
+            .await?,
         ),
         None => None,
     };
@@ -130,6 +145,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
                     &proxy,
                     &rx,
                     drain,
+                    opts.workers,
                     &mut tasks,
                 )
                 .await?,
@@ -196,27 +212,65 @@ async fn spawn_proxy_listener(
     proxy: &Arc<Proxy>,
     stop: &watch::Receiver<bool>,
     drain: Duration,
+    workers: usize,
     tasks: &mut Vec<JoinHandle<bool>>,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("bind {name} {addr}: {e}"))?;
-    let bound = listener.local_addr()?;
-    let p = Arc::clone(proxy);
-    let make = move |peer: crate::classify::Peer| {
-        let p = Arc::clone(&p);
-        hyper::service::service_fn(move |req| pipeline::handle(Arc::clone(&p), peer.clone(), req))
+    let bind = |addr: SocketAddr| -> anyhow::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if workers > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket
+            .bind(addr)
+            .and_then(|()| socket.listen(4096))
+            .map_err(|e| anyhow::anyhow!("bind {name} {addr}: {e}"))
     };
-    tasks.push(tokio::spawn(crate::listen::serve(
-        name,
-        listener,
-        tls,
-        Some(Arc::clone(limits)),
-        proxy.active().snapshot.server.header_timeout,
-        make,
-        stop_signal(stop),
-        drain,
-    )));
+    let first = bind(addr)?;
+    let bound = first.local_addr()?;
+    let serve = |listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>| {
+        let p = Arc::clone(proxy);
+        let make = move |peer: crate::classify::Peer| {
+            let p = Arc::clone(&p);
+            hyper::service::service_fn(move |req| {
+                pipeline::handle(Arc::clone(&p), peer.clone(), req)
+            })
+        };
+        crate::listen::serve(
+            name,
+            listener,
+            tls,
+            Some(Arc::clone(limits)),
+            proxy.active().snapshot.server.header_timeout,
+            make,
+            stop_signal(stop),
+            drain,
+        )
+    };
+    for worker in 1..workers {
+        // Same port (also when the first was port 0); the worker's runtime registers it.
+        let listener = bind(bound)?.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let future = {
+            let _guard = runtime.enter();
+            serve(TcpListener::from_std(listener)?, tls.clone())
+        };
+        let (finished, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-worker-{worker}"))
+            .spawn(move || {
+                let clean = runtime.block_on(future);
+                let _ = finished.send(clean);
+            })?;
+        tasks.push(tokio::spawn(async move { done.await.unwrap_or(false) }));
+    }
+    tasks.push(tokio::spawn(serve(first, tls)));
     Ok(bound)
 }
 

@@ -699,3 +699,52 @@ async fn certificate_directory_serves_ecdsa_and_rsa_by_their_names() {
     fd.shutdown().await;
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// With `workers = 3`, the proxy listener is bound three times with SO_REUSEPORT, each served
+/// by its own thread: every one of 60 fresh connections (spread by the kernel) is answered,
+/// and shutdown drains all of them and closes the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuseport_workers_all_serve_and_drain() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    );
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        workers: 3,
+        ..Default::default()
+    })
+    .await;
+    let http = fd.http.expect("http");
+    let mut served = 0;
+    for i in 0..60 {
+        // A fresh connection each time, so the kernel picks a listener each time.
+        let raw = format!("GET /w/{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            loadtest::client::raw_exchange(http, raw.as_bytes(), 1 << 16),
+        )
+        .await
+        .expect("answered in time")
+        .expect("exchange");
+        if out.starts_with(b"HTTP/1.1 200") {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 60);
+    assert_eq!(origin.faults.requests(), 60);
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("proc")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    for name in ["http-worker-1", "http-worker-2"] {
+        assert!(threads.iter().any(|t| t == name), "{name} in {threads:?}");
+    }
+    assert!(fd.shutdown().await, "every worker drained");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "all listeners closed after shutdown"
+    );
+}

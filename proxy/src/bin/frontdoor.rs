@@ -24,9 +24,18 @@ use frontdoor::state::ConfigSource;
     about = "Edge reverse proxy and traffic router"
 )]
 struct Cli {
-    /// Worker threads (default: one per CPU).
-    #[arg(long, global = true, env = "FRONTDOOR_THREADS")]
+    /// Worker threads of one shared runtime (default: one per CPU; 1 = single-threaded).
+    #[arg(
+        long,
+        global = true,
+        env = "FRONTDOOR_THREADS",
+        conflicts_with = "workers"
+    )]
     threads: Option<usize>,
+    /// Instead of a shared runtime: N data-plane workers, each a thread with its own
+    /// single-threaded runtime and its own SO_REUSEPORT listeners (nginx-style workers).
+    #[arg(long, global = true, env = "FRONTDOOR_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +141,7 @@ fn main() -> std::process::ExitCode {
     // One thread: tokio's current-thread scheduler (no work stealing, no cross-thread wakes);
     // otherwise a worker per CPU (or per --threads).
     let mut builder = match cli.threads {
+        _ if cli.workers.is_some() => tokio::runtime::Builder::new_current_thread(),
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -149,7 +159,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, common } => run(config, common).await,
+            Command::Run { config, common } => run(config, common, cli.workers).await,
             Command::Demo {
                 http,
                 https,
@@ -253,7 +263,7 @@ fn read_token(common: &Common) -> anyhow::Result<String> {
         .context("an admin token is required: --admin-token-file or FRONTDOOR_ADMIN_TOKEN")
 }
 
-async fn run(config: PathBuf, common: Common) -> anyhow::Result<()> {
+async fn run(config: PathBuf, common: Common, workers: Option<usize>) -> anyhow::Result<()> {
     let token = read_token(&common)?;
     let fleet = match (&common.fleet, common.etcd.is_empty()) {
         (Some(name), false) => Some(frontdoor::fleet::FleetOptions {
@@ -276,6 +286,7 @@ async fn run(config: PathBuf, common: Common) -> anyhow::Result<()> {
         admin_token: token,
         watch_interval: Some(Duration::from_secs(2)),
         fleet,
+        workers: workers.unwrap_or(1),
         ..Default::default()
     })
     .await?;
