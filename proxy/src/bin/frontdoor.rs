@@ -186,13 +186,15 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("FRONTDOOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Installed now: the access log writes to it directly (telemetry::AccessRecord).
+    let sink = frontdoor::telemetry::LogSink::global();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_env_filter(filter)
-        .with_writer(|| frontdoor::telemetry::LogSink::global().line())
+        .with_writer(move || sink.line())
         .init();
 }
 
