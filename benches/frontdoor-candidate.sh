@@ -19,6 +19,7 @@ mode=${BENCH_MODE:-${MODE:-ka}}
     echo "http = \"$listen\""
   fi
   echo "admin = \"127.0.0.1:$admin_port\""
+  if [ -n "${FRONTDOOR_HEADER_TIMEOUT:-}" ]; then echo "header_timeout = \"$FRONTDOOR_HEADER_TIMEOUT\""; fi
   if [ "$config" = realistic ]; then
     echo 'region = "us-central1"'
     echo 'access_log = true'

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Memory per idle keep-alive client connection: frontdoor against nginx (1 worker).
+
+Starts the harness's upstream nginx, an nginx reverse proxy (the harness's template) and
+frontdoor (benches/frontdoor-candidate.sh, bare config, header_timeout raised so idle
+connections stay), then for each proxy: opens N connections, sends one request on each, reads
+the answer, keeps them all open, and reports the proxy's RSS before and after.
+
+    cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000]
+"""
+import argparse
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
+
+
+def rss_kib(pid):
+    """VmRSS of pid and its children (nginx: master + worker), KiB."""
+    total = 0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def wait_port(port, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"nothing listening on {port}")
+
+
+def hold(port, n):
+    """n connections, one request each, all kept open; returns the sockets."""
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for i in range(n):
+        # From 100 loopback addresses (127.0.1.0..), as many clients would: frontdoor caps
+        # connections per client IP (1,000 by default).
+        s = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.1.{i % 100}", 0))
+        s.sendall(req)
+        got = b""
+        while b"hello, world\n" not in got:
+            chunk = s.recv(4096)
+            if not chunk:
+                sys.exit(f"port {port}: closed before answering")
+            got += chunk
+        socks.append(s)
+    return socks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conns", type=int, default=10000)
+    ap.add_argument("--frontdoor", default=os.path.join(ROOT, "target", "release", "frontdoor"))
+    a = ap.parse_args()
+    want = a.conns * 2 + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)), hard))
+    run = tempfile.mkdtemp(prefix="idle-conns-")
+    procs = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        with open(os.path.join(CONF, "upstream-nginx.conf.tmpl")) as f:
+            up = f.read().replace("@RUN@", run).replace("@UP_PORT@", "18401")
+        open(os.path.join(run, "16k.bin"), "wb").write(b"\0" * 16384)
+        open(os.path.join(run, "up.conf"), "w").write(up)
+        start(["nginx", "-c", os.path.join(run, "up.conf"), "-g", "daemon off;"])
+        with open(os.path.join(CONF, "nginx-rp.conf.tmpl")) as f:
+            rp = (f.read().replace("@RUN@", run).replace("@PORT@", "18402").replace("@UPSTREAM@", "127.0.0.1:18401")
+                  .replace("@WORKERS@", "1").replace("@SSL@", "").replace("@SSLCONF@", "")
+                  .replace("worker_connections 16384", f"worker_connections {want}"))
+        open(os.path.join(run, "rp.conf"), "w").write(rp)
+        nginx = start(["nginx", "-c", os.path.join(run, "rp.conf"), "-g", f"daemon off; worker_rlimit_nofile {want};"])
+        env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s")
+        fd = start([os.path.join(HERE, "frontdoor-candidate.sh"), a.frontdoor, "127.0.0.1:18403", "127.0.0.1:18401", run], env=env)
+        for port in (18401, 18402, 18403):
+            wait_port(port)
+        for name, proc, port in (("nginx-1w", nginx, 18402), ("frontdoor", fd, 18403)):
+            hold(port, 10)  # warm: upstream connections, first allocations
+            time.sleep(0.5)
+            before = rss_kib(proc.pid)
+            socks = hold(port, a.conns)
+            time.sleep(1.0)
+            after = rss_kib(proc.pid)
+            per = (after - before) * 1024 / a.conns
+            print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} per_conn={per:.0f} B")
+            for s in socks:
+                s.close()
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
