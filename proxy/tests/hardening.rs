@@ -500,3 +500,89 @@ async fn an_unfinished_request_head_gets_408() {
         "only the complete requests reached the upstream"
     );
 }
+
+/// A body trickled just often enough to beat the idle timeout, but averaging less than
+/// `server.client_body_min_rate`, gets 408 once the grace is over; one above the rate is
+/// served. (Paused clock.)
+#[tokio::test(start_paused = true)]
+async fn a_request_body_below_the_minimum_rate_gets_408() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+    // An upstream that reads the whole body (by Content-Length) before it answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let fd = start(&format!(
+        "[server]\nclient_body_min_rate = 100\nclient_body_min_rate_grace = \"5s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "request_timeout = \"60s\"", &[(upstream, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let upload = |per_second: usize| async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .expect("head");
+        let t0 = Instant::now();
+        let (mut rd, mut wr) = s.into_split();
+        let sender = tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < 1000 {
+                if wr.write_all(&vec![b'x'; per_second]).await.is_err() {
+                    return;
+                }
+                sent += per_second;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let mut out = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut out).await;
+        sender.abort();
+        (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+    };
+
+    let (out, took) = upload(10).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("client_timeout"), "{out}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+
+    let (out, _) = upload(200).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

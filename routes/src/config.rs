@@ -123,6 +123,10 @@ pub struct RawServer {
     /// Longest silence inside a client's request body before it is answered 408. Default
     /// `"30s"`.
     pub client_body_timeout: Option<String>,
+    /// Slowest average rate (bytes per second) a request body may arrive at, judged after
+    /// `client_body_min_rate_grace` (default 10 s); slower gets 408. Default 0: off.
+    pub client_body_min_rate: Option<u64>,
+    pub client_body_min_rate_grace: Option<String>,
     /// Longest a client may take to send a request head (HTTP/1.1) once it has started one;
     /// then it is answered 408 and closed. Default `"10s"`. Listener setting: read at start.
     pub header_timeout: Option<String>,

@@ -285,6 +285,14 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.client_body_timeout.as_ref(),
             Duration::from_secs(30),
         ),
+        client_body_min_rate: (
+            raw.client_body_min_rate.unwrap_or(0),
+            errors.duration(
+                "server.client_body_min_rate_grace".into(),
+                raw.client_body_min_rate_grace.as_ref(),
+                Duration::from_secs(10),
+            ),
+        ),
         header_timeout: errors.duration(
             "server.header_timeout".into(),
             raw.header_timeout.as_ref(),

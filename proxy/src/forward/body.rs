@@ -91,23 +91,59 @@ where
 pub struct ClientBody {
     inner: IdleTimeoutBody<Incoming>,
     failed: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    rate: Option<RateState>,
 }
+
+/// A floor on the body's average rate: after `grace`, fewer than `bytes_per_sec` × elapsed
+/// bytes received fails the body (a client trickling bytes just often enough to beat the idle
+/// timeout holds a connection and an upstream exchange for as long as it likes otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    pub grace: Duration,
+}
+
+#[derive(Debug)]
+struct RateState {
+    floor: MinRate,
+    started: Instant,
+    received: u64,
+}
+
+/// The client's body arrived more slowly than `server.client_body_min_rate`.
+#[derive(Debug)]
+pub struct BodyTooSlow;
+
+impl std::fmt::Display for BodyTooSlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body slower than the minimum rate")
+    }
+}
+
+impl std::error::Error for BodyTooSlow {}
 
 /// How the client's body ended, when it broke the exchange.
 pub const CLIENT_BODY_MALFORMED: u8 = 1;
 /// The client went quiet inside its body for longer than `server.client_body_timeout`.
+/// Or sent it more slowly than `server.client_body_min_rate`.
 pub const CLIENT_BODY_TIMED_OUT: u8 = 2;
 
 impl ClientBody {
     pub fn new(
         inner: Incoming,
         idle: Duration,
+        min_rate: Option<MinRate>,
     ) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicU8>) {
         let failed = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
         (
             ClientBody {
                 inner: IdleTimeoutBody::new(inner, idle),
                 failed: std::sync::Arc::clone(&failed),
+                rate: min_rate.map(|floor| RateState {
+                    floor,
+                    started: Instant::now(),
+                    received: 0,
+                }),
             },
             failed,
         )
@@ -122,9 +158,19 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(rate)) = (&poll, self.rate.as_mut()) {
+            rate.received += frame.data_ref().map_or(0, |d| d.len() as u64);
+            let elapsed = rate.started.elapsed();
+            if elapsed > rate.floor.grace
+                && u128::from(rate.received) * 1000
+                    < u128::from(rate.floor.bytes_per_sec) * elapsed.as_millis()
+            {
+                poll = Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+            }
+        }
         if let Poll::Ready(Some(Err(e))) = &poll {
-            let how = if e.is::<BodyIdleTimeout>() {
+            let how = if e.is::<BodyIdleTimeout>() || e.is::<BodyTooSlow>() {
                 CLIENT_BODY_TIMED_OUT
             } else {
                 CLIENT_BODY_MALFORMED

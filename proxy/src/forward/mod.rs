@@ -186,7 +186,13 @@ pub async fn send(
         // The first attempt takes the client's body; a retry is only ever of a bodiless request.
         let upstream_body = match body.take() {
             Some(b) if !bodiless => {
-                let (body, failed) = ClientBody::new(b, snapshot.server.client_body_timeout);
+                let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
+                let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
+                    bytes_per_sec,
+                    grace,
+                });
+                let (body, failed) =
+                    ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
                 client_body_failed = Some(failed);
                 Either::Left(body)
             }
