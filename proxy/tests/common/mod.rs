@@ -76,12 +76,21 @@ pub fn cluster(name: &str, extra: &str, endpoints: &[(SocketAddr, &str, &str)]) 
 
 /// Waits (polling every 20 ms, up to 10 s) until `check` holds. For conditions driven by real
 /// network I/O, where a paused clock cannot be used; nothing asserts on how long it took.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..500 {
+    eventually_within(what, Duration::from_secs(10), check).await;
+}
+
+/// [`eventually`] with a longer limit, for flows with a designed retry after a backoff.
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..limit.as_millis() / 20 {
         if check().await {
             return;
         }
