@@ -220,18 +220,8 @@ fn rfc3339_micros(out: &mut String, now: std::time::SystemTime) {
     SECOND.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != secs {
-            let days = (secs / 86_400) as i64;
+            let (year, month, day) = crate::clock::civil_from_days((secs / 86_400) as i64);
             let rem = secs % 86_400;
-            // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-            let z = days + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z.rem_euclid(146_097);
-            let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let day = doy - (153 * mp + 2) / 5 + 1;
-            let month = if mp < 10 { mp + 3 } else { mp - 9 };
-            let year = yoe + era * 400 + i64::from(month <= 2);
             cached.1.clear();
             let _ = write!(
                 cached.1,

@@ -417,7 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 let date = |secs: &Value| {
                     secs.as_i64().map_or("-".to_string(), |t| {
                         let days = t.div_euclid(86_400);
-                        let (y, m, d) = civil_from_days(days);
+                        let (y, m, d) = frontdoor::clock::civil_from_days(days);
                         format!("{y:04}-{m:02}-{d:02}")
                     })
                 };
@@ -963,32 +963,4 @@ async fn rollout_call(
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_from_days;
-
-    #[test]
-    fn dates_from_unix_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
-    }
 }
