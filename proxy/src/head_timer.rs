@@ -249,7 +249,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.off || !between => {
+            Poll::Pending if !between => {
                 // Inside an exchange: the body has its own timeout.
                 this.deadline = None;
                 Poll::Pending

@@ -26,7 +26,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use super::pool::UpstreamBody;
@@ -98,8 +98,11 @@ pub struct UpstreamClient {
     shared: Arc<Shared>,
 }
 
-/// A connection's IO: plain TCP or TLS over it.
-type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A connection's IO: plain TCP or TLS over it (boxed once per connection, so one handshake
+/// path serves both).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+type Conn = TokioIo<Box<dyn Io>>;
 
 impl UpstreamClient {
     pub fn new(transport: Transport) -> UpstreamClient {
@@ -124,12 +127,12 @@ impl UpstreamClient {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let t = &self.shared.transport;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         if t.http2 {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::builder()
                 .scheme(if t.tls.is_some() {
                     Scheme::HTTPS
@@ -145,7 +148,11 @@ impl UpstreamClient {
             // stay out of the per-request future, which hyper moves around whole.
             return Box::pin(self.request_h2(addr, req)).await;
         }
-        *req.uri_mut() = Uri::from(path);
+        // HTTP/1.1 sends the URI as given: callers pass the origin form.
+        debug_assert!(
+            req.uri().authority().is_none(),
+            "origin-form request target"
+        );
         *req.version_mut() = http::Version::HTTP_11;
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -216,7 +223,7 @@ impl UpstreamClient {
             .map_err(|_| UpstreamError::Connect(format!("{addr}: timed out")))?
             .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
         let Some((connector, name)) = &t.tls else {
-            return Ok(Conn::Plain(tcp));
+            return Ok(TokioIo::new(Box::new(tcp)));
         };
         let name = name
             .clone()
@@ -225,30 +232,18 @@ impl UpstreamClient {
             .await
             .map_err(|_| UpstreamError::Connect(format!("{addr}: TLS handshake timed out")))?
             .map_err(|e| UpstreamError::Connect(format!("{addr}: TLS: {e}")))?;
-        Ok(Conn::Tls(Box::new(tls)))
+        Ok(TokioIo::new(Box::new(tls)))
     }
 
     async fn connect_h1(
         &self,
         addr: SocketAddr,
     ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-        let handshake_failed = |e: hyper::Error| UpstreamError::Connect(format!("{addr}: {e}"));
-        match self.connect(addr).await? {
-            Conn::Plain(tcp) => {
-                let (send, conn) = http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(handshake_failed)?;
-                tokio::spawn(conn.with_upgrades());
-                Ok(send)
-            }
-            Conn::Tls(tls) => {
-                let (send, conn) = http1::handshake(TokioIo::new(*tls))
-                    .await
-                    .map_err(handshake_failed)?;
-                tokio::spawn(conn.with_upgrades());
-                Ok(send)
-            }
-        }
+        let (send, conn) = http1::handshake(self.connect(addr).await?)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+        tokio::spawn(conn.with_upgrades());
+        Ok(send)
     }
 
     async fn request_h2(
@@ -263,28 +258,12 @@ impl UpstreamClient {
         let mut send = match existing {
             Some(send) => send,
             None => {
-                let mut builder = http2::Builder::new(TokioExecutor::new());
-                builder.timer(TokioTimer::new());
-                let handshake_failed =
-                    |e: hyper::Error| UpstreamError::Connect(format!("{addr}: {e}"));
-                let send = match self.connect(addr).await? {
-                    Conn::Plain(tcp) => {
-                        let (send, conn) = builder
-                            .handshake(TokioIo::new(tcp))
-                            .await
-                            .map_err(handshake_failed)?;
-                        tokio::spawn(conn);
-                        send
-                    }
-                    Conn::Tls(tls) => {
-                        let (send, conn) = builder
-                            .handshake(TokioIo::new(*tls))
-                            .await
-                            .map_err(handshake_failed)?;
-                        tokio::spawn(conn);
-                        send
-                    }
-                };
+                let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(self.connect(addr).await?)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+                tokio::spawn(conn);
                 let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
                 conns.insert(addr, send.clone());
                 send
@@ -301,11 +280,6 @@ impl UpstreamClient {
             back: None,
         }))
     }
-}
-
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
 }
 
 /// Drops idle HTTP/1.1 connections past the idle timeout, so a quiet pool closes them.
