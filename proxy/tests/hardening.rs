@@ -373,28 +373,9 @@ async fn a_stalled_request_body_gets_408() {
 
 /// Reads one HTTP/1.1 response with a `content-length` body from `s`.
 async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed before a whole response: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    common::read_message(s)
+        .await
+        .expect("a whole response before the close")
 }
 
 /// Everything `s` sends until it closes.
@@ -518,25 +499,8 @@ async fn a_request_body_below_the_minimum_rate_gets_408() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length: usize = text[..end]
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if seen.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if common::read_message(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(

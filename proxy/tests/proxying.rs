@@ -521,16 +521,10 @@ async fn counting_upstream(
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
                 loop {
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
+                    if common::read_message(&mut s).await.is_none() {
+                        return;
                     }
-                    seen.clear();
                     let answer: &[u8] = if chunked {
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
                     } else {
