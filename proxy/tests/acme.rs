@@ -35,6 +35,23 @@ struct Pebble {
     https_ca_file: String,
 }
 
+impl Pebble {
+    /// The root pebble signs with, from its management API (served with our test CA's
+    /// certificate).
+    async fn root(&self) -> String {
+        let (_, roots) = loadtest::client::tls_get(
+            self.management,
+            "localhost",
+            &self.https_ca,
+            &[b"http/1.1"],
+            "/roots/0",
+        )
+        .await
+        .expect("pebble root");
+        roots.text()
+    }
+}
+
 async fn start_pebble(dir: &Path, http01_port: u16, tls_alpn_port: u16) -> Pebble {
     let ca = certs::dev::DevCa::new("pebble https test CA").expect("ca");
     let leaf = ca.issue(&["localhost", "127.0.0.1"]).expect("leaf");
@@ -163,17 +180,7 @@ challenge = "{challenge}"
         assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
     }
 
-    // Pebble's root, from its management API (served with our test CA's certificate).
-    let (_, roots) = loadtest::client::tls_get(
-        pebble.management,
-        "localhost",
-        &pebble.https_ca,
-        &[b"http/1.1"],
-        "/roots/0",
-    )
-    .await
-    .expect("pebble root");
-    let root = roots.text();
+    let root = pebble.root().await;
     assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
     for name in ["shop.test", "www.shop.test"] {
         let root = root.clone();
@@ -333,16 +340,7 @@ async fn a_fleet_orders_once_and_any_member_answers_the_challenge() {
         std::fs::read(&c_cert).expect("c"),
         "one issuance for the fleet: c serves b's certificate, not one of its own"
     );
-    let (_, roots) = loadtest::client::tls_get(
-        pebble.management,
-        "localhost",
-        &pebble.https_ca,
-        &[b"http/1.1"],
-        "/roots/0",
-    )
-    .await
-    .expect("pebble root");
-    let root = roots.text();
+    let root = pebble.root().await;
     let c_https = c.https.expect("https");
     eventually("member c serves it", || {
         let root = root.clone();
