@@ -39,6 +39,23 @@ async fn admin(
     )
 }
 
+/// Writes `config` to `path` and starts a front door from that file (so the test can rewrite
+/// it) with an HTTPS listener on a free port; returns it and that port's address.
+async fn start_https_from_file(
+    path: &std::path::Path,
+    config: &str,
+) -> (Running, std::net::SocketAddr) {
+    std::fs::write(path, config).expect("write");
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::File(path.to_path_buf())),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let https = fd.https.expect("https");
+    (fd, https)
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("frontdoor-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
@@ -393,14 +410,7 @@ async fn tls_sni_alpn_and_certificate_rotation() {
         cluster("app", "", &[(origin.addr, "", "v")])
     );
     let path = dir.join("config.toml");
-    std::fs::write(&path, &config).expect("write");
-    let fd = start_with(StartOptions {
-        config: Some(ConfigSource::File(path.clone())),
-        https: Some("127.0.0.1:0".parse().expect("addr")),
-        ..Default::default()
-    })
-    .await;
-    let https = fd.https.expect("https");
+    let (fd, https) = start_https_from_file(&path, &config).await;
     for (name, alpn, want) in [
         ("a.test", &[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
         ("x.b.test", &[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
@@ -590,14 +600,7 @@ async fn certificate_rotation_under_load_fails_no_handshake() {
         cluster("app", "", &[(origin.addr, "", "v")])
     );
     let path = dir.join("config.toml");
-    std::fs::write(&path, &config).expect("write");
-    let fd = start_with(StartOptions {
-        config: Some(ConfigSource::File(path.clone())),
-        https: Some("127.0.0.1:0".parse().expect("addr")),
-        ..Default::default()
-    })
-    .await;
-    let https = fd.https.expect("https");
+    let (fd, https) = start_https_from_file(&path, &config).await;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
