@@ -341,18 +341,11 @@ async fn slowloris_connections_do_not_starve_normal_requests() {
 async fn a_stalled_request_body_gets_408() {
     use tokio::io::AsyncReadExt;
     // An upstream that reads the whole request before it would answer (and never does).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
+    let upstream = common::raw_upstream(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
     let fd = start(&format!(
         "[server]\nclient_body_timeout = \"1s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
         cluster("app", "request_timeout = \"30s\"", &[(upstream, "", "v")])
@@ -492,24 +485,14 @@ async fn a_request_body_below_the_minimum_rate_gets_408() {
     use tokio::net::TcpStream;
     use tokio::time::Instant;
     // An upstream that reads the whole body (by Content-Length) before it answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let upstream = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if common::read_message(&mut s).await.is_none() {
-                    return;
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
+    let upstream = common::raw_upstream(|mut s| async move {
+        if common::read_message(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await;
         }
-    });
+    })
+    .await;
     let fd = start(&format!(
         "[server]\nclient_body_min_rate = 100\nclient_body_min_rate_grace = \"5s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
         cluster("app", "request_timeout = \"60s\"", &[(upstream, "", "v")])

@@ -511,36 +511,31 @@ async fn counting_upstream(
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                loop {
-                    if common::read_message(&mut s).await.is_none() {
-                        return;
-                    }
-                    let answer: &[u8] = if chunked {
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                    };
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
-                    if let Some(after) = close_after {
-                        tokio::time::sleep(after).await;
-                        return;
-                    }
+    let addr = common::raw_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            loop {
+                if common::read_message(&mut s).await.is_none() {
+                    return;
                 }
-            });
+                let answer: &[u8] = if chunked {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if let Some(after) = close_after {
+                    tokio::time::sleep(after).await;
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, accepted)
 }
 

@@ -136,3 +136,22 @@ pub async fn read_message(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option
         }
     }
 }
+
+/// A raw TCP upstream on a free loopback port: `serve` runs, in its own task, for each
+/// connection accepted.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
