@@ -90,7 +90,14 @@ pub fn client_ip(snapshot: &Snapshot, peer: IpAddr, headers: &HeaderMap) -> IpAd
 /// request), and more than one `Host` (RFC 9112 §3.2: 400).
 pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyError> {
     let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+    // HTTP/1.1: hyper drops Content-Length when both came; the head timer saw them.
+    let ambiguous = req
+        .extensions()
+        .get::<crate::head_timer::AmbiguousFraming>()
+        .is_some();
+    if ambiguous
+        || h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
+    {
         return Err(crate::respond::ProxyError::BadRequest(
             "both Transfer-Encoding and Content-Length",
         ));

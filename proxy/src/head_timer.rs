@@ -10,12 +10,20 @@
 //! while no request is in flight, waits on one per-connection timer. The timer is re-armed
 //! lazily, so the request path pays a clock read and a waker registration, not a timer
 //! insertion. HTTP/2 connections (client preface `PRI `) are left to h2's own limits.
+//!
+//! The same reads are watched for one smuggling shape hyper tolerates: a head with both
+//! `Transfer-Encoding` and `Content-Length` (hyper drops the length, reads chunked and closes
+//! afterwards; RFC 9112 §6.1 lets a server do that or refuse). [`HeadScan`] looks at the header
+//! names of each head that begins between requests and marks the request [`AmbiguousFraming`],
+//! which the pipeline answers 400. A head pipelined behind another (already in hyper's buffer
+//! when it begins) is not scanned and keeps hyper's handling: it is still read one way only and
+//! the connection still closes after it.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,7 +40,14 @@ pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: tex
 pub struct Exchanges {
     started: AtomicU32,
     finished: AtomicU32,
+    /// The head about to be dispatched carried both `Transfer-Encoding` and `Content-Length`.
+    ambiguous: AtomicBool,
 }
+
+/// Request extension: the request's head carried both `Transfer-Encoding` and
+/// `Content-Length` (hyper has dropped the latter from the header map).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
 
 impl Exchanges {
     fn between_requests(&self) -> bool {
@@ -61,8 +76,12 @@ where
     type Error = S::Error;
     type Future = CountedFuture<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.exchanges.started.fetch_add(1, Ordering::Relaxed);
+        if self.exchanges.ambiguous.load(Ordering::Relaxed) {
+            self.exchanges.ambiguous.store(false, Ordering::Relaxed);
+            req.extensions_mut().insert(AmbiguousFraming);
+        }
         CountedFuture {
             inner: self.inner.call(req),
             done: Done(Some(Arc::clone(&self.exchanges))),
@@ -157,6 +176,60 @@ pub struct HeadTimer<T> {
     off: bool,
     /// Timed out: reads see the end, writes go nowhere.
     ended: bool,
+    /// The header names of the head being received.
+    scan: HeadScan,
+}
+
+/// Watches the header lines of one request head, as its bytes arrive, for both framing fields.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Inside a head that began between requests.
+    active: bool,
+    /// The current line's first bytes (enough to tell the two field names).
+    line: [u8; 18],
+    len: u8,
+    te: bool,
+    cl: bool,
+}
+
+impl HeadScan {
+    const TE: &'static [u8] = b"transfer-encoding:";
+    const CL: &'static [u8] = b"content-length:";
+
+    fn start(&mut self) {
+        *self = HeadScan {
+            active: true,
+            ..HeadScan::default()
+        };
+    }
+
+    /// Takes the next bytes of the head; true when the head ended with both fields seen.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while self.active && !bytes.is_empty() {
+            let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], Some(i + 1)),
+                None => (bytes, None),
+            };
+            let have = usize::from(self.len);
+            let take = part.len().min(self.line.len() - have);
+            self.line[have..have + take].copy_from_slice(&part[..take]);
+            self.len += take as u8;
+            let Some(rest) = ended else { break };
+            bytes = &bytes[rest..];
+            let line = &self.line[..usize::from(self.len)];
+            if line.is_empty() || line == b"\r" {
+                self.active = false;
+                return self.te && self.cl;
+            }
+            let named = |name: &[u8]| {
+                line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+            };
+            self.te |= named(Self::TE);
+            self.cl |= named(Self::CL);
+            self.len = 0;
+        }
+        false
+    }
 }
 
 impl<T> HeadTimer<T> {
@@ -179,6 +252,7 @@ impl<T> HeadTimer<T> {
             prefix_len: 0,
             off: false,
             ended: false,
+            scan: HeadScan::default(),
         }
     }
 
@@ -245,6 +319,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                         // A new head has begun: its own deadline from the next wait.
                         this.partial = true;
                         this.deadline = None;
+                        this.scan.start();
+                    }
+                    if between && this.scan.active && this.scan.feed(got) {
+                        this.exchanges.ambiguous.store(true, Ordering::Relaxed);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -310,5 +388,54 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    /// Feeds `head` split at `at`; what the scan concludes.
+    fn scan(head: &[u8], at: usize) -> bool {
+        let mut s = HeadScan::default();
+        s.start();
+        let first = s.feed(&head[..at]);
+        first || s.feed(&head[at..])
+    }
+
+    #[test]
+    fn both_framing_fields_are_seen_however_the_head_is_split() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for at in 0..=both.len() {
+            assert!(scan(both, at), "split at {at}");
+        }
+        let te_only = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cl_only = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd";
+        let lookalike =
+            b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\nTransfer-Encoding-X: chunked\r\n\r\n";
+        for head in [&te_only[..], &cl_only[..], &lookalike[..]] {
+            for at in 0..=head.len() {
+                assert!(
+                    !scan(head, at),
+                    "{:?} split at {at}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_ends_with_the_head() {
+        // A body that looks like a header line is not the head's.
+        let head =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nContent-Length: 4\r\n\r\n";
+        assert!(!scan(head, head.len()));
+        let mut s = HeadScan::default();
+        s.start();
+        assert!(
+            !s.feed(b"GET / HTTP/1.1\n\n"),
+            "bare LF lines end the head too"
+        );
+        assert!(!s.active);
     }
 }
