@@ -26,6 +26,34 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take over a request head (HTTP/1.1) when not configured, and how long
 /// an HTTP/1.1 connection may sit idle between requests.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// What an HTTP/1.1 client may send as a request head. Listener settings, read at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// To finish a head once started (408 after), and to sit idle between requests.
+    pub timeout: Duration,
+    /// Request line and header fields, bytes (431 over it); at least 8 KiB.
+    pub max_bytes: usize,
+    /// Header fields (431 over it).
+    pub max_headers: usize,
+}
+
+impl HeadLimits {
+    /// The admin API's: the defaults.
+    pub const DEFAULT: HeadLimits = HeadLimits {
+        timeout: HEADER_TIMEOUT,
+        max_bytes: 32 * 1024,
+        max_headers: 100,
+    };
+
+    pub fn of(server: &routes::Server) -> HeadLimits {
+        HeadLimits {
+            timeout: server.header_timeout,
+            max_bytes: server.max_request_head_bytes,
+            max_headers: server.max_request_headers,
+        }
+    }
+}
+
 /// Concurrent streams one HTTP/2 connection may open.
 pub const H2_MAX_STREAMS: u32 = 256;
 /// Largest HTTP/2 header list (decoded), bytes.
@@ -105,7 +133,7 @@ pub async fn serve<F, S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Option<Arc<ConnLimits>>,
-    header_timeout: Duration,
+    head: HeadLimits,
     make_service: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -125,6 +153,9 @@ where
         .timer(TokioTimer::new())
         // The head timer is ours (crate::head_timer): it answers 408 where hyper's would close.
         .header_read_timeout(None)
+        // A head over either limit is answered 431 by hyper's parser.
+        .max_buf_size(head.max_bytes.max(8 * 1024))
+        .max_headers(head.max_headers)
         .keep_alive(true);
     // HTTP/2 limits, explicit rather than inherited: streams per connection; a bounded header
     // list (a CONTINUATION flood cannot grow it); rapid reset (CVE-2023-44487): a client that
@@ -197,7 +228,7 @@ where
             let _slot = slot;
             match tls {
                 None => {
-                    let io = HeadTimer::new(stream, exchanges, header_timeout, name);
+                    let io = HeadTimer::new(stream, exchanges, head.timeout, name);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }
@@ -227,7 +258,7 @@ where
                             return;
                         }
                     };
-                    let io = HeadTimer::new(stream, exchanges, header_timeout, name);
+                    let io = HeadTimer::new(stream, exchanges, head.timeout, name);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }

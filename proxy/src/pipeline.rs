@@ -164,6 +164,10 @@ async fn proxy_request(
         return Err(ProxyError::BadRequest("missing Host"));
     }
     classify::check_framing(&req)?;
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > snapshot.server.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
     // One normal form of the path for every rule, and the same form goes upstream.
     let path = routes::normalize_path(req.uri().path())
         .ok_or(ProxyError::BadRequest("invalid request path"))?;

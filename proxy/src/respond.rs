@@ -27,6 +27,8 @@ pub enum Source {
 pub enum ProxyError {
     /// Malformed or refused request (400).
     BadRequest(&'static str),
+    /// The request target is longer than `server.max_uri_bytes` (414).
+    UriTooLong,
     /// No route matches host and path (404).
     NoRoute,
     /// Over the route's rate limit (429 with `Retry-After`).
@@ -55,6 +57,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -71,6 +74,7 @@ impl ProxyError {
     pub fn source(&self) -> Source {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::UriTooLong
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
             | ProxyError::NotCached
@@ -88,6 +92,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::UriTooLong => "uri_too_long",
             ProxyError::NoRoute => "no_route",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
@@ -103,6 +108,7 @@ impl ProxyError {
     fn detail(&self) -> String {
         match self {
             ProxyError::BadRequest(why) => (*why).to_string(),
+            ProxyError::UriTooLong => "the request target is too long".into(),
             ProxyError::NoRoute => "no route matches this host and path".into(),
             ProxyError::RateLimited { retry_after_secs } => {
                 format!("rate limit exceeded; retry after {retry_after_secs} s")

@@ -81,6 +81,65 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
     fd.shutdown().await;
 }
 
+/// Request heads over the configured limits: 414 for a long target, 431 for too many or too
+/// large header fields; nothing reaches the upstream. Just under each limit is served.
+#[tokio::test]
+async fn oversize_request_heads_get_414_or_431() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "[server]\nmax_uri_bytes = 1000\nmax_request_head_bytes = 8192\nmax_request_headers = 20\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let head = |target: &str, fields: usize, field_bytes: usize| {
+        let mut h = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+        for i in 2..fields {
+            h.push_str(&format!("x-f{i}: {}\r\n", "v".repeat(field_bytes)));
+        }
+        h.push_str("\r\n");
+        h.into_bytes()
+    };
+    let long = format!("/{}", "a".repeat(1000));
+    let fits = format!("/{}", "a".repeat(998));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("target over max_uri_bytes", head(&long, 1, 0), 414),
+        (
+            "query takes the target over",
+            head(&format!("/q?{}", "b".repeat(998)), 1, 0),
+            414,
+        ),
+        ("target just under", head(&fits, 1, 0), 200),
+        ("21 header fields", head("/", 21, 1), 431),
+        ("20 header fields", head("/", 20, 1), 200),
+        ("a head over 8 KiB", head("/", 4, 4200), 431),
+        ("a head under 8 KiB", head("/", 4, 3900), 200),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw, want) in &cases {
+        let before = origin.faults.requests();
+        let out = exchange(addr, raw).await;
+        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let reached = origin.faults.requests() > before;
+        if status != *want || reached != (*want == 200) {
+            failures.push(format!(
+                "{name}: status {status}, reached upstream: {reached}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // HTTP/2 targets are held to the same limit.
+    let before = origin.faults.requests();
+    let r = loadtest::Client::h2c()
+        .get(&common::url(&fd, &long))
+        .await
+        .expect("h2 answer");
+    assert_eq!(r.status, http::StatusCode::URI_TOO_LONG);
+    assert_eq!(origin.faults.requests(), before);
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn paths_are_normalised_before_routing_and_forwarding() {
     let public = Origin::builder()

@@ -132,6 +132,14 @@ pub struct RawServer {
     pub header_timeout: Option<String>,
     /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
     pub via: Option<String>,
+    /// Largest HTTP/1.1 request head (request line and header fields), bytes; larger gets 431.
+    /// Default 32 KiB, at least 8 KiB. Listener setting: read at start.
+    pub max_request_head_bytes: Option<usize>,
+    /// Most header fields in an HTTP/1.1 request head; more gets 431. Default 100. Listener
+    /// setting: read at start.
+    pub max_request_headers: Option<usize>,
+    /// Longest request target (path and query), bytes; longer gets 414. Default 8 KiB.
+    pub max_uri_bytes: Option<usize>,
     /// Open client connections at most, over all listeners (default 100,000).
     pub max_connections: Option<usize>,
     /// Open client connections at most per client address (default 1,000).

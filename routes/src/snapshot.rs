@@ -111,6 +111,9 @@ pub struct Server {
     pub via: String,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    pub max_request_head_bytes: usize,
+    pub max_request_headers: usize,
+    pub max_uri_bytes: usize,
 }
 
 /// A region and its jurisdiction (`us`, `eu`, `apac`, ...).

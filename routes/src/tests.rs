@@ -171,6 +171,9 @@ fn every_error_is_reported_with_its_path() {
 region = "mars-north1"
 trusted_proxies = ["10.0.0.0/8", "bogus"]
 drain_timeout = "ten seconds"
+max_request_head_bytes = 4096
+max_request_headers = 0
+max_uri_bytes = 100000
 
 [regions]
 us-central1 = { jurisdiction = "us" }
@@ -205,6 +208,9 @@ cluster = "app"
         "server.region:",
         "server.trusted_proxies[1]:",
         "server.drain_timeout:",
+        "server.max_request_head_bytes:",
+        "server.max_request_headers:",
+        "server.max_uri_bytes:",
         "clusters.app.protocol:",
         "clusters.app.connect_timeout:",
         "clusters.app.retries.attempts:",

@@ -311,6 +311,47 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.max_connections_per_ip,
             1_000,
         ),
+        max_request_head_bytes: within(
+            errors,
+            "server.max_request_head_bytes",
+            raw.max_request_head_bytes,
+            32 * 1024,
+            8 * 1024..=1024 * 1024,
+        ),
+        max_request_headers: within(
+            errors,
+            "server.max_request_headers",
+            raw.max_request_headers,
+            100,
+            1..=1_000,
+        ),
+        max_uri_bytes: within(
+            errors,
+            "server.max_uri_bytes",
+            raw.max_uri_bytes,
+            8 * 1024,
+            16..=64 * 1024,
+        ),
+    }
+}
+
+fn within(
+    errors: &mut Errors,
+    path: &str,
+    value: Option<usize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> usize {
+    match value {
+        Some(v) if !range.contains(&v) => {
+            errors.push(
+                path,
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+            default
+        }
+        Some(v) => v,
+        None => default,
     }
 }
 
