@@ -1,13 +1,16 @@
 //! The HTTP/1.1 request-head timer, in front of hyper: a client that has started a request head
 //! gets `server.header_timeout` to finish it and is then answered `408 Request Timeout` (with
 //! `Connection: close`) — hyper's own header timeout only drops the connection, which leaves a
-//! client (or the load balancer in front) unable to tell a timeout from a crash. A connection
-//! idle between requests for as long is closed silently, as before.
+//! client (or the load balancer in front) unable to tell a timeout from a crash. A new
+//! connection that sends nothing for as long, or one idle after a request for
+//! `server.keepalive_timeout`, is closed silently. After `server.max_requests_per_connection`
+//! requests the answer carries `Connection: close` and hyper closes the connection.
 //!
 //! Two parts share one connection's [`Exchanges`]: [`Counted`] wraps the service and counts
 //! requests started (the head was parsed) and finished (the response body was dropped: written
-//! out or abandoned); [`HeadTimer`] wraps the connection's IO and, whenever a read would wait
-//! while no request is in flight, waits on one per-connection timer. The timer is re-armed
+//! out or abandoned); [`HeadTimer`] wraps the connection's IO and, whenever a read would wait,
+//! waits on one per-connection timer, which ends the connection only if it fires while no
+//! request is in flight. The timer is re-armed
 //! lazily, so the request path pays a clock read and a waker registration, not a timer
 //! insertion. HTTP/2 connections (client preface `PRI `) are left to h2's own limits.
 //!
@@ -60,11 +63,17 @@ impl Exchanges {
 pub struct Counted<S> {
     inner: S,
     exchanges: Arc<Exchanges>,
+    /// HTTP/1.x requests the connection may carry; the last answer closes it.
+    max_requests: u32,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S, exchanges: Arc<Exchanges>) -> Counted<S> {
-        Counted { inner, exchanges }
+    pub fn new(inner: S, exchanges: Arc<Exchanges>, max_requests: u32) -> Counted<S> {
+        Counted {
+            inner,
+            exchanges,
+            max_requests,
+        }
     }
 }
 
@@ -77,7 +86,8 @@ where
     type Future = CountedFuture<S::Future>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.exchanges.started.fetch_add(1, Ordering::Relaxed);
+        let n = self.exchanges.started.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = n >= self.max_requests && req.version() < http::Version::HTTP_2;
         if self.exchanges.ambiguous.load(Ordering::Relaxed) {
             self.exchanges.ambiguous.store(false, Ordering::Relaxed);
             req.extensions_mut().insert(AmbiguousFraming);
@@ -85,6 +95,7 @@ where
         CountedFuture {
             inner: self.inner.call(req),
             done: Done(Some(Arc::clone(&self.exchanges))),
+            last,
         }
     }
 }
@@ -108,6 +119,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         done: Done,
+        // The connection's last request: the answer says `Connection: close` (hyper closes).
+        last: bool,
     }
 }
 
@@ -121,7 +134,16 @@ where
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
         let done = Done(this.done.0.take());
-        Poll::Ready(out.map(|resp| resp.map(|inner| Finished { inner, _done: done })))
+        let last = *this.last;
+        Poll::Ready(out.map(|mut resp| {
+            if last {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            resp.map(|inner| Finished { inner, _done: done })
+        }))
     }
 }
 
@@ -159,7 +181,10 @@ impl<B: Body> Body for Finished<B> {
 pub struct HeadTimer<T> {
     io: T,
     exchanges: Arc<Exchanges>,
+    /// For a head once started, and for the first one to start.
     timeout: Duration,
+    /// For the next head after a request.
+    idle: Duration,
     listener: &'static str,
     /// `started` when last looked at: a change means a head was completed.
     seen: u32,
@@ -236,13 +261,14 @@ impl<T> HeadTimer<T> {
     pub fn new(
         io: T,
         exchanges: Arc<Exchanges>,
-        timeout: Duration,
+        limits: &crate::listen::HeadLimits,
         listener: &'static str,
     ) -> HeadTimer<T> {
         HeadTimer {
             io,
             exchanges,
-            timeout,
+            timeout: limits.timeout,
+            idle: limits.idle,
             listener,
             seen: 0,
             partial: false,
@@ -327,16 +353,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if !between => {
-                // Inside an exchange: the body has its own timeout.
-                this.deadline = None;
-                Poll::Pending
-            }
             Poll::Pending => {
-                let deadline = *this
-                    .deadline
-                    .get_or_insert_with(|| Instant::now() + this.timeout);
-                ready!(this.poll_deadline(cx, deadline));
+                // Armed inside an exchange too: hyper does not read again when the response
+                // ends, so this timer is what wakes an idle connection to be closed.
+                let wait = if this.partial || this.seen == 0 {
+                    this.timeout
+                } else {
+                    this.idle
+                };
+                let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
+                loop {
+                    ready!(this.poll_deadline(cx, deadline));
+                    if this.exchanges.between_requests() {
+                        break;
+                    }
+                    // Inside an exchange (the body has its own timeout): the idle wait
+                    // starts over.
+                    deadline = Instant::now() + this.idle;
+                    this.deadline = Some(deadline);
+                }
                 this.ended = true;
                 if this.partial {
                     metrics::counter!(crate::telemetry::HEADER_TIMEOUTS, crate::telemetry::L_LISTENER => this.listener).increment(1);

@@ -29,8 +29,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What an HTTP/1.1 client may send as a request head. Listener settings, read at start.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
-    /// To finish a head once started (408 after), and to sit idle between requests.
+    /// To finish a head once started (408 after), and to send a first one.
     pub timeout: Duration,
+    /// To sit idle after a request.
+    pub idle: Duration,
+    /// Requests per connection; the last answer says `Connection: close`.
+    pub max_requests: u32,
     /// Request line and header fields, bytes (431 over it); at least 8 KiB.
     pub max_bytes: usize,
     /// Header fields (431 over it).
@@ -41,6 +45,8 @@ impl HeadLimits {
     /// The admin API's: the defaults.
     pub const DEFAULT: HeadLimits = HeadLimits {
         timeout: HEADER_TIMEOUT,
+        idle: Duration::from_secs(60),
+        max_requests: 1_000,
         max_bytes: 32 * 1024,
         max_headers: 100,
     };
@@ -48,6 +54,8 @@ impl HeadLimits {
     pub fn of(server: &routes::Server) -> HeadLimits {
         HeadLimits {
             timeout: server.header_timeout,
+            idle: server.keepalive_timeout,
+            max_requests: u32::try_from(server.max_requests_per_connection).unwrap_or(u32::MAX),
             max_bytes: server.max_request_head_bytes,
             max_headers: server.max_request_headers,
         }
@@ -220,7 +228,11 @@ where
         let _ = stream.set_nodelay(true);
         let peer = Peer::new(addr, tls.is_some());
         let exchanges = Arc::new(Exchanges::default());
-        let service = Counted::new(make_service(peer), Arc::clone(&exchanges));
+        let service = Counted::new(
+            make_service(peer),
+            Arc::clone(&exchanges),
+            head.max_requests,
+        );
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let tls = tls.clone();
@@ -228,7 +240,7 @@ where
             let _slot = slot;
             match tls {
                 None => {
-                    let io = HeadTimer::new(stream, exchanges, head.timeout, name);
+                    let io = HeadTimer::new(stream, exchanges, &head, name);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }
@@ -258,7 +270,7 @@ where
                             return;
                         }
                     };
-                    let io = HeadTimer::new(stream, exchanges, head.timeout, name);
+                    let io = HeadTimer::new(stream, exchanges, &head, name);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(conn).await;
                 }

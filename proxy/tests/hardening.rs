@@ -140,6 +140,33 @@ async fn oversize_request_heads_get_414_or_431() {
     fd.shutdown().await;
 }
 
+/// `max_requests_per_connection`: the last answer says `Connection: close` and the connection
+/// ends; what was pipelined behind it is not served. HTTP/2 is not limited this way.
+#[tokio::test]
+async fn a_connection_carries_at_most_max_requests() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "[server]\nmax_requests_per_connection = 3\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let one = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let out = exchange(addr, one.repeat(5).as_bytes()).await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{out}");
+    let closes = |a: &str| a.to_ascii_lowercase().contains("connection: close");
+    assert!(!closes(answers[0]) && !closes(answers[1]), "{out}");
+    assert!(closes(answers[2]), "{out}");
+    assert_eq!(origin.faults.requests(), 3);
+    let client = loadtest::Client::h2c();
+    for _ in 0..5 {
+        let r = client.get(&common::url(&fd, "/")).await.expect("h2");
+        assert_eq!(r.status, http::StatusCode::OK);
+    }
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn paths_are_normalised_before_routing_and_forwarding() {
     let public = Origin::builder()
@@ -440,8 +467,9 @@ async fn read_all(s: &mut tokio::net::TcpStream) -> String {
 
 /// A client that starts a request head and does not finish it within `server.header_timeout`
 /// gets 408 and a closed connection — trickling bytes does not extend the deadline, and the
-/// same holds for the second request on a kept-alive connection. A connection idle between
-/// requests is closed without an answer; a slow request *body* is not the head timer's business.
+/// same holds for the second request on a kept-alive connection. A new connection that sends
+/// nothing is closed without an answer after the same time, one idle after a request after
+/// `keepalive_timeout`; a slow request *body* is not the head timer's business.
 /// (Paused clock: the timeouts elapse without waiting.)
 #[tokio::test(start_paused = true)]
 async fn an_unfinished_request_head_gets_408() {
@@ -451,7 +479,7 @@ async fn an_unfinished_request_head_gets_408() {
     use tokio::time::Instant;
     let origin = Origin::builder().start().await.expect("origin");
     let fd = start(&format!(
-        "[server]\nheader_timeout = \"5s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
+        "[server]\nheader_timeout = \"5s\"\nkeepalive_timeout = \"20s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
         cluster("app", "", &[(origin.addr, "", "v")])
     ))
     .await;
@@ -510,12 +538,32 @@ async fn an_unfinished_request_head_gets_408() {
     let out = read_all(&mut s).await;
     assert!(timed_out(&out), "{out}");
 
-    // Idle between requests: closed after the timeout, nothing written.
+    // Nothing sent: closed after the head timeout, nothing written.
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let t0 = Instant::now();
     let out = read_all(&mut s).await;
     assert_eq!(out, "");
-    assert!(t0.elapsed() >= Duration::from_secs(5));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+
+    // Idle after a request: kept for keepalive_timeout, then closed, nothing written.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /kept HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let kept = read_response(&mut s).await;
+    assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
+    let t0 = Instant::now();
+    let out = read_all(&mut s).await;
+    assert_eq!(out, "");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(20) && took < Duration::from_secs(21),
+        "{took:?}"
+    );
 
     // A body slower than the head timeout (but within client_body_timeout) is served.
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -529,7 +577,7 @@ async fn an_unfinished_request_head_gets_408() {
 
     assert_eq!(
         origin.faults.requests(),
-        2,
+        3,
         "only the complete requests reached the upstream"
     );
 }

@@ -130,6 +130,12 @@ pub struct RawServer {
     /// Longest a client may take to send a request head (HTTP/1.1) once it has started one;
     /// then it is answered 408 and closed. Default `"10s"`. Listener setting: read at start.
     pub header_timeout: Option<String>,
+    /// How long an HTTP/1.1 connection may sit idle after a request before it is closed (the
+    /// wait for a first request is `header_timeout`). Default `"60s"`. Listener setting.
+    pub keepalive_timeout: Option<String>,
+    /// Requests one HTTP/1.1 connection may carry; the last answer says `Connection: close`.
+    /// Default 1,000. Listener setting.
+    pub max_requests_per_connection: Option<usize>,
     /// Value for the `Via` header's pseudonym. Default `"frontdoor"`.
     pub via: Option<String>,
     /// Largest HTTP/1.1 request head (request line and header fields), bytes; larger gets 431.

@@ -106,6 +106,8 @@ pub struct Server {
     pub drain_timeout: Duration,
     pub client_body_timeout: Duration,
     pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_requests_per_connection: usize,
     /// Bytes per second (0: off) and the grace before it is judged.
     pub client_body_min_rate: (u64, Duration),
     pub via: String,

@@ -298,6 +298,18 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.header_timeout.as_ref(),
             Duration::from_secs(10),
         ),
+        keepalive_timeout: errors.duration(
+            "server.keepalive_timeout".into(),
+            raw.keepalive_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        max_requests_per_connection: within(
+            errors,
+            "server.max_requests_per_connection",
+            raw.max_requests_per_connection,
+            1_000,
+            1..=u32::MAX as usize,
+        ),
         via: raw.via.clone().unwrap_or_else(|| "frontdoor".to_string()),
         max_connections: positive(
             errors,
