@@ -655,6 +655,7 @@ mod h2raw {
     pub const GET: &[u8] = &[0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
     /// RFC 9113 §7.
     pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    pub const REFUSED_STREAM: u32 = 0x7;
 
     pub fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
@@ -670,42 +671,51 @@ mod h2raw {
         out
     }
 
-    /// How the server ended the connection after `bytes`: `Some(code)` for a GOAWAY with that
-    /// error code, `None` for a close without one. Panics when the connection is still open
-    /// after 10 s (the flood was tolerated).
-    pub async fn ending(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<u32> {
+    /// Sends `bytes` on a new connection, then reads frames until `want(type, stream id,
+    /// payload)` returns a value; `None` when the connection ends first. Panics when neither
+    /// happens within 10 s.
+    pub async fn send_until<T>(
+        addr: std::net::SocketAddr,
+        bytes: &[u8],
+        want: impl Fn(u8, u32, &[u8]) -> Option<T>,
+    ) -> Option<T> {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(bytes).await.expect("write");
         let read = async {
             loop {
                 let mut head = [0u8; 9];
-                if s.read_exact(&mut head).await.is_err() {
-                    return None;
-                }
+                s.read_exact(&mut head).await.ok()?;
                 let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
                 let mut payload = vec![0u8; len];
-                if s.read_exact(&mut payload).await.is_err() {
-                    return None;
-                }
-                if head[3] == 0x7 && len >= 8 {
-                    return Some(u32::from_be_bytes([
-                        payload[4], payload[5], payload[6], payload[7],
-                    ]));
+                s.read_exact(&mut payload).await.ok()?;
+                if let Some(found) = want(head[3], stream, &payload) {
+                    return Some(found);
                 }
             }
         };
         tokio::time::timeout(std::time::Duration::from_secs(10), read)
             .await
-            .expect("the server ended the connection")
+            .expect("the server answered or ended the connection")
+    }
+
+    /// How the server ended the connection after `bytes`: `Some(code)` for a GOAWAY with that
+    /// error code, `None` for a close without one.
+    pub async fn ending(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<u32> {
+        send_until(addr, bytes, |kind, _, payload| {
+            (kind == 0x7 && payload.len() >= 8)
+                .then(|| u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]))
+        })
+        .await
     }
 }
 
 /// HTTP/2 floods end the flooding connection with GOAWAY (ENHANCE_YOUR_CALM) and never tie up
-/// the upstream; the next client is served. Rapid reset (CVE-2023-44487): streams opened and
+/// the upstream; a stream over the concurrency limit is refused; the next client is served. Rapid reset (CVE-2023-44487): streams opened and
 /// reset at once, all in one packet. CONTINUATION flood: a header block that never ends,
 /// in empty CONTINUATION frames that add nothing to the header list size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_rapid_reset_and_continuation_floods_end_the_connection() {
+async fn h2_floods_end_the_connection_and_excess_streams_are_refused() {
     use h2raw::*;
     let origin = Origin::builder().start().await.expect("origin");
     let fd = start(&format!(
@@ -748,7 +758,29 @@ async fn h2_rapid_reset_and_continuation_floods_end_the_connection() {
         "the unfinished head went nowhere"
     );
 
-    // The control: the same frames, well-formed, are served.
+    // One stream over the concurrent-stream limit is refused (RST_STREAM REFUSED_STREAM) while
+    // the others stay open: headers without END_STREAM keep each request waiting for a body.
+    let mut many = preface();
+    let over = 2 * frontdoor::listen::H2_MAX_STREAMS + 1;
+    for id in (1..=over).step_by(2) {
+        frame(&mut many, HEADERS, END_HEADERS, id, GET);
+    }
+    let refused = send_until(addr, &many, |kind, stream, payload| {
+        (kind == RST_STREAM).then(|| {
+            (
+                stream,
+                u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]),
+            )
+        })
+    })
+    .await;
+    assert_eq!(
+        refused,
+        Some((over, REFUSED_STREAM)),
+        "the stream over the limit"
+    );
+
+    // The control: a well-behaved client is served.
     let ok = loadtest::Client::h2c()
         .get(&common::url(&fd, "/after"))
         .await
