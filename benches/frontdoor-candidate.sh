@@ -19,6 +19,9 @@ mode=${BENCH_MODE:-${MODE:-ka}}
     echo "http = \"$listen\""
   fi
   echo "admin = \"127.0.0.1:$admin_port\""
+  # The references' keep-alive settings (../shared/bench/conf): 300 s idle, no request cap.
+  echo 'keepalive_timeout = "300s"'
+  echo 'max_requests_per_connection = 10000000'
   if [ -n "${FRONTDOOR_HEADER_TIMEOUT:-}" ]; then echo "header_timeout = \"$FRONTDOOR_HEADER_TIMEOUT\""; fi
   if [ "$config" = realistic ]; then
     echo 'region = "us-central1"'

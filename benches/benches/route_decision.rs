@@ -31,6 +31,19 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The matching route on a 10% canary split, sticky by user: decision + the user's bucket.
+    group.bench_function("exact host, deep path, 10% canary split", |b| {
+        b.iter(|| {
+            let host = normalize_host(black_box("H3.example.com:443"));
+            let facts = RequestFacts {
+                country: Some(black_box("DE")),
+                ..RequestFacts::new(&host, black_box("/svc3/v0/users/42/orders"))
+            };
+            let decision = snapshot.decide(&facts);
+            let bucket = routes::rollout::bucket(black_box("r3"), black_box(b"user-8c1f0e2a"));
+            black_box((decision, routes::rollout::is_candidate(bucket, 10.0)))
+        })
+    });
     group.finish();
     c.bench_function("config_load_validate_1000_routes", |b| {
         let text = frontdoor_benches::route_table_config(1000);

@@ -10,7 +10,10 @@
 //! replaced when it closes.
 //!
 //! The request path takes an idle connection under one short mutex hold per checkout and
-//! return, with no connection task hop beyond hyper's own.
+//! return, with no connection task hop beyond hyper's own. Idle lists are kept per thread as
+//! well as per address: with `--workers`, a connection's hyper task lives on the worker that
+//! opened it, and a request from another worker would drive it across threads (a wakeup each
+//! way per request).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,7 +91,7 @@ struct Idle {
 #[derive(Debug)]
 struct Shared {
     transport: Transport,
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<(SocketAddr, usize), Vec<Idle>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
 }
 
@@ -193,7 +196,7 @@ impl UpstreamClient {
         loop {
             let idle = {
                 let mut pools = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
-                pools.get_mut(&addr)?.pop()?
+                pools.get_mut(&(addr, lane()))?.pop()?
             };
             if idle.send.is_closed() || idle.since.elapsed() >= self.shared.transport.idle_timeout {
                 continue;
@@ -282,6 +285,16 @@ impl UpstreamClient {
     }
 }
 
+/// This thread's idle lists (see the module docs): a small number unique to the thread.
+fn lane() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    LANE.with(|l| *l)
+}
+
 /// Drops idle HTTP/1.1 connections past the idle timeout, so a quiet pool closes them.
 fn reap(shared: Weak<Shared>) {
     tokio::spawn(async move {
@@ -355,7 +368,7 @@ impl Drop for UpstreamIncoming {
             return;
         };
         let mut pools = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = pools.entry(back.addr).or_default();
+        let list = pools.entry((back.addr, lane())).or_default();
         if list.len() < MAX_IDLE_PER_ADDRESS {
             list.push(Idle {
                 send: back.send,
