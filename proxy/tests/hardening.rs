@@ -4,7 +4,7 @@
 mod common;
 
 use common::{cluster, start};
-use loadtest::Origin;
+use loadtest::{Origin, OriginHandle};
 
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let out = tokio::time::timeout(
@@ -17,14 +17,56 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An origin and a front door routing everything to it; `server` holds `[server]` settings,
+/// one per line (may be empty).
+async fn behind_one_route(server: &str) -> (OriginHandle, frontdoor::server::Running) {
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "[server]\n{server}\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    (origin, fd)
+}
+
+/// What a table case must get: any 4xx without reaching the upstream, or exactly this status
+/// (reaching the upstream only when it is 200).
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Refused,
+    Status(u16),
+}
+
+/// Sends each case on a connection of its own; one line per case that did not get what it
+/// wants.
+async fn table_failures<'a>(
+    addr: std::net::SocketAddr,
+    origin: &OriginHandle,
+    cases: impl IntoIterator<Item = (&'a str, &'a [u8], Want)>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, raw, want) in cases {
+        let before = origin.faults.requests();
+        let out = exchange(addr, raw).await;
+        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let reached = origin.faults.requests() > before;
+        let ok = match want {
+            Want::Refused => (400..500).contains(&status) && !reached,
+            Want::Status(s) => status == s && reached == (s == 200),
+        };
+        if !ok {
+            failures.push(format!(
+                "{name}: status {status}, reached upstream: {reached}, answer {:?}",
+                out.lines().next()
+            ));
+        }
+    }
+    failures
+}
+
 #[tokio::test]
 async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
-    let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    );
-    let fd = start(&config).await;
+    let (origin, fd) = behind_one_route("").await;
     let addr = fd.http.expect("http");
     let cases: &[(&str, &[u8])] = &[
         ("two different Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
@@ -45,19 +87,12 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
         ("Transfer-Encoding before content-length", b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n"),
         ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
     ];
-    let mut failures = Vec::new();
-    for (name, raw) in cases {
-        let before = origin.faults.requests();
-        let out = exchange(addr, raw).await;
-        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let reached = origin.faults.requests() > before;
-        if !(400..500).contains(&status) || reached {
-            failures.push(format!(
-                "{name}: status {status}, reached upstream: {reached}, answer {:?}",
-                out.lines().next()
-            ));
-        }
-    }
+    let failures = table_failures(
+        addr,
+        &origin,
+        cases.iter().map(|(name, raw)| (*name, *raw, Want::Refused)),
+    )
+    .await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Behind a request in the same packet, a head with both fields is not seen by the head
@@ -85,11 +120,9 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
 /// large header fields; nothing reaches the upstream. Just under each limit is served.
 #[tokio::test]
 async fn oversize_request_heads_get_414_or_431() {
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "[server]\nmax_uri_bytes = 1000\nmax_request_head_bytes = 8192\nmax_request_headers = 20\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
+    let (origin, fd) = behind_one_route(
+        "max_uri_bytes = 1000\nmax_request_head_bytes = 8192\nmax_request_headers = 20",
+    )
     .await;
     let addr = fd.http.expect("http");
     let head = |target: &str, fields: usize, field_bytes: usize| {
@@ -115,18 +148,14 @@ async fn oversize_request_heads_get_414_or_431() {
         ("a head over 8 KiB", head("/", 4, 4200), 431),
         ("a head under 8 KiB", head("/", 4, 3900), 200),
     ];
-    let mut failures = Vec::new();
-    for (name, raw, want) in &cases {
-        let before = origin.faults.requests();
-        let out = exchange(addr, raw).await;
-        let status: u16 = out.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let reached = origin.faults.requests() > before;
-        if status != *want || reached != (*want == 200) {
-            failures.push(format!(
-                "{name}: status {status}, reached upstream: {reached}"
-            ));
-        }
-    }
+    let failures = table_failures(
+        addr,
+        &origin,
+        cases
+            .iter()
+            .map(|(name, raw, want)| (*name, raw.as_slice(), Want::Status(*want))),
+    )
+    .await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // HTTP/2 targets are held to the same limit.
@@ -144,12 +173,7 @@ async fn oversize_request_heads_get_414_or_431() {
 /// ends; what was pipelined behind it is not served. HTTP/2 is not limited this way.
 #[tokio::test]
 async fn a_connection_carries_at_most_max_requests() {
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "[server]\nmax_requests_per_connection = 3\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
-    .await;
+    let (origin, fd) = behind_one_route("max_requests_per_connection = 3").await;
     let addr = fd.http.expect("http");
     let one = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let out = exchange(addr, one.repeat(5).as_bytes()).await;
@@ -280,12 +304,7 @@ async fn rate_limits_answer_429_with_retry_after_per_key() {
 #[tokio::test]
 async fn connection_limits_refuse_clearly_and_free_slots_on_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "[server]\nmax_connections = 3\nmax_connections_per_ip = 2\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    );
-    let fd = start(&config).await;
+    let (_origin, fd) = behind_one_route("max_connections = 3\nmax_connections_per_ip = 2").await;
     let addr = fd.http.expect("http");
     // Two open keep-alive connections from 127.0.0.1, each served once.
     let mut open = Vec::new();
@@ -344,12 +363,7 @@ async fn connection_limits_refuse_clearly_and_free_slots_on_close() {
 /// clients are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_header_lists_over_the_limit_are_refused() {
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
-    .await;
+    let (origin, fd) = behind_one_route("").await;
     let big = "x".repeat(frontdoor::listen::H2_MAX_HEADER_LIST as usize + 1024);
     let req = http::Request::get(common::url(&fd, "/big"))
         .header("x-big", big.as_str())
@@ -373,12 +387,7 @@ async fn h2_header_lists_over_the_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_do_not_starve_normal_requests() {
     use tokio::io::AsyncWriteExt;
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
-    .await;
+    let (origin, fd) = behind_one_route("").await;
     let addr = fd.http.expect("http");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut slow = Vec::new();
@@ -457,6 +466,31 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> String {
         .expect("a whole response before the close")
 }
 
+/// A keep-alive connection that has been served one `GET path`.
+async fn served_once(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    s
+}
+
+/// Reads until the front door closes `s`: nothing written, closed within a second after `wait`
+/// (on the test's paused clock).
+async fn closed_silently_after(s: &mut tokio::net::TcpStream, wait: std::time::Duration) {
+    let t0 = tokio::time::Instant::now();
+    let out = read_all(s).await;
+    assert_eq!(out, "");
+    let took = t0.elapsed();
+    assert!(
+        took >= wait && took < wait + std::time::Duration::from_secs(1),
+        "{took:?}"
+    );
+}
+
 /// Everything `s` sends until it closes.
 async fn read_all(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
@@ -477,12 +511,8 @@ async fn an_unfinished_request_head_gets_408() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
     use tokio::time::Instant;
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "[server]\nheader_timeout = \"5s\"\nkeepalive_timeout = \"20s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
-    .await;
+    let (origin, fd) =
+        behind_one_route("header_timeout = \"5s\"\nkeepalive_timeout = \"20s\"").await;
     let addr = fd.http.expect("http");
     let timed_out = |out: &str| {
         out.starts_with("HTTP/1.1 408") && out.to_ascii_lowercase().contains("connection: close")
@@ -525,12 +555,7 @@ async fn an_unfinished_request_head_gets_408() {
     trickle.abort();
 
     // Keep-alive: the first request is served, the second head never finishes.
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let first = read_response(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let mut s = served_once(addr, "/first").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     s.write_all(b"GET /second HTTP/1.1\r\nHo")
         .await
@@ -540,30 +565,11 @@ async fn an_unfinished_request_head_gets_408() {
 
     // Nothing sent: closed after the head timeout, nothing written.
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let t0 = Instant::now();
-    let out = read_all(&mut s).await;
-    assert_eq!(out, "");
-    let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
-        "{took:?}"
-    );
+    closed_silently_after(&mut s, Duration::from_secs(5)).await;
 
     // Idle after a request: kept for keepalive_timeout, then closed, nothing written.
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /kept HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .expect("write");
-    let kept = read_response(&mut s).await;
-    assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
-    let t0 = Instant::now();
-    let out = read_all(&mut s).await;
-    assert_eq!(out, "");
-    let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_secs(20) && took < Duration::from_secs(21),
-        "{took:?}"
-    );
+    let mut s = served_once(addr, "/kept").await;
+    closed_silently_after(&mut s, Duration::from_secs(20)).await;
 
     // A body slower than the head timeout (but within client_body_timeout) is served.
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -717,12 +723,7 @@ mod h2raw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_floods_end_the_connection_and_excess_streams_are_refused() {
     use h2raw::*;
-    let origin = Origin::builder().start().await.expect("origin");
-    let fd = start(&format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    ))
-    .await;
+    let (origin, fd) = behind_one_route("").await;
     let addr = fd.http.expect("http");
 
     let mut rapid = preface();
