@@ -10,9 +10,9 @@
 //! requests started (the head was parsed) and finished (the response body was dropped: written
 //! out or abandoned); [`HeadTimer`] wraps the connection's IO and, whenever a read would wait,
 //! waits on one per-connection timer, which ends the connection only if it fires while no
-//! request is in flight. The timer is re-armed
-//! lazily, so the request path pays a clock read and a waker registration, not a timer
-//! insertion. HTTP/2 connections (client preface `PRI `) are left to h2's own limits.
+//! request is in flight. The timer is re-armed lazily, so the request path pays a clock read
+//! and a waker registration, not a timer insertion. HTTP/2 connections (client preface `PRI `)
+//! are left to h2's own limits.
 //!
 //! The same reads are watched for one smuggling shape hyper tolerates: a head with both
 //! `Transfer-Encoding` and `Content-Length` (hyper drops the length, reads chunked and closes
@@ -136,7 +136,8 @@ where
         let done = Done(this.done.0.take());
         let last = *this.last;
         Poll::Ready(out.map(|mut resp| {
-            if last {
+            // Not on a 101: the connection becomes the upgraded protocol's.
+            if last && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),

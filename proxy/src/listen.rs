@@ -23,9 +23,6 @@ use crate::telemetry;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take over a request head (HTTP/1.1) when not configured, and how long
-/// an HTTP/1.1 connection may sit idle between requests.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What an HTTP/1.1 client may send as a request head. Listener settings, read at start.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -42,15 +39,7 @@ pub struct HeadLimits {
 }
 
 impl HeadLimits {
-    /// The admin API's: the defaults.
-    pub const DEFAULT: HeadLimits = HeadLimits {
-        timeout: HEADER_TIMEOUT,
-        idle: Duration::from_secs(60),
-        max_requests: 1_000,
-        max_bytes: 32 * 1024,
-        max_headers: 100,
-    };
-
+    /// The server section's (both data-plane listeners and the admin API use them).
     pub fn of(server: &routes::Server) -> HeadLimits {
         HeadLimits {
             timeout: server.header_timeout,

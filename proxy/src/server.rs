@@ -176,7 +176,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         admin_listener,
         None,
         None,
-        crate::listen::HeadLimits::DEFAULT,
+        crate::listen::HeadLimits::of(&proxy.active().snapshot.server),
         make_admin,
         stop_signal(&rx),
         Duration::from_millis(200),
