@@ -336,8 +336,10 @@ async fn admin_get(fd: &frontdoor::server::Running, path: &str) -> serde_json::V
 #[tokio::test]
 async fn websocket_passthrough_only_where_enabled_and_never_h2c() {
     let origin = Origin::builder().start().await.expect("origin");
+    // Every connection's first request is its last under the cap: an upgrade still becomes a
+    // tunnel (no `Connection: close` on the 101).
     let config = format!(
-        "{}\n[[routes]]\npath_prefix = \"/ws\"\ncluster = \"app\"\nwebsocket = true\n[[routes]]\ncluster = \"app\"\n",
+        "[server]\nmax_requests_per_connection = 1\n{}\n[[routes]]\npath_prefix = \"/ws\"\ncluster = \"app\"\nwebsocket = true\n[[routes]]\ncluster = \"app\"\n",
         cluster("app", "", &[(origin.addr, "", "v")])
     );
     let fd = start(&config).await;
@@ -357,6 +359,7 @@ async fn websocket_passthrough_only_where_enabled_and_never_h2c() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
     s.write_all(b"ping through the tunnel")
         .await
         .expect("write");
