@@ -261,12 +261,21 @@ mod tests {
     #[test]
     fn the_recorder_runs_upkeep() {
         prometheus();
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("/proc")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|c| c.trim().to_string())
-            .collect();
-        assert!(threads.iter().any(|t| t == UPKEEP_THREAD), "{threads:?}");
+        let names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .expect("/proc")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        // A new thread names itself once it runs; until then it shows its parent's name.
+        for _ in 0..500 {
+            if names().iter().any(|t| t == UPKEEP_THREAD) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no {UPKEEP_THREAD} thread among {:?}", names());
     }
 
     #[test]
