@@ -129,9 +129,9 @@ async fn the_engine_drives_https_with_http1_and_h2() {
     )
     .expect("store");
     let fd = common::start_with(StartOptions {
-        config: Some(ConfigSource::Inline(format!(
-            "{}\n[[routes]]\ncluster = \"app\"\n",
-            common::cluster("app", "", &[(origin.addr, "", "v")])
+        config: Some(ConfigSource::Inline(common::one_route(
+            "",
+            &[(origin.addr, "", "v")],
         ))),
         https: Some("127.0.0.1:0".parse().expect("addr")),
         fallback_certs: Some(store),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cluster, start};
+use common::{cluster, one_route, start};
 use loadtest::{Origin, OriginHandle};
 
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
@@ -22,8 +22,8 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
 async fn behind_one_route(server: &str) -> (OriginHandle, frontdoor::server::Running) {
     let origin = Origin::builder().start().await.expect("origin");
     let fd = start(&format!(
-        "[server]\n{server}\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
+        "[server]\n{server}\n{}",
+        one_route("", &[(origin.addr, "", "v")])
     ))
     .await;
     (origin, fd)
@@ -442,8 +442,8 @@ async fn a_stalled_request_body_gets_408() {
     })
     .await;
     let fd = start(&format!(
-        "[server]\nclient_body_timeout = \"1s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "request_timeout = \"30s\"", &[(upstream, "", "v")])
+        "[server]\nclient_body_timeout = \"1s\"\n{}",
+        one_route("request_timeout = \"30s\"", &[(upstream, "", "v")])
     ))
     .await;
     let out = exchange(
@@ -607,8 +607,8 @@ async fn a_request_body_below_the_minimum_rate_gets_408() {
     })
     .await;
     let fd = start(&format!(
-        "[server]\nclient_body_min_rate = 100\nclient_body_min_rate_grace = \"5s\"\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "request_timeout = \"60s\"", &[(upstream, "", "v")])
+        "[server]\nclient_body_min_rate = 100\nclient_body_min_rate_grace = \"5s\"\n{}",
+        one_route("request_timeout = \"60s\"", &[(upstream, "", "v")])
     ))
     .await;
     let addr = fd.http.expect("http");

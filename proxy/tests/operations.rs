@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{TOKEN, cluster, eventually, start, start_with, url};
+use common::{TOKEN, cluster, eventually, one_route, start, start_with, url};
 use frontdoor::server::{Running, StartOptions};
 use frontdoor::state::ConfigSource;
 use http::{Method, Request, StatusCode};
@@ -139,10 +139,7 @@ async fn bad_config_is_rejected_with_every_error_and_the_old_one_keeps_serving()
     let origin = Origin::builder().start().await.expect("origin");
     let dir = temp_dir("reload-bad");
     let path = dir.join("config.toml");
-    let good = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    );
+    let good = one_route("", &[(origin.addr, "", "v")]);
     std::fs::write(&path, &good).expect("write");
     let fd = start_with(StartOptions {
         config: Some(ConfigSource::File(path.clone())),
@@ -205,12 +202,7 @@ async fn a_changed_file_is_picked_up() {
     let b = Origin::builder().version("b").start().await.expect("b");
     let dir = temp_dir("reload-watch");
     let path = dir.join("config.toml");
-    let config = |o: &loadtest::OriginHandle| {
-        format!(
-            "{}\n[[routes]]\ncluster = \"app\"\n",
-            cluster("app", "", &[(o.addr, "", "v")])
-        )
-    };
+    let config = |o: &loadtest::OriginHandle| one_route("", &[(o.addr, "", "v")]);
     std::fs::write(&path, config(&a)).expect("write");
     let fd = start_with(StartOptions {
         config: Some(ConfigSource::File(path.clone())),
@@ -253,10 +245,7 @@ async fn a_hundred_reloads_under_load_fail_no_request() {
     let dir = temp_dir("reload-load");
     let path = dir.join("config.toml");
     let configs = [
-        format!(
-            "{}\n[[routes]]\ncluster = \"app\"\n",
-            cluster("app", "", &[(a.addr, "", "v")])
-        ),
+        one_route("", &[(a.addr, "", "v")]),
         format!(
             "{}\n[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/x\"\ncluster = \"app\"\n",
             cluster("app", "", &[(a.addr, "", "v"), (b.addr, "", "v")])
@@ -316,10 +305,7 @@ async fn active_health_checks_take_an_endpoint_out_and_back() {
     let a = Origin::builder().version("a").start().await.expect("a");
     let b = Origin::builder().version("b").start().await.expect("b");
     let extra = "health_check = { path = \"/healthz\", interval = \"50ms\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 2 }";
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", extra, &[(a.addr, "", "v"), (b.addr, "", "v")])
-    );
+    let config = one_route(extra, &[(a.addr, "", "v"), (b.addr, "", "v")]);
     let fd = start(&config).await;
     let client = Client::http1();
     // Down: health checks fail (503) and live requests are dropped.
@@ -363,10 +349,7 @@ async fn shutdown_drains_in_flight_requests() {
         latency_ms: 400,
         ..Default::default()
     });
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(slow.addr, "", "v")])
-    );
+    let config = one_route("", &[(slow.addr, "", "v")]);
     let fd = start(&config).await;
     let u = url(&fd, "/");
     let http = fd.http.expect("http");
@@ -709,10 +692,7 @@ async fn certificate_directory_serves_ecdsa_and_rsa_by_their_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reuseport_workers_all_serve_and_drain() {
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    );
+    let config = one_route("", &[(origin.addr, "", "v")]);
     let fd = start_with(StartOptions {
         config: Some(ConfigSource::Inline(config)),
         workers: 3,

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cluster, dead_addr, start, url};
+use common::{cluster, dead_addr, one_route, start, url};
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use loadtest::{Client, FaultSpec, Origin};
@@ -218,10 +218,7 @@ async fn retries_only_what_is_safe() {
     let live = Origin::builder().start().await.expect("live");
     let dead = dead_addr().await;
     let extra = "retries = { attempts = 1 }\noutlier = { consecutive_failures = 0 }";
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", extra, &[(live.addr, "", "v"), (dead, "", "v")])
-    );
+    let config = one_route(extra, &[(live.addr, "", "v"), (dead, "", "v")]);
     let fd = start(&config).await;
     let client = Client::http1();
     // Bodiless requests are retried on the live endpoint after a connect failure.
@@ -251,14 +248,7 @@ async fn retries_only_what_is_safe() {
 #[tokio::test]
 async fn an_upstream_dying_mid_stream_ends_the_response_never_hangs() {
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster(
-            "app",
-            "body_idle_timeout = \"300ms\"",
-            &[(origin.addr, "", "v")]
-        )
-    );
+    let config = one_route("body_idle_timeout = \"300ms\"", &[(origin.addr, "", "v")]);
     let fd = start(&config).await;
     for (client, path) in [
         (Client::http1(), "/truncate"),
@@ -285,10 +275,7 @@ async fn an_upstream_dying_mid_stream_ends_the_response_never_hangs() {
 #[tokio::test]
 async fn h2_upstream_cluster() {
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "protocol = \"h2\"", &[(origin.addr, "", "v")])
-    );
+    let config = one_route("protocol = \"h2\"", &[(origin.addr, "", "v")]);
     let fd = start(&config).await;
     let echo = Client::http1()
         .get(&url(&fd, "/"))
@@ -408,10 +395,7 @@ fn rss_bytes() -> u64 {
 async fn large_bodies_stream_both_ways_in_bounded_memory() {
     const SIZE: u64 = 256 << 20;
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "v")])
-    );
+    let config = one_route("", &[(origin.addr, "", "v")]);
     let fd = start(&config).await;
     let before = rss_bytes();
 
@@ -550,11 +534,7 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     use std::sync::atomic::Ordering;
     for chunked in [false, true] {
         let (addr, accepted) = counting_upstream(chunked, None).await;
-        let fd = start(&format!(
-            "{}\n[[routes]]\ncluster = \"app\"\n",
-            cluster("app", "", &[(addr, "", "v")])
-        ))
-        .await;
+        let fd = start(&one_route("", &[(addr, "", "v")])).await;
         let client = Client::http1();
         for i in 0..20 {
             let r = client
@@ -571,11 +551,7 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     }
 
     let (addr, accepted) = counting_upstream(false, Some(Duration::from_millis(20))).await;
-    let fd = start(&format!(
-        "{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(addr, "", "v")])
-    ))
-    .await;
+    let fd = start(&one_route("", &[(addr, "", "v")])).await;
     let client = Client::http1();
     for i in 0..5 {
         let r = client

@@ -74,6 +74,15 @@ pub fn cluster(name: &str, extra: &str, endpoints: &[(SocketAddr, &str, &str)]) 
     )
 }
 
+/// A config of one cluster, `app` (with `extra` options and these endpoints), and one route
+/// sending every request to it.
+pub fn one_route(extra: &str, endpoints: &[(SocketAddr, &str, &str)]) -> String {
+    format!(
+        "{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", extra, endpoints)
+    )
+}
+
 /// Waits (polling every 20 ms, up to 10 s) until `check` holds. For conditions driven by real
 /// network I/O, where a paused clock cannot be used; nothing asserts on how long it took.
 pub async fn eventually<F, Fut>(what: &str, check: F)
