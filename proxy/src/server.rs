@@ -105,42 +105,36 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
 
     let limits =
         crate::listen::ConnLimits::new(server.max_connections, server.max_connections_per_ip);
-    let bound_http = match http_addr {
-        Some(addr) => Some(
-            spawn_proxy_listener(
-                "http",
-                addr,
-                None,
-                &limits,
-                &proxy,
-                &rx,
-                drain,
-                opts.workers,
-                &mut tasks,
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let bound_https = match https_addr {
-        Some(addr) => {
+    let https_tls = match https_addr {
+        Some(_) => {
             let resolver = proxy
                 .tls
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::tls_server_config(
-                resolver,
-                if proxy.active().snapshot.tls.modern {
-                    certs::TlsProfile::Modern
-                } else {
-                    certs::TlsProfile::Intermediate
-                },
-            )));
-            Some(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                certs::tls_server_config(
+                    resolver,
+                    if proxy.active().snapshot.tls.modern {
+                        certs::TlsProfile::Modern
+                    } else {
+                        certs::TlsProfile::Intermediate
+                    },
+                ),
+            )))
+        }
+        None => None,
+    };
+    let mut bound = [None, None];
+    for (slot, (name, addr, tls)) in bound
+        .iter_mut()
+        .zip([("http", http_addr, None), ("https", https_addr, https_tls)])
+    {
+        if let Some(addr) = addr {
+            *slot = Some(
                 spawn_proxy_listener(
-                    "https",
+                    name,
                     addr,
-                    Some(acceptor),
+                    tls,
                     &limits,
                     &proxy,
                     &rx,
@@ -149,10 +143,10 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
                     &mut tasks,
                 )
                 .await?,
-            )
+            );
         }
-        None => None,
-    };
+    }
+    let [bound_http, bound_https] = bound;
 
     let admin_listener = TcpListener::bind(admin_addr)
         .await
