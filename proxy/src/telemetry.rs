@@ -383,8 +383,8 @@ impl LogSink {
         sink
     }
 
-    /// The sink when the binary set one up (tests and embedders that did not get no access
-    /// log, as with tracing and no subscriber).
+    /// The sink, when the binary set one up. Without one (tests, embedders) there is no access
+    /// log, as there are no log lines without a tracing subscriber.
     pub fn installed() -> Option<&'static LogSink> {
         GLOBAL_SINK.get()
     }
