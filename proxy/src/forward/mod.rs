@@ -11,6 +11,7 @@ mod dns;
 mod health;
 pub mod pool;
 pub mod upstream;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,19 +1,24 @@
 //! Upstream connections: one client per cluster transport (HTTP/1.1 or HTTP/2, plain or TLS),
 //! pooling connections per endpoint address.
 //!
-//! HTTP/1.1: idle connections per address, last in first out; a connection goes back to its
-//! address's list when the response body it carried was read to the end (the body hands it
-//! back when dropped), and is dropped when the body was abandoned, the upstream closed it, or
-//! it sat idle past the cluster's `idle_timeout` (a reaper sweeps quiet pools). A request that
-//! a reused connection could not even send — the upstream closed it while it sat idle — is
-//! sent once more on a fresh connection. HTTP/2: one multiplexed connection per address,
-//! replaced when it closes.
+//! HTTP/1.1, bodiless requests without an upgrade (nearly all of them): the exchange is driven
+//! inline in the request's task ([`super::wire`]). Requests with a body or a WebSocket upgrade:
+//! hyper's client, which writes a body while reading an early answer and hands over upgraded
+//! connections. Each kind keeps its own idle connections.
+//!
+//! Idle HTTP/1.1 connections per address, last in first out; a connection goes back to its
+//! address's list when the response body it carried was read to the end, and is dropped when
+//! the body was abandoned, the upstream closed it, or it sat idle past the cluster's
+//! `idle_timeout` (a reaper sweeps quiet pools). A request that a reused connection could not
+//! carry — the upstream closed it while it sat idle — is sent once more on a fresh connection
+//! when it was not written (once written, only the cluster's retry policy may send it again).
+//! HTTP/2: one multiplexed connection per address, replaced when it closes.
 //!
 //! The request path takes an idle connection under one short mutex hold per checkout and
-//! return, with no connection task hop beyond hyper's own. Idle lists are kept per thread as
-//! well as per address: with `--workers`, a connection's hyper task lives on the worker that
-//! opened it, and a request from another worker would drive it across threads (a wakeup each
-//! way per request).
+//! return. Idle lists are kept per thread as well as per address: with `--workers`, a hyper
+//! connection's task lives on the worker that opened it, and a request from another worker
+//! would drive it across threads (a wakeup each way per request); inline connections are
+//! registered with the reactor of the worker that opened them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +38,9 @@ use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use super::pool::UpstreamBody;
+use super::wire::{Io, Return, WireBody, WireConn};
+
+type Conn = TokioIo<Box<dyn Io>>;
 
 /// Idle HTTP/1.1 connections kept per address at most.
 const MAX_IDLE_PER_ADDRESS: usize = 1024;
@@ -42,8 +50,8 @@ const MAX_IDLE_PER_ADDRESS: usize = 1024;
 pub enum UpstreamError {
     /// No connection: refused, unreachable, timed out, or the TLS handshake failed.
     Connect(String),
-    /// The connection broke during the exchange.
-    Exchange(hyper::Error),
+    /// The connection broke during the exchange, or the answer was malformed.
+    Exchange(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl UpstreamError {
@@ -88,11 +96,32 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle connection of the inline path.
+#[derive(Debug)]
+struct IdleWire {
+    conn: WireConn,
+    since: Instant,
+}
+
 #[derive(Debug)]
 struct Shared {
     transport: Transport,
     idle: Mutex<HashMap<(SocketAddr, usize), Vec<Idle>>>,
+    wire: Mutex<HashMap<(SocketAddr, usize), Vec<IdleWire>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
+}
+
+impl Return for Shared {
+    fn give_back(&self, conn: WireConn) {
+        let mut pools = self.wire.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pools.entry((conn.addr, lane())).or_default();
+        if list.len() < MAX_IDLE_PER_ADDRESS {
+            list.push(IdleWire {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 /// A cluster's upstream client; cheap to clone.
@@ -101,17 +130,12 @@ pub struct UpstreamClient {
     shared: Arc<Shared>,
 }
 
-/// A connection's IO: plain TCP or TLS over it (boxed once per connection, so one handshake
-/// path serves both).
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
-type Conn = TokioIo<Box<dyn Io>>;
-
 impl UpstreamClient {
     pub fn new(transport: Transport) -> UpstreamClient {
         let shared = Arc::new(Shared {
             transport,
             idle: Mutex::new(HashMap::new()),
+            wire: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
         });
         if !shared.transport.http2 {
@@ -157,6 +181,10 @@ impl UpstreamClient {
             "origin-form request target"
         );
         *req.version_mut() = http::Version::HTTP_11;
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        if req.body().is_end_stream() && !upgrade {
+            return self.request_wire(addr, authority, req).await;
+        }
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
         {
@@ -178,17 +206,71 @@ impl UpstreamClient {
                 _ => Err(e.into_error()),
             },
         };
-        let resp = sent.map_err(UpstreamError::Exchange)?;
+        let resp = sent.map_err(|e| UpstreamError::Exchange(e.into()))?;
         let keep = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-        Ok(resp.map(|inner| UpstreamIncoming {
-            inner,
-            done: false,
-            back: keep.then(|| Back {
-                send,
-                addr,
-                pool: Arc::downgrade(&self.shared),
-            }),
+        Ok(resp.map(|inner| {
+            UpstreamIncoming(Kind::Hyper {
+                inner,
+                done: false,
+                back: keep.then(|| Back {
+                    send,
+                    addr,
+                    pool: Arc::downgrade(&self.shared),
+                }),
+            })
         }))
+    }
+
+    /// A bodiless request on the inline path (see the module docs).
+    async fn request_wire(
+        &self,
+        addr: SocketAddr,
+        authority: &Authority,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let (conn, reused) = match self.checkout_wire(addr) {
+            Some(conn) => (conn, true),
+            None => (self.connect_wire(addr).await?, false),
+        };
+        let method = req.method();
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let resp = match conn
+            .exchange(method, target, req.headers(), authority)
+            .await
+        {
+            Ok(resp) => resp,
+            // The upstream closed the idle connection under us: once more, on a fresh one.
+            Err(e) if reused && e.not_sent => {
+                let conn = self.connect_wire(addr).await?;
+                conn.exchange(method, target, req.headers(), authority)
+                    .await
+                    .map_err(|e| UpstreamError::Exchange(e.into()))?
+            }
+            Err(e) => return Err(UpstreamError::Exchange(e.into())),
+        };
+        let back: Arc<dyn Return> = self.shared.clone();
+        Ok(resp.map(|mut body| {
+            body.give_back_to(back);
+            UpstreamIncoming(Kind::Wire(body))
+        }))
+    }
+
+    /// An idle inline connection to `addr` the upstream has not closed, if there is one.
+    fn checkout_wire(&self, addr: SocketAddr) -> Option<WireConn> {
+        let limit = self.shared.transport.idle_timeout;
+        let mut pools = self.shared.wire.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pools.get_mut(&(addr, lane()))?;
+        while let Some(mut idle) = list.pop() {
+            if idle.since.elapsed() < limit && idle.conn.still_open() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    async fn connect_wire(&self, addr: SocketAddr) -> Result<WireConn, UpstreamError> {
+        let io = Box::pin(self.connect(addr)).await?.into_inner();
+        Ok(WireConn::new(io, addr))
     }
 
     /// An idle connection to `addr` that is ready for a request, if there is one.
@@ -272,15 +354,19 @@ impl UpstreamClient {
                 send
             }
         };
-        send.ready().await.map_err(UpstreamError::Exchange)?;
+        send.ready()
+            .await
+            .map_err(|e| UpstreamError::Exchange(e.into()))?;
         let resp = send
             .send_request(req)
             .await
-            .map_err(UpstreamError::Exchange)?;
-        Ok(resp.map(|inner| UpstreamIncoming {
-            inner,
-            done: false,
-            back: None,
+            .map_err(|e| UpstreamError::Exchange(e.into()))?;
+        Ok(resp.map(|inner| {
+            UpstreamIncoming(Kind::Hyper {
+                inner,
+                done: false,
+                back: None,
+            })
         }))
     }
 }
@@ -311,6 +397,12 @@ fn reap(shared: Weak<Shared>) {
                 list.retain(|i| !i.send.is_closed() && i.since.elapsed() < limit);
                 !list.is_empty()
             });
+            drop(pools);
+            let mut wire = s.wire.lock().unwrap_or_else(|p| p.into_inner());
+            wire.retain(|_, list| {
+                list.retain(|i| i.since.elapsed() < limit);
+                !list.is_empty()
+            });
         }
     });
 }
@@ -323,45 +415,65 @@ struct Back {
     pool: Weak<Shared>,
 }
 
-/// An upstream response body; returns its HTTP/1.1 connection to the pool when dropped after
-/// its end.
+/// An upstream response body: read inline from its connection, or hyper's, which returns its
+/// HTTP/1.1 connection to the pool when dropped after its end.
 #[derive(Debug)]
-pub struct UpstreamIncoming {
-    inner: Incoming,
-    done: bool,
-    back: Option<Back>,
+pub struct UpstreamIncoming(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    Wire(WireBody),
+    Hyper {
+        inner: Incoming,
+        done: bool,
+        back: Option<Back>,
+    },
 }
 
 impl Body for UpstreamIncoming {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.done = true,
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            Kind::Wire(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Hyper { inner, done, back } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => *done = true,
+                    Poll::Ready(Some(Err(_))) => *back = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Kind::Wire(body) => body.is_end_stream(),
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Kind::Wire(body) => body.size_hint(),
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamIncoming {
     fn drop(&mut self) {
-        let Some(back) = self.back.take() else { return };
-        if !(self.done || self.inner.is_end_stream()) || back.send.is_closed() {
+        let Kind::Hyper { inner, done, back } = &mut self.0 else {
+            return;
+        };
+        let Some(back) = back.take() else { return };
+        if !(*done || inner.is_end_stream()) || back.send.is_closed() {
             return;
         }
         let Some(pool) = back.pool.upgrade() else {

@@ -1,0 +1,834 @@
+//! HTTP/1.1 upstream exchanges driven inline, in the request's own task: the head is written
+//! as bytes, the response head parsed with httparse, and the body read straight from the
+//! socket as the client side polls it. No connection task and no channels between the
+//! request and its upstream connection (hyper's client spends a task wakeup each way per
+//! request, and one per body chunk).
+//!
+//! Used for bodiless requests that ask for no protocol upgrade — nearly all of an edge's
+//! traffic; a request with a body or a WebSocket upgrade goes through hyper's client, which
+//! writes a body while reading an early response and hands over upgraded connections.
+//!
+//! Response framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding` ending in `chunked` (its `Content-Length`, if any, is dropped and the
+//! connection not reused); another transfer coding or no length at all: to the close;
+//! `Content-Length` otherwise, conflicting values an error. Interim 1xx answers are skipped;
+//! a 101 (never asked for here) is an error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// A connection's IO: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Largest upstream response head (and trailer block) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in an upstream response head.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read buffer kept per connection; reads are made with at least this much room.
+const READ_SIZE: usize = 8192;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub struct WireError {
+    pub error: io::Error,
+    /// Writing the request failed: the upstream had closed the connection, and the request
+    /// may go again on another one.
+    pub not_sent: bool,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+fn invalid(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// One upstream HTTP/1.1 connection and its unread bytes.
+pub struct WireConn {
+    /// The upstream's address (the pool's key).
+    pub addr: SocketAddr,
+    io: Box<dyn Io>,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for WireConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireConn")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireConn {
+    pub fn new(io: Box<dyn Io>, addr: SocketAddr) -> WireConn {
+        WireConn {
+            addr,
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            out: Vec::with_capacity(512),
+        }
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether the idle connection can carry another request: the upstream has neither
+    /// closed it nor sent anything unasked. Never waits (the socket's readiness is known).
+    pub fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.buf.is_empty() && matches!(self.poll_fill(&mut cx), Poll::Pending)
+    }
+
+    /// Sends a bodiless request — `target` in origin form, `headers` as they should go, a
+    /// `Host` of `authority` added when there is none — and reads the response head. The
+    /// connection moves into the returned body, which reads the rest.
+    pub async fn exchange(
+        mut self,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        authority: &Authority,
+    ) -> Result<Response<WireBody>, WireError> {
+        self.encode(method, target, headers, authority);
+        let sent = async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        };
+        if let Err(error) = sent.await {
+            return Err(WireError {
+                error,
+                not_sent: true,
+            });
+        }
+        loop {
+            match parse_head(&mut self.buf, *method == Method::HEAD) {
+                Ok(Some(Parsed::Interim)) => {}
+                Ok(Some(Parsed::Final(response, framing, keep))) => {
+                    return Ok(response.map(|()| WireBody {
+                        conn: Some(self),
+                        state: framing,
+                        keep,
+                        back: None,
+                    }));
+                }
+                Ok(None) => {
+                    let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+                    let error = match read {
+                        Ok(0) => io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream closed the connection before a complete response head",
+                        ),
+                        Ok(_) => continue,
+                        Err(e) => e,
+                    };
+                    return Err(WireError {
+                        error,
+                        not_sent: false,
+                    });
+                }
+                Err(error) => {
+                    return Err(WireError {
+                        error,
+                        not_sent: false,
+                    });
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap, host: &Authority) {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if !headers.contains_key(header::HOST) {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(host.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+enum Parsed {
+    /// A 1xx other than 101, consumed.
+    Interim,
+    /// The response head (consumed), how its body is framed, and whether the connection may
+    /// carry another exchange after it.
+    Final(Response<()>, State, bool),
+}
+
+/// Parses a complete response head at the front of `buf`, if there is one, and consumes it.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parsed>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let len = match httparse::Response::new(&mut slots).parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(invalid("upstream response head too large")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(invalid("too many upstream response headers"));
+        }
+        Err(_) => return Err(invalid("malformed upstream response head")),
+    };
+    // Parsed again over the frozen head, so header values are slices of it (no copies).
+    let bytes = buf.split_to(len).freeze();
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    if !matches!(parsed.parse(&bytes), Ok(httparse::Status::Complete(_))) {
+        return Err(invalid("malformed upstream response head"));
+    }
+    let code = parsed.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("bad upstream status"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(invalid("upstream switched protocols unasked"));
+    }
+    if status.is_informational() {
+        return Ok(Some(Parsed::Interim));
+    }
+    let http10 = parsed.version == Some(0);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = false;
+    let mut keep_alive = false;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("bad upstream header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+            .map_err(|_| invalid("bad upstream header value"))?;
+        if name == header::CONTENT_LENGTH {
+            for part in h.value.split(|b| *b == b',') {
+                let n = std::str::from_utf8(part)
+                    .ok()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| invalid("bad upstream content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(invalid("conflicting upstream content-length"));
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // The last coding of the last field decides.
+            chunked = Some(
+                h.value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let mut keep = !close && (!http10 || keep_alive);
+    let bodiless =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let state = if bodiless {
+        State::Length(0)
+    } else if let Some(chunked) = chunked {
+        if length.is_some() {
+            // Both: the transfer coding wins; the length describes nothing we forward.
+            headers.remove(header::CONTENT_LENGTH);
+            keep = false;
+        }
+        if chunked {
+            State::Chunk(Chunk::Size)
+        } else {
+            keep = false;
+            State::UntilClose
+        }
+    } else if let Some(n) = length {
+        State::Length(n)
+    } else {
+        keep = false;
+        State::UntilClose
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *response.headers_mut() = headers;
+    Ok(Some(Parsed::Final(response, state, keep)))
+}
+
+/// Where a body's read stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes still to come.
+    Length(u64),
+    Chunk(Chunk),
+    /// Everything until the upstream closes.
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line next.
+    Size,
+    /// This many bytes of the current chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+}
+
+/// Where a finished connection goes.
+pub trait Return: Send + Sync + 'static {
+    fn give_back(&self, conn: WireConn);
+}
+
+/// A response body read from its connection as it is polled; the connection goes back (to
+/// `back`) the moment the body has been read to its end, when it may carry another exchange.
+pub struct WireBody {
+    conn: Option<WireConn>,
+    state: State,
+    keep: bool,
+    back: Option<std::sync::Arc<dyn Return>>,
+}
+
+impl std::fmt::Debug for WireBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireBody")
+            .field("state", &self.state)
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireBody {
+    /// Sets where the connection goes once the body is read.
+    pub fn give_back_to(&mut self, back: std::sync::Arc<dyn Return>) {
+        self.back = Some(back);
+        if self.state == State::Length(0) {
+            self.finish();
+        }
+    }
+
+    /// The body is complete: hand the connection back if it can be reused.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        let Some(conn) = self.conn.take() else { return };
+        if self.keep
+            && conn.buf.is_empty()
+            && let Some(back) = &self.back
+        {
+            back.give_back(conn);
+        }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        self.state = State::Done;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    /// Whether the connection would be reused after this body (tests).
+    #[cfg(test)]
+    fn reusable(&self) -> bool {
+        self.keep && self.conn.as_ref().is_some_and(|c| c.buf.is_empty())
+    }
+}
+
+impl Body for WireBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.buf;
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    this.state = State::Length(left - n);
+                    if left == n {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Chunk(Chunk::Data(0)) => {
+                    this.state = State::Chunk(Chunk::DataEnd);
+                    continue;
+                }
+                State::Chunk(Chunk::Data(left)) if !buf.is_empty() => {
+                    let n = left.min(buf.len() as u64);
+                    this.state = State::Chunk(Chunk::Data(left - n));
+                    return Poll::Ready(Some(Ok(Frame::data(buf.split_to(n as usize).freeze()))));
+                }
+                State::Chunk(Chunk::DataEnd) if buf.len() >= 2 => {
+                    if &buf[..2] != b"\r\n" {
+                        return this.fail(invalid("upstream chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    this.state = State::Chunk(Chunk::Size);
+                    continue;
+                }
+                State::Chunk(Chunk::Size) => match chunk_size(buf) {
+                    Ok(Some(0)) => {
+                        this.state = State::Chunk(Chunk::Trailers);
+                        continue;
+                    }
+                    Ok(Some(n)) => {
+                        this.state = State::Chunk(Chunk::Data(n));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(e),
+                },
+                State::Chunk(Chunk::Trailers) => match trailers(buf) {
+                    Ok(Some(map)) => {
+                        this.finish();
+                        if map.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(e),
+                },
+                State::UntilClose if !buf.is_empty() => {
+                    let data = buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Length(_) | State::Chunk(_) | State::UntilClose => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.keep = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection inside the body",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// A complete chunk-size line at the front of `buf`, consumed: the size (extensions ignored).
+fn chunk_size(buf: &mut BytesMut) -> io::Result<Option<u64>> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(invalid("upstream chunk-size line too long"));
+        }
+        return Ok(None);
+    };
+    let line = &buf[..end];
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(invalid("bad upstream chunk size"));
+    }
+    let size = digits.iter().fold(0u64, |n, d| {
+        n * 16 + u64::from((*d as char).to_digit(16).unwrap_or(0))
+    });
+    buf.advance(end + 2);
+    Ok(Some(size))
+}
+
+/// A complete trailer section at the front of `buf` (up to and including its empty line),
+/// consumed.
+fn trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
+    if buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        return Ok(Some(HeaderMap::new()));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((len, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| invalid("bad upstream trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| invalid("bad upstream trailer value"))?;
+                map.append(name, value);
+            }
+            buf.advance(len);
+            Ok(Some(map))
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Ok(None),
+        _ => Err(invalid("malformed upstream trailers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    const ADDR: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 80);
+
+    /// Pooled connections, counted.
+    #[derive(Default)]
+    struct Kept(Mutex<usize>);
+
+    impl Return for Kept {
+        fn give_back(&self, _: WireConn) {
+            *self.0.lock().expect("count") += 1;
+        }
+    }
+
+    /// Runs one GET (or `method`) against a scripted upstream that answers with `pieces`,
+    /// written one at a time (then closes when `close`). Returns what the upstream read, the
+    /// response head, the body's frames (or its error), and whether the connection went back.
+    async fn run(
+        method: Method,
+        pieces: &[&'static [u8]],
+        close: bool,
+    ) -> (
+        String,
+        Result<Response<()>, WireError>,
+        Result<(Bytes, Option<HeaderMap>), io::Error>,
+        bool,
+    ) {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let conn = WireConn::new(Box::new(ours), ADDR);
+        let pieces: Vec<&'static [u8]> = pieces.to_vec();
+        let upstream = tokio::spawn(async move {
+            let mut got = vec![0u8; 4096];
+            let n = theirs.read(&mut got).await.expect("request");
+            for p in pieces {
+                theirs.write_all(p).await.expect("answer");
+                theirs.flush().await.expect("answer");
+                tokio::task::yield_now().await;
+            }
+            if !close {
+                // Keep the connection open until the test is done with it.
+                let _ = theirs.read(&mut [0u8; 1]).await;
+            }
+            String::from_utf8(got[..n].to_vec()).expect("text")
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("x-test", HeaderValue::from_static("1"));
+        let authority = Authority::from_static("origin.test:80");
+        let kept = Arc::new(Kept::default());
+        let exchanged = conn.exchange(&method, "/p?q=1", &headers, &authority).await;
+        let (head, body) = match exchanged {
+            Ok(resp) => {
+                let (parts, mut body) = resp.into_parts();
+                body.give_back_to(kept.clone());
+                let collected = body.collect().await.map(|c| {
+                    let trailers = c.trailers().cloned();
+                    (c.to_bytes(), trailers)
+                });
+                (Ok(Response::from_parts(parts, ())), collected)
+            }
+            Err(e) => (Err(e), Ok((Bytes::new(), None))),
+        };
+        let back = *kept.0.lock().expect("count") == 1;
+        drop(kept);
+        let sent = if close {
+            upstream.await.expect("upstream")
+        } else {
+            upstream.abort();
+            String::new()
+        };
+        (sent, head, body, back)
+    }
+
+    #[tokio::test]
+    async fn the_request_goes_out_as_bytes_with_a_host() {
+        let (sent, head, _, _) = run(
+            Method::GET,
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"],
+            true,
+        )
+        .await;
+        assert_eq!(
+            sent,
+            "GET /p?q=1 HTTP/1.1\r\nhost: origin.test:80\r\nx-test: 1\r\n\r\n"
+        );
+        assert_eq!(head.expect("head").status(), StatusCode::OK);
+    }
+
+    /// An answer in pieces, the body and trailer it carries, and whether the connection may
+    /// carry another exchange after it.
+    struct Case {
+        pieces: &'static [&'static [u8]],
+        body: &'static [u8],
+        trailer: Option<(&'static str, &'static str)>,
+        kept: bool,
+    }
+
+    #[tokio::test]
+    async fn each_framing_is_read_to_its_end() {
+        let cases = [
+            Case {
+                pieces: &[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", b"lo"],
+                body: b"hello",
+                trailer: None,
+                kept: true,
+            },
+            Case {
+                pieces: &[
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                    b"3;ext=1\r\nhel\r",
+                    b"\n2\r\nlo\r\n0\r\nx-sum: 9\r\n\r\n",
+                ],
+                body: b"hello",
+                trailer: Some(("x-sum", "9")),
+                kept: true,
+            },
+            Case {
+                pieces: &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"],
+                body: b"",
+                trailer: None,
+                kept: true,
+            },
+            Case {
+                pieces: &[
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                ],
+                body: b"ok",
+                trailer: None,
+                kept: true,
+            },
+            Case {
+                pieces: &[b"HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"],
+                body: b"",
+                trailer: None,
+                kept: true,
+            },
+            Case {
+                pieces: &[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
+                body: b"ok",
+                trailer: None,
+                kept: false,
+            },
+            Case {
+                pieces: &[b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+                body: b"ok",
+                trailer: None,
+                kept: false,
+            },
+            Case {
+                pieces: &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"],
+                body: b"ok",
+                trailer: None,
+                kept: false,
+            },
+        ];
+        for (i, case) in cases.into_iter().enumerate() {
+            let (_, head, got, back) = run(Method::GET, case.pieces, false).await;
+            head.unwrap_or_else(|e| panic!("case {i}: {e}"));
+            let (bytes, trailers) = got.unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(&bytes[..], case.body, "case {i}");
+            match case.trailer {
+                Some((k, v)) => assert_eq!(trailers.expect("trailers")[k], v, "case {i}"),
+                None => assert!(trailers.is_none(), "case {i}"),
+            }
+            assert_eq!(back, case.kept, "case {i}: connection kept");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_to_the_close_and_a_head_request() {
+        let (_, head, got, back) = run(
+            Method::GET,
+            &[b"HTTP/1.1 200 OK\r\n\r\nstream", b"ed"],
+            true,
+        )
+        .await;
+        assert!(head.is_ok());
+        assert_eq!(&got.expect("body").0[..], b"streamed");
+        assert!(!back, "a body delimited by the close ends the connection");
+
+        let (sent, head, got, back) = run(
+            Method::HEAD,
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"],
+            true,
+        )
+        .await;
+        assert!(sent.starts_with("HEAD /p?q=1 HTTP/1.1\r\n"));
+        assert_eq!(head.expect("head").headers()["content-length"], "1000");
+        assert_eq!(&got.expect("body").0[..], b"");
+        assert!(back);
+    }
+
+    #[tokio::test]
+    async fn both_framings_drop_the_length_and_the_connection() {
+        let (_, head, got, back) = run(
+            Method::GET,
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+            false,
+        )
+        .await;
+        assert!(!head.expect("head").headers().contains_key("content-length"));
+        assert_eq!(&got.expect("body").0[..], b"ok");
+        assert!(!back);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors() {
+        for (i, (pieces, at_head)) in [
+            (
+                &[&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"[..]][..],
+                true,
+            ),
+            (&[&b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"[..]][..], true),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokX\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n"[..]][..],
+                false,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (_, head, body, back) = run(Method::GET, pieces, true).await;
+            if at_head {
+                let e = head
+                    .err()
+                    .unwrap_or_else(|| panic!("case {i}: head accepted"));
+                assert!(!e.not_sent, "case {i}");
+            } else {
+                assert!(head.is_ok(), "case {i}");
+                assert!(body.is_err(), "case {i}: body must fail, not look complete");
+            }
+            assert!(!back, "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_before_the_answer_is_an_error() {
+        for pieces in [&[][..], &[&b"HTTP/1.1 200"[..]][..]] {
+            let (sent, head, _, back) = run(Method::GET, pieces, true).await;
+            assert!(sent.starts_with("GET /p?q=1 HTTP/1.1\r\n"));
+            let e = head.expect_err("no response");
+            assert_eq!(e.error.kind(), io::ErrorKind::UnexpectedEof);
+            assert!(!e.not_sent, "it was sent");
+            assert!(!back);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_knows_when_the_upstream_closed_it() {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let mut conn = WireConn::new(Box::new(ours), ADDR);
+        assert!(conn.still_open());
+        drop(theirs);
+        assert!(!conn.still_open());
+
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut conn = WireConn::new(Box::new(ours), ADDR);
+        theirs
+            .write_all(b"HTTP/1.1 408 x\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(!conn.still_open(), "bytes nobody asked for");
+    }
+
+    #[test]
+    fn reusable_reflects_the_answer() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
+        let Ok(Some(Parsed::Final(_, state, keep))) = parse_head(&mut buf, false) else {
+            panic!("parsed");
+        };
+        let (ours, _theirs) = tokio::io::duplex(16);
+        let body = WireBody {
+            conn: Some(WireConn::new(Box::new(ours), ADDR)),
+            state,
+            keep,
+            back: None,
+        };
+        assert!(body.reusable() && body.is_end_stream());
+    }
+}
