@@ -67,6 +67,8 @@ pub struct WireConn {
     io: Box<dyn Io>,
     buf: BytesMut,
     out: Vec<u8>,
+    /// Scratch for [`parse_head`].
+    fields: Vec<(HeaderName, usize, usize)>,
 }
 
 impl std::fmt::Debug for WireConn {
@@ -84,6 +86,7 @@ impl WireConn {
             io,
             buf: BytesMut::with_capacity(READ_SIZE),
             out: Vec::with_capacity(512),
+            fields: Vec::new(),
         }
     }
 
@@ -124,7 +127,7 @@ impl WireConn {
             });
         }
         loop {
-            match parse_head(&mut self.buf, *method == Method::HEAD) {
+            match parse_head(&mut self.buf, &mut self.fields, *method == Method::HEAD) {
                 Ok(Some(Parsed::Interim)) => {}
                 Ok(Some(Parsed::Final(response, framing, keep))) => {
                     return Ok(response.map(|()| WireBody {
@@ -190,9 +193,22 @@ enum Parsed {
 }
 
 /// Parses a complete response head at the front of `buf`, if there is one, and consumes it.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parsed>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let len = match httparse::Response::new(&mut slots).parse(buf) {
+///
+/// `fields` is scratch space kept with the connection: each field's name and where its value
+/// lies in the head, so that values become slices of the head once it is split off (parsed
+/// once, no copies).
+fn parse_head(
+    buf: &mut BytesMut,
+    fields: &mut Vec<(HeaderName, usize, usize)>,
+    head_request: bool,
+) -> io::Result<Option<Parsed>> {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
         Ok(httparse::Status::Partial) => return Err(invalid("upstream response head too large")),
@@ -201,23 +217,18 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
         }
         Err(_) => return Err(invalid("malformed upstream response head")),
     };
-    // Parsed again over the frozen head, so header values are slices of it (no copies).
-    let bytes = buf.split_to(len).freeze();
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    if !matches!(parsed.parse(&bytes), Ok(httparse::Status::Complete(_))) {
-        return Err(invalid("malformed upstream response head"));
-    }
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| invalid("bad upstream status"))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(invalid("upstream switched protocols unasked"));
     }
     if status.is_informational() {
+        buf.advance(len);
         return Ok(Some(Parsed::Interim));
     }
     let http10 = parsed.version == Some(0);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let base = buf.as_ptr() as usize;
+    fields.clear();
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = false;
@@ -225,8 +236,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| invalid("bad upstream header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
-            .map_err(|_| invalid("bad upstream header value"))?;
+        let start = h.value.as_ptr() as usize - base;
         if name == header::CONTENT_LENGTH {
             for part in h.value.split(|b| *b == b',') {
                 let n = std::str::from_utf8(part)
@@ -254,6 +264,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Parse
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
+        fields.push((name, start, start + h.value.len()));
+    }
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields.drain(..) {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
+            .map_err(|_| invalid("bad upstream header value"))?;
         headers.append(name, value);
     }
     let mut keep = !close && (!http10 || keep_alive);
@@ -819,7 +836,8 @@ mod tests {
     #[test]
     fn reusable_reflects_the_answer() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
-        let Ok(Some(Parsed::Final(_, state, keep))) = parse_head(&mut buf, false) else {
+        let Ok(Some(Parsed::Final(_, state, keep))) = parse_head(&mut buf, &mut Vec::new(), false)
+        else {
             panic!("parsed");
         };
         let (ours, _theirs) = tokio::io::duplex(16);
