@@ -192,18 +192,39 @@ impl AccessRecord<'_> {
         field(out, "method", self.method);
         field(out, "host", self.host);
         field(out, "path", self.path);
-        let _ = write!(out, ",\"protocol\":\"{:?}\"", self.protocol);
+        out.push_str(",\"protocol\":\"");
+        out.push_str(version_name(self.protocol));
+        out.push('"');
         field(out, "route", self.route);
         field(out, "upstream", self.upstream);
         let _ = write!(out, ",\"status\":{}", self.status);
         field(out, "error", self.error);
-        let _ = write!(
-            out,
-            ",\"attempts\":{},\"upstream_ms\":{:.3},\"total_ms\":{:.3}",
-            self.attempts, self.upstream_ms, self.total_ms
-        );
+        let _ = write!(out, ",\"attempts\":{}", self.attempts);
+        out.push_str(",\"upstream_ms\":");
+        millis(out, self.upstream_ms);
+        out.push_str(",\"total_ms\":");
+        millis(out, self.total_ms);
         field(out, "cache", self.cache);
         out.push_str("}\n");
+    }
+}
+
+/// `ms` with three decimals (`1.500`), from integers: float formatting was a visible part of
+/// a request's CPU.
+fn millis(out: &mut String, ms: f64) {
+    use std::fmt::Write;
+    let micros = (ms * 1000.0).round() as u64;
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
+fn version_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "-",
     }
 }
 
@@ -293,7 +314,7 @@ mod tests {
             error: "residency_refused",
             attempts: 2,
             upstream_ms: 1.5,
-            total_ms: 2.25,
+            total_ms: 12.3456,
             cache: "-",
         };
         let mut line = String::new();
@@ -311,7 +332,8 @@ mod tests {
         assert_eq!(v["status"], 503);
         assert_eq!(v["attempts"], 2);
         assert_eq!(v["upstream_ms"], 1.5);
-        assert_eq!(v["total_ms"], 2.25);
+        assert_eq!(v["total_ms"], 12.346);
+        assert!(line.contains(",\"upstream_ms\":1.500,\"total_ms\":12.346,"));
         assert_eq!(v["route"], "app");
         let mut epoch = String::new();
         rfc3339_micros(&mut epoch, std::time::UNIX_EPOCH);
