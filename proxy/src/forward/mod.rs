@@ -184,26 +184,47 @@ pub async fn send(
             });
         };
         attempts += 1;
-        // The first attempt takes the client's body; a retry is only ever of a bodiless request.
-        let upstream_body = match body.take() {
-            Some(b) if !bodiless => {
-                let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
-                let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
-                    bytes_per_sec,
-                    grace,
-                });
-                let (body, failed) =
-                    ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
-                client_body_failed = Some(failed);
-                Either::Left(body)
+        member.health.in_flight.fetch_add(1, Ordering::Relaxed);
+        let outcome = match head.as_ref() {
+            // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
+            // possible retry.
+            Some(h) if bodiless && cluster.client.inline(h) => {
+                tokio::time::timeout(
+                    cfg.timeouts.request,
+                    cluster.client.request_inline(
+                        member.addr,
+                        &member.authority,
+                        &h.method,
+                        path.as_str(),
+                        &h.headers,
+                    ),
+                )
+                .await
             }
-            _ => Either::Right(Empty::new()),
-        };
-        let mut parts = match (&head, retryable) {
-            (Some(h), true) => h.clone(),
-            _ => match head.take() {
-                Some(h) => h,
-                None => {
+            _ => {
+                // The first attempt takes the client's body; a retry is only ever of a
+                // bodiless request.
+                let upstream_body = match body.take() {
+                    Some(b) if !bodiless => {
+                        let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
+                        let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
+                            bytes_per_sec,
+                            grace,
+                        });
+                        let (body, failed) =
+                            ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
+                        client_body_failed = Some(failed);
+                        Either::Left(body)
+                    }
+                    _ => Either::Right(Empty::new()),
+                };
+                // Kept for a possible retry (bodiless only); otherwise moved (no copy).
+                let parts = match (&head, retryable) {
+                    (Some(h), true) => Some(h.clone()),
+                    _ => head.take(),
+                };
+                let Some(mut parts) = parts else {
+                    member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
                     return Err(ForwardError {
                         error: ProxyError::NoHealthyUpstream {
                             cluster: cfg.name.clone(),
@@ -211,18 +232,16 @@ pub async fn send(
                         member: failed,
                         attempts,
                     });
-                }
-            },
+                };
+                parts.uri = Uri::from(path.clone());
+                let req = Request::from_parts(parts, upstream_body);
+                tokio::time::timeout(
+                    cfg.timeouts.request,
+                    cluster.client.request(member.addr, &member.authority, req),
+                )
+                .await
+            }
         };
-        parts.uri = Uri::from(path.clone());
-        let req = Request::from_parts(parts, upstream_body);
-
-        member.health.in_flight.fetch_add(1, Ordering::Relaxed);
-        let outcome = tokio::time::timeout(
-            cfg.timeouts.request,
-            cluster.client.request(member.addr, &member.authority, req),
-        )
-        .await;
         member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let endpoint = || member.addr.to_string();

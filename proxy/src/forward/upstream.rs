@@ -181,9 +181,11 @@ impl UpstreamClient {
             "origin-form request target"
         );
         *req.version_mut() = http::Version::HTTP_11;
-        let upgrade = req.headers().contains_key(header::UPGRADE);
-        if req.body().is_end_stream() && !upgrade {
-            return self.request_wire(addr, authority, req).await;
+        if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return self
+                .request_inline(addr, authority, req.method(), target, req.headers())
+                .await;
         }
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -221,28 +223,32 @@ impl UpstreamClient {
         }))
     }
 
-    /// A bodiless request on the inline path (see the module docs).
-    async fn request_wire(
+    /// Whether a bodiless request with this head goes inline ([`Self::request_inline`]):
+    /// HTTP/1.1 and no upgrade asked for.
+    pub fn inline(&self, head: &http::request::Parts) -> bool {
+        !self.shared.transport.http2 && !head.headers.contains_key(header::UPGRADE)
+    }
+
+    /// Sends a bodiless request inline (see the module docs): `target` in origin form,
+    /// `headers` as they should go (a `Host` of `authority` is added when there is none).
+    pub async fn request_inline(
         &self,
         addr: SocketAddr,
         authority: &Authority,
-        req: Request<UpstreamBody>,
+        method: &http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (conn, reused) = match self.checkout_wire(addr) {
             Some(conn) => (conn, true),
             None => (self.connect_wire(addr).await?, false),
         };
-        let method = req.method();
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let resp = match conn
-            .exchange(method, target, req.headers(), authority)
-            .await
-        {
+        let resp = match conn.exchange(method, target, headers, authority).await {
             Ok(resp) => resp,
             // The upstream closed the idle connection under us: once more, on a fresh one.
             Err(e) if reused && e.not_sent => {
                 let conn = self.connect_wire(addr).await?;
-                conn.exchange(method, target, req.headers(), authority)
+                conn.exchange(method, target, headers, authority)
                     .await
                     .map_err(|e| UpstreamError::Exchange(e.into()))?
             }
