@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: repeatable where wall-clock figures on
+# a shared 2-core machine are not, so an A/B of two builds shows a few percent reliably.
+#
+#   benches/instructions.sh [BIN] UPSTREAM
+#
+# Runs BIN (default target/release/frontdoor) under callgrind, configured as the harness's
+# candidate (benches/frontdoor-candidate.sh; CONFIG=realistic unless set) in front of UPSTREAM
+# (host:port answering GET /, e.g. an nginx `return 200`), warms up for 3 s, then counts the
+# instructions of a 10 s `wrk -c10` run. Every response must be a 2xx (an upstream that is not
+# there would measure the error path). Needs valgrind and wrk.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ $# -ge 2 ]; then bin=$1 upstream=$2; else bin=$root/target/release/frontdoor upstream=${1:?UPSTREAM host:port}; fi
+listen=${LISTEN:-127.0.0.1:18250}
+run=$(mktemp -d)
+trap 'pkill -f "callgrind-out-file=$run/" 2>/dev/null || true' EXIT
+cat > "$run/under-callgrind" <<EOF
+#!/bin/sh
+exec valgrind --tool=callgrind --callgrind-out-file=$run/cg.out "$bin" "\$@"
+EOF
+chmod +x "$run/under-callgrind"
+"$root/benches/frontdoor-candidate.sh" "$run/under-callgrind" "$listen" "$upstream" "$run" \
+  >"$run/stdout" 2>"$run/stderr" &
+for _ in $(seq 150); do
+  curl -s -o /dev/null "http://$listen/" && break
+  sleep 0.2
+done
+wrk -t1 -c10 -d3 "http://$listen/" >/dev/null
+pid=$(pgrep -f "callgrind-out-file=$run/" | head -1)
+callgrind_control -z "$pid" >/dev/null
+out=$(wrk -t1 -c10 -d10 "http://$listen/")
+callgrind_control -d "$pid" >/dev/null
+if grep -q "Non-2xx" <<<"$out"; then
+  echo "error responses during the run (is $upstream up?):" >&2
+  echo "$out" >&2
+  exit 1
+fi
+requests=$(awk '/requests in/{print $1}' <<<"$out")
+instructions=$(callgrind_annotate "$run/cg.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+echo "requests=$requests instructions=$instructions instructions/request=$((instructions / requests))"
