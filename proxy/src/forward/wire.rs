@@ -36,8 +36,12 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (size and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
-/// Read buffer kept per connection; reads are made with at least this much room.
+/// Room for the first read of a connection; reads are made with at least half of the room.
 const READ_SIZE: usize = 8192;
+/// The most room a read is given: a connection whose reads fill their room doubles it up to
+/// here, and a body of known length is read with room for the rest of it (a 16 KiB answer
+/// in one read, not three).
+const MAX_READ: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -67,6 +71,8 @@ pub struct WireConn {
     io: Box<dyn Io>,
     buf: BytesMut,
     out: Vec<u8>,
+    /// Room for the next read when nothing better is known.
+    read_size: usize,
     /// Scratch for [`parse_head`].
     fields: Vec<(HeaderName, usize, usize)>,
 }
@@ -86,23 +92,43 @@ impl WireConn {
             io,
             buf: BytesMut::with_capacity(READ_SIZE),
             out: Vec::with_capacity(512),
+            read_size: READ_SIZE,
             fields: Vec::new(),
         }
     }
 
-    /// Reads what the socket has into the buffer; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
-            self.buf.reserve(READ_SIZE);
+    /// Reads what the socket has into the buffer, with room for `expected` bytes if more
+    /// than usual are known to follow; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(expected)
+            .unwrap_or(MAX_READ)
+            .clamp(self.read_size, MAX_READ);
+        // Room for all of a known larger rest; otherwise at least half the usual room.
+        let need = if expected > self.read_size as u64 {
+            want
+        } else {
+            want / 2
+        };
+        if self.buf.capacity() - self.buf.len() < need {
+            self.buf.reserve(want);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ));
+        if read.as_ref().is_ok_and(|n| *n == room) {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(read)
     }
 
     /// Whether the idle connection can carry another request: the upstream has neither
     /// closed it nor sent anything unasked. Never waits (the socket's readiness is known).
     pub fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.buf.is_empty() && matches!(self.poll_fill(&mut cx), Poll::Pending)
+        self.buf.is_empty() && matches!(self.poll_fill(&mut cx, 0), Poll::Pending)
     }
 
     /// Sends a bodiless request — `target` in origin form, `headers` as they should go, a
@@ -138,7 +164,7 @@ impl WireConn {
                     }));
                 }
                 Ok(None) => {
-                    let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+                    let read = std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await;
                     let error = match read {
                         Ok(0) => io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -462,7 +488,11 @@ impl Body for WireBody {
                 }
                 State::Length(_) | State::Chunk(_) | State::UntilClose => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let expected = match this.state {
+                State::Length(left) | State::Chunk(Chunk::Data(left)) => left,
+                _ => 0,
+            };
+            match ready!(conn.poll_fill(cx, expected)) {
                 Ok(0) if this.state == State::UntilClose => {
                     this.keep = false;
                     this.finish();
@@ -739,6 +769,34 @@ mod tests {
         assert_eq!(head.expect("head").headers()["content-length"], "1000");
         assert_eq!(&got.expect("body").0[..], b"");
         assert!(back);
+    }
+
+    #[tokio::test]
+    async fn large_bodies_arrive_whole_in_either_framing() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+        let length_head: &'static [u8] = Box::leak(
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for part in body.chunks(70_000) {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let chunked: &'static [u8] = Box::leak(chunked.into_boxed_slice());
+        for pieces in [&[length_head, body][..], &[chunked][..]] {
+            let (_, head, got, back) = run(Method::GET, pieces, false).await;
+            assert!(head.is_ok());
+            assert!(
+                got.expect("body").0 == body,
+                "the body arrives whole and in order"
+            );
+            assert!(back);
+        }
     }
 
     #[tokio::test]
