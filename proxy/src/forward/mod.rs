@@ -185,10 +185,11 @@ pub async fn send(
         };
         attempts += 1;
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = Decrement(&member.health.in_flight);
         let outcome = match head.as_ref() {
             // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
             // possible retry.
-            Some(h) if bodiless && cluster.client.inline(h) => {
+            Some(h) if bodiless && cluster.client.inline(&h.headers) => {
                 tokio::time::timeout(
                     cfg.timeouts.request,
                     cluster.client.request_inline(
@@ -224,7 +225,6 @@ pub async fn send(
                     _ => head.take(),
                 };
                 let Some(mut parts) = parts else {
-                    member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
                     return Err(ForwardError {
                         error: ProxyError::NoHealthyUpstream {
                             cluster: cfg.name.clone(),
@@ -242,7 +242,7 @@ pub async fn send(
                 .await
             }
         };
-        member.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
 
         let endpoint = || member.addr.to_string();
         let error = match outcome {

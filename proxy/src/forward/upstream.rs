@@ -181,7 +181,7 @@ impl UpstreamClient {
             "origin-form request target"
         );
         *req.version_mut() = http::Version::HTTP_11;
-        if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
+        if req.body().is_end_stream() && self.inline(req.headers()) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return self
                 .request_inline(addr, authority, req.method(), target, req.headers())
@@ -223,10 +223,10 @@ impl UpstreamClient {
         }))
     }
 
-    /// Whether a bodiless request with this head goes inline ([`Self::request_inline`]):
+    /// Whether a bodiless request with these headers goes inline ([`Self::request_inline`]):
     /// HTTP/1.1 and no upgrade asked for.
-    pub fn inline(&self, head: &http::request::Parts) -> bool {
-        !self.shared.transport.http2 && !head.headers.contains_key(header::UPGRADE)
+    pub fn inline(&self, headers: &http::HeaderMap) -> bool {
+        !self.shared.transport.http2 && !headers.contains_key(header::UPGRADE)
     }
 
     /// Sends a bodiless request inline (see the module docs): `target` in origin form,
