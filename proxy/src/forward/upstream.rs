@@ -71,6 +71,18 @@ impl std::fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
+impl From<hyper::Error> for UpstreamError {
+    fn from(e: hyper::Error) -> UpstreamError {
+        UpstreamError::Exchange(e.into())
+    }
+}
+
+impl From<super::wire::WireError> for UpstreamError {
+    fn from(e: super::wire::WireError) -> UpstreamError {
+        UpstreamError::Exchange(e.into())
+    }
+}
+
 /// How to reach a cluster's endpoints.
 pub struct Transport {
     pub http2: bool,
@@ -90,37 +102,48 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// An idle connection (a hyper sender or an inline connection) and when it went idle.
 #[derive(Debug)]
-struct Idle {
-    send: http1::SendRequest<UpstreamBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-/// An idle connection of the inline path.
-#[derive(Debug)]
-struct IdleWire {
-    conn: WireConn,
-    since: Instant,
+/// Idle connections by (address, [`lane`]).
+type IdleLists<C> = Mutex<HashMap<(SocketAddr, usize), Vec<Idle<C>>>>;
+
+/// Puts a finished connection on this thread's idle list for `addr`, unless the list is full.
+fn park<C>(lists: &IdleLists<C>, addr: SocketAddr, conn: C) {
+    let mut pools = lists.lock().unwrap_or_else(|p| p.into_inner());
+    let list = pools.entry((addr, lane())).or_default();
+    if list.len() < MAX_IDLE_PER_ADDRESS {
+        list.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Drops the idle connections `keep` rejects, and the lists left empty.
+fn sweep<C>(lists: &IdleLists<C>, keep: impl Fn(&Idle<C>) -> bool) {
+    let mut pools = lists.lock().unwrap_or_else(|p| p.into_inner());
+    pools.retain(|_, list| {
+        list.retain(&keep);
+        !list.is_empty()
+    });
 }
 
 #[derive(Debug)]
 struct Shared {
     transport: Transport,
-    idle: Mutex<HashMap<(SocketAddr, usize), Vec<Idle>>>,
-    wire: Mutex<HashMap<(SocketAddr, usize), Vec<IdleWire>>>,
+    idle: IdleLists<http1::SendRequest<UpstreamBody>>,
+    wire: IdleLists<WireConn>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
 }
 
 impl Return for Shared {
     fn give_back(&self, conn: WireConn) {
-        let mut pools = self.wire.lock().unwrap_or_else(|p| p.into_inner());
-        let list = pools.entry((conn.addr, lane())).or_default();
-        if list.len() < MAX_IDLE_PER_ADDRESS {
-            list.push(IdleWire {
-                conn,
-                since: Instant::now(),
-            });
-        }
+        park(&self.wire, conn.addr, conn);
     }
 }
 
@@ -208,7 +231,7 @@ impl UpstreamClient {
                 _ => Err(e.into_error()),
             },
         };
-        let resp = sent.map_err(|e| UpstreamError::Exchange(e.into()))?;
+        let resp = sent?;
         let keep = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
         Ok(resp.map(|inner| {
             UpstreamIncoming(Kind::Hyper {
@@ -248,11 +271,9 @@ impl UpstreamClient {
             // The upstream closed the idle connection under us: once more, on a fresh one.
             Err(e) if reused && e.not_sent => {
                 let conn = self.connect_wire(addr).await?;
-                conn.exchange(method, target, headers, authority)
-                    .await
-                    .map_err(|e| UpstreamError::Exchange(e.into()))?
+                conn.exchange(method, target, headers, authority).await?
             }
-            Err(e) => return Err(UpstreamError::Exchange(e.into())),
+            Err(e) => return Err(e.into()),
         };
         let back: Arc<dyn Return> = self.shared.clone();
         Ok(resp.map(|mut body| {
@@ -286,10 +307,10 @@ impl UpstreamClient {
                 let mut pools = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
                 pools.get_mut(&(addr, lane()))?.pop()?
             };
-            if idle.send.is_closed() || idle.since.elapsed() >= self.shared.transport.idle_timeout {
+            if idle.conn.is_closed() || idle.since.elapsed() >= self.shared.transport.idle_timeout {
                 continue;
             }
-            let mut send = idle.send;
+            let mut send = idle.conn;
             // Handed back as its last response ended; hyper marks it ready a moment later.
             if send.ready().await.is_ok() {
                 return Some(send);
@@ -360,13 +381,8 @@ impl UpstreamClient {
                 send
             }
         };
-        send.ready()
-            .await
-            .map_err(|e| UpstreamError::Exchange(e.into()))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Exchange(e.into()))?;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
         Ok(resp.map(|inner| {
             UpstreamIncoming(Kind::Hyper {
                 inner,
@@ -398,17 +414,10 @@ fn reap(shared: Weak<Shared>) {
             tokio::time::sleep(every).await;
             let Some(s) = shared.upgrade() else { return };
             let limit = s.transport.idle_timeout;
-            let mut pools = s.idle.lock().unwrap_or_else(|p| p.into_inner());
-            pools.retain(|_, list| {
-                list.retain(|i| !i.send.is_closed() && i.since.elapsed() < limit);
-                !list.is_empty()
+            sweep(&s.idle, |i| {
+                !i.conn.is_closed() && i.since.elapsed() < limit
             });
-            drop(pools);
-            let mut wire = s.wire.lock().unwrap_or_else(|p| p.into_inner());
-            wire.retain(|_, list| {
-                list.retain(|i| i.since.elapsed() < limit);
-                !list.is_empty()
-            });
+            sweep(&s.wire, |i| i.since.elapsed() < limit);
         }
     });
 }
@@ -485,13 +494,6 @@ impl Drop for UpstreamIncoming {
         let Some(pool) = back.pool.upgrade() else {
             return;
         };
-        let mut pools = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = pools.entry((back.addr, lane())).or_default();
-        if list.len() < MAX_IDLE_PER_ADDRESS {
-            list.push(Idle {
-                send: back.send,
-                since: Instant::now(),
-            });
-        }
+        park(&pool.idle, back.addr, back.send);
     }
 }
