@@ -17,11 +17,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::clock;
 use crate::demo::DemoOrigins;
+use crate::listen::RequestBody;
 use crate::state::Proxy;
 use crate::telemetry;
 
@@ -64,7 +64,7 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 impl Admin {
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_string();
         if path == "/healthz" {
@@ -317,7 +317,7 @@ impl Admin {
     /// `POST /cache/purge`, body `{"url": "https://host/path?q"}`, `{"prefix": "/static/",
     /// "host": "optional"}` or `{"all": true}`: drops stored responses in every scope and
     /// variant.
-    async fn purge(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn purge(&self, req: Request<RequestBody>) -> Response<Full<Bytes>> {
         let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
@@ -345,7 +345,7 @@ impl Admin {
 
     /// `POST /rollouts/{route}/{action}` or `/rollouts/_/{action}` (the only rollout), body
     /// `{"weight":10,"force":false,"reason":"...","actor":"..."}`.
-    async fn rollout_action(&self, path: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn rollout_action(&self, path: &str, req: Request<RequestBody>) -> Response<Full<Bytes>> {
         let mut parts = path["/rollouts/".len()..].split('/');
         let (Some(route), Some(verb), None) = (parts.next(), parts.next(), parts.next()) else {
             return error(
@@ -416,7 +416,7 @@ impl Admin {
         }
     }
 
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
+    fn authorized(&self, req: &Request<RequestBody>) -> bool {
         let Some(value) = req.headers().get(header::AUTHORIZATION) else {
             return false;
         };
@@ -426,7 +426,7 @@ impl Admin {
         !self.token.is_empty() && constant_time_eq(token, self.token.as_bytes())
     }
 
-    async fn put_fault(&self, path: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn put_fault(&self, path: &str, req: Request<RequestBody>) -> Response<Full<Bytes>> {
         let Some(demo) = &self.demo else {
             return error(StatusCode::NOT_FOUND, "not running in demo mode");
         };

@@ -31,9 +31,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::listen::RequestBody;
 
 /// What a client that took too long over its request head reads before the connection ends.
 pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 34\r\n\r\nrequest head not received in time\n";
@@ -77,15 +79,15 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
+impl<S, B> hyper::service::Service<Request<RequestBody>> for Counted<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>>,
 {
     type Response = Response<Finished<B>>;
     type Error = S::Error;
     type Future = CountedFuture<S::Future>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<RequestBody>) -> Self::Future {
         let n = self.exchanges.started.fetch_add(1, Ordering::Relaxed) + 1;
         let last = n >= self.max_requests && req.version() < http::Version::HTTP_2;
         if self.exchanges.ambiguous.load(Ordering::Relaxed) {

@@ -1,6 +1,7 @@
-//! listen: accept connections (TCP, then TLS where configured), serve HTTP/1.1 and HTTP/2
-//! (ALPN on TLS; h2c prior knowledge on plain listeners) with hyper-util's auto builder, and
-//! drain on shutdown: stop accepting, let in-flight requests finish up to a deadline.
+//! listen: accept connections (TCP, then TLS where configured), serve HTTP/1.1 on our own loop
+//! ([`h1`]) and HTTP/2 (ALPN on TLS; h2c prior knowledge on plain listeners), plus whatever the
+//! loop hands over, with hyper-util's auto builder; drain on shutdown: stop accepting, let
+//! in-flight requests finish up to a deadline.
 //!
 //! Servers take an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
@@ -10,16 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Peer;
 use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
+
+mod h1;
+pub use h1::RequestBody;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,7 +140,7 @@ pub async fn serve<F, S, B>(
 ) -> bool
 where
     F: Fn(Peer) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: hyper::body::Body + Send + 'static,
@@ -172,7 +175,8 @@ where
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let make_service = Arc::new(make_service);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: the drain is over when the last one is dropped.
+    let (draining, _) = watch::channel(false);
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
     tokio::pin!(shutdown);
     loop {
@@ -223,15 +227,14 @@ where
             head.max_requests,
         );
         let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let stop = draining.subscribe();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
                 None => {
                     let io = HeadTimer::new(stream, exchanges, &head, name);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    let _ = watcher.watch(conn).await;
+                    h1::serve(io, service, builder, head, stop).await;
                 }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
@@ -259,17 +262,22 @@ where
                             return;
                         }
                     };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = HeadTimer::new(stream, exchanges, &head, name);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    let _ = watcher.watch(conn).await;
+                    if h2 {
+                        let draining = stop.has_changed().unwrap_or(true);
+                        h1::hand_over(io, bytes::Bytes::new(), service, &builder, draining, stop)
+                            .await;
+                    } else {
+                        h1::serve(io, service, builder, head, stop).await;
+                    }
                 }
             }
         });
     }
     drop(listener);
-    tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_ok()
+    draining.send_replace(true);
+    tokio::time::timeout(drain, draining.closed()).await.is_ok()
 }
 
 /// A short label for why a TLS handshake failed, for the metric.

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
@@ -25,6 +24,7 @@ use crate::forward::{self, IdleTimeoutBody};
 use crate::respond::ProxyError;
 use crate::rollout::{self, Rollouts, Version as RolloutVersion, Windows};
 use crate::state::{Active, Proxy};
+use crate::listen::RequestBody;
 use crate::telemetry::AccessRecord;
 
 /// The region whose endpoint answered, on every proxied response.
@@ -49,7 +49,7 @@ struct Outcome {
 pub async fn handle(
     proxy: Arc<Proxy>,
     peer: Peer,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     if req.uri().path().starts_with(certs::acme::CHALLENGE_PREFIX)
@@ -153,7 +153,7 @@ async fn proxy_request(
     active: &Arc<Active>,
     rollouts: &Rollouts,
     peer: Peer,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     host: &str,
     client: std::net::IpAddr,
     request_id: &HeaderValue,

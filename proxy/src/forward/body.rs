@@ -5,9 +5,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::upstream::UpstreamIncoming;
+use crate::listen::RequestBody;
 use tokio::time::{Instant, Sleep};
 
 /// Wraps an upstream body; if no frame arrives for `idle`, the body ends with an error, which
@@ -89,7 +90,7 @@ where
 /// upstream (502).
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: IdleTimeoutBody<Incoming>,
+    inner: IdleTimeoutBody<RequestBody>,
     failed: std::sync::Arc<std::sync::atomic::AtomicU8>,
     rate: Option<RateState>,
 }
@@ -130,7 +131,7 @@ pub const CLIENT_BODY_TIMED_OUT: u8 = 2;
 
 impl ClientBody {
     pub fn new(
-        inner: Incoming,
+        inner: RequestBody,
         idle: Duration,
         min_rate: Option<MinRate>,
     ) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicU8>) {

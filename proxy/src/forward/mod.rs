@@ -19,7 +19,9 @@ use std::sync::atomic::Ordering;
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Empty};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
+
+use crate::listen::RequestBody;
 use routes::{Decision, Snapshot, UpstreamProtocol};
 
 pub use body::{ClientBody, IdleTimeoutBody};
@@ -125,7 +127,7 @@ pub async fn send(
     decision: &Decision,
     version: Option<&str>,
     mut head: Parts,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
 ) -> Result<Forwarded, ForwardError> {
     let route = snapshot.route(decision.route);
     let cfg = &cluster.config;
@@ -138,7 +140,7 @@ pub async fn send(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let bodiless = body.as_ref().is_none_or(Incoming::is_end_stream);
+    let bodiless = body.as_ref().is_none_or(RequestBody::is_end_stream);
     let method = head.method.clone();
     // Keep the head for a possible retry; otherwise it moves into the one attempt (no clone).
     let retryable = bodiless && cfg.retries.attempts > 0;

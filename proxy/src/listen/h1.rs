@@ -1,0 +1,756 @@
+//! Our HTTP/1.1 server loop, for the common case; hyper's serves everything else.
+//!
+//! A request head is parsed once with httparse; header values are slices of the head. When the
+//! request has no body and asks for nothing special (origin-form target, no `Transfer-Encoding`,
+//! no `Content-Length` but `0`, no `Upgrade`, no `Expect`, not `CONNECT`), this loop serves it:
+//! the service runs in the connection's task, the response head is written as bytes together
+//! with the first body bytes where they are at hand, and the connection waits for the next head
+//! holding no buffer (reads go through a stack buffer, and an empty read buffer is released).
+//!
+//! Anything else, including heads that do not parse, are too large or have too many fields,
+//! and the HTTP/2 preface, hands the connection to hyper's server with the bytes read so far
+//! in front of its IO: hyper then reads the same head from the start and keeps the connection
+//! (its request bodies, `100-continue`, upgrades, its 400/431 answers). Hand-over happens only
+//! between requests, so nothing is half-answered by either side.
+//!
+//! While the service works, the loop keeps reading: a client that closes its side gives up the
+//! request (hyper's default, `half_close` off), and pipelined bytes wait in the buffer.
+//! The request-head timer and the request count work as with hyper: [`HeadTimer`] sits under
+//! this loop's IO and [`Counted`] wraps the service (the last answer says `Connection: close`,
+//! which this loop honours).
+//!
+//! [`HeadTimer`]: crate::head_timer::HeadTimer
+//! [`Counted`]: crate::head_timer::Counted
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use super::{BoxError, HeadLimits};
+
+/// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
+#[derive(Debug)]
+pub enum RequestBody {
+    Empty,
+    Hyper(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A service over [`RequestBody`] as hyper's server wants it.
+#[derive(Debug)]
+pub struct ToHyper<S>(pub S);
+
+impl<S> Service<Request<Incoming>> for ToHyper<S>
+where
+    S: Service<Request<RequestBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> S::Future {
+        self.0.call(req.map(RequestBody::Hyper))
+    }
+}
+
+/// Header fields this loop parses in one head; more go to hyper (which answers 431 past the
+/// listener's limit).
+const SLOTS: usize = 64;
+/// The stack buffer reads go through.
+const READ_CHUNK: usize = 4096;
+/// Body data up to this size is copied behind the head (one write); larger goes as its own
+/// slice of a vectored write.
+const COPY_MAX: usize = 4096;
+
+/// The connection's side of a graceful stop.
+struct Stop<F> {
+    signal: Pin<Box<F>>,
+    fired: bool,
+}
+
+impl<F: Future> Stop<F> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.fired && self.signal.as_mut().poll(cx).is_ready() {
+            self.fired = true;
+        }
+        self.fired
+    }
+}
+
+/// Serves an HTTP/1.x connection until it ends, or hands it to hyper (see the module docs).
+/// `stop` turns to true when the listener drains: idle connections close, busy ones close after
+/// their answer.
+pub async fn serve<I, S, B>(
+    mut io: I,
+    service: S,
+    hyper: Arc<auto::Builder<TokioExecutor>>,
+    limits: HeadLimits,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut stopped = {
+        let mut rx = stop.clone();
+        Stop {
+            signal: Box::pin(async move {
+                let _ = rx.changed().await;
+            }),
+            fired: false,
+        }
+    };
+    let max_bytes = limits.max_bytes.max(8 * 1024);
+    let mut buf = BytesMut::new();
+    loop {
+        let next = poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await;
+        let (req, info) = match next {
+            Next::Request(req, info) => (req, info),
+            Next::Closed => return,
+            Next::Hyper => break,
+        };
+        let draining = || stop.has_changed().unwrap_or(true);
+        let answer = service.call(req);
+        let keep = Box::pin(exchange(&mut io, answer, info, &mut buf, max_bytes, draining)).await;
+        if !keep {
+            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+            return;
+        }
+        if buf.is_empty() {
+            // Nothing pipelined: hold no buffer while idle.
+            buf = BytesMut::new();
+        }
+    }
+    let draining = stopped.fired || stop.has_changed().unwrap_or(true);
+    hand_over(io, buf.freeze(), service, &hyper, draining, stop).await;
+}
+
+/// Serves the rest of the connection with hyper's server, `prefix` (bytes already read) first.
+pub async fn hand_over<I, S, B>(
+    io: I,
+    prefix: Bytes,
+    service: S,
+    hyper: &auto::Builder<TokioExecutor>,
+    draining: bool,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let io = Prefixed { prefix, io };
+    let mut conn = pin!(hyper.serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service)));
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    } else {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        }
+    }
+    let _ = conn.await;
+}
+
+/// What the head read found.
+enum Next {
+    Request(Request<RequestBody>, Info),
+    /// The client closed (or the listener drains and the connection is idle).
+    Closed,
+    /// Not ours: hyper takes the connection.
+    Hyper,
+}
+
+/// What the answer needs to know about the request.
+#[derive(Debug, Clone, Copy)]
+struct Info {
+    head: bool,
+    http10: bool,
+    /// The client lets the connection stay open.
+    keep: bool,
+}
+
+fn poll_head<I: AsyncRead + Unpin, F: Future>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    limits: &HeadLimits,
+    stopped: &mut Stop<F>,
+) -> Poll<Next> {
+    loop {
+        if !buf.is_empty() {
+            match parse(buf, limits) {
+                Parse::Done(req, info) => return Poll::Ready(Next::Request(req, info)),
+                Parse::Hyper => return Poll::Ready(Next::Hyper),
+                Parse::Partial if buf.len() >= limits.max_bytes => {
+                    return Poll::Ready(Next::Hyper);
+                }
+                Parse::Partial => {}
+            }
+        }
+        match poll_read_some(cx, io, buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => {
+                if buf.is_empty() && stopped.poll(cx) {
+                    return Poll::Ready(Next::Closed);
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// One read through a stack buffer, appended to `buf` (which holds no room while idle).
+fn poll_read_some<I: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut I,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut room = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut room);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    buf.extend_from_slice(rb.filled());
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
+enum Parse {
+    Done(Request<RequestBody>, Info),
+    Partial,
+    Hyper,
+}
+
+/// Where a field's name and value lie in the head.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses a head at the front of `buf`; on success it is split off and becomes the request.
+fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
+    let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Hyper,
+    };
+    if len > limits.max_bytes || parsed.headers.len() > limits.max_headers {
+        return Parse::Hyper;
+    }
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Parse::Hyper;
+    };
+    if !target.starts_with('/') {
+        return Parse::Hyper;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parse::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parse::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = (s.as_ptr() as usize - base) as u32;
+        (start, start + s.len() as u32)
+    };
+    let target = at(target.as_bytes());
+    let http10 = minor == 0;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut fields = [Field::default(); SLOTS];
+    let count = parsed.headers.len();
+    for (h, field) in parsed.headers.iter().zip(fields.iter_mut()) {
+        let name = h.name.as_bytes();
+        let special = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        if special(&header::TRANSFER_ENCODING)
+            || special(&header::UPGRADE)
+            || special(&header::EXPECT)
+            || (special(&header::CONTENT_LENGTH) && h.value.trim_ascii() != b"0")
+        {
+            return Parse::Hyper;
+        }
+        if special(&header::CONNECTION) {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        *field = Field {
+            name: at(name),
+            value: at(h.value),
+        };
+    }
+    let bytes = buf.split_to(len).freeze();
+    let slice = |(start, end): (u32, u32)| bytes.slice(start as usize..end as usize);
+    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
+        // Not ours to judge: hyper reads this head again from the start.
+        return unsplit(buf, bytes);
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    for f in &fields[..count] {
+        let name = &bytes[f.name.0 as usize..f.name.1 as usize];
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(slice(f.value)),
+        ) else {
+            return unsplit(buf, bytes);
+        };
+        headers.append(name, value);
+    }
+    let info = Info {
+        head: method == Method::HEAD,
+        http10,
+        keep: !close && (!http10 || keep_alive),
+    };
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    Parse::Done(req, info)
+}
+
+/// Puts a split-off head back in front of the buffer, for hyper.
+fn unsplit(buf: &mut BytesMut, head: Bytes) -> Parse {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+    Parse::Hyper
+}
+
+/// One request: the service's answer, written out. True when the connection may carry another.
+async fn exchange<I, F, E, B>(
+    io: &mut I,
+    answer: F,
+    info: Info,
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    draining: impl Fn() -> bool,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    let mut answer = pin!(answer);
+    // The answer, or the client gone (then the request is given up).
+    let answered = poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(r.ok());
+        }
+        while buf.len() < max_bytes {
+            match poll_read_some(cx, io, buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(resp) = answered else {
+        return false;
+    };
+    let keep = info.keep && !draining();
+    write_response(io, resp, info, keep).await.unwrap_or(false)
+}
+
+/// How the body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    Close,
+}
+
+async fn write_response<I, B>(
+    io: &mut I,
+    resp: Response<B>,
+    info: Info,
+    mut keep: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+    B: Body,
+{
+    let (parts, body) = resp.into_parts();
+    let mut body = pin!(body);
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut close_field = false;
+    let mut keep_alive_field = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            close_field |= token.eq_ignore_ascii_case(b"close");
+            keep_alive_field |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    keep &= !close_field;
+    let never_body = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let declared = declared_length(headers);
+    let mut add_length = None;
+    let framing = if never_body || info.head || status == StatusCode::NOT_MODIFIED {
+        Framing::None
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        add_length = Some(n);
+        Framing::Length(n)
+    } else if !info.http10 {
+        Framing::Chunked
+    } else {
+        keep = false;
+        Framing::Close
+    };
+
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && (never_body || declared.is_none()))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = add_length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep && !close_field {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if keep && info.http10 && !keep_alive_field {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if framing == Framing::None {
+        write_all(io, &[&out]).await?;
+        flush(io).await?;
+        return Ok(keep);
+    }
+    let mut sent = 0u64;
+    loop {
+        // Whatever is at hand goes out with what is queued; wait only after a flush.
+        // (A body error is only looked at, not kept: it need not be Send.)
+        let mut next = |cx: &mut Context<'_>| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(Result::ok)),
+            Poll::Pending => Poll::Pending,
+        };
+        let frame = match poll_fn(|cx| Poll::Ready(next(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    write_all(io, &[&out]).await?;
+                    out.clear();
+                }
+                flush(io).await?;
+                poll_fn(&mut next).await
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Some(frame)) => frame,
+            // The answer broke: end the connection so the client sees it incomplete.
+            Some(None) => {
+                if sent > 0 || framing == Framing::Chunked {
+                    write_all(io, &[&out]).await?;
+                }
+                return Ok(false);
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    write_all(io, &[&out]).await?;
+                    flush(io).await?;
+                    return Ok(keep);
+                }
+                continue;
+            }
+        };
+        let len = data.remaining();
+        if len == 0 {
+            continue;
+        }
+        sent += len as u64;
+        if let Framing::Length(n) = framing
+            && sent > n
+        {
+            // More than the length said: what is sent is all the client may read.
+            write_all(io, &[&out]).await?;
+            return Ok(false);
+        }
+        if framing == Framing::Chunked {
+            let mut hex = [0u8; 16];
+            out.extend_from_slice(hex_usize(len, &mut hex));
+            out.extend_from_slice(b"\r\n");
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            if n <= COPY_MAX {
+                out.extend_from_slice(chunk);
+            } else {
+                write_all(io, &[&out, chunk]).await?;
+                out.clear();
+            }
+            data.advance(n);
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(n) if sent < n => {
+            // The body ended short of its length: the client must not wait for the rest.
+            write_all(io, &[&out]).await?;
+            return Ok(false);
+        }
+        _ => {}
+    }
+    if !out.is_empty() {
+        write_all(io, &[&out]).await?;
+    }
+    flush(io).await?;
+    Ok(keep && framing != Framing::Close)
+}
+
+/// The response's own `Content-Length`, when it has exactly one valid value.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
+}
+
+/// Writes every slice whole, vectored where the IO supports it.
+async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, parts: &[&[u8]]) -> io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < parts.len() {
+        if parts[index].len() == offset {
+            index += 1;
+            offset = 0;
+            continue;
+        }
+        let n = poll_fn(|cx| {
+            let mut slices = [io::IoSlice::new(&[]); 2];
+            let mut k = 0;
+            for (i, part) in parts[index..].iter().enumerate().take(slices.len()) {
+                let part = if i == 0 { &part[offset..] } else { part };
+                slices[k] = io::IoSlice::new(part);
+                k += 1;
+            }
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 && index < parts.len() {
+            let here = parts[index].len() - offset;
+            if left < here {
+                offset += left;
+                left = 0;
+            } else {
+                left -= here;
+                index += 1;
+                offset = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn flush<I: AsyncWrite + Unpin>(io: &mut I) -> io::Result<()> {
+    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+}
+
+fn itoa_u64(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+fn hex_usize(mut n: usize, out: &mut [u8; 16]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+/// The `Date` field's value, formatted once a second per thread.
+fn with_date(f: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text.as_bytes());
+    });
+}
+
+/// IO with bytes already read put back in front.
+struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
