@@ -21,10 +21,10 @@ use crate::cache::TeeBody;
 use crate::cache::stage::{Lookup, Served};
 use crate::classify::{self, Peer};
 use crate::forward::{self, IdleTimeoutBody};
+use crate::listen::RequestBody;
 use crate::respond::ProxyError;
 use crate::rollout::{self, Rollouts, Version as RolloutVersion, Windows};
 use crate::state::{Active, Proxy};
-use crate::listen::RequestBody;
 use crate::telemetry::AccessRecord;
 
 /// The region whose endpoint answered, on every proxied response.

@@ -156,7 +156,10 @@ pub async fn serve<I, S, B>(
         };
         let draining = || stop.has_changed().unwrap_or(true);
         let answer = service.call(req);
-        let keep = Box::pin(exchange(&mut io, answer, info, &mut buf, max_bytes, draining)).await;
+        let keep = Box::pin(exchange(
+            &mut io, answer, info, &mut buf, max_bytes, draining,
+        ))
+        .await;
         if !keep {
             let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
             return;
@@ -443,7 +446,11 @@ where
     let mut close_field = false;
     let mut keep_alive_field = false;
     for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        for token in value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
             close_field |= token.eq_ignore_ascii_case(b"close");
             keep_alive_field |= token.eq_ignore_ascii_case(b"keep-alive");
         }
@@ -453,6 +460,10 @@ where
     let declared = declared_length(headers);
     let mut add_length = None;
     let framing = if never_body || info.head || status == StatusCode::NOT_MODIFIED {
+        // A HEAD answer says the length a GET's would have, when it is known.
+        if info.head && declared.is_none() {
+            add_length = body.size_hint().exact().filter(|n| *n > 0);
+        }
         Framing::None
     } else if let Some(n) = declared {
         Framing::Length(n)
@@ -691,9 +702,7 @@ fn with_date(f: impl FnOnce(&[u8])) {
         static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with_borrow_mut(|(at, text)| {
         if *at != second {
             *at = second;
@@ -752,5 +761,294 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// Frames handed out one by one, length unknown (chunked on the wire).
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    type TestBody = http_body_util::Either<Full<Bytes>, Frames>;
+
+    fn limits() -> HeadLimits {
+        HeadLimits {
+            timeout: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
+            max_requests: 1000,
+            max_bytes: 8 * 1024,
+            max_headers: 32,
+        }
+    }
+
+    /// Answers by path; a request with a body gets its length back; `/hang` never answers
+    /// (and sets the flag when given up).
+    async fn answer(
+        req: Request<RequestBody>,
+        given_up: Arc<AtomicBool>,
+    ) -> Result<Response<TestBody>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let ours = matches!(req.body(), RequestBody::Empty);
+        let full = |s: String| http_body_util::Either::Left(Full::new(Bytes::from(s)));
+        let resp = match path.as_str() {
+            "/chunked" => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-sum", HeaderValue::from_static("7"));
+                Response::new(http_body_util::Either::Right(Frames(VecDeque::from([
+                    Frame::data(Bytes::from_static(b"hello ")),
+                    Frame::data(Bytes::from(vec![b'x'; 5000])),
+                    Frame::trailers(trailers),
+                ]))))
+            }
+            "/empty" => {
+                let mut r = Response::new(full(String::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            }
+            "/hang" => {
+                struct Flag(Arc<AtomicBool>);
+                impl Drop for Flag {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::SeqCst);
+                    }
+                }
+                let _flag = Flag(given_up);
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            _ => {
+                let (parts, body) = req.into_parts();
+                let got = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0);
+                let text = format!(
+                    "{} {} {:?} ours={ours} body={got}",
+                    parts.method, parts.uri, parts.version
+                );
+                Response::new(full(text))
+            }
+        };
+        Ok(resp)
+    }
+
+    /// A served connection; the client's end, the drain switch and the given-up flag.
+    fn start() -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        Arc<AtomicBool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&given_up);
+        let service = hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag)));
+        let mut hyper = auto::Builder::new(TokioExecutor::new());
+        // As listen::serve sets it: the head limit is hyper's too once it has the connection.
+        hyper.http1().max_buf_size(limits().max_bytes);
+        let hyper = Arc::new(hyper);
+        let task = tokio::spawn(serve(server, service, hyper, limits(), stop_rx));
+        (client, stop_tx, given_up, task)
+    }
+
+    async fn transcript(client: &mut DuplexStream, send: &[u8]) -> String {
+        client.write_all(send).await.expect("write");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.expect("read");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn bodiless_requests_are_answered_in_order_with_each_framing() {
+        let (mut client, _stop, _, task) = start();
+        let text = transcript(
+            &mut client,
+            b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /chunked HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
+              HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /empty HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+              GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        task.await.expect("served");
+        // (Bodies quote the request line: split on the status lines' "HTTP/1.1 2".)
+        let answers: Vec<&str> = text.split("HTTP/1.1 2").skip(1).collect();
+        assert_eq!(answers.len(), 5, "{text}");
+        assert!(answers[0].starts_with("00 OK\r\n"), "{text}");
+        assert!(answers[0].contains("\r\ncontent-length: 36\r\n"), "{text}");
+        assert!(answers[0].contains("\r\ndate: "), "{text}");
+        assert!(answers[0].ends_with("\r\n\r\nGET /a?q=1 HTTP/1.1 ours=true body=0"));
+        let chunked = format!("\r\ntransfer-encoding: chunked\r\n");
+        assert!(answers[1].contains(&chunked), "{text}");
+        let body = format!(
+            "6\r\nhello \r\n1388\r\n{}\r\n0\r\nx-sum: 7\r\n\r\n",
+            "x".repeat(5000)
+        );
+        assert!(answers[1].ends_with(&body), "{text}");
+        // HEAD: the length a GET would have, no body.
+        assert!(answers[2].contains("\r\ncontent-length: 33\r\n"), "{text}");
+        assert!(answers[2].ends_with("\r\n\r\n"), "{text}");
+        assert!(answers[3].starts_with("04 No Content\r\n"), "{text}");
+        assert!(!answers[3].contains("content-length"), "{text}");
+        assert!(answers[4].contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(
+            answers[4].ends_with("GET /last HTTP/1.1 ours=true body=0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http10_clients_get_keep_alive_only_when_asked_and_no_chunks() {
+        let (mut client, _stop, _, task) = start();
+        let text = transcript(
+            &mut client,
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        )
+        .await;
+        task.await.expect("served");
+        let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 2, "{text}");
+        assert!(
+            answers[0].contains("\r\nconnection: keep-alive\r\n"),
+            "{text}"
+        );
+        assert!(
+            answers[0].ends_with("GET /a HTTP/1.0 ours=true body=0"),
+            "{text}"
+        );
+        // Length unknown: the body runs to the close, unframed.
+        assert!(!answers[1].contains("transfer-encoding"), "{text}");
+        assert!(answers[1].contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(answers[1].ends_with(&format!("\r\n\r\nhello {}", "x".repeat(5000))));
+
+        let (mut client, _stop, _, task) = start();
+        let text = transcript(
+            &mut client,
+            b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        task.await.expect("served");
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn anything_else_goes_to_hyper_with_the_bytes_read_so_far() {
+        // A body after a bodiless request: hyper reads the POST from its first byte.
+        let (mut client, _stop, _, task) = start();
+        let text = transcript(
+            &mut client,
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        task.await.expect("served");
+        assert!(
+            text.contains("GET /first HTTP/1.1 ours=true body=0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("POST /upload HTTP/1.1 ours=false body=5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("GET /after HTTP/1.1 ours=false body=0"),
+            "{text}"
+        );
+
+        // Chunked, Upgrade and Expect are hyper's too, and so are heads we cannot parse.
+        for (send, want) in [
+            (
+                &b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+                "POST /c HTTP/1.1 ours=false body=3",
+            ),
+            (
+                b"GET /u HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: close\r\n\r\n",
+                "GET /u HTTP/1.1 ours=false",
+            ),
+            (b"GET /bad path HTTP/1.1\r\nHost: x\r\n\r\n", "400 Bad Request"),
+            (
+                b"GET http://x/abs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "GET http://x/abs HTTP/1.1 ours=false",
+            ),
+        ] {
+            let (mut client, _stop, _, task) = start();
+            let text = transcript(&mut client, send).await;
+            task.await.expect("served");
+            assert!(text.contains(want), "{want}: {text}");
+        }
+
+        // A head over the limit: hyper's 431.
+        let (mut client, _stop, _, task) = start();
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "y".repeat(9000)
+        );
+        let text = transcript(&mut client, big.as_bytes()).await;
+        task.await.expect("served");
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_gives_up_its_request() {
+        let (mut client, _stop, given_up, task) = start();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::task::yield_now().await;
+        assert!(!given_up.load(Ordering::SeqCst));
+        drop(client);
+        task.await.expect("served");
+        assert!(given_up.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_drain_closes_idle_connections_and_busy_ones_after_their_answer() {
+        let (mut client, stop, _, task) = start();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = vec![0u8; 4096];
+        let n = client.read(&mut got).await.expect("read");
+        assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+        // Idle now: the drain ends it.
+        stop.send_replace(true);
+        task.await.expect("served");
+        assert_eq!(client.read(&mut got).await.expect("read"), 0);
+
+        // Drain signalled while a request waits in the buffer: it is answered, with close.
+        let (mut client, stop, _, task) = start();
+        stop.send_replace(true);
+        let text = transcript(&mut client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        task.await.expect("served");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     }
 }
