@@ -228,50 +228,43 @@ where
         );
         let builder = Arc::clone(&builder);
         let stop = draining.subscribe();
-        let tls = tls.clone();
+        // Two kinds of task, each as small as it can be: an idle connection's task is most of
+        // what it costs.
+        let Some(acceptor) = tls.clone() else {
+            let io = HeadTimer::new(stream, exchanges, &head, name);
+            tokio::spawn(h1::serve(io, service, builder, head, stop, slot));
+            continue;
+        };
         tokio::spawn(async move {
             let _slot = slot;
-            match tls {
-                None => {
-                    let io = HeadTimer::new(stream, exchanges, &head, name);
-                    h1::serve(io, service, builder, head, stop).await;
+            // Boxed: the handshake's state is not kept for the connection's life.
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let stream = match Box::pin(handshake).await {
+                // A CA's TLS-ALPN-01 validation: the handshake was the answer.
+                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(certs::acme::ACME_TLS_ALPN) => {
+                    return;
                 }
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        // A CA's TLS-ALPN-01 validation: the handshake was the answer.
-                        Ok(Ok(s))
-                            if s.get_ref().1.alpn_protocol()
-                                == Some(certs::acme::ACME_TLS_ALPN) =>
-                        {
-                            return;
-                        }
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            let reason = handshake_failure_reason(&e);
-                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => reason).increment(1);
-                            tracing::debug!(error = %e, %addr, reason, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => "timeout").increment(1);
-                            return;
-                        }
-                    };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let io = HeadTimer::new(stream, exchanges, &head, name);
-                    if h2 {
-                        let draining = stop.has_changed().unwrap_or(true);
-                        h1::hand_over(io, bytes::Bytes::new(), service, &builder, draining, stop)
-                            .await;
-                    } else {
-                        h1::serve(io, service, builder, head, stop).await;
-                    }
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let reason = handshake_failure_reason(&e);
+                    metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => reason).increment(1);
+                    tracing::debug!(error = %e, %addr, reason, "TLS handshake failed");
+                    return;
                 }
+                Err(_) => {
+                    metrics::counter!(crate::telemetry::TLS_HANDSHAKE_FAILURES, crate::telemetry::L_REASON => "timeout").increment(1);
+                    return;
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = HeadTimer::new(stream, exchanges, &head, name);
+            if h2 {
+                let draining = stop.has_changed().unwrap_or(true);
+                let conn =
+                    h1::hand_over(io, bytes::Bytes::new(), service, &builder, draining, stop);
+                Box::pin(conn).await;
+            } else {
+                h1::serve(io, service, builder, head, stop, ()).await;
             }
         });
     }

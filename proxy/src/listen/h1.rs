@@ -120,14 +120,20 @@ impl<F: Future> Stop<F> {
 
 /// Serves an HTTP/1.x connection until it ends, or hands it to hyper (see the module docs).
 /// `stop` turns to true when the listener drains: idle connections close, busy ones close after
-/// their answer.
-pub async fn serve<I, S, B>(
+/// their answer. `guard` is held for the connection's life.
+///
+/// Not an `async fn`: those keep their arguments twice (as arguments and as locals), and this
+/// future is most of what an idle connection costs.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<I, S, B>(
     mut io: I,
     service: S,
     hyper: Arc<auto::Builder<TokioExecutor>>,
     limits: HeadLimits,
     stop: watch::Receiver<bool>,
-) where
+    guard: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -136,41 +142,41 @@ pub async fn serve<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut stopped = {
-        let mut rx = stop.clone();
-        Stop {
-            signal: Box::pin(async move {
-                let _ = rx.changed().await;
-            }),
-            fired: false,
-        }
-    };
-    let max_bytes = limits.max_bytes.max(8 * 1024);
-    let mut buf = BytesMut::new();
-    loop {
-        let next = poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await;
-        let (req, info) = match next {
-            Next::Request(req, info) => (req, info),
-            Next::Closed => return,
-            Next::Hyper => break,
+    async move {
+        let _guard = guard;
+        let mut stopped = {
+            let mut rx = stop.clone();
+            Stop {
+                signal: Box::pin(async move {
+                    let _ = rx.changed().await;
+                }),
+                fired: false,
+            }
         };
-        let draining = || stop.has_changed().unwrap_or(true);
-        let answer = service.call(req);
-        let keep = Box::pin(exchange(
-            &mut io, answer, info, &mut buf, max_bytes, draining,
-        ))
-        .await;
-        if !keep {
-            let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
-            return;
+        let mut buf = BytesMut::new();
+        loop {
+            let next = poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await;
+            let (req, info) = match next {
+                Next::Request(req, info) => (req, info),
+                Next::Closed => return,
+                Next::Hyper => break,
+            };
+            let answer = service.call(req);
+            let max_bytes = limits.max_bytes.max(8 * 1024);
+            let keep = Box::pin(exchange(&mut io, answer, info, &mut buf, max_bytes, &stop)).await;
+            if !keep {
+                let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+                return;
+            }
+            if buf.is_empty() {
+                // Nothing pipelined: hold no buffer while idle.
+                buf = BytesMut::new();
+            }
         }
-        if buf.is_empty() {
-            // Nothing pipelined: hold no buffer while idle.
-            buf = BytesMut::new();
-        }
+        let draining = stopped.fired || stop.has_changed().unwrap_or(true);
+        // Boxed: hyper's connection state is large, and most connections never need it.
+        Box::pin(hand_over(io, buf.freeze(), service, &hyper, draining, stop)).await;
     }
-    let draining = stopped.fired || stop.has_changed().unwrap_or(true);
-    hand_over(io, buf.freeze(), service, &hyper, draining, stop).await;
 }
 
 /// Serves the rest of the connection with hyper's server, `prefix` (bytes already read) first.
@@ -203,7 +209,9 @@ pub async fn hand_over<I, S, B>(
     let _ = conn.await;
 }
 
-/// What the head read found.
+/// What the head read found. (Returned once per request and taken apart at once: boxing the
+/// request would cost an allocation for nothing.)
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Request(Request<RequestBody>, Info),
     /// The client closed (or the listener drains and the connection is idle).
@@ -265,6 +273,7 @@ fn poll_read_some<I: AsyncRead + Unpin>(
     Poll::Ready(Ok(rb.filled().len()))
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Parse {
     Done(Request<RequestBody>, Info),
     Partial,
@@ -389,7 +398,7 @@ async fn exchange<I, F, E, B>(
     info: Info,
     buf: &mut BytesMut,
     max_bytes: usize,
-    draining: impl Fn() -> bool,
+    draining: &watch::Receiver<bool>,
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -415,7 +424,7 @@ where
     let Some(resp) = answered else {
         return false;
     };
-    let keep = info.keep && !draining();
+    let keep = info.keep && !draining.has_changed().unwrap_or(true);
     write_response(io, resp, info, keep).await.unwrap_or(false)
 }
 
@@ -871,7 +880,7 @@ mod tests {
         // As listen::serve sets it: the head limit is hyper's too once it has the connection.
         hyper.http1().max_buf_size(limits().max_bytes);
         let hyper = Arc::new(hyper);
-        let task = tokio::spawn(serve(server, service, hyper, limits(), stop_rx));
+        let task = tokio::spawn(serve(server, service, hyper, limits(), stop_rx, ()));
         (client, stop_tx, given_up, task)
     }
 
@@ -903,8 +912,10 @@ mod tests {
         assert!(answers[0].contains("\r\ncontent-length: 36\r\n"), "{text}");
         assert!(answers[0].contains("\r\ndate: "), "{text}");
         assert!(answers[0].ends_with("\r\n\r\nGET /a?q=1 HTTP/1.1 ours=true body=0"));
-        let chunked = format!("\r\ntransfer-encoding: chunked\r\n");
-        assert!(answers[1].contains(&chunked), "{text}");
+        assert!(
+            answers[1].contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{text}"
+        );
         let body = format!(
             "6\r\nhello \r\n1388\r\n{}\r\n0\r\nx-sum: 7\r\n\r\n",
             "x".repeat(5000)
