@@ -1,10 +1,11 @@
 //! The HTTP/1.1 request-head timer, under the connection loop (ours, `listen::h1`, or hyper's):
 //! a client that has started a request head gets `server.header_timeout` to finish it and is
 //! then answered `408 Request Timeout` (with `Connection: close`) — hyper's own header timeout
-//! only drops the connection, which leaves a client (or the load balancer in front) unable to tell a timeout from a crash. A new
-//! connection that sends nothing for as long, or one idle after a request for
-//! `server.keepalive_timeout`, is closed silently. After `server.max_requests_per_connection`
-//! requests the answer carries `Connection: close` and hyper closes the connection.
+//! only drops the connection, which leaves a client (or the load balancer in front) unable to
+//! tell a timeout from a crash. A new connection that sends nothing for as long, or one idle
+//! after a request for `server.keepalive_timeout`, is closed silently. After
+//! `server.max_requests_per_connection` requests the answer carries `Connection: close` and the
+//! connection loop closes the connection.
 //!
 //! Two parts share one connection's [`Exchanges`]: [`Counted`] wraps the service and counts
 //! requests started (the head was parsed) and finished (the response body was dropped: written
