@@ -11,7 +11,7 @@ mod dns;
 mod health;
 pub mod pool;
 pub mod upstream;
-mod wire;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -196,18 +196,31 @@ impl WireConn {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         if !headers.contains_key(header::HOST) {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(host.as_str().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_field(out, b"host", host.as_str().as_bytes());
         }
         for (name, value) in headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends one header field line, `name: value` and CRLF (request and response heads alike).
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What one `Connection` field value says about the connection: (`close`, `keep-alive`).
+pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
+    let mut options = (false, false);
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        options.0 |= token.eq_ignore_ascii_case(b"close");
+        options.1 |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+    options
 }
 
 enum Parsed {
@@ -285,10 +298,9 @@ fn parse_head(
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         } else if name == header::CONNECTION {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (c, k) = connection_options(h.value);
+            close |= c;
+            keep_alive |= k;
         }
         fields.push((name, start, start + h.value.len()));
     }

@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::{BoxError, HeadLimits};
+use crate::forward::wire::{connection_options, put_field};
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
 #[derive(Debug)]
@@ -338,10 +339,9 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
             return Parse::Hyper;
         }
         if special(&header::CONNECTION) {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let (c, k) = connection_options(h.value);
+            close |= c;
+            keep_alive |= k;
         }
         *field = Field {
             name: at(name),
@@ -455,14 +455,9 @@ where
     let mut close_field = false;
     let mut keep_alive_field = false;
     for value in headers.get_all(header::CONNECTION) {
-        for token in value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
-        {
-            close_field |= token.eq_ignore_ascii_case(b"close");
-            keep_alive_field |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
+        let (c, k) = connection_options(value.as_bytes());
+        close_field |= c;
+        keep_alive_field |= k;
     }
     keep &= !close_field;
     let never_body = status.is_informational() || status == StatusCode::NO_CONTENT;
@@ -498,23 +493,16 @@ where
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(n) = add_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, b"content-length", itoa_u64(n, &mut [0; 20]));
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        with_date(|d| out.extend_from_slice(d));
-        out.extend_from_slice(b"\r\n");
+        with_date(|d| put_field(&mut out, b"date", d));
     }
     if !keep && !close_field {
         out.extend_from_slice(b"connection: close\r\n");
@@ -564,10 +552,7 @@ where
                 if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
                     out.extend_from_slice(b"0\r\n");
                     for (name, value) in &trailers {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     out.extend_from_slice(b"\r\n");
                     write_all(io, &[&out]).await?;
