@@ -259,9 +259,7 @@ where
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = HeadTimer::new(stream, exchanges, &head, name);
             if h2 {
-                let draining = stop.has_changed().unwrap_or(true);
-                let conn =
-                    h1::hand_over(io, bytes::Bytes::new(), service, &builder, draining, stop);
+                let conn = h1::hand_over(io, bytes::Bytes::new(), service, &builder, stop);
                 Box::pin(conn).await;
             } else {
                 h1::serve(io, service, builder, head, stop, ()).await;

@@ -163,8 +163,15 @@ where
                 Next::Hyper => break,
             };
             let answer = service.call(req);
-            let max_bytes = limits.max_bytes.max(8 * 1024);
-            let keep = Box::pin(exchange(&mut io, answer, info, &mut buf, max_bytes, &stop)).await;
+            let keep = Box::pin(exchange(
+                &mut io,
+                answer,
+                info,
+                &mut buf,
+                limits.max_bytes,
+                &stop,
+            ))
+            .await;
             if !keep {
                 let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
                 return;
@@ -174,19 +181,18 @@ where
                 buf = BytesMut::new();
             }
         }
-        let draining = stopped.fired || stop.has_changed().unwrap_or(true);
         // Boxed: hyper's connection state is large, and most connections never need it.
-        Box::pin(hand_over(io, buf.freeze(), service, &hyper, draining, stop)).await;
+        Box::pin(hand_over(io, buf.freeze(), service, &hyper, stop)).await;
     }
 }
 
 /// Serves the rest of the connection with hyper's server, `prefix` (bytes already read) first.
+/// Once `stop` has turned (before or during), hyper finishes the request in hand and closes.
 pub async fn hand_over<I, S, B>(
     io: I,
     prefix: Bytes,
     service: S,
     hyper: &auto::Builder<TokioExecutor>,
-    draining: bool,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -199,13 +205,11 @@ pub async fn hand_over<I, S, B>(
 {
     let io = Prefixed { prefix, io };
     let mut conn = pin!(hyper.serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service)));
-    if draining {
-        conn.as_mut().graceful_shutdown();
-    } else {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-        }
+    tokio::select! {
+        // First: a stop that came before the hand-over is seen at once.
+        biased;
+        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        _ = conn.as_mut() => return,
     }
     let _ = conn.await;
 }
