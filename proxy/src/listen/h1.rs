@@ -205,6 +205,11 @@ pub async fn hand_over<I, S, B>(
 {
     let io = Prefixed { prefix, io };
     let mut conn = pin!(hyper.serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service)));
+    // One poll first: hyper takes in hand the request already read, so a stop answers it (with
+    // `Connection: close`) rather than closing on a connection hyper still thinks idle.
+    if poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx).is_ready())).await {
+        return;
+    }
     tokio::select! {
         // First: a stop that came before the hand-over is seen at once.
         biased;
@@ -1050,5 +1055,19 @@ mod tests {
         let text = transcript(&mut client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
         task.await.expect("served");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        // The same for a request hyper takes over: it is answered, then the connection ends
+        // (the transcript reads to the end; hyper's answer says nothing of the close).
+        let (mut client, stop, _, task) = start();
+        stop.send_replace(true);
+        let text = transcript(
+            &mut client,
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await;
+        task.await.expect("served");
+        assert!(
+            text.contains("POST /p HTTP/1.1 ours=false body=2"),
+            "{text}"
+        );
     }
 }
