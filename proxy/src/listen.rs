@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -22,7 +21,7 @@ use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
 mod h1;
-pub use h1::RequestBody;
+pub use h1::{ConnBody, ConnService, RequestBody};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,12 +139,8 @@ pub async fn serve<F, S, B>(
 ) -> bool
 where
     F: Fn(Peer) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

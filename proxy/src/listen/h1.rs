@@ -95,6 +95,34 @@ where
     }
 }
 
+/// What a connection's service must be, for this loop and for hyper's server alike.
+pub trait ConnService<B>:
+    Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnService<B> for S where
+    S: Service<
+            Request<RequestBody>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Send
+        + 'static
+{
+}
+
+/// What a response body must be, for this loop and for hyper's server alike.
+pub trait ConnBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ConnBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// Header fields this loop parses in one head; more go to hyper (which answers 431 past the
 /// listener's limit).
 const SLOTS: usize = 64;
@@ -136,12 +164,8 @@ pub fn serve<I, S, B>(
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     async move {
         let _guard = guard;
@@ -196,12 +220,8 @@ pub async fn hand_over<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<RequestBody>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnService<B>,
+    B: ConnBody,
 {
     let io = Prefixed { prefix, io };
     let mut conn = pin!(hyper.serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service)));
