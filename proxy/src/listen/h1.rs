@@ -898,6 +898,14 @@ mod tests {
         (client, stop_tx, given_up, task)
     }
 
+    /// What a client reads, to the close, from a fresh connection after sending `send`.
+    async fn served(send: &[u8]) -> String {
+        let (mut client, _stop, _, task) = start();
+        let text = transcript(&mut client, send).await;
+        task.await.expect("served");
+        text
+    }
+
     async fn transcript(client: &mut DuplexStream, send: &[u8]) -> String {
         client.write_all(send).await.expect("write");
         let mut out = Vec::new();
@@ -907,9 +915,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodiless_requests_are_answered_in_order_with_each_framing() {
-        let (mut client, _stop, _, task) = start();
-        let text = transcript(
-            &mut client,
+        let text = served(
             b"GET /a?q=1 HTTP/1.1\r\nHost: x\r\n\r\n\
               GET /chunked HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\
               HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -918,7 +924,6 @@ mod tests {
               GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
         )
         .await;
-        task.await.expect("served");
         // (Bodies quote the request line: split on the status lines' "HTTP/1.1 2".)
         let answers: Vec<&str> = text.split("HTTP/1.1 2").skip(1).collect();
         assert_eq!(answers.len(), 5, "{text}");
@@ -949,13 +954,7 @@ mod tests {
 
     #[tokio::test]
     async fn http10_clients_get_keep_alive_only_when_asked_and_no_chunks() {
-        let (mut client, _stop, _, task) = start();
-        let text = transcript(
-            &mut client,
-            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-        )
-        .await;
-        task.await.expect("served");
+        let text = served(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /chunked HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
         let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
         assert_eq!(answers.len(), 2, "{text}");
         assert!(
@@ -971,13 +970,7 @@ mod tests {
         assert!(answers[1].contains("\r\nconnection: close\r\n"), "{text}");
         assert!(answers[1].ends_with(&format!("\r\n\r\nhello {}", "x".repeat(5000))));
 
-        let (mut client, _stop, _, task) = start();
-        let text = transcript(
-            &mut client,
-            b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
-        )
-        .await;
-        task.await.expect("served");
+        let text = served(b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n").await;
         assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "{text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     }
@@ -985,15 +978,12 @@ mod tests {
     #[tokio::test]
     async fn anything_else_goes_to_hyper_with_the_bytes_read_so_far() {
         // A body after a bodiless request: hyper reads the POST from its first byte.
-        let (mut client, _stop, _, task) = start();
-        let text = transcript(
-            &mut client,
+        let text = served(
             b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
               POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
               GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         .await;
-        task.await.expect("served");
         assert!(
             text.contains("GET /first HTTP/1.1 ours=true body=0"),
             "{text}"
@@ -1023,20 +1013,16 @@ mod tests {
                 "GET http://x/abs HTTP/1.1 ours=false",
             ),
         ] {
-            let (mut client, _stop, _, task) = start();
-            let text = transcript(&mut client, send).await;
-            task.await.expect("served");
+            let text = served(send).await;
             assert!(text.contains(want), "{want}: {text}");
         }
 
         // A head over the limit: hyper's 431.
-        let (mut client, _stop, _, task) = start();
         let big = format!(
             "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
             "y".repeat(9000)
         );
-        let text = transcript(&mut client, big.as_bytes()).await;
-        task.await.expect("served");
+        let text = served(big.as_bytes()).await;
         assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     }
 
