@@ -125,6 +125,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// 16 hex digits, unique within the process and unpredictable across processes.
 pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&new_id_digits()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The digits of [`new_request_id`], for ids that are part of a longer value.
+pub fn new_id_digits() -> [u8; 16] {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -147,37 +152,57 @@ pub fn new_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    buf
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps
 /// `Upgrade` and a `Connection: upgrade` (WebSocket passthrough).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most heads carry none: one pass over the names instead of a lookup per listed name.
-    if !keep_upgrade
-        && !headers
-            .keys()
-            .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
-    {
+    // One pass over the names notes which are here (most heads carry none, or only
+    // `Connection`); only those are looked up again.
+    const UPGRADE_BIT: u16 = 1 << 8; // after the eight of HOP_BY_HOP
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            present |= UPGRADE_BIT;
+        }
+    }
+    if present == 0 && !keep_upgrade {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // HOP_BY_HOP[0] is `Connection`: the fields it names go too. Its values are taken out of
+    // the map first (one, as a rule; a copy of the others only when there are several), and
+    // each name is looked up as text, so no header name is built.
+    if present & 1 != 0 {
+        let others: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .skip(1)
+            .cloned()
+            .collect();
+        let first = headers.remove(header::CONNECTION);
+        for value in first.iter().chain(&others) {
+            for name in value.as_bytes().split(|b| *b == b',') {
+                let name = name.trim_ascii();
+                if name.is_empty() || (keep_upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
+                    continue;
+                }
+                if let Ok(name) = std::str::from_utf8(name) {
+                    headers.remove(name);
+                }
+            }
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -307,6 +332,16 @@ cluster = "c"
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert!(h.contains_key("accept"));
+        // Every `Connection` field names fields to drop, not only the first.
+        let mut two = headers(&[
+            ("connection", "x-a"),
+            ("connection", "X-B , close"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut two, false);
+        assert_eq!(two.keys().collect::<Vec<_>>(), ["accept"]);
         // Each one alone, too (a head with none of them is left as it is).
         for name in [
             "connection",

@@ -63,12 +63,9 @@ pub async fn handle(
     let method = req.method().clone();
     let protocol = req.version();
     let host = classify::host_of(&req).unwrap_or_default();
-    // Kept for the access log only (the request moves on); no copy when the log is off.
-    let logged_path = active
-        .snapshot
-        .server
-        .access_log
-        .then(|| req.uri().path().to_owned());
+    // Kept for the access log only (the request moves on): the target shares the head's
+    // bytes, so this is no copy.
+    let logged_target = active.snapshot.server.access_log.then(|| req.uri().clone());
     let client = classify::client_ip(&active.snapshot, peer.addr.ip(), req.headers());
 
     let mut outcome = Outcome {
@@ -80,9 +77,11 @@ pub async fn handle(
         decision: None,
         cache: None,
     };
-    // Boxed: the request's whole state machine is several KiB, and hyper moves the service
-    // future (this one) by value; a pointer is cheaper to move than the state.
-    let response = match Box::pin(proxy_request(
+    // Boxed: the request's whole state machine is several KiB, and the service future (this
+    // one) is moved by value; a pointer is cheaper to move than the state. Boxed in its own
+    // statement: a temporary in the `match` below would live across the `.await`, and this
+    // future would keep room for the unboxed state after all.
+    let forward = Box::pin(proxy_request(
         &active,
         &proxy.rollouts,
         peer,
@@ -91,9 +90,8 @@ pub async fn handle(
         client,
         &request_id,
         &mut outcome,
-    ))
-    .await
-    {
+    ));
+    let response = match forward.await {
         Ok(resp) => resp,
         Err(err) => {
             if let (
@@ -129,7 +127,7 @@ pub async fn handle(
             client,
             method: method.as_str(),
             host: &host,
-            path: logged_path.as_deref().unwrap_or_default(),
+            path: logged_target.as_ref().map_or("", http::Uri::path),
             protocol,
             route: outcome
                 .route

@@ -166,17 +166,24 @@ impl AccessRecord<'_> {
     /// the other log lines, written directly: the tracing JSON layer cost about a tenth of a
     /// request's CPU (benches/README.md).
     pub fn emit(&self) {
+        use std::cell::RefCell;
+        thread_local! {
+            // One line's buffer per thread, reused: no allocation per request.
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
         let Some(sink) = LogSink::installed() else {
             return;
         };
-        let mut line = String::with_capacity(320);
-        self.write_json(&mut line, std::time::SystemTime::now());
-        sink.push(line.as_bytes());
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            self.write_json(line, std::time::SystemTime::now());
+            sink.push(line.as_bytes());
+        });
     }
 
-    /// `{"timestamp":...,"level":"INFO","target":"access",...}` and a newline.
+    /// `{"timestamp":...,"level":"INFO","target":"access",...}` and a newline. Numbers and
+    /// addresses are written by hand: `fmt` machinery was most of this line's cost.
     pub fn write_json(&self, out: &mut String, now: std::time::SystemTime) {
-        use std::fmt::Write;
         out.push_str("{\"timestamp\":\"");
         rfc3339_micros(out, now);
         out.push_str("\",\"level\":\"INFO\",\"target\":\"access\"");
@@ -188,7 +195,9 @@ impl AccessRecord<'_> {
             out.push('"');
         };
         field(out, "request_id", self.request_id);
-        let _ = write!(out, ",\"client\":\"{}\"", self.client);
+        out.push_str(",\"client\":\"");
+        push_ip(out, self.client);
+        out.push('"');
         field(out, "method", self.method);
         field(out, "host", self.host);
         field(out, "path", self.path);
@@ -197,9 +206,11 @@ impl AccessRecord<'_> {
         out.push('"');
         field(out, "route", self.route);
         field(out, "upstream", self.upstream);
-        let _ = write!(out, ",\"status\":{}", self.status);
+        out.push_str(",\"status\":");
+        push_decimal(out, u64::from(self.status), 0);
         field(out, "error", self.error);
-        let _ = write!(out, ",\"attempts\":{}", self.attempts);
+        out.push_str(",\"attempts\":");
+        push_decimal(out, u64::from(self.attempts), 0);
         out.push_str(",\"upstream_ms\":");
         millis(out, self.upstream_ms);
         out.push_str(",\"total_ms\":");
@@ -209,12 +220,42 @@ impl AccessRecord<'_> {
     }
 }
 
+/// `n` in decimal, zero-padded to `width` digits.
+fn push_decimal(out: &mut String, n: u64, width: usize) {
+    let mut buf = [0u8; 20];
+    let digits = crate::forward::wire::decimal(n, &mut buf);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    // Only ASCII digits.
+    out.push_str(std::str::from_utf8(digits).unwrap_or_default());
+}
+
+/// An IPv4 address as dotted decimal; IPv6 as `Display` writes it.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u64::from(octet), 0);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// `ms` with three decimals (`1.500`), from integers: float formatting was a visible part of
 /// a request's CPU.
 fn millis(out: &mut String, ms: f64) {
-    use std::fmt::Write;
     let micros = (ms * 1000.0).round() as u64;
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+    push_decimal(out, micros / 1000, 0);
+    out.push('.');
+    push_decimal(out, micros % 1000, 3);
 }
 
 fn version_name(v: http::Version) -> &'static str {
@@ -228,19 +269,35 @@ fn version_name(v: http::Version) -> &'static str {
     }
 }
 
-/// JSON string contents: quotes, backslashes and control characters escaped.
+/// JSON string contents: quotes, backslashes and control characters escaped. Runs of plain
+/// text are copied whole.
 fn json_escape(out: &mut String, s: &str) {
-    use std::fmt::Write;
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped: [u8; 6];
+        let with: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0..0x20 | 0x7f => {
+                escaped = [
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ];
+                &escaped
             }
-            c => out.push(c),
-        }
+            _ => continue,
+        };
+        // `i` is at an ASCII byte: a character boundary.
+        out.push_str(&s[plain..i]);
+        out.push_str(std::str::from_utf8(with).unwrap_or_default());
+        plain = i + 1;
     }
+    out.push_str(&s[plain..]);
 }
 
 /// `2026-11-27T03:18:56.123456Z`: the date part is formatted once per second per thread.
@@ -271,7 +328,9 @@ fn rfc3339_micros(out: &mut String, now: std::time::SystemTime) {
         }
         out.push_str(&cached.1);
     });
-    let _ = write!(out, ".{:06}Z", since.subsec_micros());
+    out.push('.');
+    push_decimal(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
 }
 
 #[cfg(test)]

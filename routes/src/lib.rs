@@ -27,6 +27,12 @@ pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};
 pub use validate::{ConfigError, ConfigErrors, content_hash, load, validate};
 
+/// A map built once (from config, or per connection pool) and looked up on every request:
+/// hashed with foldhash, several times cheaper than SipHash on short keys. Keys from requests
+/// only look up; what is inserted comes from config or our own addresses, so there is no
+/// flooding to defend against.
+pub type LookupMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What the routing decision may look at: already extracted from the request by the proxy.
 /// Header-derived facts must only be filled in when the peer is a trusted proxy.
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,8 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use std::collections::HashMap;
-
 use crate::residency::{JurisdictionId, RegionPolicy, RegionSet};
 use crate::table::{PrefixMap, RouteTable};
 use crate::units::Cidr;
@@ -320,12 +318,12 @@ pub struct Classify {
     pub jurisdiction_header: String,
     pub geoip_db: Option<String>,
     /// Upper-case ISO 3166 alpha-2 → jurisdiction (built-in EU/EEA plus config).
-    pub(crate) countries: HashMap<String, JurisdictionId>,
+    pub(crate) countries: crate::LookupMap<String, JurisdictionId>,
     pub default: Option<JurisdictionId>,
     /// Lower-case header carrying the tenant id.
     pub tenant_header: Option<String>,
-    pub(crate) tenant_ids: HashMap<String, JurisdictionId>,
-    pub(crate) tenant_hosts: HashMap<String, JurisdictionId>,
+    pub(crate) tenant_ids: crate::LookupMap<String, JurisdictionId>,
+    pub(crate) tenant_hosts: crate::LookupMap<String, JurisdictionId>,
     pub(crate) tenant_prefixes: PrefixMap<JurisdictionId>,
 }
 

@@ -4,21 +4,20 @@
 //! Lookups cost one hash probe per host suffix and one per path segment, whatever the number of
 //! routes, so a 1,000-route table decides as fast as a 10-route one.
 
-use std::collections::HashMap;
-
+use crate::LookupMap;
 use crate::snapshot::RouteId;
 
 /// Prefix → value (a route, or a tenant's jurisdiction), for one host (or one wildcard suffix,
 /// or "any host").
 #[derive(Debug)]
 pub(crate) struct PrefixMap<T = RouteId> {
-    by_prefix: HashMap<String, T>,
+    by_prefix: LookupMap<String, T>,
 }
 
 impl<T> Default for PrefixMap<T> {
     fn default() -> Self {
         PrefixMap {
-            by_prefix: HashMap::new(),
+            by_prefix: LookupMap::default(),
         }
     }
 }
@@ -54,9 +53,9 @@ impl<T: Copy> PrefixMap<T> {
 /// All routes, indexed for lookup.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
-    pub(crate) exact: HashMap<String, PrefixMap>,
+    pub(crate) exact: LookupMap<String, PrefixMap>,
     /// Keyed by the suffix after `*`, e.g. `.example.com`.
-    pub(crate) wildcard: HashMap<String, PrefixMap>,
+    pub(crate) wildcard: LookupMap<String, PrefixMap>,
     pub(crate) any: PrefixMap,
 }
 
@@ -96,13 +95,15 @@ pub(crate) fn canonical_prefix(prefix: &str) -> String {
 pub fn normalize_host(raw: &str) -> String {
     // One step strips a port and trailing dots; repeat until nothing changes, so a malformed
     // name (`a:1.`) normalises to the same thing however often it is normalised.
-    let mut host = raw.to_ascii_lowercase();
+    // The steps only look at brackets, colons, digits and dots, which lower-casing leaves
+    // alone: strip first, then copy (and lower-case) once.
+    let mut host = raw;
     loop {
-        let next = normalize_host_step(&host);
+        let next = normalize_host_step(host);
         if next.len() == host.len() {
-            return host;
+            return host.to_ascii_lowercase();
         }
-        host = next.to_string();
+        host = next;
     }
 }
 
@@ -131,6 +132,11 @@ fn normalize_host_step(raw: &str) -> &str {
 pub fn normalize_path(raw: &str) -> Option<String> {
     if !raw.starts_with('/') {
         return None;
+    }
+    // Most paths are already normal: no escapes, and no `.` or `..` segment (every segment
+    // follows a `/`).
+    if !raw.contains('%') && !raw.contains("/.") {
+        return Some(raw.to_owned());
     }
     let bytes = raw.as_bytes();
     // Bytes, not chars: non-ASCII UTF-8 passes through untouched (only ASCII is decoded or

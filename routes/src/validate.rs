@@ -978,7 +978,7 @@ fn classify(raw: &RawClassify, jurisdictions: &mut Jurisdictions, errors: &mut E
         raw.jurisdiction_header.as_ref(),
         "x-client-jurisdiction",
     );
-    let mut countries = HashMap::new();
+    let mut countries = crate::LookupMap::default();
     let eu = jurisdictions.id("eu");
     for c in EU_EEA_COUNTRIES {
         countries.insert(c.to_string(), eu);

@@ -237,9 +237,11 @@ pub async fn send(
                 };
                 parts.uri = Uri::from(path.clone());
                 let req = Request::from_parts(parts, upstream_body);
+                // Boxed: hyper's exchange is several KiB, and bodiless requests (the common
+                // case) never need that room in this future.
                 tokio::time::timeout(
                     cfg.timeouts.request,
-                    cluster.client.request(member.addr, &member.authority, req),
+                    Box::pin(cluster.client.request(member.addr, &member.authority, req)),
                 )
                 .await
             }

@@ -110,7 +110,7 @@ struct Idle<C> {
 }
 
 /// Idle connections by (address, [`lane`]).
-type IdleLists<C> = Mutex<HashMap<(SocketAddr, usize), Vec<Idle<C>>>>;
+type IdleLists<C> = Mutex<routes::LookupMap<(SocketAddr, usize), Vec<Idle<C>>>>;
 
 /// Puts a finished connection on this thread's idle list for `addr`, unless the list is full.
 fn park<C>(lists: &IdleLists<C>, addr: SocketAddr, conn: C) {
@@ -157,8 +157,8 @@ impl UpstreamClient {
     pub fn new(transport: Transport) -> UpstreamClient {
         let shared = Arc::new(Shared {
             transport,
-            idle: Mutex::new(HashMap::new()),
-            wire: Mutex::new(HashMap::new()),
+            idle: Mutex::default(),
+            wire: Mutex::default(),
             h2: Mutex::new(HashMap::new()),
         });
         if !shared.transport.http2 {

@@ -213,6 +213,19 @@ pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `n` in decimal, written at the end of `out`.
+pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
 /// What one `Connection` field value says about the connection: (`close`, `keep-alive`).
 pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
     let mut options = (false, false);
@@ -305,7 +318,8 @@ fn parse_head(
         fields.push((name, start, start + h.value.len()));
     }
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds on the way back (`Via`, request id, region, cookie).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
     for (name, start, end) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
             .map_err(|_| invalid("bad upstream header value"))?;

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::{BoxError, HeadLimits};
-use crate::forward::wire::{connection_options, put_field};
+use crate::forward::wire::{connection_options, decimal, put_field};
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
 #[derive(Debug)]
@@ -180,22 +180,23 @@ where
         };
         let mut buf = BytesMut::new();
         loop {
-            let next = poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await;
-            let (req, info) = match next {
-                Next::Request(req, info) => (req, info),
-                Next::Closed => return,
-                Next::Hyper => break,
-            };
-            let answer = service.call(req);
-            let keep = Box::pin(exchange(
-                &mut io,
-                answer,
-                info,
-                &mut buf,
-                limits.max_bytes,
-                &stop,
-            ))
-            .await;
+            // Each request's state is moved into its box within one statement: a value named
+            // in this block (or a temporary alive across an `.await`) would be kept in the
+            // connection's future, idle or not.
+            let exchange =
+                match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await {
+                    Next::Request(req, info) => Box::pin(exchange(
+                        &mut io,
+                        service.call(req),
+                        info,
+                        &mut buf,
+                        limits.max_bytes,
+                        &stop,
+                    )),
+                    Next::Closed => return,
+                    Next::Hyper => break,
+                };
+            let keep = exchange.await;
             if !keep {
                 let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
                 return;
@@ -383,7 +384,9 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
         // Not ours to judge: hyper reads this head again from the start.
         return unsplit(buf, bytes);
     };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the pipeline adds (request id, `X-Forwarded-*`, `Via`): the map is
+    // not grown (rehashed) on the way upstream.
+    let mut headers = HeaderMap::with_capacity(count + 8);
     for f in &fields[..count] {
         let name = &bytes[f.name.0 as usize..f.name.1 as usize];
         let (Ok(name), Ok(value)) = (
@@ -510,7 +513,8 @@ where
         Framing::Close
     };
 
-    let mut out = Vec::with_capacity(256);
+    // Room for a typical proxied head and a small body (~300 bytes with our own fields).
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -525,7 +529,7 @@ where
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(n) = add_length {
-        put_field(&mut out, b"content-length", itoa_u64(n, &mut [0; 20]));
+        put_field(&mut out, b"content-length", decimal(n, &mut [0; 20]));
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -691,18 +695,6 @@ async fn write_all<I: AsyncWrite + Unpin>(io: &mut I, parts: &[&[u8]]) -> io::Re
 
 async fn flush<I: AsyncWrite + Unpin>(io: &mut I) -> io::Result<()> {
     poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
-}
-
-fn itoa_u64(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &out[i..];
-        }
-    }
 }
 
 fn hex_usize(mut n: usize, out: &mut [u8; 16]) -> &[u8] {

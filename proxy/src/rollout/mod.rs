@@ -9,7 +9,7 @@
 
 mod window;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -140,7 +140,7 @@ impl StatsView {
 /// Every route's rollout, by route name.
 #[derive(Debug, Default)]
 pub struct RolloutTable {
-    pub by_route: HashMap<String, Arc<RouteRollout>>,
+    pub by_route: routes::LookupMap<String, Arc<RouteRollout>>,
 }
 
 /// One audited change.
@@ -238,7 +238,7 @@ impl Rollouts {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.table.load_full();
         let now = clock::now_ms();
-        let mut by_route = HashMap::new();
+        let mut by_route = routes::LookupMap::default();
         let region_names: Vec<String> = snapshot.regions.iter().map(|r| r.name.clone()).collect();
         for route in &snapshot.routes {
             let Some(cfg) = &route.rollout else { continue };
@@ -678,13 +678,16 @@ pub fn assign(
         model::Sticky::Cookie(name) => match cookie(headers, name) {
             Some(v) => v,
             None => {
-                fresh = crate::classify::new_request_id();
-                set_cookie = http::HeaderValue::from_str(&format!(
-                    "{name}={}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax",
-                    fresh.to_str().unwrap_or_default()
-                ))
-                .ok();
-                fresh.as_bytes()
+                // A new user: a fresh id, sent back as the cookie (built in one buffer).
+                const ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax";
+                fresh = crate::classify::new_id_digits();
+                let mut value = Vec::with_capacity(name.len() + 1 + fresh.len() + ATTRIBUTES.len());
+                value.extend_from_slice(name.as_bytes());
+                value.push(b'=');
+                value.extend_from_slice(&fresh);
+                value.extend_from_slice(ATTRIBUTES);
+                set_cookie = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok();
+                &fresh
             }
         },
         model::Sticky::Header(h) => match headers.get(h.as_str()) {
