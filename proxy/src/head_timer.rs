@@ -29,7 +29,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
@@ -185,10 +184,10 @@ impl<B: Body> Body for Finished<B> {
 pub struct HeadTimer<T> {
     io: T,
     exchanges: Arc<Exchanges>,
-    /// For a head once started, and for the first one to start.
-    timeout: Duration,
-    /// For the next head after a request.
-    idle: Duration,
+    /// The listener's: `timeout` for a head once started (and for the first one to start),
+    /// `idle` for the next head after a request. Shared, not copied: this struct is part of
+    /// what every idle connection costs.
+    limits: Arc<crate::listen::HeadLimits>,
     listener: &'static str,
     /// `started` when last looked at: a change means a head was completed.
     seen: u32,
@@ -265,14 +264,13 @@ impl<T> HeadTimer<T> {
     pub fn new(
         io: T,
         exchanges: Arc<Exchanges>,
-        limits: &crate::listen::HeadLimits,
+        limits: Arc<crate::listen::HeadLimits>,
         listener: &'static str,
     ) -> HeadTimer<T> {
         HeadTimer {
             io,
             exchanges,
-            timeout: limits.timeout,
-            idle: limits.idle,
+            limits,
             listener,
             seen: 0,
             partial: false,
@@ -361,9 +359,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 // Armed inside an exchange too: hyper does not read again when the response
                 // ends, so this timer is what wakes an idle connection to be closed.
                 let wait = if this.partial || this.seen == 0 {
-                    this.timeout
+                    this.limits.timeout
                 } else {
-                    this.idle
+                    this.limits.idle
                 };
                 let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
                 loop {
@@ -373,7 +371,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                     }
                     // Inside an exchange (the body has its own timeout): the idle wait
                     // starts over.
-                    deadline = Instant::now() + this.idle;
+                    deadline = Instant::now() + this.limits.idle;
                     this.deadline = Some(deadline);
                 }
                 this.ended = true;

@@ -169,6 +169,7 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let head = Arc::new(head);
     let make_service = Arc::new(make_service);
     // Every connection holds a receiver: the drain is over when the last one is dropped.
     let (draining, _) = watch::channel(false);
@@ -225,8 +226,9 @@ where
         let stop = draining.subscribe();
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
+        let head = Arc::clone(&head);
         let Some(acceptor) = tls.clone() else {
-            let io = HeadTimer::new(stream, exchanges, &head, name);
+            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name);
             tokio::spawn(h1::serve(io, service, builder, head, stop, slot));
             continue;
         };
@@ -252,7 +254,7 @@ where
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = HeadTimer::new(stream, exchanges, &head, name);
+            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name);
             if h2 {
                 let conn = h1::hand_over(io, bytes::Bytes::new(), service, &builder, stop);
                 Box::pin(conn).await;

@@ -158,7 +158,7 @@ pub fn serve<I, S, B>(
     mut io: I,
     service: S,
     hyper: Arc<auto::Builder<TokioExecutor>>,
-    limits: HeadLimits,
+    limits: Arc<HeadLimits>,
     stop: watch::Receiver<bool>,
     guard: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -168,7 +168,8 @@ where
     B: ConnBody,
 {
     async move {
-        let _guard = guard;
+        // Held by reference: moving it into a local would keep it in this future twice.
+        let _guard = &guard;
         let mut stopped = {
             let mut rx = stop.clone();
             Stop {
@@ -886,7 +887,14 @@ mod tests {
         // As listen::serve sets it: the head limit is hyper's too once it has the connection.
         hyper.http1().max_buf_size(limits().max_bytes);
         let hyper = Arc::new(hyper);
-        let task = tokio::spawn(serve(server, service, hyper, limits(), stop_rx, ()));
+        let task = tokio::spawn(serve(
+            server,
+            service,
+            hyper,
+            Arc::new(limits()),
+            stop_rx,
+            (),
+        ));
         (client, stop_tx, given_up, task)
     }
 

@@ -108,13 +108,17 @@ where
     panic!("condition never held: {what}");
 }
 
-/// A loopback address nothing listens on (bound, then closed).
+/// A loopback address nothing listens on.
 pub async fn dead_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // Bound but never listening: connects are refused. The socket is kept for the test's life
+    // so no other test's ephemeral bind takes the port (a dropped listener's port can be
+    // handed out again while the suite runs in parallel, and then the "dead" address answers).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
+    let a = socket.local_addr().expect("addr");
+    std::mem::forget(socket);
     a
 }
 
