@@ -13,14 +13,15 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Peer;
 use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
+mod drain;
 mod h1;
+use drain::Drain;
 pub use h1::{ConnBody, ConnService, RequestBody};
 
 /// How long a client may take to finish the TLS handshake.
@@ -171,8 +172,8 @@ where
     let builder = Arc::new(builder);
     let head = Arc::new(head);
     let make_service = Arc::new(make_service);
-    // Every connection holds a receiver: the drain is over when the last one is dropped.
-    let (draining, _) = watch::channel(false);
+    // Every connection holds a part: the drain is over when the last one is dropped.
+    let draining = Arc::new(Drain::default());
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
     tokio::pin!(shutdown);
     loop {
@@ -223,7 +224,7 @@ where
             head.max_requests,
         );
         let builder = Arc::clone(&builder);
-        let stop = draining.subscribe();
+        let stop = draining.hold();
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
         let head = Arc::clone(&head);
@@ -264,8 +265,10 @@ where
         });
     }
     drop(listener);
-    draining.send_replace(true);
-    tokio::time::timeout(drain, draining.closed()).await.is_ok()
+    draining.start();
+    tokio::time::timeout(drain, draining.finished())
+        .await
+        .is_ok()
 }
 
 /// A short label for why a TLS handshake failed, for the metric.

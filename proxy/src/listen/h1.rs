@@ -37,8 +37,8 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 
+use super::drain::Hold;
 use super::{BoxError, HeadLimits};
 use crate::forward::wire::{connection_options, decimal, put_field};
 
@@ -132,23 +132,8 @@ const READ_CHUNK: usize = 4096;
 /// slice of a vectored write.
 const COPY_MAX: usize = 4096;
 
-/// The connection's side of a graceful stop.
-struct Stop<F> {
-    signal: Pin<Box<F>>,
-    fired: bool,
-}
-
-impl<F: Future> Stop<F> {
-    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.fired && self.signal.as_mut().poll(cx).is_ready() {
-            self.fired = true;
-        }
-        self.fired
-    }
-}
-
 /// Serves an HTTP/1.x connection until it ends, or hands it to hyper (see the module docs).
-/// `stop` turns to true when the listener drains: idle connections close, busy ones close after
+/// When the listener drains (`stop`), idle connections close, busy ones close after
 /// their answer. `guard` is held for the connection's life.
 ///
 /// Not an `async fn`: those keep their arguments twice (as arguments and as locals), and this
@@ -159,7 +144,7 @@ pub fn serve<I, S, B>(
     service: S,
     hyper: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<HeadLimits>,
-    stop: watch::Receiver<bool>,
+    stop: Hold,
     guard: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -170,22 +155,13 @@ where
     async move {
         // Held by reference: moving it into a local would keep it in this future twice.
         let _guard = &guard;
-        let mut stopped = {
-            let mut rx = stop.clone();
-            Stop {
-                signal: Box::pin(async move {
-                    let _ = rx.changed().await;
-                }),
-                fired: false,
-            }
-        };
         let mut buf = BytesMut::new();
         loop {
             // Each request's state is moved into its box within one statement: a value named
             // in this block (or a temporary alive across an `.await`) would be kept in the
             // connection's future, idle or not.
             let exchange =
-                match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &mut stopped)).await {
+                match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &stop)).await {
                     Next::Request(req, info) => Box::pin(exchange(
                         &mut io,
                         service.call(req),
@@ -219,7 +195,7 @@ pub async fn hand_over<I, S, B>(
     prefix: Bytes,
     service: S,
     hyper: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    stop: Hold,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: ConnService<B>,
@@ -235,7 +211,7 @@ pub async fn hand_over<I, S, B>(
     tokio::select! {
         // First: a stop that came before the hand-over is seen at once.
         biased;
-        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        () = poll_fn(|cx| stop.poll(cx)) => conn.as_mut().graceful_shutdown(),
         _ = conn.as_mut() => return,
     }
     let _ = conn.await;
@@ -261,12 +237,12 @@ struct Info {
     keep: bool,
 }
 
-fn poll_head<I: AsyncRead + Unpin, F: Future>(
+fn poll_head<I: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
     buf: &mut BytesMut,
     limits: &HeadLimits,
-    stopped: &mut Stop<F>,
+    stop: &Hold,
 ) -> Poll<Next> {
     loop {
         if !buf.is_empty() {
@@ -283,7 +259,7 @@ fn poll_head<I: AsyncRead + Unpin, F: Future>(
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
             Poll::Ready(Ok(_)) => {}
             Poll::Pending => {
-                if buf.is_empty() && stopped.poll(cx) {
+                if buf.is_empty() && stop.poll(cx).is_ready() {
                     return Poll::Ready(Next::Closed);
                 }
                 return Poll::Pending;
@@ -431,7 +407,7 @@ async fn exchange<I, F, E, B>(
     info: Info,
     buf: &mut BytesMut,
     max_bytes: usize,
-    draining: &watch::Receiver<bool>,
+    draining: &Hold,
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -457,7 +433,7 @@ where
     let Some(resp) = answered else {
         return false;
     };
-    let keep = info.keep && !draining.has_changed().unwrap_or(true);
+    let keep = info.keep && !draining.is_draining();
     write_response(io, resp, info, keep).await.unwrap_or(false)
 }
 
@@ -790,6 +766,7 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    use super::super::drain::Drain;
     use super::*;
 
     /// Frames handed out one by one, length unknown (chunked on the wire).
@@ -874,12 +851,12 @@ mod tests {
     /// A served connection; the client's end, the drain switch and the given-up flag.
     fn start() -> (
         DuplexStream,
-        watch::Sender<bool>,
+        Arc<Drain>,
         Arc<AtomicBool>,
         tokio::task::JoinHandle<()>,
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let drain = Arc::new(Drain::default());
         let given_up = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&given_up);
         let service = hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag)));
@@ -892,10 +869,10 @@ mod tests {
             service,
             hyper,
             Arc::new(limits()),
-            stop_rx,
+            drain.hold(),
             (),
         ));
-        (client, stop_tx, given_up, task)
+        (client, drain, given_up, task)
     }
 
     /// What a client reads, to the close, from a fresh connection after sending `send`.
@@ -1051,20 +1028,20 @@ mod tests {
         let n = client.read(&mut got).await.expect("read");
         assert!(got[..n].starts_with(b"HTTP/1.1 200"));
         // Idle now: the drain ends it.
-        stop.send_replace(true);
+        stop.start();
         task.await.expect("served");
         assert_eq!(client.read(&mut got).await.expect("read"), 0);
 
         // Drain signalled while a request waits in the buffer: it is answered, with close.
         let (mut client, stop, _, task) = start();
-        stop.send_replace(true);
+        stop.start();
         let text = transcript(&mut client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
         task.await.expect("served");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         // The same for a request hyper takes over: it is answered, then the connection ends
         // (the transcript reads to the end; hyper's answer says nothing of the close).
         let (mut client, stop, _, task) = start();
-        stop.send_replace(true);
+        stop.start();
         let text = transcript(
             &mut client,
             b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
