@@ -4,7 +4,8 @@
 Starts the harness's upstream nginx, an nginx reverse proxy (the harness's template) and
 frontdoor (benches/frontdoor-candidate.sh, bare config, header_timeout raised so idle
 connections stay), then for each proxy: opens N connections, sends one request on each, reads
-the answer, keeps them all open, and reports the proxy's RSS before and after.
+the answer, keeps them all open, and reports the proxy's RSS before and after (and fails if
+any connection was closed by then).
 
     cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000]
 """
@@ -107,8 +108,18 @@ def main():
             socks = hold(port, a.conns)
             time.sleep(1.0)
             after = rss_kib(proc.pid)
+            # Every connection must still be open when measured (none closed by a timeout).
+            closed = 0
+            for s in socks:
+                s.setblocking(False)
+                try:
+                    closed += s.recv(1) == b""
+                except BlockingIOError:
+                    pass
+            if closed:
+                sys.exit(f"{name}: {closed} of {a.conns} connections closed before the measurement")
             per = (after - before) * 1024 / a.conns
-            print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} per_conn={per:.0f} B")
+            print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} open={a.conns} per_conn={per:.0f} B")
             for s in socks:
                 s.close()
     finally:

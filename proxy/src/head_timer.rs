@@ -10,9 +10,10 @@
 //! Two parts share one connection's [`Exchanges`]: [`Counted`] wraps the service and counts
 //! requests started (the head was parsed) and finished (the response body was dropped: written
 //! out or abandoned); [`HeadTimer`] wraps the connection's IO and, whenever a read would wait,
-//! waits on one per-connection timer, which ends the connection only if it fires while no
-//! request is in flight. The timer is re-armed lazily, so the request path pays a clock read
-//! and a waker registration, not a timer insertion. HTTP/2 connections (client preface `PRI `)
+//! leaves a deadline with its listener (`listen::slots`), whose sweep wakes it once that has
+//! passed; it ends the connection only if no request is in flight by then. So the request path
+//! pays a clock read and a waker registration, not a timer insertion, and a timeout fires up to
+//! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `)
 //! are left to h2's own limits.
 //!
 //! The same reads are watched for one smuggling shape hyper tolerates: a head with both
@@ -33,9 +34,10 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::listen::RequestBody;
+use crate::listen::slots::Deadline;
 
 /// What a client that took too long over its request head reads before the connection ends.
 pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 34\r\n\r\nrequest head not received in time\n";
@@ -195,8 +197,9 @@ pub struct HeadTimer<T> {
     partial: bool,
     /// When the current wait (idle or partial head) runs out; `None` while not waiting.
     deadline: Option<Instant>,
-    /// One timer per connection, created at the first wait and re-armed only when it fires.
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// The connection's slot in its listener's list: the wait's deadline is left there, and
+    /// the listener's sweep wakes the connection once it has passed (no timer of its own).
+    timer: Deadline,
     /// The first bytes, until four have come: `PRI ` means HTTP/2.
     prefix: [u8; 4],
     prefix_len: u8,
@@ -266,16 +269,17 @@ impl<T> HeadTimer<T> {
         exchanges: Arc<Exchanges>,
         limits: Arc<crate::listen::HeadLimits>,
         listener: &'static str,
+        timer: Deadline,
     ) -> HeadTimer<T> {
         HeadTimer {
             io,
             exchanges,
             limits,
             listener,
+            timer,
             seen: 0,
             partial: false,
             deadline: None,
-            sleep: None,
             prefix: [0; 4],
             prefix_len: 0,
             off: false,
@@ -294,22 +298,9 @@ impl<T> HeadTimer<T> {
         }
     }
 
-    /// Polls the connection's timer towards `deadline`; ready once it has passed.
+    /// Ready once `deadline` has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() > deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        loop {
-            ready!(sleep.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            // Fired for an earlier wait: on to this one's deadline.
-            sleep.as_mut().reset(deadline);
-        }
+        self.timer.poll_until(cx, deadline)
     }
 }
 

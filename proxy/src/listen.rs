@@ -19,10 +19,10 @@ use crate::classify::Peer;
 use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
-mod drain;
 mod h1;
-use drain::Drain;
+pub(crate) mod slots;
 pub use h1::{ConnBody, ConnService, RequestBody};
+use slots::Slots;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,8 +172,10 @@ where
     let builder = Arc::new(builder);
     let head = Arc::new(head);
     let make_service = Arc::new(make_service);
-    // Every connection holds a part: the drain is over when the last one is dropped.
-    let draining = Arc::new(Drain::default());
+    // Every connection holds a slot: the drain is over when the last one is dropped. The
+    // sweep wakes connections whose head or idle wait has run out.
+    let draining = Arc::new(Slots::default());
+    tokio::spawn(slots::sweep(Arc::downgrade(&draining)));
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
     tokio::pin!(shutdown);
     loop {
@@ -229,7 +231,7 @@ where
         // what it costs.
         let head = Arc::clone(&head);
         let Some(acceptor) = tls.clone() else {
-            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name);
+            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name, stop.deadline());
             tokio::spawn(h1::serve(io, service, builder, head, stop, slot));
             continue;
         };
@@ -255,7 +257,7 @@ where
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name);
+            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name, stop.deadline());
             if h2 {
                 let conn = h1::hand_over(io, bytes::Bytes::new(), service, &builder, stop);
                 Box::pin(conn).await;
@@ -265,7 +267,7 @@ where
         });
     }
     drop(listener);
-    draining.start();
+    draining.start_drain();
     tokio::time::timeout(drain, draining.finished())
         .await
         .is_ok()

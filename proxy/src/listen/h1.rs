@@ -38,7 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::drain::Hold;
+use super::slots::Hold;
 use super::{BoxError, HeadLimits};
 use crate::forward::wire::{connection_options, decimal, put_field};
 
@@ -766,7 +766,7 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    use super::super::drain::Drain;
+    use super::super::slots::Slots;
     use super::*;
 
     /// Frames handed out one by one, length unknown (chunked on the wire).
@@ -851,12 +851,12 @@ mod tests {
     /// A served connection; the client's end, the drain switch and the given-up flag.
     fn start() -> (
         DuplexStream,
-        Arc<Drain>,
+        Arc<Slots>,
         Arc<AtomicBool>,
         tokio::task::JoinHandle<()>,
     ) {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let drain = Arc::new(Drain::default());
+        let drain = Arc::new(Slots::default());
         let given_up = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&given_up);
         let service = hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag)));
@@ -1028,20 +1028,20 @@ mod tests {
         let n = client.read(&mut got).await.expect("read");
         assert!(got[..n].starts_with(b"HTTP/1.1 200"));
         // Idle now: the drain ends it.
-        stop.start();
+        stop.start_drain();
         task.await.expect("served");
         assert_eq!(client.read(&mut got).await.expect("read"), 0);
 
         // Drain signalled while a request waits in the buffer: it is answered, with close.
         let (mut client, stop, _, task) = start();
-        stop.start();
+        stop.start_drain();
         let text = transcript(&mut client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await;
         task.await.expect("served");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         // The same for a request hyper takes over: it is answered, then the connection ends
         // (the transcript reads to the end; hyper's answer says nothing of the close).
         let (mut client, stop, _, task) = start();
-        stop.start();
+        stop.start_drain();
         let text = transcript(
             &mut client,
             b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
