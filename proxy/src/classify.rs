@@ -266,10 +266,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: 
         let proto = if peer.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST))
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(X_FORWARDED_HOST, v);
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        // The `Host` field itself when it is already in normal form (no copy).
+        let value = match headers.get(header::HOST) {
+            Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(host).ok(),
+        };
+        if let Some(v) = value {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
     }
 }
 

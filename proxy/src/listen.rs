@@ -174,8 +174,8 @@ where
     let make_service = Arc::new(make_service);
     // Every connection holds a slot: the drain is over when the last one is dropped. The
     // sweep wakes connections whose head or idle wait has run out.
-    let draining = Arc::new(Slots::default());
-    tokio::spawn(slots::sweep(Arc::downgrade(&draining)));
+    let open = Arc::new(Slots::default());
+    tokio::spawn(slots::sweep(Arc::downgrade(&open)));
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
     tokio::pin!(shutdown);
     loop {
@@ -226,7 +226,7 @@ where
             head.max_requests,
         );
         let builder = Arc::clone(&builder);
-        let stop = draining.hold();
+        let stop = open.hold();
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
         let head = Arc::clone(&head);
@@ -267,10 +267,8 @@ where
         });
     }
     drop(listener);
-    draining.start_drain();
-    tokio::time::timeout(drain, draining.finished())
-        .await
-        .is_ok()
+    open.start_drain();
+    tokio::time::timeout(drain, open.finished()).await.is_ok()
 }
 
 /// A short label for why a TLS handshake failed, for the metric.

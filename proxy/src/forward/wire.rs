@@ -153,7 +153,13 @@ impl WireConn {
             });
         }
         loop {
-            match parse_head(&mut self.buf, &mut self.fields, *method == Method::HEAD) {
+            // Nothing read yet (as a rule, right after the request went out): wait for bytes.
+            let parsed = if self.buf.is_empty() {
+                Ok(None)
+            } else {
+                parse_head(&mut self.buf, &mut self.fields, *method == Method::HEAD)
+            };
+            match parsed {
                 Ok(Some(Parsed::Interim)) => {}
                 Ok(Some(Parsed::Final(response, framing, keep))) => {
                     return Ok(response.map(|()| WireBody {
