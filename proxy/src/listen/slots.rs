@@ -49,6 +49,10 @@ struct Slot {
     waker: Option<Waker>,
     /// When its wait runs out, if it has a deadline.
     deadline: Option<Instant>,
+    /// Handles on this slot ([`Hold`], [`Deadline`]): it is handed out again only when both
+    /// are gone. (A WebSocket tunnel keeps the connection's IO, and its deadline, after the
+    /// connection loop and its hold have ended.)
+    users: u8,
 }
 
 impl Slots {
@@ -63,6 +67,7 @@ impl Slots {
                 t.slots.len() - 1
             }
         };
+        t.slots[slot].users = 1;
         Hold {
             slots: Arc::clone(self),
             slot,
@@ -111,6 +116,16 @@ impl Slots {
             .collect();
         for waker in wakers {
             waker.wake();
+        }
+    }
+
+    /// One handle on `slot` is gone; the last one gives the slot back.
+    fn release(t: &mut Table, slot: usize) {
+        let s = &mut t.slots[slot];
+        s.users -= 1;
+        if s.users == 0 {
+            *s = Slot::default();
+            t.free.push(slot);
         }
     }
 
@@ -172,6 +187,7 @@ impl Hold {
 
     /// The same slot, for the connection's deadlines (not counted: the hold is).
     pub fn deadline(&self) -> Deadline {
+        self.slots.lock().slots[self.slot].users += 1;
         Deadline {
             slots: Arc::clone(&self.slots),
             slot: self.slot,
@@ -183,8 +199,7 @@ impl Drop for Hold {
     fn drop(&mut self) {
         let last = {
             let mut t = self.slots.lock();
-            t.slots[self.slot] = Slot::default();
-            t.free.push(self.slot);
+            Slots::release(&mut t, self.slot);
             t.live -= 1;
             t.live == 0
         };
@@ -194,12 +209,17 @@ impl Drop for Hold {
     }
 }
 
-/// A connection's deadline in its slot (see the module docs). Lives no longer than the
-/// connection's [`Hold`]: both are dropped with the connection.
+/// A connection's deadline in its slot (see the module docs).
 #[derive(Debug)]
 pub struct Deadline {
     slots: Arc<Slots>,
     slot: usize,
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        Slots::release(&mut self.slots.lock(), self.slot);
+    }
 }
 
 impl Deadline {
@@ -253,6 +273,26 @@ mod tests {
         let again = slots.hold();
         assert_eq!(slots.lock().slots.len(), 3);
         drop(again);
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_reused_only_when_its_hold_and_deadline_are_both_gone() {
+        let slots = Arc::new(Slots::default());
+        let hold = slots.hold();
+        let deadline = hold.deadline();
+        // The connection loop ends; its IO (and deadline) lives on, e.g. in a tunnel.
+        drop(hold);
+        let other = slots.hold();
+        assert_ne!(
+            other.slot, deadline.slot,
+            "a slot still in use was handed out"
+        );
+        drop(deadline);
+        let reused = slots.hold();
+        assert_eq!(reused.slot, 0);
+        assert_eq!(slots.lock().slots.len(), 2);
+        drop((other, reused));
+        slots.finished().await;
     }
 
     /// (Paused clock.)
