@@ -297,11 +297,6 @@ impl<T> HeadTimer<T> {
             self.off = true;
         }
     }
-
-    /// Ready once `deadline` has passed.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        self.timer.poll_until(cx, deadline)
-    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
@@ -356,7 +351,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 };
                 let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
                 loop {
-                    ready!(this.poll_deadline(cx, deadline));
+                    ready!(this.timer.poll_until(cx, deadline));
                     if this.exchanges.between_requests() {
                         break;
                     }

@@ -78,9 +78,7 @@ pub async fn handle(
         cache: None,
     };
     // Boxed: the request's whole state machine is several KiB, and the service future (this
-    // one) is moved by value; a pointer is cheaper to move than the state. Boxed in its own
-    // statement: a temporary in the `match` below would live across the `.await`, and this
-    // future would keep room for the unboxed state after all.
+    // one) is moved by value; a pointer is cheaper to move than the state.
     let forward = Box::pin(proxy_request(
         &active,
         &proxy.rollouts,

@@ -20,7 +20,6 @@
 //! would drive it across threads (a wakeup each way per request); inline connections are
 //! registered with the reactor of the worker that opened them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -138,7 +137,7 @@ struct Shared {
     transport: Transport,
     idle: IdleLists<http1::SendRequest<UpstreamBody>>,
     wire: IdleLists<WireConn>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<routes::LookupMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
 }
 
 impl Return for Shared {
@@ -159,7 +158,7 @@ impl UpstreamClient {
             transport,
             idle: Mutex::default(),
             wire: Mutex::default(),
-            h2: Mutex::new(HashMap::new()),
+            h2: Mutex::default(),
         });
         if !shared.transport.http2 {
             reap(Arc::downgrade(&shared));

@@ -157,9 +157,9 @@ where
         let _guard = &guard;
         let mut buf = BytesMut::new();
         loop {
-            // Each request's state is moved into its box within one statement: a value named
-            // in this block (or a temporary alive across an `.await`) would be kept in the
-            // connection's future, idle or not.
+            // The parsed request goes straight into the exchange's box: held in a named local
+            // here, it kept its room (272 bytes) in the connection's future, idle or not
+            // (760 bytes against 488, release layout).
             let exchange =
                 match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &stop)).await {
                     Next::Request(req, info) => Box::pin(exchange(

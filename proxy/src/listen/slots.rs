@@ -77,15 +77,7 @@ impl Slots {
     /// Flips to draining and wakes every connection that waits.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self
-            .lock()
-            .slots
-            .iter_mut()
-            .filter_map(|s| s.waker.take())
-            .collect();
-        for waker in wakers {
-            waker.wake();
-        }
+        self.wake(|s| s.waker.take());
     }
 
     /// Returns once every hold is dropped.
@@ -104,16 +96,18 @@ impl Slots {
 
     /// Wakes the connections whose deadline is `now` or earlier.
     fn wake_expired(&self, now: Instant) {
-        let wakers: Vec<Waker> = self
-            .lock()
-            .slots
-            .iter_mut()
-            .filter(|s| s.deadline.is_some_and(|d| d <= now))
-            .filter_map(|s| {
-                s.deadline = None;
-                s.waker.take()
-            })
-            .collect();
+        self.wake(|s| {
+            if s.deadline.is_none_or(|d| d > now) {
+                return None;
+            }
+            s.deadline = None;
+            s.waker.take()
+        });
+    }
+
+    /// Wakes the wakers `take` takes from the slots (woken after the lock is released).
+    fn wake(&self, take: impl FnMut(&mut Slot) -> Option<Waker>) {
+        let wakers: Vec<Waker> = self.lock().slots.iter_mut().filter_map(take).collect();
         for waker in wakers {
             waker.wake();
         }
@@ -185,7 +179,8 @@ impl Hold {
         }
     }
 
-    /// The same slot, for the connection's deadlines (not counted: the hold is).
+    /// The same slot, for the connection's deadlines (one more user of the slot; the open
+    /// connections are counted by holds alone).
     pub fn deadline(&self) -> Deadline {
         self.slots.lock().slots[self.slot].users += 1;
         Deadline {
