@@ -173,8 +173,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     // HOP_BY_HOP[0] is `Connection`: the fields it names go too. Its values are taken out of
-    // the map first (one, as a rule; a copy of the others only when there are several), and
-    // each name is looked up as text, so no header name is built.
+    // the map first (one, as a rule; a copy of the others only when there are several). The
+    // usual names (`keep-alive`, `upgrade`) are hop-by-hop fields the bits above deal with;
+    // any other is looked for among the names present (most often `close`, which is not).
     if present & 1 != 0 {
         let others: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -186,11 +187,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         for value in first.iter().chain(&others) {
             for name in value.as_bytes().split(|b| *b == b',') {
                 let name = name.trim_ascii();
-                if name.is_empty() || (keep_upgrade && name.eq_ignore_ascii_case(b"upgrade")) {
+                if name.is_empty()
+                    || name.eq_ignore_ascii_case(b"upgrade")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                {
                     continue;
                 }
-                if let Ok(name) = std::str::from_utf8(name) {
-                    headers.remove(name);
+                let named = headers
+                    .keys()
+                    .find(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
+                    .cloned();
+                if let Some(named) = named {
+                    headers.remove(named);
                 }
             }
         }
@@ -347,6 +357,16 @@ cluster = "c"
         ]);
         strip_hop_by_hop(&mut two, false);
         assert_eq!(two.keys().collect::<Vec<_>>(), ["accept"]);
+        // Names that are hop-by-hop fields themselves, in any case, and names of no field.
+        let mut named = headers(&[
+            ("connection", "Upgrade, KEEP-ALIVE, close, TE"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut named, false);
+        assert_eq!(named.keys().collect::<Vec<_>>(), ["accept"]);
         // Each one alone, too (a head with none of them is left as it is).
         for name in [
             "connection",

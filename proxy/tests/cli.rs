@@ -90,6 +90,13 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn frontdoor");
+    // Read stdout as it comes: a full pipe would stall the access log's writer.
+    let mut out_pipe = child.stdout.take().expect("stdout");
+    let stdout_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        out_pipe.read_to_string(&mut text).expect("read stdout");
+        text
+    });
     let url = format!("http://127.0.0.1:{http}/");
     let client = loadtest::Client::http1();
     common::eventually("frontdoor answers", || {
@@ -158,6 +165,17 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
     );
     assert_eq!(client.get(&url).await.expect("still serving").status, 200);
 
+    // Enough requests for several of the access log's 64 KiB batches; every line must come out,
+    // whole and in order.
+    const LOGGED: usize = 600;
+    for i in 0..LOGGED {
+        let r = client
+            .get(&format!("{url}logged/{i}"))
+            .await
+            .expect("logged request");
+        assert_eq!(r.status, 200);
+    }
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -176,13 +194,25 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
         panic!("frontdoor did not exit after SIGTERM");
     });
     assert!(exit.success(), "exit status {exit}");
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut stdout)
-        .expect("read");
+    let stdout = stdout_reader.join().expect("stdout reader");
+    let logged: Vec<usize> = stdout
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .filter_map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).expect("access log is JSON");
+            line["path"]
+                .as_str()?
+                .strip_prefix("/logged/")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let first_wrong = logged.iter().enumerate().position(|(i, n)| i != *n);
+    assert!(
+        logged.len() == LOGGED && first_wrong.is_none(),
+        "{} access lines for {LOGGED} requests; first out of place at {first_wrong:?}",
+        logged.len()
+    );
     let access = stdout
         .lines()
         .find(|l| l.contains("\"target\":\"access\""))
