@@ -188,22 +188,14 @@ async fn proxy_request(
     let geo_text = geo.as_ref().and_then(|c| std::str::from_utf8(c).ok());
     let decision = {
         let headers = req.headers();
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let c = &snapshot.classify;
+        let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let c = &active.classify_headers;
         let facts = routes::RequestFacts {
             host,
             path: &path,
-            tenant: c.tenant_header.as_deref().and_then(text),
-            country: if trusted {
-                text(&c.country_header)
-            } else {
-                None
-            },
-            jurisdiction: if trusted {
-                text(&c.jurisdiction_header)
-            } else {
-                None
-            },
+            tenant: c.tenant.as_ref().and_then(text),
+            country: if trusted { text(&c.country) } else { None },
+            jurisdiction: if trusted { text(&c.jurisdiction) } else { None },
             geoip_country: geo_text,
         };
         snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?
@@ -213,9 +205,9 @@ async fn proxy_request(
     let route = snapshot.route(decision.route);
     if !trusted {
         // Edge classification headers from anyone else are ignored and not passed on.
-        let c = &snapshot.classify;
-        req.headers_mut().remove(c.country_header.as_str());
-        req.headers_mut().remove(c.jurisdiction_header.as_str());
+        let c = &active.classify_headers;
+        req.headers_mut().remove(&c.country);
+        req.headers_mut().remove(&c.jurisdiction);
     }
 
     // limit: the route's token bucket for this client key

@@ -30,6 +30,35 @@ pub struct Active {
     region_headers: Vec<http::HeaderValue>,
     /// Our `Via` entries by protocol version, built once per snapshot.
     pub via: crate::classify::ViaValues,
+    /// The classification headers' names, parsed once per snapshot: a lookup by text parses
+    /// the name each time.
+    pub classify_headers: ClassifyHeaders,
+}
+
+/// `classify.country_header`, `jurisdiction_header` and the tenant header as header names.
+#[derive(Debug)]
+pub struct ClassifyHeaders {
+    pub country: http::HeaderName,
+    pub jurisdiction: http::HeaderName,
+    pub tenant: Option<http::HeaderName>,
+}
+
+impl ClassifyHeaders {
+    fn new(c: &routes::Classify) -> Result<ClassifyHeaders, Vec<String>> {
+        // Validated when the config loaded; an error here would be a validation gap.
+        let name = |field: &str, n: &str| {
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| vec![format!("classify.{field}: {n:?} is not a header name")])
+        };
+        Ok(ClassifyHeaders {
+            country: name("country_header", &c.country_header)?,
+            jurisdiction: name("jurisdiction_header", &c.jurisdiction_header)?,
+            tenant: match &c.tenant_header {
+                Some(t) => Some(name("tenants.header", t)?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl Active {
@@ -402,6 +431,7 @@ async fn build_active(
         })
         .collect();
     let via = crate::classify::ViaValues::new(&snapshot.server.via);
+    let classify_headers = ClassifyHeaders::new(&snapshot.classify)?;
     Ok(Active {
         snapshot,
         upstreams,
@@ -411,6 +441,7 @@ async fn build_active(
         cache,
         region_headers,
         via,
+        classify_headers,
     })
 }
 

@@ -273,6 +273,13 @@ fn version_name(v: http::Version) -> &'static str {
 /// text are copied whole.
 fn json_escape(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Most values need nothing escaped. This test has no early exit, so the compiler checks
+    // many bytes per step; the loop below went byte by byte.
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f;
+    if !s.bytes().fold(false, |any, b| any | special(b)) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
         let escaped: [u8; 6];

@@ -43,6 +43,8 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 pub struct RolloutState {
     pub config: Rollout,
+    /// `config.override_header`, parsed once: a lookup by text parses the name each time.
+    pub override_name: http::HeaderName,
     /// Percent of users on the candidate.
     pub weight: f64,
     pub phase: Phase,
@@ -251,6 +253,7 @@ impl Rollouts {
                 Some(prev) if same(&prev.state) => {
                     let mut state = prev.state.clone();
                     state.config = cfg.clone();
+                    state.override_name = override_name(cfg);
                     let regions_same = prev
                         .windows
                         .regions
@@ -270,6 +273,7 @@ impl Rollouts {
                 _ => RouteRollout {
                     state: RolloutState {
                         config: cfg.clone(),
+                        override_name: override_name(cfg),
                         weight: cfg.initial_weight,
                         phase: Phase::Progressing,
                         since_ms: now,
@@ -652,10 +656,7 @@ pub fn assign(
 ) -> Assignment {
     let cfg = &state.config;
     if !cfg.override_trusted_only || trusted {
-        match headers
-            .get(cfg.override_header.as_str())
-            .map(|v| v.as_bytes())
-        {
+        match headers.get(&state.override_name).map(|v| v.as_bytes()) {
             Some(b"canary" | b"candidate") => {
                 return Assignment {
                     version: Version::Candidate,
@@ -712,6 +713,12 @@ pub fn assign(
         version,
         set_cookie,
     }
+}
+
+/// A rollout's override header as a name (validated when the config loaded).
+fn override_name(cfg: &Rollout) -> http::HeaderName {
+    http::HeaderName::from_bytes(cfg.override_header.as_bytes())
+        .unwrap_or_else(|_| http::HeaderName::from_static("x-frontdoor-version"))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
