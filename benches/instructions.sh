@@ -9,6 +9,10 @@
 # (host:port answering GET /, e.g. an nginx `return 200`), warms up for 3 s, then counts the
 # instructions of a 10 s `wrk -c10` run. Every response must be a 2xx (an upstream that is not
 # there would measure the error path). Needs valgrind and wrk.
+#
+# Prints the whole process's count per request and the request thread's alone: the other
+# threads (metrics upkeep, log flushing) do a fixed amount of work per second, which a slower
+# run spreads over fewer requests. CLOSE=1 sends `Connection: close` (a connection per request).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -ge 2 ]; then bin=$1 upstream=$2; else bin=$root/target/release/frontdoor upstream=${1:?UPSTREAM host:port}; fi
@@ -26,10 +30,12 @@ for _ in $(seq 150); do
   curl -s -o /dev/null "http://$listen/" && break
   sleep 0.2
 done
-wrk -t1 -c10 -d3 "http://$listen/" >/dev/null
+close=()
+if [ -n "${CLOSE:-}" ]; then close=(-H "Connection: close"); fi
+wrk -t1 -c10 -d3 "${close[@]}" "http://$listen/" >/dev/null
 pid=$(pgrep -f "callgrind-out-file=$run/" | head -1)
 callgrind_control -z "$pid" >/dev/null
-out=$(wrk -t1 -c10 -d10 "http://$listen/")
+out=$(wrk -t1 -c10 -d10 "${close[@]}" "http://$listen/")
 callgrind_control -d "$pid" >/dev/null
 if grep -q "Non-2xx" <<<"$out"; then
   echo "error responses during the run (is $upstream up?):" >&2
@@ -37,5 +43,9 @@ if grep -q "Non-2xx" <<<"$out"; then
   exit 1
 fi
 requests=$(awk '/requests in/{print $1}' <<<"$out")
-instructions=$(callgrind_annotate "$run/cg.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
-echo "requests=$requests instructions=$instructions instructions/request=$((instructions / requests))"
+annotated=$(callgrind_annotate --inclusive=yes "$run/cg.out.1" 2>/dev/null)
+instructions=$(awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}' <<<"$annotated")
+# Everything run by threads the process started (all but the runtime's own thread).
+spawned=$(awk '/clone.S:clone /{gsub(",","",$1); print $1; exit}' <<<"$annotated")
+spawned=${spawned:-0}
+echo "requests=$requests instructions=$instructions instructions/request=$((instructions / requests)) request-thread/request=$(((instructions - spawned) / requests))"

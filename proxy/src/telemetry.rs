@@ -197,7 +197,7 @@ impl AccessRecord<'_> {
         };
         field(out, "request_id", self.request_id);
         out.extend_from_slice(b",\"client\":\"");
-        push_ip(out, self.client);
+        crate::classify::push_ip(out, self.client);
         out.push(b'"');
         field(out, "method", self.method);
         field(out, "host", self.host);
@@ -229,24 +229,6 @@ fn push_decimal(out: &mut Vec<u8>, n: u64, width: usize) {
         out.push(b'0');
     }
     out.extend_from_slice(digits);
-}
-
-/// An IPv4 address as dotted decimal; IPv6 as `Display` writes it.
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_decimal(out, u64::from(octet), 0);
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// `ms` with three decimals (`1.500`), from integers: float formatting was a visible part of
