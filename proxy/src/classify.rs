@@ -285,11 +285,19 @@ impl ViaValues {
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
 /// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted && !prev.trim().is_empty() => {
+    // An untrusted peer's own `X-Forwarded-For` is replaced without being read.
+    let prev = match trusted {
+        true => headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|prev| !prev.trim().is_empty()),
+        false => None,
+    };
+    let xff = match prev {
+        Some(prev) => {
             HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip().to_canonical())).ok()
         }
-        _ => Some(peer.ip.clone()),
+        None => Some(peer.ip.clone()),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
