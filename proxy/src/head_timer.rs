@@ -16,13 +16,15 @@
 //! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `)
 //! are left to h2's own limits.
 //!
-//! The same reads are watched for one smuggling shape hyper tolerates: a head with both
+//! Heads that hyper parses are watched for one smuggling shape hyper tolerates: a head with both
 //! `Transfer-Encoding` and `Content-Length` (hyper drops the length, reads chunked and closes
 //! afterwards; RFC 9112 §6.1 lets a server do that or refuse). [`HeadScan`] looks at the header
-//! names of each head that begins between requests and marks the request [`AmbiguousFraming`],
-//! which the pipeline answers 400. A head pipelined behind another (already in hyper's buffer
-//! when it begins) is not scanned and keeps hyper's handling: it is still read one way only and
-//! the connection still closes after it.
+//! names and marks the request [`AmbiguousFraming`], which the pipeline answers 400. Our own
+//! loop parses whole heads and hands hyper any head with either field, so the watch starts at
+//! that hand-over ([`WatchHeads`]): with the head hyper is handed, then with each head that
+//! begins between requests as hyper reads it. A head pipelined behind that one (already in
+//! hyper's buffer when it begins) is not scanned and keeps hyper's handling: it is still read
+//! one way only and the connection still closes after it.
 
 use std::future::Future;
 use std::io;
@@ -207,8 +209,30 @@ pub struct HeadTimer<T> {
     off: bool,
     /// Timed out: reads see the end, writes go nowhere.
     ended: bool,
+    /// Hyper parses this connection's heads: they are scanned as they arrive.
+    watching: bool,
     /// The header names of the head being received.
     scan: HeadScan,
+}
+
+/// IO whose connection is handed to hyper (see the module docs).
+pub trait WatchHeads {
+    /// From now on, heads are watched for both framing fields; `head` is what hyper reads
+    /// first, from the start of a head.
+    fn watch_heads(&mut self, head: &[u8]);
+}
+
+impl<T> WatchHeads for HeadTimer<T> {
+    fn watch_heads(&mut self, head: &[u8]) {
+        if self.off {
+            return;
+        }
+        self.watching = true;
+        self.scan.start();
+        if self.scan.feed(head) {
+            self.exchanges.ambiguous.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Watches the header lines of one request head, as its bytes arrive, for both framing fields.
@@ -284,6 +308,7 @@ impl<T> HeadTimer<T> {
             prefix_len: 0,
             off: false,
             ended: false,
+            watching: false,
             scan: HeadScan::default(),
         }
     }
@@ -333,7 +358,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                         // A new head has begun: its own deadline from the next wait.
                         this.partial = true;
                         this.deadline = None;
-                        this.scan.start();
+                        if this.watching {
+                            this.scan.start();
+                        }
                     }
                     if between && this.scan.active && this.scan.feed(got) {
                         this.exchanges.ambiguous.store(true, Ordering::Relaxed);

@@ -95,24 +95,52 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
     .await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // Behind a request in the same packet, a head with both fields is not seen by the head
-    // scan; hyper drops Content-Length, reads the chunked body and closes the connection after
-    // the answer (RFC 9112 §6.1), so nothing can ride behind it: the upstream sees two
-    // unambiguous requests and never the smuggled third.
+    // Behind a request in the same packet, a head with both fields is refused too: it is the
+    // head hyper is handed, and that one is scanned. The connection closes after the 400, so
+    // nothing rides behind it: the upstream sees the first request only.
     let smuggle = b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let before = origin.faults.requests();
     let out = exchange(addr, smuggle).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "two answers: {out}");
+    assert!(answers[1].starts_with("400"), "{out}");
     assert!(
-        out.to_ascii_lowercase().contains("connection: close"),
+        answers[1]
+            .to_ascii_lowercase()
+            .contains("connection: close"),
         "{out}"
     );
-    assert_eq!(out.matches("HTTP/1.1 ").count(), 2, "two answers: {out}");
     assert_eq!(
         origin.faults.requests() - before,
-        2,
-        "the smuggled request never reaches the upstream"
+        1,
+        "neither the ambiguous request nor the smuggled one reaches the upstream"
     );
+
+    // On a connection hyper already parses (a chunked request came first), a later head with
+    // both fields, read as it arrives, is refused the same way.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            b"POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let first = read_response(&mut s).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let before = origin.faults.requests();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .await
+            .expect("write");
+        let second = read_all(&mut s).await;
+        assert!(second.starts_with("HTTP/1.1 400"), "{second}");
+        assert_eq!(
+            origin.faults.requests(),
+            before,
+            "refused before the upstream"
+        );
+    }
     fd.shutdown().await;
 }
 

@@ -41,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::slots::Hold;
 use super::{BoxError, HeadLimits};
 use crate::forward::wire::{connection_options, decimal, put_field};
+use crate::head_timer::WatchHeads;
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
 #[derive(Debug)]
@@ -148,7 +149,7 @@ pub fn serve<I, S, B>(
     guard: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + WatchHeads + Unpin + Send + 'static,
     S: ConnService<B>,
     B: ConnBody,
 {
@@ -183,6 +184,7 @@ where
                 buf = BytesMut::new();
             }
         }
+        io.watch_heads(&buf);
         // Boxed: hyper's connection state is large, and most connections never need it.
         Box::pin(hand_over(io, buf.freeze(), service, &hyper, stop)).await;
     }
@@ -770,6 +772,11 @@ mod tests {
 
     use super::super::slots::Slots;
     use super::*;
+
+    /// These tests serve a bare stream: nothing to watch.
+    impl WatchHeads for DuplexStream {
+        fn watch_heads(&mut self, _head: &[u8]) {}
+    }
 
     /// Frames handed out one by one, length unknown (chunked on the wire).
     struct Frames(VecDeque<Frame<Bytes>>);
