@@ -4,8 +4,8 @@
 Starts the harness's upstream nginx, an nginx reverse proxy (the harness's template) and
 frontdoor (benches/frontdoor-candidate.sh, bare config, header_timeout raised so idle
 connections stay), then for each proxy: opens N connections, sends one request on each, reads
-the answer, keeps them all open, and reports the proxy's RSS before and after (and fails if
-any connection was closed by then).
+the answer, keeps them all open, and reports the proxy's RSS before and after, per connection
+over all N and over the second half alone (and fails if any connection was closed by then).
 
     cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000]
 """
@@ -24,15 +24,16 @@ ROOT = os.path.dirname(HERE)
 CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
 
 
-def rss_kib(pid):
-    """VmRSS of pid and its children (nginx: master + worker), KiB."""
+def rss_kib(pid, field="VmRSS"):
+    """A /proc status field (VmRSS, RssAnon) of pid and its children (nginx: master + worker),
+    KiB."""
     total = 0
     pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
     for p in pids:
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
         except FileNotFoundError:
             pass
@@ -97,17 +98,25 @@ def main():
                   .replace("worker_connections 16384", f"worker_connections {want}"))
         open(os.path.join(run, "rp.conf"), "w").write(rp)
         nginx = start(["nginx", "-c", os.path.join(run, "rp.conf"), "-g", f"daemon off; worker_rlimit_nofile {want};"])
-        env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s")
+        # mimalloc gives freed pages back to the system after a delay: during the measurement
+        # that made RSS fall by more than the connections added (startup memory returned), so
+        # the difference swung by hundreds of bytes per connection from run to run. Never
+        # returning them keeps RSS the high-water mark of what was touched.
+        env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s", MIMALLOC_PURGE_DELAY="-1")
         fd = start([os.path.join(HERE, "frontdoor-candidate.sh"), a.frontdoor, "127.0.0.1:18403", "127.0.0.1:18401", run], env=env)
         for port in (18401, 18402, 18403):
             wait_port(port)
         for name, proc, port in (("nginx-1w", nginx, 18402), ("frontdoor", fd, 18403)):
             hold(port, 10)  # warm: upstream connections, first allocations
             time.sleep(0.5)
-            before = rss_kib(proc.pid)
-            socks = hold(port, a.conns)
+            before, anon_before = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
+            half = a.conns // 2
+            socks = hold(port, half)
+            time.sleep(0.5)
+            middle = rss_kib(proc.pid)
+            socks += hold(port, a.conns - half)
             time.sleep(1.0)
-            after = rss_kib(proc.pid)
+            after, anon_after = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
             # Every connection must still be open when measured (none closed by a timeout).
             closed = 0
             for s in socks:
@@ -119,7 +128,12 @@ def main():
             if closed:
                 sys.exit(f"{name}: {closed} of {a.conns} connections closed before the measurement")
             per = (after - before) * 1024 / a.conns
-            print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} open={a.conns} per_conn={per:.0f} B")
+            # Heap and stacks alone: without pages of the binary first run during the measurement.
+            anon = (anon_after - anon_before) * 1024 / a.conns
+            # The second half alone: what one more connection costs, without one-time growth.
+            marginal = (after - middle) * 1024 / (a.conns - half)
+            print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} open={a.conns} "
+                  f"per_conn={per:.0f} B anon_per_conn={anon:.0f} B second_half_per_conn={marginal:.0f} B")
             for s in socks:
                 s.close()
     finally:

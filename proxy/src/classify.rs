@@ -44,8 +44,10 @@ impl Peer {
     pub fn new(addr: std::net::SocketAddr, tls: bool) -> Peer {
         let mut text = Vec::with_capacity(15);
         push_ip(&mut text, addr.ip().to_canonical());
-        let ip = HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        // Copied to its exact size: kept for the connection's life (one allocation, where the
+        // vector's would take two).
+        let ip =
+            HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Peer { addr, tls, ip }
     }
 }
