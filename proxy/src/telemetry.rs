@@ -255,8 +255,9 @@ fn version_name(v: http::Version) -> &'static str {
 /// text are copied whole.
 fn json_escape(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Most values need nothing escaped. This test has no early exit, so the compiler checks
-    // many bytes per step; the loop below went byte by byte.
+    // Most values need nothing escaped: one pass with no early exit (a loop the compiler may
+    // vectorise) and one copy. With only the loop below, the whole line cost ~560 more
+    // instructions (benches/instructions.sh).
     let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f;
     if !s.bytes().fold(false, |any, b| any | special(b)) {
         out.extend_from_slice(s.as_bytes());
