@@ -255,9 +255,10 @@ fn version_name(v: http::Version) -> &'static str {
 /// text are copied whole.
 fn json_escape(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Most values need nothing escaped: one pass with no early exit (a loop the compiler may
-    // vectorise) and one copy. With only the loop below, the whole line cost ~560 more
-    // instructions (benches/instructions.sh).
+    // The one test of what is escaped, for the fast path and the loop alike. Most values need
+    // nothing escaped: one pass with no early exit (a loop the compiler may vectorise) and one
+    // copy. With only the loop below, the whole line cost ~560 more instructions
+    // (benches/instructions.sh).
     let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f;
     if !s.bytes().fold(false, |any, b| any | special(b)) {
         out.extend_from_slice(s.as_bytes());
@@ -265,11 +266,15 @@ fn json_escape(out: &mut Vec<u8>, s: &str) {
     }
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
+        if !special(b) {
+            continue;
+        }
         let escaped: [u8; 6];
         let with: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
-            0..0x20 | 0x7f => {
+            // Control characters.
+            _ => {
                 escaped = [
                     b'\\',
                     b'u',
@@ -280,7 +285,6 @@ fn json_escape(out: &mut Vec<u8>, s: &str) {
                 ];
                 &escaped
             }
-            _ => continue,
         };
         out.extend_from_slice(&s.as_bytes()[plain..i]);
         out.extend_from_slice(with);
