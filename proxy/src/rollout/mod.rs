@@ -44,7 +44,8 @@ pub enum Phase {
 pub struct RolloutState {
     pub config: Rollout,
     /// `config.override_header`, parsed once: a lookup by text parses the name each time.
-    pub override_name: http::HeaderName,
+    /// (`None` only for a name the config's validation would have refused.)
+    pub override_name: Option<http::HeaderName>,
     /// Percent of users on the candidate.
     pub weight: f64,
     pub phase: Phase,
@@ -655,8 +656,10 @@ pub fn assign(
     trusted: bool,
 ) -> Assignment {
     let cfg = &state.config;
-    if !cfg.override_trusted_only || trusted {
-        match headers.get(&state.override_name).map(|v| v.as_bytes()) {
+    if let Some(name) = &state.override_name
+        && (!cfg.override_trusted_only || trusted)
+    {
+        match headers.get(name).map(|v| v.as_bytes()) {
             Some(b"canary" | b"candidate") => {
                 return Assignment {
                     version: Version::Candidate,
@@ -716,9 +719,8 @@ pub fn assign(
 }
 
 /// A rollout's override header as a name (validated when the config loaded).
-fn override_name(cfg: &Rollout) -> http::HeaderName {
-    http::HeaderName::from_bytes(cfg.override_header.as_bytes())
-        .unwrap_or_else(|_| http::HeaderName::from_static("x-frontdoor-version"))
+fn override_name(cfg: &Rollout) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(cfg.override_header.as_bytes()).ok()
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
