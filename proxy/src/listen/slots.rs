@@ -13,7 +13,9 @@
 //! An idle connection pays two 16-byte handles in its task and one slot (a waker and a
 //! deadline) here. What this replaced, a `watch` receiver with its boxed `changed()` future and
 //! a boxed tokio `Sleep` per connection (each must be kept between polls to stay registered),
-//! made an idle connection cost 741 bytes against 344 now (`benches/idle-conns.py`).
+//! measured 741 bytes per idle connection against 344 with this (`benches/idle-conns.py` as it
+//! was then; that method read too low: builds with the slots measure ~880 bytes now — see
+//! benches/README.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
