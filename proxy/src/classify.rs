@@ -288,12 +288,13 @@ impl ViaValues {
 /// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
     // An untrusted peer's own `X-Forwarded-For` is replaced without being read.
-    let prev = match trusted {
-        true => headers
+    let prev = if trusted {
+        headers
             .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
-            .filter(|prev| !prev.trim().is_empty()),
-        false => None,
+            .filter(|prev| !prev.trim().is_empty())
+    } else {
+        None
     };
     let xff = match prev {
         Some(prev) => {
