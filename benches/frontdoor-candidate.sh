@@ -23,6 +23,7 @@ mode=${BENCH_MODE:-${MODE:-ka}}
   echo 'keepalive_timeout = "300s"'
   echo 'max_requests_per_connection = 10000000'
   if [ -n "${FRONTDOOR_HEADER_TIMEOUT:-}" ]; then echo "header_timeout = \"$FRONTDOOR_HEADER_TIMEOUT\""; fi
+  if [ -n "${FRONTDOOR_PARK_IDLE_AFTER:-}" ]; then echo "park_idle_after = \"$FRONTDOOR_PARK_IDLE_AFTER\""; fi
   if [ "$config" = realistic ]; then
     echo 'region = "us-central1"'
     echo 'access_log = true'

@@ -74,6 +74,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--frontdoor", default=os.path.join(ROOT, "target", "release", "frontdoor"))
+    # frontdoor parks a connection idle for `park_idle_after` (1 s): measured after that.
+    ap.add_argument("--settle", type=float, default=2.0, help="seconds idle before each reading")
+    ap.add_argument("--park", default="1s", help="frontdoor's park_idle_after (\"off\": never)")
+    ap.add_argument("--purge-delay", default="-1",
+                    help="MIMALLOC_PURGE_DELAY for frontdoor (ms; -1: freed pages are never returned)")
     a = ap.parse_args()
     want = a.conns * 2 + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -102,20 +107,21 @@ def main():
         # that made RSS fall by more than the connections added (startup memory returned), so
         # the difference swung by hundreds of bytes per connection from run to run. Never
         # returning them keeps RSS the high-water mark of what was touched.
-        env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s", MIMALLOC_PURGE_DELAY="-1")
+        env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s", MIMALLOC_PURGE_DELAY=a.purge_delay,
+                   FRONTDOOR_PARK_IDLE_AFTER=a.park)
         fd = start([os.path.join(HERE, "frontdoor-candidate.sh"), a.frontdoor, "127.0.0.1:18403", "127.0.0.1:18401", run], env=env)
         for port in (18401, 18402, 18403):
             wait_port(port)
         for name, proc, port in (("nginx-1w", nginx, 18402), ("frontdoor", fd, 18403)):
             hold(port, 10)  # warm: upstream connections, first allocations
-            time.sleep(0.5)
+            time.sleep(a.settle)
             before, anon_before = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
             half = a.conns // 2
             socks = hold(port, half)
-            time.sleep(0.5)
+            time.sleep(a.settle)
             middle = rss_kib(proc.pid)
             socks += hold(port, a.conns - half)
-            time.sleep(1.0)
+            time.sleep(a.settle)
             after, anon_after = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
             # Every connection must still be open when measured (none closed by a timeout).
             closed = 0

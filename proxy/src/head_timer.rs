@@ -14,14 +14,17 @@
 //! passed; it ends the connection only if no request is in flight by then. So the request path
 //! pays a clock read and a waker registration, not a timer insertion, and a timeout fires up to
 //! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `)
-//! are left to h2's own limits.
+//! are left to h2's own limits. On a plain listener, a connection on our loop that is idle
+//! after a request for `server.park_idle_after` is first told to park (`ConnIo::park_due`):
+//! our loop hands it to the listener's lot (`listen::park`), which keeps the rest of its idle
+//! deadline.
 //!
 //! Heads that hyper parses are watched for one smuggling shape hyper tolerates: a head with both
 //! `Transfer-Encoding` and `Content-Length` (hyper drops the length, reads chunked and closes
 //! afterwards; RFC 9112 §6.1 lets a server do that or refuse). [`HeadScan`] looks at the header
 //! names and marks the request [`AmbiguousFraming`], which the pipeline answers 400. Our own
 //! loop parses whole heads and hands hyper any head with either field, so the watch starts at
-//! that hand-over ([`WatchHeads`]): with the head hyper is handed, then with each head that
+//! that hand-over ([`ConnIo`]): with the head hyper is handed, then with each head that
 //! begins between requests as hyper reads it. A head pipelined behind that one (already in
 //! hyper's buffer when it begins) is not scanned and keeps hyper's handling: it is still read
 //! one way only and the connection still closes after it.
@@ -59,6 +62,15 @@ pub struct Exchanges {
 pub struct AmbiguousFraming;
 
 impl Exchanges {
+    /// A connection taken back up after `served` requests (`listen::park`).
+    pub fn after(served: u32) -> Exchanges {
+        Exchanges {
+            started: AtomicU32::new(served),
+            finished: AtomicU32::new(served),
+            ambiguous: AtomicBool::new(false),
+        }
+    }
+
     fn between_requests(&self) -> bool {
         self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
     }
@@ -211,19 +223,36 @@ pub struct HeadTimer<T> {
     ended: bool,
     /// Hyper parses this connection's heads: they are scanned as they arrive.
     watching: bool,
+    /// Idle after a request for `park` (the listener's), the connection is parked
+    /// (`listen::park`): plain connections on our loop.
+    parkable: bool,
+    /// Parked: the idle wait has lasted `park`.
+    park_due: bool,
     /// The header names of the head being received.
     scan: HeadScan,
 }
 
-/// IO whose connection is handed to hyper (see the module docs).
-pub trait WatchHeads {
-    /// From now on, heads are watched for both framing fields; `head` is what hyper reads
-    /// first, from the start of a head.
+/// What our HTTP/1.1 loop (`listen::h1`) asks of a connection's IO besides reads and writes.
+pub trait ConnIo {
+    /// The connection is handed to hyper: from now on, heads are watched for both framing
+    /// fields (see the module docs); `head` is what hyper reads first, from the start of a
+    /// head.
     fn watch_heads(&mut self, head: &[u8]);
+
+    /// The connection has been idle long enough to be parked (`listen::park`).
+    fn park_due(&self) -> bool {
+        false
+    }
 }
 
-impl<T> WatchHeads for HeadTimer<T> {
+impl<T> ConnIo for HeadTimer<T> {
+    fn park_due(&self) -> bool {
+        self.park_due
+    }
+
     fn watch_heads(&mut self, head: &[u8]) {
+        // Hyper holds the connection from now on: it cannot be parked.
+        self.parkable = false;
         if self.off {
             return;
         }
@@ -309,8 +338,31 @@ impl<T> HeadTimer<T> {
             off: false,
             ended: false,
             watching: false,
+            parkable: false,
+            park_due: false,
             scan: HeadScan::default(),
         }
+    }
+
+    /// Parked once idle for the listener's `park` after a request (when `yes`).
+    pub fn parkable(mut self, yes: bool) -> HeadTimer<T> {
+        self.parkable = yes;
+        // Taken back up from the lot: idle after its last request, as it was when parked.
+        self.seen = self.exchanges.started.load(Ordering::Relaxed);
+        self
+    }
+
+    /// The IO, the requests served, and when the idle wait ends: what a parked connection
+    /// keeps.
+    pub fn into_idle(self) -> (T, u32, Instant) {
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.limits.idle);
+        (
+            self.io,
+            self.exchanges.started.load(Ordering::Relaxed),
+            deadline,
+        )
     }
 
     fn note_prefix(&mut self, got: &[u8]) {
@@ -345,12 +397,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
             this.seen = started;
             this.partial = false;
             this.deadline = None;
+            this.park_due = false;
         }
         let between = this.exchanges.between_requests();
         match read {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
+                    this.park_due = false;
                     if this.prefix_len < 4 {
                         this.note_prefix(got);
                     }
@@ -371,15 +425,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
             Poll::Pending => {
                 // Armed inside an exchange too: hyper does not read again when the response
                 // ends, so this timer is what wakes an idle connection to be closed.
-                let wait = if this.partial || this.seen == 0 {
-                    this.limits.timeout
-                } else {
+                let idle = !(this.partial || this.seen == 0);
+                let wait = if idle {
                     this.limits.idle
+                } else {
+                    this.limits.timeout
                 };
                 let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
                 loop {
-                    ready!(this.timer.poll_until(cx, deadline));
+                    // Idle after a request: the wake to park comes first, `park` into the
+                    // wait (the listener starts a lot only when `park` < `idle`).
+                    let park_at = match this.limits.park {
+                        Some(park) if idle && this.parkable && !this.park_due => {
+                            deadline.checked_sub(this.limits.idle.saturating_sub(park))
+                        }
+                        _ => None,
+                    };
+                    ready!(this.timer.poll_until(cx, park_at.unwrap_or(deadline)));
                     if this.exchanges.between_requests() {
+                        if park_at.is_some() {
+                            // Our loop parks the connection when it sees this; the idle
+                            // deadline stays armed until then.
+                            this.park_due = true;
+                            continue;
+                        }
                         break;
                     }
                     // Inside an exchange (the body has its own timeout): the idle wait

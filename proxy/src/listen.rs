@@ -1,7 +1,8 @@
 //! listen: accept connections (TCP, then TLS where configured), serve HTTP/1.1 on our own loop
 //! ([`h1`]) and HTTP/2 (ALPN on TLS; h2c prior knowledge on plain listeners), plus whatever the
-//! loop hands over, with hyper-util's auto builder; drain on shutdown: stop accepting, let
-//! in-flight requests finish up to a deadline.
+//! loop hands over, with hyper-util's auto builder; park idle plain connections ([`park`]);
+//! drain on shutdown: stop accepting, close idle and parked connections, let in-flight
+//! requests finish up to a deadline.
 //!
 //! Servers take an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
@@ -20,6 +21,7 @@ use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
 mod h1;
+pub(crate) mod park;
 pub(crate) mod slots;
 pub use h1::{ConnBody, ConnService, RequestBody};
 use slots::Slots;
@@ -39,6 +41,8 @@ pub struct HeadLimits {
     pub max_bytes: usize,
     /// Header fields (431 over it).
     pub max_headers: usize,
+    /// Idle this long after a request, a plain connection is parked (`listen::park`).
+    pub park: Option<Duration>,
 }
 
 impl HeadLimits {
@@ -50,6 +54,7 @@ impl HeadLimits {
             max_requests: u32::try_from(server.max_requests_per_connection).unwrap_or(u32::MAX),
             max_bytes: server.max_request_head_bytes,
             max_headers: server.max_request_headers,
+            park: server.park_idle_after,
         }
     }
 }
@@ -169,13 +174,44 @@ where
         .max_send_buf_size(256 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
     let head = Arc::new(head);
-    let make_service = Arc::new(make_service);
     // Every connection holds a slot: the drain is over when the last one is dropped. The
     // sweep wakes connections whose head or idle wait has run out.
     let open = Arc::new(Slots::default());
     tokio::spawn(slots::sweep(Arc::downgrade(&open)));
+    let parks = tls.is_none() && head.park.is_some_and(|p| p < head.idle);
+    let ctx = Arc::new_cyclic(|me: &std::sync::Weak<Listener<F>>| {
+        let lot = if parks {
+            let me = me.clone();
+            let runtime = tokio::runtime::Handle::current();
+            let resume: park::Resume = Box::new(move |stream, parked| {
+                if let Some(me) = me.upgrade() {
+                    let _in = runtime.enter();
+                    me.resume(stream, parked);
+                }
+            });
+            match park::Lot::start(name, resume) {
+                Ok(lot) => Some(lot),
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "cannot park idle connections; each stays a task");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Listener {
+            name,
+            make_service,
+            builder: Arc::new(builder),
+            head,
+            open: Arc::clone(&open),
+            lot,
+        }
+    });
+    if let Some(lot) = &ctx.lot {
+        tokio::spawn(park::sweep(Arc::downgrade(lot)));
+    }
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
     tokio::pin!(shutdown);
     loop {
@@ -218,23 +254,22 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let peer = Peer::new(addr, tls.is_some());
-        let exchanges = Arc::new(Exchanges::default());
-        let service = Counted::new(
-            make_service(peer),
-            Arc::clone(&exchanges),
-            head.max_requests,
-        );
-        let builder = Arc::clone(&builder);
-        let stop = open.hold();
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
-        let head = Arc::clone(&head);
         let Some(acceptor) = tls.clone() else {
-            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name, stop.deadline());
-            tokio::spawn(h1::serve(io, service, builder, head, stop, slot));
+            ctx.plain(stream, addr, 0, slot);
             continue;
         };
+        let peer = Peer::new(addr, true);
+        let exchanges = Arc::new(Exchanges::default());
+        let service = Counted::new(
+            (ctx.make_service)(peer),
+            Arc::clone(&exchanges),
+            ctx.head.max_requests,
+        );
+        let builder = Arc::clone(&ctx.builder);
+        let stop = open.hold();
+        let head = Arc::clone(&ctx.head);
         tokio::spawn(async move {
             let _slot = slot;
             // Boxed: the handshake's state is not kept for the connection's life.
@@ -268,7 +303,88 @@ where
     }
     drop(listener);
     open.start_drain();
+    if let Some(lot) = &ctx.lot {
+        // Parked connections are idle ones: closed at once, as their tasks would be.
+        lot.close();
+    }
     tokio::time::timeout(drain, open.finished()).await.is_ok()
+}
+
+/// What a listener's connections are served with, shared by its accept loop and its lot of
+/// parked connections (which takes them back up).
+struct Listener<F> {
+    name: &'static str,
+    make_service: F,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    head: Arc<HeadLimits>,
+    open: Arc<Slots>,
+    /// Plain listeners, unless `park_idle_after` is off.
+    lot: Option<Arc<park::Lot>>,
+}
+
+/// A listener dropped without its drain (its task aborted) stops its lot too: the thread
+/// would otherwise wait on the parked sockets for good.
+impl<F> Drop for Listener<F> {
+    fn drop(&mut self) {
+        if let Some(lot) = &self.lot {
+            lot.close();
+        }
+    }
+}
+
+impl<F> Listener<F> {
+    /// Serves a plain connection on our HTTP/1.1 loop (hyper's, when it hands over), in its
+    /// own task: a new one (`served` 0) or one taken back up from the lot.
+    fn plain<S, B>(
+        &self,
+        stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        served: u32,
+        slot: Option<ConnSlot>,
+    ) where
+        F: Fn(Peer) -> S,
+        S: ConnService<B>,
+        B: ConnBody,
+    {
+        let exchanges = Arc::new(Exchanges::after(served));
+        let service = Counted::new(
+            (self.make_service)(Peer::new(addr, false)),
+            Arc::clone(&exchanges),
+            self.head.max_requests,
+        );
+        let stop = self.open.hold();
+        let io = HeadTimer::new(
+            stream,
+            exchanges,
+            Arc::clone(&self.head),
+            self.name,
+            stop.deadline(),
+        )
+        .parkable(self.lot.is_some());
+        let keeper = park::Keeper::new(self.lot.clone(), slot);
+        tokio::spawn(h1::serve(
+            io,
+            service,
+            Arc::clone(&self.builder),
+            Arc::clone(&self.head),
+            stop,
+            keeper,
+        ));
+    }
+
+    /// Takes a parked connection back up (on the lot's thread, inside the runtime's context).
+    fn resume<S, B>(&self, stream: std::net::TcpStream, parked: park::Parked)
+    where
+        F: Fn(Peer) -> S,
+        S: ConnService<B>,
+        B: ConnBody,
+    {
+        let Ok(addr) = stream.peer_addr() else { return };
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        self.plain(stream, addr, parked.served, parked.slot);
+    }
 }
 
 /// A short label for why a TLS handshake failed, for the metric.

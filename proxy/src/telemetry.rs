@@ -37,6 +37,8 @@ pub const RATE_LIMITED: &str = "frontdoor_rate_limited_total";
 pub const CONNECTIONS_REFUSED: &str = "frontdoor_connections_refused_total";
 /// Connections accepted, by listener (`http`, `https`).
 pub const CONNECTIONS_TOTAL: &str = "frontdoor_connections_total";
+/// Idle HTTP/1.1 connections parked now (`server.park_idle_after`), by listener.
+pub const CONNECTIONS_PARKED: &str = "frontdoor_connections_parked";
 /// HTTP/1.1 connections answered 408 because a started request head was not finished within
 /// `server.header_timeout`, by listener.
 pub const HEADER_TIMEOUTS: &str = "frontdoor_header_timeouts_total";

@@ -616,6 +616,71 @@ async fn an_unfinished_request_head_gets_408() {
     );
 }
 
+/// Parked connections on the plain listener (`frontdoor_connections_parked`), polled until it
+/// shows `n`.
+async fn until_parked(fd: &frontdoor::server::Running, n: u32) {
+    let want = format!("frontdoor_connections_parked{{listener=\"http\"}} {n}\n");
+    for _ in 0..400 {
+        let metrics = common::admin_call(fd, http::Method::GET, "/metrics", "")
+            .await
+            .text();
+        if metrics.contains(&want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("never {want}");
+}
+
+/// A connection idle for `server.park_idle_after` is parked (its task freed, its socket
+/// watched by the listener's lot) and taken back up by its next request: the request count
+/// carries over (the last allowed answer still says `Connection: close`), its place in the
+/// per-address limit is kept while parked, and a parked connection still closes, silently,
+/// after `keepalive_timeout`. (Real clock: the lot's thread waits on real sockets. Each wait
+/// polls the metric until it shows the state; nothing is timed.)
+#[tokio::test]
+async fn idle_connections_are_parked_and_taken_back_up() {
+    use tokio::io::AsyncWriteExt;
+    let (origin, fd) = behind_one_route(
+        "park_idle_after = \"100ms\"\nkeepalive_timeout = \"2s\"\nmax_requests_per_connection = 3\nmax_connections_per_ip = 1",
+    )
+    .await;
+    let addr = fd.http.expect("http");
+    let mut s = served_once(addr, "/one").await;
+    until_parked(&fd, 1).await;
+    // Parked, the connection still holds the address's one place.
+    let refused = exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let second = read_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        !second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    until_parked(&fd, 1).await;
+    s.write_all(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let third = read_response(&mut s).await;
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(
+        third.to_ascii_lowercase().contains("connection: close"),
+        "the third of three requests, across two parkings: {third}"
+    );
+    assert_eq!(read_all(&mut s).await, "", "closed after the last request");
+    assert_eq!(origin.faults.requests(), 3);
+
+    // Parked past keepalive_timeout: closed, nothing written.
+    let mut s = served_once(addr, "/four").await;
+    until_parked(&fd, 1).await;
+    assert_eq!(read_all(&mut s).await, "");
+    until_parked(&fd, 0).await;
+}
+
 /// A body trickled just often enough to beat the idle timeout, but averaging less than
 /// `server.client_body_min_rate`, gets 408 once the grace is over; one above the rate is
 /// served. (Paused clock.)

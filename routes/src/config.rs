@@ -133,6 +133,11 @@ pub struct RawServer {
     /// How long an HTTP/1.1 connection may sit idle after a request before it is closed (the
     /// wait for a first request is `header_timeout`). Default `"60s"`. Listener setting.
     pub keepalive_timeout: Option<String>,
+    /// How long an HTTP/1.1 connection (plain listener) may sit idle after a request before
+    /// it is parked: its task and buffers are freed, one thread watches its socket, and the
+    /// next request takes it back up. `"off"` keeps every connection a task. Default `"1s"`;
+    /// at or above `keepalive_timeout`, nothing is parked. Listener setting.
+    pub park_idle_after: Option<String>,
     /// Requests one HTTP/1.1 connection may carry; the last answer says `Connection: close`.
     /// Default 1,000. Listener setting.
     pub max_requests_per_connection: Option<usize>,

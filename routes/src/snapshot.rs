@@ -105,6 +105,8 @@ pub struct Server {
     pub client_body_timeout: Duration,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// Idle this long after a request, a plain HTTP/1.1 connection is parked; `None`: never.
+    pub park_idle_after: Option<Duration>,
     pub max_requests_per_connection: usize,
     /// Bytes per second (0: off) and the grace before it is judged.
     pub client_body_min_rate: (u64, Duration),

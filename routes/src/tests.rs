@@ -162,6 +162,27 @@ version = "canary"
     );
     assert_eq!(s.server.admin, "127.0.0.1:9901".parse().expect("addr"));
     assert!(s.server.access_log);
+    assert_eq!(
+        s.server.park_idle_after,
+        Some(std::time::Duration::from_secs(1))
+    );
+}
+
+#[test]
+fn parking_idle_connections_can_be_turned_off() {
+    let off = load(&format!(
+        "[server]\npark_idle_after = \"off\"\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(off.server.park_idle_after, None);
+    let set = load(&format!(
+        "[server]\npark_idle_after = \"250ms\"\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        set.server.park_idle_after,
+        Some(std::time::Duration::from_millis(250))
+    );
 }
 
 #[test]
@@ -171,6 +192,7 @@ fn every_error_is_reported_with_its_path() {
 region = "mars-north1"
 trusted_proxies = ["10.0.0.0/8", "bogus"]
 drain_timeout = "ten seconds"
+park_idle_after = "0s"
 max_request_head_bytes = 4096
 max_request_headers = 0
 max_uri_bytes = 100000
@@ -208,6 +230,7 @@ cluster = "app"
         "server.region:",
         "server.trusted_proxies[1]:",
         "server.drain_timeout:",
+        "server.park_idle_after:",
         "server.max_request_head_bytes:",
         "server.max_request_headers:",
         "server.max_uri_bytes:",

@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::slots::Hold;
 use super::{BoxError, HeadLimits};
 use crate::forward::wire::{connection_options, decimal, put_field};
-use crate::head_timer::WatchHeads;
+use crate::head_timer::ConnIo;
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
 #[derive(Debug)]
@@ -135,7 +135,8 @@ const COPY_MAX: usize = 4096;
 
 /// Serves an HTTP/1.x connection until it ends, or hands it to hyper (see the module docs).
 /// When the listener drains (`stop`), idle connections close, busy ones close after
-/// their answer. `guard` is held for the connection's life.
+/// their answer. `keeper` is held for the connection's life; an idle connection whose IO says
+/// it is time to park is handed to it.
 ///
 /// Not an `async fn`: those keep their arguments twice (as arguments and as locals), and this
 /// future is most of what an idle connection costs.
@@ -146,16 +147,16 @@ pub fn serve<I, S, B>(
     hyper: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<HeadLimits>,
     stop: Hold,
-    guard: impl Send + 'static,
+    keeper: impl Keep<I>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: AsyncRead + AsyncWrite + WatchHeads + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + ConnIo + Unpin + Send + 'static,
     S: ConnService<B>,
     B: ConnBody,
 {
     async move {
         // Held by reference: moving it into a local would keep it in this future twice.
-        let _guard = &guard;
+        let _keeper = &keeper;
         let mut buf = BytesMut::new();
         loop {
             // The parsed request goes straight into the exchange's box: held in a named local
@@ -172,6 +173,7 @@ where
                         &stop,
                     )),
                     Next::Closed => return,
+                    Next::Park => return keeper.park(io),
                     Next::Hyper => break,
                 };
             let keep = exchange.await;
@@ -188,6 +190,17 @@ where
         // Boxed: hyper's connection state is large, and most connections never need it.
         Box::pin(hand_over(io, buf.freeze(), service, &hyper, stop)).await;
     }
+}
+
+/// What the loop holds for its connection's life, and where an idle connection goes when it is
+/// parked.
+pub trait Keep<I>: Send + 'static {
+    fn park(self, io: I);
+}
+
+/// Nothing to hold, nowhere to park: the IO never says it is time.
+impl<I> Keep<I> for () {
+    fn park(self, _io: I) {}
 }
 
 /// Serves the rest of the connection with hyper's server, `prefix` (bytes already read) first.
@@ -228,6 +241,8 @@ enum Next {
     Closed,
     /// Not ours: hyper takes the connection.
     Hyper,
+    /// Idle long enough to be parked (`listen::park`).
+    Park,
 }
 
 /// What the answer needs to know about the request.
@@ -239,7 +254,7 @@ struct Info {
     keep: bool,
 }
 
-fn poll_head<I: AsyncRead + Unpin>(
+fn poll_head<I: AsyncRead + ConnIo + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
     buf: &mut BytesMut,
@@ -263,6 +278,9 @@ fn poll_head<I: AsyncRead + Unpin>(
             Poll::Pending => {
                 if buf.is_empty() && stop.poll(cx).is_ready() {
                     return Poll::Ready(Next::Closed);
+                }
+                if buf.is_empty() && io.park_due() {
+                    return Poll::Ready(Next::Park);
                 }
                 return Poll::Pending;
             }
@@ -774,7 +792,7 @@ mod tests {
     use super::*;
 
     /// These tests serve a bare stream: nothing to watch.
-    impl WatchHeads for DuplexStream {
+    impl ConnIo for DuplexStream {
         fn watch_heads(&mut self, _head: &[u8]) {}
     }
 
@@ -802,6 +820,7 @@ mod tests {
             max_requests: 1000,
             max_bytes: 8 * 1024,
             max_headers: 32,
+            park: None,
         }
     }
 
