@@ -51,8 +51,17 @@ def wait_port(port, timeout=10.0):
     sys.exit(f"nothing listening on {port}")
 
 
-def hold(port, n):
-    """n connections, one request each, all kept open; returns the sockets."""
+def hold(port, n, batch=0, settle=0.0):
+    """n connections, one request each, all kept open; returns the sockets. With `batch`, they
+    are opened that many at a time, `settle` seconds apart (idle clients arriving over time
+    rather than at once)."""
+    if batch and n > batch:
+        socks = []
+        while len(socks) < n:
+            if socks:
+                time.sleep(settle)
+            socks += hold(port, min(batch, n - len(socks)))
+        return socks
     socks = []
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     for i in range(n):
@@ -76,6 +85,8 @@ def main():
     ap.add_argument("--frontdoor", default=os.path.join(ROOT, "target", "release", "frontdoor"))
     # frontdoor parks a connection idle for `park_idle_after` (1 s): measured after that.
     ap.add_argument("--settle", type=float, default=2.0, help="seconds idle before each reading")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="open connections this many at a time, --settle seconds apart (0: all at once)")
     ap.add_argument("--park", default="1s", help="frontdoor's park_idle_after (\"off\": never)")
     ap.add_argument("--purge-delay", default="-1",
                     help="MIMALLOC_PURGE_DELAY for frontdoor (ms; -1: freed pages are never returned)")
@@ -117,10 +128,10 @@ def main():
             time.sleep(a.settle)
             before, anon_before = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
             half = a.conns // 2
-            socks = hold(port, half)
+            socks = hold(port, half, a.batch, a.settle)
             time.sleep(a.settle)
             middle = rss_kib(proc.pid)
-            socks += hold(port, a.conns - half)
+            socks += hold(port, a.conns - half, a.batch, a.settle)
             time.sleep(a.settle)
             after, anon_after = rss_kib(proc.pid), rss_kib(proc.pid, "RssAnon")
             # Every connection must still be open when measured (none closed by a timeout).
