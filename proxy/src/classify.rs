@@ -126,6 +126,25 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyErr
             "both Transfer-Encoding and Content-Length",
         ));
     }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        // Hyper has checked that the last coding is chunked; anything before it is a coding
+        // we would drop on the way (the body goes on de-chunked, without the field).
+        let (chunked, other) =
+            h.get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .fold((0, false), |(n, other), v| {
+                    let (m, o) = crate::forward::wire::transfer_codings(v.as_bytes());
+                    (n + m, other || o)
+                });
+        if other {
+            return Err(crate::respond::ProxyError::UnsupportedCoding);
+        }
+        if chunked != 1 {
+            return Err(crate::respond::ProxyError::BadRequest(
+                "chunked applied more than once",
+            ));
+        }
+    }
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(crate::respond::ProxyError::BadRequest(
             "more than one Host header",

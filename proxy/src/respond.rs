@@ -29,6 +29,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The request target is longer than `server.max_uri_bytes` (414).
     UriTooLong,
+    /// The request body has a transfer coding other than `chunked` (501, RFC 9112 §6.1): the
+    /// upstream would get the coded bytes with nothing to say so.
+    UnsupportedCoding,
     /// No route matches host and path (404).
     NoRoute,
     /// Over the route's rate limit (429 with `Retry-After`).
@@ -58,6 +61,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -75,6 +79,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::UriTooLong
+            | ProxyError::UnsupportedCoding
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
             | ProxyError::NotCached
@@ -93,6 +98,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::UnsupportedCoding => "unsupported_transfer_coding",
             ProxyError::NoRoute => "no_route",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
@@ -109,6 +115,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => (*why).to_string(),
             ProxyError::UriTooLong => "the request target is too long".into(),
+            ProxyError::UnsupportedCoding => "only the chunked transfer coding is accepted".into(),
             ProxyError::NoRoute => "no route matches this host and path".into(),
             ProxyError::RateLimited { retry_after_secs } => {
                 format!("rate limit exceeded; retry after {retry_after_secs} s")
@@ -160,7 +167,10 @@ impl ProxyError {
                 HeaderValue::from(*retry_after_secs),
             );
         }
-        if matches!(self, ProxyError::BadRequest(_) | ProxyError::ClientTimeout) {
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::UnsupportedCoding | ProxyError::ClientTimeout
+        ) {
             // After a request we refused to parse further, the connection's framing is suspect.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -186,6 +196,7 @@ mod tests {
         let e = |s: &str| s.to_string();
         let cases = [
             (ProxyError::BadRequest("x"), 400, Source::Downstream),
+            (ProxyError::UnsupportedCoding, 501, Source::Downstream),
             (ProxyError::NoRoute, 404, Source::Downstream),
             (
                 ProxyError::RateLimited {

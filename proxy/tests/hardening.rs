@@ -87,10 +87,19 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
         ("Transfer-Encoding before content-length", b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n"),
         ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
     ];
+    // A transfer coding before chunked would be dropped on the way: 501 (RFC 9112 §6.1).
+    let codings: &[(&str, &[u8], Want)] = &[
+        ("TE gzip, chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
+        ("TE gzip in a field of its own", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
+        ("TE chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", Want::Refused),
+    ];
     let failures = table_failures(
         addr,
         &origin,
-        cases.iter().map(|(name, raw)| (*name, *raw, Want::Refused)),
+        cases
+            .iter()
+            .map(|(name, raw)| (*name, *raw, Want::Refused))
+            .chain(codings.iter().copied()),
     )
     .await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));

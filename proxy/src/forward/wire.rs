@@ -242,6 +242,28 @@ pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
     options
 }
 
+/// The transfer codings one `Transfer-Encoding` field value names: (`chunked` how many times,
+/// any other coding). Only `chunked`, once over all the fields, is a framing we forward: a
+/// body in any other transfer coding (`gzip, chunked`) would reach the other side without it.
+pub(crate) fn transfer_codings(value: &[u8]) -> (u32, bool) {
+    let mut codings = (0, false);
+    let mut named = false;
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.is_empty() {
+            continue;
+        }
+        named = true;
+        if token.eq_ignore_ascii_case(b"chunked") {
+            codings.0 += 1;
+        } else {
+            codings.1 = true;
+        }
+    }
+    // A field naming nothing says nothing we could frame by.
+    codings.1 |= !named;
+    codings
+}
+
 enum Parsed {
     /// A 1xx other than 101, consumed.
     Interim,
@@ -288,7 +310,8 @@ fn parse_head(
     let base = buf.as_ptr() as usize;
     fields.clear();
     let mut length: Option<u64> = None;
-    let mut chunked = None;
+    // `Transfer-Encoding` over all its fields: `chunked` how many times, any other coding.
+    let mut codings: Option<(u32, bool)> = None;
     let mut close = false;
     let mut keep_alive = false;
     for h in parsed.headers.iter() {
@@ -309,13 +332,10 @@ fn parse_head(
                 length = Some(n);
             }
         } else if name == header::TRANSFER_ENCODING {
-            // The last coding of the last field decides.
-            chunked = Some(
-                h.value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-            );
+            let (n, other) = transfer_codings(h.value);
+            let seen = codings.get_or_insert((0, false));
+            seen.0 += n;
+            seen.1 |= other;
         } else if name == header::CONNECTION {
             let (c, k) = connection_options(h.value);
             close |= c;
@@ -336,18 +356,18 @@ fn parse_head(
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let state = if bodiless {
         State::Length(0)
-    } else if let Some(chunked) = chunked {
+    } else if let Some(codings) = codings {
+        if codings != (1, false) {
+            // Not a framing we can forward (the coding would be lost on the way), or chunked
+            // twice: refused, as nginx refuses an unknown transfer coding.
+            return Err(invalid("upstream transfer coding other than chunked"));
+        }
         if length.is_some() {
             // Both: the transfer coding wins; the length describes nothing we forward.
             headers.remove(header::CONTENT_LENGTH);
             keep = false;
         }
-        if chunked {
-            State::Chunk(Chunk::Size)
-        } else {
-            keep = false;
-            State::UntilClose
-        }
+        State::Chunk(Chunk::Size)
     } else if let Some(n) = length {
         State::Length(n)
     } else {
@@ -718,7 +738,7 @@ mod tests {
             },
             Case {
                 pieces: &[
-                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n",
                     b"3;ext=1\r\nhel\r",
                     b"\n2\r\nlo\r\n0\r\nx-sum: 9\r\n\r\n",
                 ],
@@ -860,6 +880,28 @@ mod tests {
                 true,
             ),
             (&[&b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"[..]][..], true),
+            // Transfer codings other than chunked alone: the client would get the coded
+            // bytes with nothing to say so.
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzzz"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n0\r\n\r\n"[..]][..],
+                true,
+            ),
             (
                 &[&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"[..]][..],
                 false,
