@@ -5,7 +5,9 @@ Starts the harness's upstream nginx, an nginx reverse proxy (the harness's templ
 frontdoor (benches/frontdoor-candidate.sh, bare config, header_timeout raised so idle
 connections stay), then for each proxy: opens N connections, sends one request on each, reads
 the answer, keeps them all open, and reports the proxy's RSS before and after, per connection
-over all N and over the second half alone (and fails if any connection was closed by then).
+over all N and over the second half alone (and fails if any connection was closed by then);
+then times one more request on each of the first --resume connections (frontdoor has parked
+them: see `server.park_idle_after`).
 
     cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000]
 """
@@ -79,12 +81,28 @@ def hold(port, n, batch=0, settle=0.0):
     return socks
 
 
+def first_after_idle(s):
+    """Seconds from sending a request on idle connection s to its whole answer."""
+    s.setblocking(True)
+    t0 = time.perf_counter()
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    got = b""
+    while b"hello, world\n" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("closed before answering")
+        got += chunk
+    return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--frontdoor", default=os.path.join(ROOT, "target", "release", "frontdoor"))
     # frontdoor parks a connection idle for `park_idle_after` (1 s): measured after that.
     ap.add_argument("--settle", type=float, default=2.0, help="seconds idle before each reading")
+    ap.add_argument("--resume", type=int, default=1000,
+                    help="then time one more request on this many of the idle connections")
     ap.add_argument("--batch", type=int, default=0,
                     help="open connections this many at a time, --settle seconds apart (0: all at once)")
     ap.add_argument("--park", default="1s", help="frontdoor's park_idle_after (\"off\": never)")
@@ -151,6 +169,13 @@ def main():
             marginal = (after - middle) * 1024 / (a.conns - half)
             print(f"{name:10} rss_before={before} KiB rss_after={after} KiB conns={a.conns} open={a.conns} "
                   f"per_conn={per:.0f} B anon_per_conn={anon:.0f} B second_half_per_conn={marginal:.0f} B")
+            if a.resume:
+                # The first request after the idle spell (frontdoor: on a parked connection, so
+                # it is taken back up first), one at a time, timed from send to whole answer.
+                took = sorted(first_after_idle(s) for s in socks[:a.resume])
+                q = lambda f: took[min(len(took) - 1, int(f * len(took)))] * 1e6
+                print(f"{name:10} first request after idle, {len(took)} connections: "
+                      f"p50={q(0.5):.0f} us p90={q(0.9):.0f} us p99={q(0.99):.0f} us max={took[-1] * 1e6:.0f} us")
             for s in socks:
                 s.close()
     finally:
