@@ -119,14 +119,14 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyErr
         .extensions()
         .get::<crate::head_timer::AmbiguousFraming>()
         .is_some();
-    if ambiguous
-        || h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
-    {
+    // Looked up once: every request pays it.
+    let te = h.contains_key(header::TRANSFER_ENCODING);
+    if ambiguous || te && h.contains_key(header::CONTENT_LENGTH) {
         return Err(crate::respond::ProxyError::BadRequest(
             "both Transfer-Encoding and Content-Length",
         ));
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if te {
         // Hyper has checked that the last coding is chunked; anything before it is a coding
         // we would drop on the way (the body goes on de-chunked, without the field).
         let (chunked, other) =
