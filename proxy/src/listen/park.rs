@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use tokio::time::Instant;
 
 use super::ConnSlot;
-use super::slots::SWEEP_EVERY;
+use super::slots::every_sweep;
 use crate::head_timer::HeadTimer;
 
 /// What a parked connection keeps besides its socket, handed back with it.
@@ -246,15 +246,10 @@ impl Lot {
     }
 }
 
-/// Closes expired parked connections every [`SWEEP_EVERY`] while the lot is there.
+/// Closes expired parked connections every [`SWEEP_EVERY`](super::slots::SWEEP_EVERY) while
+/// the lot is there.
 pub async fn sweep(lot: Weak<Lot>) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(lot) = lot.upgrade() else { return };
-        lot.expire(Instant::now());
-    }
+    every_sweep(move |now| lot.upgrade().map(|l| l.expire(now)).is_some()).await;
 }
 
 /// What a plain connection's loop holds for its life: its place in the connection limits, and
@@ -322,27 +317,18 @@ mod tests {
         Instant::now() + Duration::from_secs(60)
     }
 
+    /// A connection parked after `served` requests, until `deadline`: its client's end.
+    async fn parked(lot: &Lot, served: u32, deadline: Instant) -> TcpStream {
+        let (client, server) = pair().await;
+        lot.park(server, Parked { served, slot: None }, deadline);
+        client
+    }
+
     #[tokio::test]
     async fn a_parked_connection_comes_back_when_its_client_sends() {
         let (lot, mut resumed) = lot();
-        let (mut quiet, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served: 7,
-                slot: None,
-            },
-            in_a_minute(),
-        );
-        let (mut client, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served: 3,
-                slot: None,
-            },
-            in_a_minute(),
-        );
+        let mut quiet = parked(&lot, 7, in_a_minute()).await;
+        let mut client = parked(&lot, 3, in_a_minute()).await;
         assert_eq!(lot.parked(), 2);
 
         client
@@ -374,47 +360,23 @@ mod tests {
     #[tokio::test]
     async fn expired_connections_are_closed_and_places_are_reused() {
         let (lot, mut resumed) = lot();
-        let (mut expired, server) = pair().await;
         let now = Instant::now();
-        lot.park(
-            server,
-            Parked {
-                served: 1,
-                slot: None,
-            },
-            now,
-        );
-        let (mut kept, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served: 2,
-                slot: None,
-            },
-            in_a_minute(),
-        );
+        let mut expired = parked(&lot, 1, now).await;
+        let mut kept = parked(&lot, 2, in_a_minute()).await;
         lot.expire(now);
         assert_eq!(lot.parked(), 1);
         let mut buf = [0u8; 1];
         assert_eq!(expired.read(&mut buf).await.expect("closed"), 0);
 
         // The freed place is handed out again; the expired socket's token finds nothing.
-        let (mut again, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served: 3,
-                slot: None,
-            },
-            in_a_minute(),
-        );
+        let mut again = parked(&lot, 3, in_a_minute()).await;
         assert_eq!(lot.lock().entries.len(), 2);
         again.write_all(b"x").await.expect("write");
-        let (_, parked) = resumed.recv().await.expect("resumed");
-        assert_eq!(parked.served, 3);
+        let (_, back) = resumed.recv().await.expect("resumed");
+        assert_eq!(back.served, 3);
         kept.write_all(b"x").await.expect("write");
-        let (_, parked) = resumed.recv().await.expect("resumed");
-        assert_eq!(parked.served, 2);
+        let (_, back) = resumed.recv().await.expect("resumed");
+        assert_eq!(back.served, 2);
         lot.close();
     }
 
@@ -440,15 +402,7 @@ mod tests {
         assert_eq!(client.read(&mut buf).await.expect("closed"), 0);
         assert!(limits.admit(ip).is_ok(), "the place was given back");
 
-        let (mut late, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served: 1,
-                slot: None,
-            },
-            in_a_minute(),
-        );
+        let mut late = parked(&lot, 1, in_a_minute()).await;
         assert_eq!(lot.parked(), 0);
         assert_eq!(late.read(&mut buf).await.expect("closed"), 0);
     }

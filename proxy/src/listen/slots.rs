@@ -145,12 +145,19 @@ impl Slots {
 /// Wakes expired waits every [`SWEEP_EVERY`] while the listener or any of its connections is
 /// still there.
 pub async fn sweep(slots: Weak<Slots>) {
+    every_sweep(move |now| slots.upgrade().map(|s| s.wake_expired(now)).is_some()).await;
+}
+
+/// Calls `expire` with the time every [`SWEEP_EVERY`], until it returns false (what it sweeps
+/// is gone).
+pub async fn every_sweep(mut expire: impl FnMut(Instant) -> bool) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(slots) = slots.upgrade() else { return };
-        slots.wake_expired(Instant::now());
+        if !expire(Instant::now()) {
+            return;
+        }
     }
 }
 
