@@ -260,13 +260,7 @@ where
             ctx.plain(stream, addr, 0, slot);
             continue;
         };
-        let peer = Peer::new(addr, true);
-        let exchanges = Arc::new(Exchanges::default());
-        let service = Counted::new(
-            (ctx.make_service)(peer),
-            Arc::clone(&exchanges),
-            ctx.head.max_requests,
-        );
+        let (service, exchanges) = ctx.counted(addr, true, 0);
         let builder = Arc::clone(&ctx.builder);
         let stop = open.hold();
         let head = Arc::clone(&ctx.head);
@@ -346,12 +340,7 @@ impl<F> Listener<F> {
         S: ConnService<B>,
         B: ConnBody,
     {
-        let exchanges = Arc::new(Exchanges::after(served));
-        let service = Counted::new(
-            (self.make_service)(Peer::new(addr, false)),
-            Arc::clone(&exchanges),
-            self.head.max_requests,
-        );
+        let (service, exchanges) = self.counted(addr, false, served);
         let stop = self.open.hold();
         let io = HeadTimer::new(
             stream,
@@ -370,6 +359,25 @@ impl<F> Listener<F> {
             stop,
             keeper,
         ));
+    }
+
+    /// A connection's service, counting its requests from `served` on.
+    fn counted<S>(
+        &self,
+        addr: std::net::SocketAddr,
+        tls: bool,
+        served: u32,
+    ) -> (Counted<S>, Arc<Exchanges>)
+    where
+        F: Fn(Peer) -> S,
+    {
+        let exchanges = Arc::new(Exchanges::after(served));
+        let service = Counted::new(
+            (self.make_service)(Peer::new(addr, tls)),
+            Arc::clone(&exchanges),
+            self.head.max_requests,
+        );
+        (service, exchanges)
     }
 
     /// Takes a parked connection back up (on the lot's thread, inside the runtime's context).
