@@ -397,11 +397,7 @@ mod tests {
         let lines = out.lines();
         assert_eq!(lines.len(), 20_000);
         for (n, line) in lines.iter().enumerate() {
-            assert_eq!(
-                line.as_bytes(),
-                &numbered(n)[..numbered(n).len() - 1],
-                "line {n}"
-            );
+            assert_eq!(line.as_bytes(), numbered(n).trim_ascii_end(), "line {n}");
         }
         assert_eq!(sink.dropped(), 0);
     }
@@ -638,10 +634,7 @@ impl LogSink {
         if buf.len() < Self::BATCH {
             return;
         }
-        let next = lock(&self.shared.spares)
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(Self::BATCH + Self::BATCH / 4));
-        let full = std::mem::replace(&mut *buf, next);
+        let full = std::mem::replace(&mut *buf, self.shared.spare());
         // Sent under the lock: the writer, taking the buffer on its timer, must find every
         // earlier batch already queued.
         if let Err(
@@ -666,6 +659,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SinkShared {
+    /// An empty buffer for the next batch: a written one, or a new one with a batch's room.
+    fn spare(&self) -> Vec<u8> {
+        lock(&self.spares)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(LogSink::BATCH + LogSink::BATCH / 4))
+    }
+
     /// The writer thread: queued batches in order, and every [`LogSink::EVERY`] (or on a
     /// flush) the batch being filled.
     fn write_out(
@@ -700,8 +700,7 @@ impl SinkShared {
             let (queued, current) = {
                 let mut buf = lock(&self.buf);
                 let queued: Vec<SinkMsg> = batches.try_iter().collect();
-                let spare = lock(&self.spares).pop().unwrap_or_default();
-                (queued, std::mem::replace(&mut *buf, spare))
+                (queued, std::mem::replace(&mut *buf, self.spare()))
             };
             let mut acks = Vec::new();
             for msg in queued {
