@@ -228,8 +228,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .collect();
         let first = headers.remove(header::CONNECTION);
         for value in first.iter().chain(&others) {
-            for name in value.as_bytes().split(|b| *b == b',') {
-                let name = name.trim_ascii();
+            for name in crate::forward::wire::list_items(value.as_bytes()) {
                 if name.is_empty()
                     || name.eq_ignore_ascii_case(b"upgrade")
                     || HOP_BY_HOP

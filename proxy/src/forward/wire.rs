@@ -232,10 +232,15 @@ pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// The items of a comma-separated field value, trimmed (empty ones included).
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// What one `Connection` field value says about the connection: (`close`, `keep-alive`).
 pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
     let mut options = (false, false);
-    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+    for token in list_items(value) {
         options.0 |= token.eq_ignore_ascii_case(b"close");
         options.1 |= token.eq_ignore_ascii_case(b"keep-alive");
     }
@@ -248,7 +253,7 @@ pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
 pub(crate) fn transfer_codings(value: &[u8]) -> (u32, bool) {
     let mut codings = (0, false);
     let mut named = false;
-    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+    for token in list_items(value) {
         if token.is_empty() {
             continue;
         }
