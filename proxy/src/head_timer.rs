@@ -41,8 +41,8 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::listen::RequestBody;
 use crate::listen::slots::Deadline;
+use crate::listen::{RequestBody, Shared};
 
 /// What a client that took too long over its request head reads before the connection ends.
 pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 34\r\n\r\nrequest head not received in time\n";
@@ -200,11 +200,11 @@ impl<B: Body> Body for Finished<B> {
 pub struct HeadTimer<T> {
     io: T,
     exchanges: Arc<Exchanges>,
-    /// The listener's: `timeout` for a head once started (and for the first one to start),
-    /// `idle` for the next head after a request. Shared, not copied: this struct is part of
-    /// what every idle connection costs.
-    limits: Arc<crate::listen::HeadLimits>,
-    listener: &'static str,
+    /// The listener's: its head limits (`timeout` for a head once started, and for the first
+    /// one to start; `idle` for the next head after a request), its name and where its idle
+    /// connections are parked. Shared, not copied: this struct is part of what every idle
+    /// connection costs.
+    listener: Arc<Shared>,
     /// `started` when last looked at: a change means a head was completed.
     seen: u32,
     /// Bytes of a new request head arrived while no request was in flight.
@@ -234,6 +234,9 @@ pub struct HeadTimer<T> {
 
 /// What our HTTP/1.1 loop (`listen::h1`) asks of a connection's IO besides reads and writes.
 pub trait ConnIo {
+    /// The listener the connection came in on.
+    fn listener(&self) -> &Arc<Shared>;
+
     /// The connection is handed to hyper: from now on, heads are watched for both framing
     /// fields (see the module docs); `head` is what hyper reads first, from the start of a
     /// head.
@@ -246,6 +249,10 @@ pub trait ConnIo {
 }
 
 impl<T> ConnIo for HeadTimer<T> {
+    fn listener(&self) -> &Arc<Shared> {
+        &self.listener
+    }
+
     fn park_due(&self) -> bool {
         self.park_due
     }
@@ -320,14 +327,12 @@ impl<T> HeadTimer<T> {
     pub fn new(
         io: T,
         exchanges: Arc<Exchanges>,
-        limits: Arc<crate::listen::HeadLimits>,
-        listener: &'static str,
+        listener: Arc<Shared>,
         timer: Deadline,
     ) -> HeadTimer<T> {
         HeadTimer {
             io,
             exchanges,
-            limits,
             listener,
             timer,
             seen: 0,
@@ -357,7 +362,7 @@ impl<T> HeadTimer<T> {
     pub fn into_idle(self) -> (T, u32, Instant) {
         let deadline = self
             .deadline
-            .unwrap_or_else(|| Instant::now() + self.limits.idle);
+            .unwrap_or_else(|| Instant::now() + self.listener.head.idle);
         (
             self.io,
             self.exchanges.started.load(Ordering::Relaxed),
@@ -427,17 +432,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 // ends, so this timer is what wakes an idle connection to be closed.
                 let idle = !(this.partial || this.seen == 0);
                 let wait = if idle {
-                    this.limits.idle
+                    this.listener.head.idle
                 } else {
-                    this.limits.timeout
+                    this.listener.head.timeout
                 };
                 let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
                 loop {
                     // Idle after a request: the wake to park comes first, `park` into the
                     // wait (the listener starts a lot only when `park` < `idle`).
-                    let park_at = match this.limits.park {
+                    let park_at = match this.listener.head.park {
                         Some(park) if idle && this.parkable && !this.park_due => {
-                            deadline.checked_sub(this.limits.idle.saturating_sub(park))
+                            deadline.checked_sub(this.listener.head.idle.saturating_sub(park))
                         }
                         _ => None,
                     };
@@ -453,12 +458,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                     }
                     // Inside an exchange (the body has its own timeout): the idle wait
                     // starts over.
-                    deadline = Instant::now() + this.limits.idle;
+                    deadline = Instant::now() + this.listener.head.idle;
                     this.deadline = Some(deadline);
                 }
                 this.ended = true;
                 if this.partial {
-                    metrics::counter!(crate::telemetry::HEADER_TIMEOUTS, crate::telemetry::L_LISTENER => this.listener).increment(1);
+                    metrics::counter!(crate::telemetry::HEADER_TIMEOUTS, crate::telemetry::L_LISTENER => this.listener.name).increment(1);
                     // Best effort: a small write to a socket with room; then FIN.
                     let io = Pin::new(&mut this.io);
                     let _ = io.poll_write(cx, TIMED_OUT);

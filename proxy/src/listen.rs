@@ -45,6 +45,28 @@ pub struct HeadLimits {
     pub park: Option<Duration>,
 }
 
+/// What every connection of one listener shares, behind one pointer in its task.
+pub struct Shared {
+    /// The listener's name, for metrics.
+    pub name: &'static str,
+    pub head: HeadLimits,
+    /// Hyper's server, for what our loop hands over (`h1::hand_over`).
+    pub hyper: auto::Builder<TokioExecutor>,
+    /// Where idle plain connections are parked: plain listeners, unless `park_idle_after` is
+    /// off.
+    pub lot: Option<Arc<park::Lot>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("head", &self.head)
+            .field("parks", &self.lot.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl HeadLimits {
     /// The server section's (both data-plane listeners and the admin API use them).
     pub fn of(server: &routes::Server) -> HeadLimits {
@@ -174,7 +196,6 @@ where
         .max_send_buf_size(256 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let head = Arc::new(head);
     // Every connection holds a slot: the drain is over when the last one is dropped. The
     // sweep wakes connections whose head or idle wait has run out.
     let open = Arc::new(Slots::default());
@@ -201,15 +222,17 @@ where
             None
         };
         Listener {
-            name,
             make_service,
-            builder: Arc::new(builder),
-            head,
             open: Arc::clone(&open),
-            lot,
+            shared: Arc::new(Shared {
+                name,
+                head,
+                hyper: builder,
+                lot,
+            }),
         }
     });
-    if let Some(lot) = &ctx.lot {
+    if let Some(lot) = &ctx.shared.lot {
         tokio::spawn(park::sweep(Arc::downgrade(lot)));
     }
     let accepted = metrics::counter!(telemetry::CONNECTIONS_TOTAL, telemetry::L_LISTENER => name);
@@ -261,9 +284,8 @@ where
             continue;
         };
         let (service, exchanges) = ctx.counted(addr, true, 0);
-        let builder = Arc::clone(&ctx.builder);
         let stop = open.hold();
-        let head = Arc::clone(&ctx.head);
+        let shared = Arc::clone(&ctx.shared);
         tokio::spawn(async move {
             let _slot = slot;
             // Boxed: the handshake's state is not kept for the connection's life.
@@ -286,18 +308,18 @@ where
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = HeadTimer::new(stream, exchanges, Arc::clone(&head), name, stop.deadline());
+            let io = HeadTimer::new(stream, exchanges, shared, stop.deadline());
             if h2 {
-                let conn = h1::hand_over(io, bytes::Bytes::new(), service, &builder, stop);
+                let conn = h1::hand_over(io, bytes::Bytes::new(), service, stop);
                 Box::pin(conn).await;
             } else {
-                h1::serve(io, service, builder, head, stop, ()).await;
+                h1::serve(io, service, stop, ()).await;
             }
         });
     }
     drop(listener);
     open.start_drain();
-    if let Some(lot) = &ctx.lot {
+    if let Some(lot) = &ctx.shared.lot {
         // Parked connections are idle ones: closed at once, as their tasks would be.
         lot.close();
     }
@@ -307,20 +329,16 @@ where
 /// What a listener's connections are served with, shared by its accept loop and its lot of
 /// parked connections (which takes them back up).
 struct Listener<F> {
-    name: &'static str,
     make_service: F,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    head: Arc<HeadLimits>,
     open: Arc<Slots>,
-    /// Plain listeners, unless `park_idle_after` is off.
-    lot: Option<Arc<park::Lot>>,
+    shared: Arc<Shared>,
 }
 
 /// A listener dropped without its drain (its task aborted) stops its lot too: the thread
 /// would otherwise wait on the parked sockets for good.
 impl<F> Drop for Listener<F> {
     fn drop(&mut self) {
-        if let Some(lot) = &self.lot {
+        if let Some(lot) = &self.shared.lot {
             lot.close();
         }
     }
@@ -342,23 +360,9 @@ impl<F> Listener<F> {
     {
         let (service, exchanges) = self.counted(addr, false, served);
         let stop = self.open.hold();
-        let io = HeadTimer::new(
-            stream,
-            exchanges,
-            Arc::clone(&self.head),
-            self.name,
-            stop.deadline(),
-        )
-        .parkable(self.lot.is_some());
-        let keeper = park::Keeper::new(self.lot.clone(), slot);
-        tokio::spawn(h1::serve(
-            io,
-            service,
-            Arc::clone(&self.builder),
-            Arc::clone(&self.head),
-            stop,
-            keeper,
-        ));
+        let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline())
+            .parkable(self.shared.lot.is_some());
+        tokio::spawn(h1::serve(io, service, stop, park::Keeper::new(slot)));
     }
 
     /// A connection's service, counting its requests from `served` on.
@@ -375,7 +379,7 @@ impl<F> Listener<F> {
         let service = Counted::new(
             (self.make_service)(Peer::new(addr, tls)),
             Arc::clone(&exchanges),
-            self.head.max_requests,
+            self.shared.head.max_requests,
         );
         (service, exchanges)
     }

@@ -34,8 +34,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::slots::Hold;
@@ -144,8 +143,6 @@ const COPY_MAX: usize = 4096;
 pub fn serve<I, S, B>(
     mut io: I,
     service: S,
-    hyper: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<HeadLimits>,
     stop: Hold,
     keeper: impl Keep<I>,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -162,20 +159,18 @@ where
             // The parsed request goes straight into the exchange's box: held in a named local
             // here, it kept its room (272 bytes) in the connection's future, idle or not
             // (760 bytes against 488, release layout).
-            let exchange =
-                match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &limits, &stop)).await {
-                    Next::Request(req, info) => Box::pin(exchange(
-                        &mut io,
-                        Box::pin(service.call(req)),
-                        info,
-                        &mut buf,
-                        limits.max_bytes,
-                        &stop,
-                    )),
-                    Next::Closed => return,
-                    Next::Park => return keeper.park(io),
-                    Next::Hyper => break,
-                };
+            let exchange = match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &stop)).await {
+                Next::Request(req, info) => Box::pin(exchange(
+                    &mut io,
+                    Box::pin(service.call(req)),
+                    info,
+                    &mut buf,
+                    &stop,
+                )),
+                Next::Closed => return,
+                Next::Park => return keeper.park(io),
+                Next::Hyper => break,
+            };
             let keep = exchange.await;
             if !keep {
                 let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
@@ -188,7 +183,7 @@ where
         }
         io.watch_heads(&buf);
         // Boxed: hyper's connection state is large, and most connections never need it.
-        Box::pin(hand_over(io, buf.freeze(), service, &hyper, stop)).await;
+        Box::pin(hand_over(io, buf.freeze(), service, stop)).await;
     }
 }
 
@@ -205,19 +200,19 @@ impl<I> Keep<I> for () {
 
 /// Serves the rest of the connection with hyper's server, `prefix` (bytes already read) first.
 /// Once `stop` has turned (before or during), hyper finishes the request in hand and closes.
-pub async fn hand_over<I, S, B>(
-    io: I,
-    prefix: Bytes,
-    service: S,
-    hyper: &auto::Builder<TokioExecutor>,
-    stop: Hold,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+pub async fn hand_over<I, S, B>(io: I, prefix: Bytes, service: S, stop: Hold)
+where
+    I: AsyncRead + AsyncWrite + ConnIo + Unpin + Send + 'static,
     S: ConnService<B>,
     B: ConnBody,
 {
+    let listener = Arc::clone(io.listener());
     let io = Prefixed { prefix, io };
-    let mut conn = pin!(hyper.serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service)));
+    let mut conn = pin!(
+        listener
+            .hyper
+            .serve_connection_with_upgrades(TokioIo::new(io), ToHyper(service))
+    );
     // One poll first: hyper takes in hand the request already read, so a stop answers it (with
     // `Connection: close`) rather than closing on a connection hyper still thinks idle.
     if poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx).is_ready())).await {
@@ -258,11 +253,11 @@ fn poll_head<I: AsyncRead + ConnIo + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
     buf: &mut BytesMut,
-    limits: &HeadLimits,
     stop: &Hold,
 ) -> Poll<Next> {
     loop {
         if !buf.is_empty() {
+            let limits = &io.listener().head;
             match parse(buf, limits) {
                 Parse::Done(req, info) => return Poll::Ready(Next::Request(req, info)),
                 Parse::Hyper => return Poll::Ready(Next::Hyper),
@@ -429,11 +424,10 @@ async fn exchange<I, F, E, B>(
     mut answer: Pin<Box<F>>,
     info: Info,
     buf: &mut BytesMut,
-    max_bytes: usize,
     draining: &Hold,
 ) -> bool
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + ConnIo + Unpin,
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
 {
@@ -442,7 +436,7 @@ where
         if let Poll::Ready(r) = answer.as_mut().poll(cx) {
             return Poll::Ready(r.ok());
         }
-        while buf.len() < max_bytes {
+        while buf.len() < io.listener().head.max_bytes {
             match poll_read_some(cx, io, buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) => {}
@@ -782,17 +776,37 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 mod tests {
     use std::collections::VecDeque;
     use std::convert::Infallible;
+    use std::sync::LazyLock;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioExecutor;
+    use hyper_util::server::conn::auto;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    use super::super::Shared;
     use super::super::slots::Slots;
     use super::*;
 
     /// These tests serve a bare stream: nothing to watch.
     impl ConnIo for DuplexStream {
+        fn listener(&self) -> &Arc<Shared> {
+            static LISTENER: LazyLock<Arc<Shared>> = LazyLock::new(|| {
+                let mut hyper = auto::Builder::new(TokioExecutor::new());
+                // As listen::serve sets it: the head limit is hyper's too once it has the
+                // connection.
+                hyper.http1().max_buf_size(limits().max_bytes);
+                Arc::new(Shared {
+                    name: "test",
+                    head: limits(),
+                    hyper,
+                    lot: None,
+                })
+            });
+            &LISTENER
+        }
+
         fn watch_heads(&mut self, _head: &[u8]) {}
     }
 
@@ -888,18 +902,7 @@ mod tests {
         let given_up = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&given_up);
         let service = hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag)));
-        let mut hyper = auto::Builder::new(TokioExecutor::new());
-        // As listen::serve sets it: the head limit is hyper's too once it has the connection.
-        hyper.http1().max_buf_size(limits().max_bytes);
-        let hyper = Arc::new(hyper);
-        let task = tokio::spawn(serve(
-            server,
-            service,
-            hyper,
-            Arc::new(limits()),
-            drain.hold(),
-            (),
-        ));
+        let task = tokio::spawn(serve(server, service, drain.hold(), ()));
         (client, drain, given_up, task)
     }
 

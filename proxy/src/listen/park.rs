@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::ConnSlot;
 use super::slots::every_sweep;
-use crate::head_timer::HeadTimer;
+use crate::head_timer::{ConnIo, HeadTimer};
 
 /// What a parked connection keeps besides its socket, handed back with it.
 #[derive(Debug)]
@@ -252,23 +252,24 @@ pub async fn sweep(lot: Weak<Lot>) {
     every_sweep(move |now| lot.upgrade().map(|l| l.expire(now)).is_some()).await;
 }
 
-/// What a plain connection's loop holds for its life: its place in the connection limits, and
-/// the lot it is parked in when idle.
+/// What a plain connection's loop holds for its life: its place in the connection limits,
+/// kept while it is parked in its listener's lot.
 #[derive(Debug)]
 pub struct Keeper {
-    lot: Option<Arc<Lot>>,
     slot: Option<ConnSlot>,
 }
 
 impl Keeper {
-    pub fn new(lot: Option<Arc<Lot>>, slot: Option<ConnSlot>) -> Keeper {
-        Keeper { lot, slot }
+    pub fn new(slot: Option<ConnSlot>) -> Keeper {
+        Keeper { slot }
     }
 }
 
 impl super::h1::Keep<HeadTimer<tokio::net::TcpStream>> for Keeper {
     fn park(self, io: HeadTimer<tokio::net::TcpStream>) {
-        let Some(lot) = self.lot else { return };
+        let Some(lot) = io.listener().lot.clone() else {
+            return;
+        };
         let (stream, served, deadline) = io.into_idle();
         lot.park(
             stream,
