@@ -107,21 +107,32 @@ pub fn normalize_host(raw: &str) -> String {
     }
 }
 
+/// Byte scans, not `str` patterns: this runs for every request (twice for a `Host` with a port).
 fn normalize_host_step(raw: &str) -> &str {
-    let without_port = if raw.starts_with('[') {
-        match raw.find(']') {
+    let bytes = raw.as_bytes();
+    let without_port = if bytes.first() == Some(&b'[') {
+        match bytes.iter().position(|&b| b == b']') {
             Some(end) => &raw[..=end],
             None => raw,
         }
     } else {
         // Only `name:port` has a port: a name with another ':' is malformed and kept whole.
-        raw.rsplit_once(':')
-            .filter(|(host, port)| {
-                !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-            })
-            .map_or(raw, |(host, _)| host)
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon)
+                if colon + 1 < bytes.len()
+                    && bytes[colon + 1..].iter().all(u8::is_ascii_digit)
+                    && !bytes[..colon].contains(&b':') =>
+            {
+                &raw[..colon]
+            }
+            _ => raw,
+        }
     };
-    without_port.trim_end_matches('.')
+    let mut end = without_port.len();
+    while end > 0 && without_port.as_bytes()[end - 1] == b'.' {
+        end -= 1;
+    }
+    &without_port[..end]
 }
 
 /// The path as routing sees it, the same for every rule: percent-encoded unreserved

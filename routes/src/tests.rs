@@ -124,6 +124,12 @@ fn normalize_host_cases() {
         ("P:422.:2", "p:422.:2"),
         ("a:1.", "a"),
         ("/x/:.", "/x/:"),
+        ("example.com:", "example.com:"),
+        ("a.b..:12", "a.b"),
+        ("[::1].", "[::1]"),
+        ("[::1", "[::1"),
+        (":80", ""),
+        ("...", ""),
     ];
     for (raw, want) in cases {
         assert_eq!(normalize_host(raw), want, "{raw}");
