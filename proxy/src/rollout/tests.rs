@@ -312,6 +312,43 @@ rollout = { candidate = "v3", weight = 5 }
 }
 
 #[test]
+fn ip_stickiness_keys_on_the_address_text() {
+    // Each address lands on the side its text's bucket says, with the IP as the key and as the
+    // fallback for a missing sticky header.
+    for sticky in [
+        r#"sticky = "ip""#,
+        r#"sticky = "header", header = "x-user""#,
+    ] {
+        let s = snapshot(&format!("weight = 50, {sticky}"));
+        let r = Rollouts::default();
+        r.sync(&s);
+        let st = state(&r);
+        let mut sides = [0; 2];
+        for i in 0..200u32 {
+            let ip: std::net::IpAddr = if i % 2 == 0 {
+                std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919).into()
+            } else {
+                std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(i) * 104_729))
+                    .into()
+            };
+            let expected = if routes::rollout::is_candidate(
+                routes::rollout::bucket("app", ip.to_string().as_bytes()),
+                50.0,
+            ) {
+                Version::Candidate
+            } else {
+                Version::Stable
+            };
+            let got = assign("app", &st, &http::HeaderMap::new(), ip, false);
+            assert_eq!(got.version, expected, "{sticky}: {ip}");
+            assert!(got.set_cookie.is_none());
+            sides[usize::from(got.version == Version::Candidate)] += 1;
+        }
+        assert!(sides[0] > 0 && sides[1] > 0, "{sticky}: {sides:?}");
+    }
+}
+
+#[test]
 fn assignment_is_sticky_and_monotonic_and_overridable() {
     let s = snapshot("weight = 10");
     let r = Rollouts::default();
