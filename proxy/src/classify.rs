@@ -72,6 +72,14 @@ pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// An address as text, as `Display` writes it but without `fmt`: for keys built per request
+/// (rate limits, sticky rollouts by client IP).
+pub fn ip_text(ip: IpAddr) -> String {
+    let mut text = Vec::with_capacity(16);
+    push_ip(&mut text, ip);
+    String::from_utf8(text).unwrap_or_else(|_| ip.to_string())
+}
+
 /// The request's host for routing: `:authority` (HTTP/2) or `Host`, normalised.
 /// `None` when both are missing or unreadable (the caller answers 400).
 pub fn host_of<B>(req: &Request<B>) -> Option<String> {
@@ -390,8 +398,11 @@ cluster = "c"
             ("[::ffff:10.0.0.1]:1", "10.0.0.1"),
             ("[2001:db8::1]:1", "2001:db8::1"),
         ] {
-            let peer = Peer::new(addr.parse().expect("addr"), false);
+            let addr: std::net::SocketAddr = addr.parse().expect("addr");
+            let peer = Peer::new(addr, false);
             assert_eq!(peer.ip, text, "{addr}");
+            // Per-request keys: the text `Display` gives (the address as it came).
+            assert_eq!(ip_text(addr.ip()), addr.ip().to_string(), "{addr}");
         }
     }
 

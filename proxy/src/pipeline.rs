@@ -219,13 +219,13 @@ async fn proxy_request(
                 match req.headers().get(h.as_str()).and_then(|v| v.to_str().ok()) {
                     Some(v) => v,
                     None => {
-                        ip_text = client.to_string();
+                        ip_text = classify::ip_text(client);
                         &ip_text
                     }
                 }
             }
             routes::RateKey::Ip => {
-                ip_text = client.to_string();
+                ip_text = classify::ip_text(client);
                 &ip_text
             }
         };

@@ -646,14 +646,6 @@ pub struct Assignment {
     pub set_cookie: Option<http::HeaderValue>,
 }
 
-/// The client address as the sticky key: the text `Display` gives, written without `fmt` (over
-/// a thousand instructions for an address: see `classify::push_ip`).
-fn address_text(client: std::net::IpAddr) -> Vec<u8> {
-    let mut text = Vec::with_capacity(16);
-    crate::classify::push_ip(&mut text, client);
-    text
-}
-
 /// Picks the version for a request: the override header (when allowed), else the sticky
 /// bucket against the current weight.
 pub fn assign(
@@ -705,13 +697,13 @@ pub fn assign(
         model::Sticky::Header(h) => match headers.get(h.as_str()) {
             Some(v) if !v.is_empty() => v.as_bytes(),
             _ => {
-                ip_text = address_text(client);
-                &ip_text
+                ip_text = crate::classify::ip_text(client);
+                ip_text.as_bytes()
             }
         },
         model::Sticky::Ip => {
-            ip_text = address_text(client);
-            &ip_text
+            ip_text = crate::classify::ip_text(client);
+            ip_text.as_bytes()
         }
     };
     let bucket = model::bucket(route_name, key);
