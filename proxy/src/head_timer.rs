@@ -330,12 +330,17 @@ impl<T> HeadTimer<T> {
         listener: Arc<Shared>,
         timer: Deadline,
     ) -> HeadTimer<T> {
+        // A connection taken back up from the lot is idle after its last request, as it was
+        // when parked; a new one has seen none.
+        let seen = exchanges.started.load(Ordering::Relaxed);
+        // Parked when its listener has a lot (plain listeners, unless `park_idle_after` is off).
+        let parkable = listener.lot.is_some();
         HeadTimer {
             io,
             exchanges,
             listener,
             timer,
-            seen: 0,
+            seen,
             partial: false,
             deadline: None,
             prefix: [0; 4],
@@ -343,18 +348,10 @@ impl<T> HeadTimer<T> {
             off: false,
             ended: false,
             watching: false,
-            parkable: false,
+            parkable,
             park_due: false,
             scan: HeadScan::default(),
         }
-    }
-
-    /// Parked once idle for the listener's `park` after a request (when `yes`).
-    pub fn parkable(mut self, yes: bool) -> HeadTimer<T> {
-        self.parkable = yes;
-        // Taken back up from the lot: idle after its last request, as it was when parked.
-        self.seen = self.exchanges.started.load(Ordering::Relaxed);
-        self
     }
 
     /// The IO, the requests served, and when the idle wait ends: what a parked connection

@@ -360,8 +360,7 @@ impl<F> Listener<F> {
     {
         let (service, exchanges) = self.counted(addr, false, served);
         let stop = self.open.hold();
-        let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline())
-            .parkable(self.shared.lot.is_some());
+        let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline());
         tokio::spawn(h1::serve(io, service, stop, park::Keeper::new(slot)));
     }
 
