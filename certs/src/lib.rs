@@ -17,8 +17,8 @@ mod x509;
 pub use x509::{dns_names, issuer_name, not_after_unix};
 
 pub use store::{
-    CertError, CertSource, CertStore, SniResolver, TlsProfile, load_certified_key, scan_directory,
-    tls_server_config,
+    CertError, CertSource, CertStore, ServerTls, SniResolver, TlsProfile, load_certified_key,
+    scan_directory,
 };
 
 /// Installs aws-lc-rs as the process-wide rustls provider. Safe to call more than once.

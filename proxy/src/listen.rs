@@ -14,7 +14,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::classify::Peer;
 use crate::head_timer::{Counted, Exchanges, HeadTimer};
@@ -158,7 +158,7 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/
 pub async fn serve<F, S, B>(
     name: &'static str,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<certs::ServerTls>>,
     limits: Option<Arc<ConnLimits>>,
     head: HeadLimits,
     make_service: F,
@@ -279,7 +279,7 @@ where
         let _ = stream.set_nodelay(true);
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
-        let Some(acceptor) = tls.clone() else {
+        let Some(tls) = tls.clone() else {
             ctx.plain(stream, addr, 0, slot);
             continue;
         };
@@ -288,8 +288,16 @@ where
         let shared = Arc::clone(&ctx.shared);
         tokio::spawn(async move {
             let _slot = slot;
+            // The config is chosen from the ClientHello (certs::ServerTls: the suite by the
+            // client's first choice of family).
+            let accept = async {
+                let start =
+                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+                let config = Arc::clone(tls.for_client(start.client_hello().cipher_suites()));
+                start.into_stream(config).await
+            };
             // Boxed: the handshake's state is not kept for the connection's life.
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept);
             let stream = match Box::pin(handshake).await {
                 // A CA's TLS-ALPN-01 validation: the handshake was the answer.
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(certs::acme::ACME_TLS_ALPN) => {

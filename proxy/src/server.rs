@@ -111,15 +111,13 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
                 .tls
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("HTTPS listener without certificates"))?;
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                certs::tls_server_config(
-                    resolver,
-                    if proxy.active().snapshot.tls.modern {
-                        certs::TlsProfile::Modern
-                    } else {
-                        certs::TlsProfile::Intermediate
-                    },
-                ),
+            Some(Arc::new(certs::ServerTls::new(
+                resolver,
+                if proxy.active().snapshot.tls.modern {
+                    certs::TlsProfile::Modern
+                } else {
+                    certs::TlsProfile::Intermediate
+                },
             )))
         }
         None => None,
@@ -201,7 +199,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
 async fn spawn_proxy_listener(
     name: &'static str,
     addr: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<certs::ServerTls>>,
     limits: &Arc<crate::listen::ConnLimits>,
     proxy: &Arc<Proxy>,
     stop: &watch::Receiver<bool>,
@@ -226,7 +224,7 @@ async fn spawn_proxy_listener(
     };
     let first = bind(addr)?;
     let bound = first.local_addr()?;
-    let serve = |listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>| {
+    let serve = |listener: TcpListener, tls: Option<Arc<certs::ServerTls>>| {
         let p = Arc::clone(proxy);
         let make = move |peer: crate::classify::Peer| {
             let p = Arc::clone(&p);

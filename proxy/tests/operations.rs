@@ -56,6 +56,44 @@ async fn start_https_from_file(
     (fd, https)
 }
 
+/// The suite a handshake with `https` settles on when the client offers `offered`, in order.
+async fn negotiated_suite(
+    https: std::net::SocketAddr,
+    name: &str,
+    ca_pem: &str,
+    offered: &[rustls::CipherSuite],
+) -> rustls::CipherSuite {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let all = std::mem::take(&mut provider.cipher_suites);
+    provider.cipher_suites = offered
+        .iter()
+        .map(|want| *all.iter().find(|s| s.suite() == *want).expect("known"))
+        .collect();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .expect("suite")
+        .suite()
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("frontdoor-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
@@ -407,6 +445,30 @@ async fn tls_sni_alpn_and_certificate_rotation() {
             resp.echo().expect("echo").header("x-forwarded-proto"),
             Some("https")
         );
+    }
+    // The suite: AES-128-GCM for a client that lists AES-GCM first (OpenSSL's order: AES-256
+    // first), ChaCha20-Poly1305 for one that lists it first.
+    use rustls::CipherSuite as C;
+    for (offered, want) in [
+        (
+            [
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_128_GCM_SHA256,
+            ],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            [
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_AES_128_GCM_SHA256,
+            ],
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+    ] {
+        let got = negotiated_suite(https, "a.test", &ca.cert_pem, &offered).await;
+        assert_eq!(got, want, "offered {offered:?}");
     }
     // A name no certificate covers gets the default (the first): verification fails.
     assert!(
