@@ -56,42 +56,54 @@ async fn start_https_from_file(
     (fd, https)
 }
 
-/// The suite a handshake with `https` settles on when the client offers `offered`, in order.
-async fn negotiated_suite(
-    https: std::net::SocketAddr,
-    name: &str,
-    ca_pem: &str,
-    offered: &[rustls::CipherSuite],
-) -> rustls::CipherSuite {
+/// A TLS client trusting `ca_pem`; with `offered`, it offers those suites only, in that order.
+fn tls_client(ca_pem: &str, offered: Option<&[rustls::CipherSuite]>) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
     }
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    let all = std::mem::take(&mut provider.cipher_suites);
-    provider.cipher_suites = offered
-        .iter()
-        .map(|want| *all.iter().find(|s| s.suite() == *want).expect("known"))
-        .collect();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+    if let Some(offered) = offered {
+        let all = std::mem::take(&mut provider.cipher_suites);
+        provider.cipher_suites = offered
+            .iter()
+            .map(|want| *all.iter().find(|s| s.suite() == *want).expect("known"))
+            .collect();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// One `GET /` with `Connection: close` over TLS: the suite, whether the handshake resumed, and
+/// everything the server sent until it closed.
+async fn tls_close_get(
+    https: std::net::SocketAddr,
+    name: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> (rustls::CipherSuite, rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(https)
         .await
         .expect("connect");
     let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
         .connect(server_name, tcp)
         .await
         .expect("handshake");
-    tls.get_ref()
-        .1
-        .negotiated_cipher_suite()
-        .expect("suite")
-        .suite()
+    let (_, conn) = tls.get_ref();
+    let suite = conn.negotiated_cipher_suite().expect("suite").suite();
+    let kind = conn.handshake_kind().expect("kind");
+    let request = format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("request");
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await.expect("answer");
+    (suite, kind, String::from_utf8_lossy(&answer).into_owned())
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -447,7 +459,8 @@ async fn tls_sni_alpn_and_certificate_rotation() {
         );
     }
     // The suite: AES-128-GCM for a client that lists AES-GCM first (OpenSSL's order: AES-256
-    // first), ChaCha20-Poly1305 for one that lists it first.
+    // first), ChaCha20-Poly1305 for one that lists it first. Each client's second connection
+    // resumes, under the same suite.
     use rustls::CipherSuite as C;
     for (offered, want) in [
         (
@@ -467,8 +480,13 @@ async fn tls_sni_alpn_and_certificate_rotation() {
             C::TLS13_CHACHA20_POLY1305_SHA256,
         ),
     ] {
-        let got = negotiated_suite(https, "a.test", &ca.cert_pem, &offered).await;
-        assert_eq!(got, want, "offered {offered:?}");
+        let client = tls_client(&ca.cert_pem, Some(&offered));
+        for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+            let (suite, got, answer) = tls_close_get(https, "a.test", &client).await;
+            assert_eq!(suite, want, "offered {offered:?}");
+            assert_eq!(got, kind, "offered {offered:?}");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
     }
     // A name no certificate covers gets the default (the first): verification fails.
     assert!(
