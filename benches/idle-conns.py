@@ -7,15 +7,17 @@ connections stay), then for each proxy: opens N connections, sends one request o
 the answer, keeps them all open, and reports the proxy's RSS before and after, per connection
 over all N and over the second half alone (and fails if any connection was closed by then);
 then times one more request on each of the first --resume connections (frontdoor has parked
-them: see `server.park_idle_after`).
+them: see `server.park_idle_after`). With --tls, both proxies terminate TLS (the harness's
+ECDSA P-256 certificate; nginx with its session cache) and every connection is a TLS one.
 
-    cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000]
+    cargo build --release -p frontdoor && python3 benches/idle-conns.py [--conns 10000] [--tls]
 """
 import argparse
 import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,11 @@ def wait_port(port, timeout=10.0):
     sys.exit(f"nothing listening on {port}")
 
 
+# Set by --tls: client connections are wrapped in TLS (no verification: a self-signed test
+# certificate on loopback).
+TLS = None
+
+
 def hold(port, n, batch=0, settle=0.0):
     """n connections, one request each, all kept open; returns the sockets. With `batch`, they
     are opened that many at a time, `settle` seconds apart (idle clients arriving over time
@@ -70,6 +77,8 @@ def hold(port, n, batch=0, settle=0.0):
         # From 100 loopback addresses (127.0.1.0..), as many clients would: frontdoor caps
         # connections per client IP (1,000 by default).
         s = socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.1.{i % 100}", 0))
+        if TLS is not None:
+            s = TLS.wrap_socket(s, server_hostname="localhost")
         s.sendall(req)
         got = b""
         while b"hello, world\n" not in got:
@@ -106,9 +115,11 @@ def main():
     ap.add_argument("--batch", type=int, default=0,
                     help="open connections this many at a time, --settle seconds apart (0: all at once)")
     ap.add_argument("--park", default="1s", help="frontdoor's park_idle_after (\"off\": never)")
+    ap.add_argument("--tls", action="store_true", help="TLS connections (both proxies terminate TLS)")
     ap.add_argument("--purge-delay", default="-1",
                     help="MIMALLOC_PURGE_DELAY for frontdoor (ms; -1: freed pages are never returned)")
     a = ap.parse_args()
+    global TLS
     want = a.conns * 2 + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)), hard))
@@ -126,9 +137,20 @@ def main():
         open(os.path.join(run, "16k.bin"), "wb").write(b"\0" * 16384)
         open(os.path.join(run, "up.conf"), "w").write(up)
         start(["nginx", "-c", os.path.join(run, "up.conf"), "-g", "daemon off;"])
+        cert, key = os.path.join(run, "cert.pem"), os.path.join(run, "key.pem")
+        ssl_listen, ssl_conf, mode = "", "", "ka"
+        if a.tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ssl_listen, mode = "ssl", "tls"
+            ssl_conf = f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_session_cache shared:S:10m;"
+            TLS = ssl.create_default_context()
+            TLS.check_hostname = False
+            TLS.verify_mode = ssl.CERT_NONE
         with open(os.path.join(CONF, "nginx-rp.conf.tmpl")) as f:
             rp = (f.read().replace("@RUN@", run).replace("@PORT@", "18402").replace("@UPSTREAM@", "127.0.0.1:18401")
-                  .replace("@WORKERS@", "1").replace("@SSL@", "").replace("@SSLCONF@", "")
+                  .replace("@WORKERS@", "1").replace("@SSL@", ssl_listen).replace("@SSLCONF@", ssl_conf)
                   .replace("worker_connections 16384", f"worker_connections {want}"))
         open(os.path.join(run, "rp.conf"), "w").write(rp)
         nginx = start(["nginx", "-c", os.path.join(run, "rp.conf"), "-g", f"daemon off; worker_rlimit_nofile {want};"])
@@ -137,8 +159,9 @@ def main():
         # the difference swung by hundreds of bytes per connection from run to run. Never
         # returning them keeps RSS the high-water mark of what was touched.
         env = dict(os.environ, CONFIG="bare", FRONTDOOR_HEADER_TIMEOUT="300s", MIMALLOC_PURGE_DELAY=a.purge_delay,
-                   FRONTDOOR_PARK_IDLE_AFTER=a.park)
-        fd = start([os.path.join(HERE, "frontdoor-candidate.sh"), a.frontdoor, "127.0.0.1:18403", "127.0.0.1:18401", run], env=env)
+                   FRONTDOOR_PARK_IDLE_AFTER=a.park, BENCH_MODE=mode)
+        fd = start([os.path.join(HERE, "frontdoor-candidate.sh"), a.frontdoor, "127.0.0.1:18403", "127.0.0.1:18401", run,
+                    cert, key], env=env)
         for port in (18401, 18402, 18403):
             wait_port(port)
         for name, proc, port in (("nginx-1w", nginx, 18402), ("frontdoor", fd, 18403)):
@@ -158,7 +181,7 @@ def main():
                 s.setblocking(False)
                 try:
                     closed += s.recv(1) == b""
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantReadError):
                     pass
             if closed:
                 sys.exit(f"{name}: {closed} of {a.conns} connections closed before the measurement")
