@@ -676,11 +676,10 @@ mod tests {
             .with_no_client_auth()
     }
 
-    #[test]
-    fn profiles_versions_suites_and_resumption() {
-        let ca = dev::DevCa::new("profile CA").expect("ca");
+    /// A store with one certificate from `ca`, for `shop.example.com`.
+    fn shop_store(ca: &dev::DevCa) -> CertStore {
         let leaf = ca.issue(&["shop.example.com"]).expect("leaf");
-        let store = CertStore::from_keys(
+        CertStore::from_keys(
             [(
                 vec!["shop.example.com".to_string()],
                 Arc::new(leaf.certified_key().expect("key")),
@@ -688,7 +687,13 @@ mod tests {
             None,
             false,
         )
-        .expect("store");
+        .expect("store")
+    }
+
+    #[test]
+    fn profiles_versions_suites_and_resumption() {
+        let ca = dev::DevCa::new("profile CA").expect("ca");
+        let store = shop_store(&ca);
         let resolver = Arc::new(SniResolver::new(store));
         let intermediate = ServerTls::new(Arc::clone(&resolver), TlsProfile::Intermediate);
         let modern = ServerTls::new(resolver, TlsProfile::Modern);
@@ -722,16 +727,7 @@ mod tests {
     fn the_suite_follows_the_family_the_client_lists_first() {
         use rustls::CipherSuite as C;
         let ca = dev::DevCa::new("suite CA").expect("ca");
-        let leaf = ca.issue(&["shop.example.com"]).expect("leaf");
-        let store = CertStore::from_keys(
-            [(
-                vec!["shop.example.com".to_string()],
-                Arc::new(leaf.certified_key().expect("key")),
-            )],
-            None,
-            false,
-        )
-        .expect("store");
+        let store = shop_store(&ca);
         let server = ServerTls::new(Arc::new(SniResolver::new(store)), TlsProfile::Intermediate);
         let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
