@@ -494,6 +494,19 @@ async fn tls_sni_alpn_and_certificate_rotation() {
             .await
             .is_err()
     );
+    // Plain HTTP to the TLS port: an alert and the connection closed, counted.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(https)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.expect("closed");
+        assert_eq!(answer.first(), Some(&21), "a TLS alert record: {answer:?}");
+    }
 
     // Rotation: a.test gets a certificate from a new CA; after reload only the new CA verifies.
     let ca2 = certs::dev::DevCa::new("rotated CA").expect("ca2");
@@ -534,6 +547,10 @@ async fn tls_sni_alpn_and_certificate_rotation() {
     // The client that could not verify c.test's certificate hung up with an alert.
     assert!(
         metrics.contains("frontdoor_tls_handshake_failures_total{reason=\"client_alert\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("frontdoor_tls_handshake_failures_total{reason=\"invalid_message\"}"),
         "{metrics}"
     );
     assert!(
