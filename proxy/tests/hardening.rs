@@ -591,12 +591,14 @@ async fn an_unfinished_request_head_gets_408() {
     );
     trickle.abort();
 
-    // Keep-alive: the first request is served, the second head never finishes.
+    // Keep-alive: the first request is served, the second head never finishes. (Idle for 2 s,
+    // the connection is parked; its partial head takes it back up.)
     let mut s = served_once(addr, "/first").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     s.write_all(b"GET /second HTTP/1.1\r\nHo")
         .await
         .expect("write");
+    until_taken_back_up();
     let out = read_all(&mut s).await;
     assert!(timed_out(&out), "{out}");
 
@@ -623,6 +625,23 @@ async fn an_unfinished_request_head_gets_408() {
         3,
         "only the complete requests reached the upstream"
     );
+}
+
+/// Blocks the test's runtime until the plain listener's lot has no parked connection. The lot's
+/// thread waits on real sockets, in real time: a paused clock left to run on meanwhile (the
+/// runtime idle, waiting for the answer) jumps to the parked connection's keep-alive deadline
+/// and closes it before the lot has handed it back. Blocking keeps the clock still.
+fn until_taken_back_up() {
+    let none = "frontdoor_connections_parked{listener=\"http\"} 0\n";
+    for _ in 0..5000 {
+        if frontdoor::telemetry::prometheus().render().contains(none) {
+            // The gauge falls just before the lot spawns the connection's task again.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("the lot never handed the connection back");
 }
 
 /// Parked connections on the plain listener (`frontdoor_connections_parked`), polled until it
