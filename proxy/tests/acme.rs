@@ -63,61 +63,100 @@ async fn start_pebble(dir: &Path, http01_port: u16, tls_alpn_port: u16) -> Pebbl
     let cert = write("pebble-cert.pem", &leaf.cert_pem);
     let key = write("pebble-key.pem", &leaf.key_pem);
     let https_ca_file = write("pebble-https-ca.pem", &ca.cert_pem);
-    let (listen, management, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
-    let config = write(
-        "pebble-config.json",
-        &serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{listen}"),
-            "managementListenAddress": format!("127.0.0.1:{management}"),
-            "certificate": cert, "privateKey": key,
-            "httpPort": http01_port, "tlsPort": tls_alpn_port,
-            "ocspResponderURL": "", "externalAccountBindingRequired": false,
-        }})
-        .to_string(),
-    );
-    let dns_srv = Killed(
-        Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv (Debian package pebble) is installed"),
-    );
-    let pebble = Killed(
-        Command::new("pebble")
-            .args([
-                "-config",
-                &config,
-                "-dnsserver",
-                &format!("127.0.0.1:{dns}"),
-            ])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            // Pebble refuses 5% of good nonces on purpose. instant-acme retries a refused nonce
-            // up to three times; a round that still fails waits 30 s for the next, past these
-            // tests' limits. (One CI run here did not issue in time; its cause was not
-            // captured.) These tests are about our side of the challenges.
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble (Debian package pebble) is installed"),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    eventually("pebble listens", || async move {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    Pebble {
-        _dns: dns_srv,
-        _pebble: pebble,
-        directory: format!("https://localhost:{listen}/dir"),
-        management: format!("127.0.0.1:{management}").parse().expect("addr"),
-        https_ca: ca.cert_pem.clone(),
-        https_ca_file,
+    // Free ports are picked, released and then bound by pebble: another test may take one
+    // meanwhile, and pebble then exits. So: up to three tries, each with fresh ports and its
+    // output kept, until pebble listens.
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        let (listen, management, dns, dns_mgmt) =
+            (free_port(), free_port(), free_port(), free_port());
+        let config = write(
+            &format!("pebble-config-{attempt}.json"),
+            &serde_json::json!({ "pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": cert, "privateKey": key,
+                "httpPort": http01_port, "tlsPort": tls_alpn_port,
+                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            }})
+            .to_string(),
+        );
+        let log = |name: &str| {
+            let path = dir.join(format!("{name}-{attempt}.log"));
+            let file = std::fs::File::create(&path).expect("log file");
+            (path, file)
+        };
+        let (dns_log, dns_out) = log("challtestsrv");
+        let (pebble_log, pebble_out) = log("pebble");
+        let mut dns_srv = Killed(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+                .stdout(Stdio::null())
+                .stderr(dns_out)
+                .spawn()
+                .expect("pebble-challtestsrv (Debian package pebble) is installed"),
+        );
+        let mut pebble = Killed(
+            Command::new("pebble")
+                .args([
+                    "-config",
+                    &config,
+                    "-dnsserver",
+                    &format!("127.0.0.1:{dns}"),
+                ])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                // Pebble refuses 5% of good nonces on purpose. instant-acme retries a refused
+                // nonce up to three times; a round that still fails waits 30 s for the next,
+                // past these tests' limits. These tests are about our side of the challenges.
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .stdout(Stdio::null())
+                .stderr(pebble_out)
+                .spawn()
+                .expect("pebble (Debian package pebble) is installed"),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+        let mut exited = None;
+        for _ in 0..1000 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = pebble.0.try_wait() {
+                exited = Some(format!("pebble exited ({status})"));
+            } else if let Ok(Some(status)) = dns_srv.0.try_wait() {
+                exited = Some(format!("pebble-challtestsrv exited ({status})"));
+            }
+            if exited.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if exited.is_none() && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Pebble {
+                _dns: dns_srv,
+                _pebble: pebble,
+                directory: format!("https://localhost:{listen}/dir"),
+                management: format!("127.0.0.1:{management}").parse().expect("addr"),
+                https_ca: ca.cert_pem.clone(),
+                https_ca_file,
+            };
+        }
+        drop((pebble, dns_srv));
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
+        failures.push(format!(
+            "try {attempt}: {}\n  pebble: {}\n  challtestsrv: {}",
+            exited.unwrap_or_else(|| "not listening after 20 s".into()),
+            tail(&pebble_log),
+            tail(&dns_log)
+        ));
     }
+    panic!("pebble never listened:\n{}", failures.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
