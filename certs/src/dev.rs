@@ -62,6 +62,41 @@ impl DevCa {
         self.sign(names, KeyPair::generate()?, validity)
     }
 
+    /// A rustls client that trusts this CA and speaks `versions`; with `offered`, it offers only
+    /// those suites, in that order (to act as a client with a given preference).
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        offered: Option<&[rustls::CipherSuite]>,
+    ) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if let Some(offered) = offered {
+            let all = std::mem::take(&mut provider.cipher_suites);
+            provider.cipher_suites = offered
+                .iter()
+                .map(|want| {
+                    all.iter()
+                        .find(|s| s.suite() == *want)
+                        .copied()
+                        .ok_or_else(|| format!("{want:?}: not a suite of the provider"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
     #[allow(clippy::type_complexity)]
     fn sign(
         &self,

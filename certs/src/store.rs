@@ -385,16 +385,16 @@ pub enum TlsProfile {
 
 /// Cipher suites of Mozilla's "intermediate" profile (its TLS 1.3 suites and the six ECDHE
 /// AEAD suites of TLS 1.2), in the server's order for a client that prefers AES-GCM.
-const INTERMEDIATE_SUITES: [&str; 9] = [
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+const INTERMEDIATE_SUITES: [rustls::CipherSuite; 9] = [
+    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 ];
 
 /// Whether a suite is one of the ChaCha20-Poly1305 ones.
@@ -462,8 +462,7 @@ fn server_config(
 ) -> rustls::ServerConfig {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     let rank = |s: &rustls::SupportedCipherSuite| {
-        let name = format!("{:?}", s.suite());
-        let at = INTERMEDIATE_SUITES.iter().position(|n| *n == name);
+        let at = INTERMEDIATE_SUITES.iter().position(|c| *c == s.suite());
         // rustls picks a suite of the negotiated version only: ranking all the ChaCha20
         // suites, of either version, first is enough.
         (chacha_first && !is_chacha(s.suite()), at)
@@ -641,39 +640,10 @@ mod tests {
     }
 
     fn client(
-        ca_pem: &str,
+        ca: &dev::DevCa,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Arc<rustls::ClientConfig> {
-        Arc::new(client_offering(ca_pem, versions, None))
-    }
-
-    /// A client config; with `suites`, it offers those only, in that order.
-    fn client_offering(
-        ca_pem: &str,
-        versions: &[&'static rustls::SupportedProtocolVersion],
-        suites: Option<&[rustls::CipherSuite]>,
-    ) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.expect("pem")).expect("root");
-        }
-        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        if let Some(order) = suites {
-            let all = std::mem::take(&mut provider.cipher_suites);
-            provider.cipher_suites = order
-                .iter()
-                .map(|want| {
-                    *all.iter()
-                        .find(|s| s.suite() == *want)
-                        .expect("known suite")
-                })
-                .collect();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(versions)
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        Arc::new(ca.client_config(versions, None).expect("client"))
     }
 
     /// A store with one certificate from `ca`, for `shop.example.com`.
@@ -699,12 +669,11 @@ mod tests {
         let modern = ServerTls::new(resolver, TlsProfile::Modern);
         for config in [&intermediate.aes, &intermediate.chacha] {
             for s in config.crypto_provider().cipher_suites.iter() {
-                let name = format!("{:?}", s.suite());
-                assert!(INTERMEDIATE_SUITES.contains(&name.as_str()), "{name}");
+                assert!(INTERMEDIATE_SUITES.contains(&s.suite()), "{:?}", s.suite());
             }
             assert_eq!(config.crypto_provider().cipher_suites.len(), 9);
         }
-        let tls12 = client(&ca.cert_pem, &[&rustls::version::TLS12]);
+        let tls12 = client(&ca, &[&rustls::version::TLS12]);
         let c = handshake(Arc::clone(&tls12), &intermediate, "shop.example.com")
             .expect("TLS 1.2 under intermediate");
         assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
@@ -713,7 +682,7 @@ mod tests {
             "modern refuses TLS 1.2"
         );
         // Resumption: the second handshake of the same client resumes (TLS 1.3 tickets).
-        let tls13 = client(&ca.cert_pem, &[&rustls::version::TLS13]);
+        let tls13 = client(&ca, &[&rustls::version::TLS13]);
         let first = handshake(Arc::clone(&tls13), &modern, "shop.example.com").expect("first");
         assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
         let second = handshake(tls13, &modern, "shop.example.com").expect("second");
@@ -784,7 +753,7 @@ mod tests {
             ),
         ];
         for (versions, offered, want) in cases {
-            let client = client_offering(&ca.cert_pem, versions, Some(offered));
+            let client = ca.client_config(versions, Some(offered)).expect("client");
             let c = handshake(Arc::new(client), &server, "shop.example.com")
                 .unwrap_or_else(|e| panic!("{offered:?}: {e}"));
             let got = c.negotiated_cipher_suite().expect("suite").suite();
@@ -799,7 +768,7 @@ mod tests {
                 C::TLS13_AES_128_GCM_SHA256,
             ],
         ] {
-            let client = Arc::new(client_offering(&ca.cert_pem, tls13, Some(&order)));
+            let client = Arc::new(ca.client_config(tls13, Some(&order)).expect("client"));
             let first = handshake(Arc::clone(&client), &server, "shop.example.com").expect("1st");
             assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
             let second = handshake(client, &server, "shop.example.com").expect("2nd");

@@ -56,30 +56,6 @@ async fn start_https_from_file(
     (fd, https)
 }
 
-/// A TLS client trusting `ca_pem`; with `offered`, it offers those suites only, in that order.
-fn tls_client(ca_pem: &str, offered: Option<&[rustls::CipherSuite]>) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if let Some(offered) = offered {
-        let all = std::mem::take(&mut provider.cipher_suites);
-        provider.cipher_suites = offered
-            .iter()
-            .map(|want| *all.iter().find(|s| s.suite() == *want).expect("known"))
-            .collect();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 /// One `GET /` with `Connection: close` over TLS: the suite, whether the handshake resumed, and
 /// everything the server sent until it closed.
 async fn tls_close_get(
@@ -480,7 +456,11 @@ async fn tls_sni_alpn_and_certificate_rotation() {
             C::TLS13_CHACHA20_POLY1305_SHA256,
         ),
     ] {
-        let client = tls_client(&ca.cert_pem, Some(&offered));
+        let mut client = ca
+            .client_config(rustls::DEFAULT_VERSIONS, Some(&offered))
+            .expect("client");
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = Arc::new(client);
         for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
             let (suite, got, answer) = tls_close_get(https, "a.test", &client).await;
             assert_eq!(suite, want, "offered {offered:?}");
