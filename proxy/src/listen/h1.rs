@@ -13,6 +13,9 @@
 //! (its request bodies, `100-continue`, upgrades, its 400/431 answers). Hand-over happens only
 //! between requests, so nothing is half-answered by either side.
 //!
+//! An answer that ends its connection is written held (`ConnIo::last_write`), so its last
+//! segment carries the FIN our shutdown sends right after.
+//!
 //! While the service works, the loop keeps reading: a client that closes its side gives up the
 //! request (hyper's default, `half_close` off), and pipelined bytes wait in the buffer.
 //! The request-head timer and the request count work as with hyper: [`HeadTimer`] sits under
@@ -470,7 +473,7 @@ async fn write_response<I, B>(
     mut keep: bool,
 ) -> io::Result<bool>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncWrite + ConnIo + Unpin,
     B: Body,
 {
     let (parts, body) = resp.into_parts();
@@ -538,8 +541,7 @@ where
     out.extend_from_slice(b"\r\n");
 
     if framing == Framing::None {
-        write_all(io, &[&out]).await?;
-        flush(io).await?;
+        write_end(io, &out, keep).await?;
         return Ok(keep);
     }
     let mut sent = 0u64;
@@ -581,8 +583,7 @@ where
                         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
                     }
                     out.extend_from_slice(b"\r\n");
-                    write_all(io, &[&out]).await?;
-                    flush(io).await?;
+                    write_end(io, &out, keep).await?;
                     return Ok(keep);
                 }
                 continue;
@@ -629,11 +630,24 @@ where
         }
         _ => {}
     }
-    if !out.is_empty() {
-        write_all(io, &[&out]).await?;
-    }
-    flush(io).await?;
+    // (`keep` is false for `Framing::Close`.)
+    write_end(io, &out, keep).await?;
     Ok(keep && framing != Framing::Close)
+}
+
+/// Writes what is left of an answer (`out`, may be empty) and flushes; when the connection
+/// ends after it (not `keep`), held for the FIN (`ConnIo::last_write`).
+async fn write_end<I>(io: &mut I, out: &[u8], keep: bool) -> io::Result<()>
+where
+    I: AsyncWrite + ConnIo + Unpin,
+{
+    if !out.is_empty() {
+        if !keep {
+            io.last_write();
+        }
+        write_all(io, &[out]).await?;
+    }
+    flush(io).await
 }
 
 /// The response's own `Content-Length`, when it has exactly one valid value.
@@ -776,6 +790,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 mod tests {
     use std::collections::VecDeque;
     use std::convert::Infallible;
+    use std::os::fd::AsFd;
     use std::sync::LazyLock;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -784,27 +799,34 @@ mod tests {
     use hyper_util::rt::TokioExecutor;
     use hyper_util::server::conn::auto;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::super::Shared;
     use super::super::slots::Slots;
     use super::*;
+    use crate::head_timer::{Counted, Exchanges, HeadTimer};
+
+    /// The listener these tests' connections belong to.
+    fn shared() -> &'static Arc<Shared> {
+        static LISTENER: LazyLock<Arc<Shared>> = LazyLock::new(|| {
+            let mut hyper = auto::Builder::new(TokioExecutor::new());
+            // As listen::serve sets it: the head limit is hyper's too once it has the
+            // connection.
+            hyper.http1().max_buf_size(limits().max_bytes);
+            Arc::new(Shared {
+                name: "test",
+                head: limits(),
+                hyper,
+                lot: None,
+            })
+        });
+        &LISTENER
+    }
 
     /// These tests serve a bare stream: nothing to watch.
     impl ConnIo for DuplexStream {
         fn listener(&self) -> &Arc<Shared> {
-            static LISTENER: LazyLock<Arc<Shared>> = LazyLock::new(|| {
-                let mut hyper = auto::Builder::new(TokioExecutor::new());
-                // As listen::serve sets it: the head limit is hyper's too once it has the
-                // connection.
-                hyper.http1().max_buf_size(limits().max_bytes);
-                Arc::new(Shared {
-                    name: "test",
-                    head: limits(),
-                    hyper,
-                    lot: None,
-                })
-            });
-            &LISTENER
+            shared()
         }
 
         fn watch_heads(&mut self, _head: &[u8]) {}
@@ -857,6 +879,9 @@ mod tests {
                     Frame::trailers(trailers),
                 ]))))
             }
+            "/short" => Response::new(http_body_util::Either::Right(Frames(VecDeque::from([
+                Frame::data(Bytes::from_static(b"short, length unknown")),
+            ])))),
             "/empty" => {
                 let mut r = Response::new(full(String::new()));
                 *r.status_mut() = StatusCode::NO_CONTENT;
@@ -906,6 +931,35 @@ mod tests {
         (client, drain, given_up, task)
     }
 
+    /// A real TCP connection served by our loop through its request-head timer, as a listener
+    /// serves it: the client's end, and a second handle on the server's socket (its options
+    /// stay readable after the loop has closed its own).
+    async fn tcp_served() -> (TcpStream, socket2::Socket, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        server.set_nodelay(true).expect("nodelay");
+        let probe = socket2::Socket::from(server.as_fd().try_clone_to_owned().expect("dup"));
+        let slots = Arc::new(Slots::default());
+        let hold = slots.hold();
+        let exchanges = Arc::new(Exchanges::default());
+        let io = HeadTimer::new(
+            server,
+            Arc::clone(&exchanges),
+            Arc::clone(shared()),
+            hold.deadline(),
+        );
+        let flag = Arc::new(AtomicBool::new(false));
+        let service = Counted::new(
+            hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag))),
+            exchanges,
+            limits().max_requests,
+        );
+        (client, probe, tokio::spawn(serve(io, service, hold, ())))
+    }
+
     /// What a client reads, to the close, from a fresh connection after sending `send`.
     async fn served(send: &[u8]) -> String {
         let (mut client, _stop, _, task) = start();
@@ -914,7 +968,7 @@ mod tests {
         text
     }
 
-    async fn transcript(client: &mut DuplexStream, send: &[u8]) -> String {
+    async fn transcript<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, send: &[u8]) -> String {
         client.write_all(send).await.expect("write");
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.expect("read");
@@ -958,6 +1012,54 @@ mod tests {
             answers[4].ends_with("GET /last HTTP/1.1 ours=true body=0"),
             "{text}"
         );
+    }
+
+    /// An answer that ends its connection is held in the corked socket for the FIN, and
+    /// arrives whole; a kept connection's answers are not held (the kernel would send them
+    /// after 200 ms). Each way an answer can end: a length, no body (204), chunks and
+    /// trailers, an HTTP/1.0 body that runs to the close.
+    #[tokio::test]
+    async fn only_an_answer_that_ends_its_connection_is_held_for_the_fin() {
+        let cases: [(&[u8], &str, &[u8], &str); 3] = [
+            (
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /a HTTP/1.1 ours=true body=0",
+                b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "GET /last HTTP/1.1 ours=true body=0",
+            ),
+            (
+                b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n",
+                "\r\n\r\n",
+                b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "\r\n0\r\nx-sum: 7\r\n\r\n",
+            ),
+            (
+                b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                "GET /a HTTP/1.0 ours=true body=0",
+                b"GET /short HTTP/1.0\r\n\r\n",
+                "\r\n\r\nshort, length unknown",
+            ),
+        ];
+        for (kept, kept_end, last, last_end) in cases {
+            let (mut client, probe, task) = tcp_served().await;
+            client.write_all(kept).await.expect("write");
+            let mut got = Vec::new();
+            while !got.ends_with(kept_end.as_bytes()) {
+                let mut chunk = [0u8; 8192];
+                let n = client.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert!(!probe.tcp_cork().expect("TCP_CORK"), "a kept answer held");
+            let text = transcript(&mut client, last).await;
+            task.await.expect("served");
+            assert!(text.starts_with("HTTP/1.1 2"), "{text}");
+            assert!(text.ends_with(last_end), "{text}");
+            assert!(
+                probe.tcp_cork().expect("TCP_CORK"),
+                "the last answer not held: {text}"
+            );
+        }
     }
 
     #[tokio::test]
