@@ -479,10 +479,14 @@ fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.ignore_client_order = true;
-    // acme-tls/1 last: only a CA validating a TLS-ALPN-01 challenge offers it.
+    // `http/1.0` too: a client that offers only it (`curl --http1.0`) would otherwise be
+    // refused the handshake (rustls answers `no_application_protocol` when no name matches);
+    // the connection loop serves HTTP/1.0 as it comes. acme-tls/1 last: only a CA validating a
+    // TLS-ALPN-01 challenge offers it.
     config.alpn_protocols = vec![
         b"h2".to_vec(),
         b"http/1.1".to_vec(),
+        b"http/1.0".to_vec(),
         crate::acme::ACME_TLS_ALPN.to_vec(),
     ];
     config

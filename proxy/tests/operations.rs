@@ -423,6 +423,8 @@ async fn tls_sni_alpn_and_certificate_rotation() {
     for (name, alpn, want) in [
         ("a.test", &[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
         ("x.b.test", &[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+        // A client that offers only HTTP/1.0 (`curl --http1.0`) is not refused the handshake.
+        ("a.test", &[&b"http/1.0"[..]][..], &b"http/1.0"[..]),
     ] {
         let (proto, resp) = loadtest::client::tls_get(https, name, &ca.cert_pem, alpn, "/")
             .await
