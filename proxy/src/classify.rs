@@ -341,8 +341,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: 
             Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
             _ => HeaderValue::from_str(host).ok(),
         };
-        if let Some(v) = value {
-            headers.insert(X_FORWARDED_HOST, v);
+        match value {
+            Some(v) if !v.is_empty() => {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+            // No host (HTTP/1.0 without `Host`): none to forward, and none from the client.
+            _ => {
+                headers.remove(X_FORWARDED_HOST);
+            }
         }
     }
 }

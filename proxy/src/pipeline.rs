@@ -156,7 +156,10 @@ async fn proxy_request(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = &active.snapshot;
-    if host.is_empty() {
+    // HTTP/1.1 must send `Host` (RFC 9112 §3.2); HTTP/1.0 may not, and is then routed among the
+    // routes for any host, as a default server would take it (the upstream gets its endpoint's
+    // authority as `Host`). A health check that sends `OPTIONS / HTTP/1.0` is one such client.
+    if host.is_empty() && req.version() != http::Version::HTTP_10 {
         return Err(ProxyError::BadRequest("missing Host"));
     }
     classify::check_framing(&req)?;

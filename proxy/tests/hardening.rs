@@ -153,6 +153,41 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
     fd.shutdown().await;
 }
 
+/// HTTP/1.0 may go without `Host` (RFC 9112 §3.2 asks it of HTTP/1.1 only): such a request is
+/// routed among the routes for any host, and the upstream gets its endpoint's address as
+/// `Host`, and no `X-Forwarded-Host`. Without a route for any host it finds none (404);
+/// HTTP/1.1 without `Host` stays 400 (the table above).
+#[tokio::test]
+async fn http10_without_host_is_served_by_a_route_for_any_host() {
+    let (origin, fd) = behind_one_route("").await;
+    let addr = fd.http.expect("http");
+    let out = exchange(
+        addr,
+        b"GET /x HTTP/1.0\r\nX-Forwarded-Host: spoofed\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: loadtest::Echo = serde_json::from_str(body).expect("the origin's echo");
+    assert_eq!(echo.path, "/x");
+    assert_eq!(echo.header("host"), Some(origin.addr.to_string().as_str()));
+    // No host to forward, and the client's own is not passed on.
+    assert_eq!(echo.header("x-forwarded-host"), None);
+    fd.shutdown().await;
+
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "{}\n[[routes]]\nhosts = [\"only.test\"]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    let out = exchange(addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert_eq!(origin.faults.requests(), 0);
+    fd.shutdown().await;
+}
+
 /// Request heads over the configured limits: 414 for a long target, 431 for too many or too
 /// large header fields; nothing reaches the upstream. Just under each limit is served.
 #[tokio::test]
