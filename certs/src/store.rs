@@ -408,15 +408,15 @@ fn is_chacha(suite: rustls::CipherSuite) -> bool {
     )
 }
 
-/// The listener's TLS: the profile's versions and suites, SNI from the resolver, ALPN `h2` then
-/// `http/1.1`, and session resumption with both a session cache and tickets. It is two rustls
-/// configs that differ only in which suite they choose, by what the client lists first among
-/// ours: a client that lists an AES-GCM suite first gets AES-128-GCM if it offers it (it has AES
-/// instructions, and a key schedule on SHA-256 is cheaper than on SHA-384, which CPUs rarely
-/// accelerate: a resumed TLS 1.3 handshake measured 13% cheaper here); one that lists
-/// ChaCha20-Poly1305 first gets that (a device without AES instructions). Both share the resolver, the ticket keys and the session cache. (A client
-/// that keeps its order keeps its suite, and so can resume: rustls resumes a session under the
-/// suite that made it only.)
+/// The listener's TLS: the profile's versions and suites, SNI from the resolver, ALPN `h2`, then
+/// `http/1.1`, then `http/1.0`, and session resumption with both a session cache and tickets. It
+/// is two rustls configs that differ only in which suite they choose, by what the client lists
+/// first among ours: a client that lists an AES-GCM suite first gets AES-128-GCM if it offers it
+/// (it has AES instructions, and a key schedule on SHA-256 is cheaper than on SHA-384, which
+/// CPUs rarely accelerate: a resumed TLS 1.3 handshake measured 13% cheaper here); one that
+/// lists ChaCha20-Poly1305 first gets that (a device without AES instructions). Both share the
+/// resolver, the ticket keys and the session cache. (A client that keeps its order keeps its
+/// suite, and so can resume: rustls resumes a session under the suite that made it only.)
 pub struct ServerTls {
     aes: Arc<rustls::ServerConfig>,
     chacha: Arc<rustls::ServerConfig>,
