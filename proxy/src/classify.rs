@@ -311,7 +311,8 @@ impl ViaValues {
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
-/// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced.
+/// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced (and
+/// `X-Forwarded-Host` removed when there is no host: HTTP/1.0 without `Host`).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
     // An untrusted peer's own `X-Forwarded-For` is replaced without being read.
     let prev = if trusted {
@@ -338,18 +339,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: 
     if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         // The `Host` field itself when it is already in normal form (no copy).
         let value = match headers.get(header::HOST) {
+            // No host: none to forward, and none from the client.
+            _ if host.is_empty() => None,
             Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
             _ => HeaderValue::from_str(host).ok(),
         };
         match value {
-            Some(v) if !v.is_empty() => {
-                headers.insert(X_FORWARDED_HOST, v);
-            }
-            // No host (HTTP/1.0 without `Host`): none to forward, and none from the client.
-            _ => {
-                headers.remove(X_FORWARDED_HOST);
-            }
-        }
+            Some(v) => headers.insert(X_FORWARDED_HOST, v),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
     }
 }
 
