@@ -136,12 +136,12 @@ fn sweep<C>(lists: &IdleLists<C>, keep: impl Fn(&Idle<C>) -> bool) {
 struct Shared {
     transport: Transport,
     idle: IdleLists<http1::SendRequest<UpstreamBody>>,
-    wire: IdleLists<WireConn>,
+    wire: IdleLists<Box<WireConn>>,
     h2: Mutex<routes::LookupMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
 }
 
 impl Return for Shared {
-    fn give_back(&self, conn: WireConn) {
+    fn give_back(&self, conn: Box<WireConn>) {
         park(&self.wire, conn.addr, conn);
     }
 }
@@ -236,10 +236,12 @@ impl UpstreamClient {
             UpstreamIncoming(Kind::Hyper {
                 inner,
                 done: false,
-                back: keep.then(|| Back {
-                    send,
-                    addr,
-                    pool: Arc::downgrade(&self.shared),
+                back: keep.then(|| {
+                    Box::new(Back {
+                        send,
+                        addr,
+                        pool: Arc::downgrade(&self.shared),
+                    })
                 }),
             })
         }))
@@ -282,7 +284,7 @@ impl UpstreamClient {
     }
 
     /// An idle inline connection to `addr` the upstream has not closed, if there is one.
-    fn checkout_wire(&self, addr: SocketAddr) -> Option<WireConn> {
+    fn checkout_wire(&self, addr: SocketAddr) -> Option<Box<WireConn>> {
         let limit = self.shared.transport.idle_timeout;
         let mut pools = self.shared.wire.lock().unwrap_or_else(|p| p.into_inner());
         let list = pools.get_mut(&(addr, lane()))?;
@@ -294,7 +296,7 @@ impl UpstreamClient {
         None
     }
 
-    async fn connect_wire(&self, addr: SocketAddr) -> Result<WireConn, UpstreamError> {
+    async fn connect_wire(&self, addr: SocketAddr) -> Result<Box<WireConn>, UpstreamError> {
         let io = Box::pin(self.connect(addr)).await?.into_inner();
         Ok(WireConn::new(io, addr))
     }
@@ -440,7 +442,8 @@ enum Kind {
     Hyper {
         inner: Incoming,
         done: bool,
-        back: Option<Back>,
+        /// Boxed: it would make every response twice the size, inline ones too.
+        back: Option<Box<Back>>,
     },
 }
 
