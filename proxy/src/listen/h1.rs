@@ -14,7 +14,9 @@
 //! between requests, so nothing is half-answered by either side.
 //!
 //! An answer that ends its connection is written held (`ConnIo::last_write`), so its last
-//! segment carries the FIN our shutdown sends right after.
+//! segment carries the FIN our shutdown sends right after. A connection hyper closes while the
+//! client is still sending (an answer before the upload ended) lingers rather than being reset
+//! (`Prefixed`).
 //!
 //! While the service works, the loop keeps reading: a client that closes its side gives up the
 //! request (hyper's default, `half_close` off), and pipelined bytes wait in the buffer.
@@ -30,7 +32,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -38,7 +42,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::slots::Hold;
 use super::{BoxError, HeadLimits};
@@ -210,7 +214,7 @@ where
     B: ConnBody,
 {
     let listener = Arc::clone(io.listener());
-    let io = Prefixed { prefix, io };
+    let io = Prefixed::new(prefix, io);
     let mut conn = pin!(
         listener
             .hyper
@@ -734,13 +738,90 @@ fn with_date(f: impl FnOnce(&[u8])) {
     });
 }
 
-/// IO with bytes already read put back in front.
-struct Prefixed<I> {
+/// How long a connection hyper has closed goes on reading (and dropping) what the client still
+/// sends, at most, and how long it waits each time for more (see [`Prefixed`]). Shorter than
+/// nginx's `lingering_time` and `lingering_timeout` (30 s, 5 s): enough for a client to see the
+/// answer and stop.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_WAIT: Duration = Duration::from_secs(2);
+/// Connections lingering at once, at most, in this process: past it, a close is a reset again.
+const MAX_LINGERING: usize = 1024;
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// IO with bytes already read put back in front, as hyper's server gets it.
+///
+/// Hyper closes a connection whose request body it did not read to its end (an answer before
+/// the upload ended: a 413, a 401, an upstream that answered early). The kernel answers a
+/// close with bytes unread, and whatever the client sends after it, with a reset, and a reset
+/// makes the client's kernel throw away what it has not read yet: the answer, or its end. So
+/// when hyper has shut our side and dropped the IO while the client's side is still open, the
+/// IO lingers in a task of its own: it reads and drops what comes until the client closes, a
+/// wait of [`LINGER_WAIT`] passes without a byte, or [`LINGER`] is up. The answer and our FIN
+/// have left; the client sees them, stops and closes.
+struct Prefixed<I: AsyncRead + Unpin + Send + 'static> {
     prefix: Bytes,
-    io: I,
+    /// Taken by the lingering task.
+    io: Option<I>,
+    /// Hyper has shut our side down.
+    shut: bool,
+    /// The client's side has ended (or failed, or our IO ended it: the head timer's idle close).
+    ended: bool,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+impl<I: AsyncRead + Unpin + Send + 'static> Prefixed<I> {
+    fn new(prefix: Bytes, io: I) -> Self {
+        Prefixed {
+            prefix,
+            io: Some(io),
+            shut: false,
+            ended: false,
+        }
+    }
+
+    fn io(&mut self) -> io::Result<Pin<&mut I>> {
+        match self.io.as_mut() {
+            Some(io) => Ok(Pin::new(io)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin + Send + 'static> Drop for Prefixed<I> {
+    fn drop(&mut self) {
+        if !self.shut || self.ended {
+            return;
+        }
+        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        runtime.spawn(linger(io));
+    }
+}
+
+/// Reads and drops what the client sends until it closes, goes quiet or time is up.
+async fn linger<I: AsyncRead + Unpin>(mut io: I) {
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _counted = Counted;
+    let mut sink = vec![0u8; 8 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_WAIT, io.read(&mut sink)).await
+            && n > 0
+        {}
+    })
+    .await;
+}
+
+impl<I: AsyncRead + Unpin + Send + 'static> AsyncRead for Prefixed<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -752,17 +833,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = ready!(self.io()?.poll_read(cx, buf));
+        if read.is_err() || (buf.filled().len() == before && buf.remaining() > 0) {
+            self.ended = true;
+        }
+        Poll::Ready(read)
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Prefixed<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
+        self.io()?.poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -770,19 +856,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        self.io()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.io.as_ref().is_some_and(I::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        self.io()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        self.shut = true;
+        self.io()?.poll_shutdown(cx)
     }
 }
 
@@ -1018,6 +1105,49 @@ mod tests {
     /// arrives whole; a kept connection's answers are not held (the kernel would send them
     /// after 200 ms). Each way an answer can end: a length, no body (204), chunks and
     /// trailers, an HTTP/1.0 body that runs to the close.
+    /// An answer before the upload it answers has ended (`/empty` does not read the body):
+    /// hyper closes the connection with the body unread. A close with bytes unread is a reset,
+    /// which would make the client's kernel throw away an answer it had not read yet; the
+    /// connection lingers instead, reading and dropping what the client still sends.
+    #[tokio::test]
+    async fn an_answer_before_the_upload_ends_is_closed_with_a_fin_not_a_reset() {
+        let (mut client, probe, task) = tcp_served().await;
+        // The second handle would keep the socket open after the server's close.
+        drop(probe);
+        client
+            .write_all(b"POST /empty HTTP/1.1\r\nhost: a\r\ncontent-length: 100000000\r\n\r\n")
+            .await
+            .expect("head");
+        let chunk = vec![b'x'; 64 * 1024];
+        client
+            .write_all(&chunk)
+            .await
+            .expect("first part of the body");
+        let mut answer = Vec::new();
+        let mut read = [0u8; 4096];
+        let ended = loop {
+            match client.read(&mut read).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => answer.extend_from_slice(&read[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+        assert!(ended.is_ok(), "the answer ends with a FIN: {ended:?}");
+        task.await.expect("served");
+        // An uploader that has not looked at the answer yet goes on sending: every write
+        // still lands (a closed socket would answer the first with a reset, failing the next).
+        for i in 0..8 {
+            let sent = client.write_all(&chunk).await;
+            assert!(sent.is_ok(), "write {i} after the answer: {sent:?}");
+        }
+        // It stops, and sees the end of the stream again: no reset came.
+        client.shutdown().await.expect("shutdown");
+        let last = client.read(&mut read).await;
+        assert!(matches!(last, Ok(0)), "{last:?}");
+    }
+
     #[tokio::test]
     async fn only_an_answer_that_ends_its_connection_is_held_for_the_fin() {
         let cases: [(&[u8], &str, &[u8], &str); 3] = [
