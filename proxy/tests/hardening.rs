@@ -531,6 +531,66 @@ async fn a_stalled_request_body_gets_408() {
     );
 }
 
+/// An upstream that refuses an upload before it has ended (a 413 after the head): the client
+/// gets the answer and then a clean end of stream, and may go on sending for a moment (as an
+/// uploader does until it reads the answer) without being reset — a reset would discard an
+/// answer the client had not read yet.
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_is_not_lost_to_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = common::raw_upstream(|mut s| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+            .await;
+        // Closes with the body unread, as an upstream that refuses does.
+    })
+    .await;
+    let fd = start(&one_route("", &[(upstream, "", "v")])).await;
+    let mut client = tokio::net::TcpStream::connect(fd.http.expect("http"))
+        .await
+        .expect("connect");
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .expect("head");
+    let chunk = vec![b'x'; 64 * 1024];
+    client.write_all(&chunk).await.expect("first part");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), client.read(&mut buf))
+            .await
+            .expect("answered in time")
+        {
+            Ok(0) => break Ok(()),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.ends_with("too big\n"), "{answer}");
+    assert!(
+        ended.is_ok(),
+        "a clean end of stream after the answer: {ended:?}"
+    );
+    for i in 0..8 {
+        let sent = client.write_all(&chunk).await;
+        assert!(sent.is_ok(), "write {i} after the answer: {sent:?}");
+    }
+    client.shutdown().await.expect("shutdown");
+    let last = client.read(&mut buf).await;
+    assert!(matches!(last, Ok(0)), "{last:?}");
+}
+
 /// Reads one HTTP/1.1 response with a `content-length` body from `s`.
 async fn read_response(s: &mut tokio::net::TcpStream) -> String {
     common::read_message(s)
