@@ -15,8 +15,8 @@
 //!
 //! An answer that ends its connection is written held (`ConnIo::last_write`), so its last
 //! segment carries the FIN our shutdown sends right after. A connection hyper closes while the
-//! client is still sending (an answer before the upload ended) lingers rather than being reset
-//! (`Prefixed`).
+//! client is still sending (an answer before the upload ended), or one this loop closes with
+//! pipelined requests unanswered, lingers rather than being reset (`Prefixed`, `linger`).
 //!
 //! While the service works, the loop keeps reading: a client that closes its side gives up the
 //! request (hyper's default, `half_close` off), and pipelined bytes wait in the buffer.
@@ -181,6 +181,12 @@ where
             let keep = exchange.await;
             if !keep {
                 let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+                // A pipelining client: more of its requests may be on their way, and a close
+                // would answer them with a reset (see `Prefixed`). The drain need not wait.
+                if !buf.is_empty() && may_linger() {
+                    drop(stop);
+                    Box::pin(linger(io)).await;
+                }
                 return;
             }
             if buf.is_empty() {
@@ -795,15 +801,23 @@ impl<I: AsyncRead + Unpin + Send + 'static> Drop for Prefixed<I> {
         else {
             return;
         };
-        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
-            LINGERING.fetch_sub(1, Ordering::Relaxed);
-            return;
+        if may_linger() {
+            runtime.spawn(linger(io));
         }
-        runtime.spawn(linger(io));
     }
 }
 
-/// Reads and drops what the client sends until it closes, goes quiet or time is up.
+/// Counts a connection in as lingering ([`linger`] counts it out), unless too many are.
+fn may_linger() -> bool {
+    if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Reads and drops what the client sends until it closes, goes quiet or time is up; counted
+/// in by [`may_linger`].
 async fn linger<I: AsyncRead + Unpin>(mut io: I) {
     struct Counted;
     impl Drop for Counted {
@@ -1105,6 +1119,41 @@ mod tests {
     /// arrives whole; a kept connection's answers are not held (the kernel would send them
     /// after 200 ms). Each way an answer can end: a length, no body (204), chunks and
     /// trailers, an HTTP/1.0 body that runs to the close.
+    /// A pipelining client whose first request ends the connection: the requests it sent
+    /// after that one are not answered, and the close lingers (as above) rather than resetting
+    /// what the client sends next.
+    #[tokio::test]
+    async fn a_close_with_pipelined_requests_unanswered_lingers() {
+        let (mut client, probe, task) = tcp_served().await;
+        drop(probe);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\nGET /b HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("requests");
+        let mut answer = Vec::new();
+        let mut read = [0u8; 4096];
+        let ended = loop {
+            match client.read(&mut read).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => answer.extend_from_slice(&read[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{answer}");
+        assert!(ended.is_ok(), "{ended:?}");
+        let more = b"GET /c HTTP/1.1\r\nhost: a\r\n\r\n".repeat(1000);
+        for i in 0..8 {
+            let sent = client.write_all(&more).await;
+            assert!(sent.is_ok(), "write {i} after the close: {sent:?}");
+        }
+        client.shutdown().await.expect("shutdown");
+        let last = client.read(&mut read).await;
+        assert!(matches!(last, Ok(0)), "{last:?}");
+        task.await.expect("served");
+    }
+
     /// An answer before the upload it answers has ended (`/empty` does not read the body):
     /// hyper closes the connection with the body unread. A close with bytes unread is a reset,
     /// which would make the client's kernel throw away an answer it had not read yet; the
