@@ -568,3 +568,75 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
         "each closed connection replaced"
     );
 }
+
+/// HTTP/2: the origin answers an upload before reading it (and closes). The client gets an
+/// answer — the origin's, or a 502 when the origin's close reached us first — and the rest of
+/// its upload is called off (RST_STREAM NO_ERROR, RFC 9113 §8.1), so its sending ends: were
+/// the request body held anywhere, the stream's window would stay shut and the client would
+/// wait for good.
+#[tokio::test]
+async fn h2_an_answer_before_the_upload_ends_calls_the_rest_off() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let upstream = origin.addr;
+    let fd = start(&one_route("", &[(upstream, "", "v")])).await;
+    let tcp = tokio::net::TcpStream::connect(fd.http.expect("http"))
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
+    let body = http_body_util::StreamBody::new(Frames(rx));
+    let req = Request::post("http://a/upload")
+        .header("content-length", 256 * 64 * 1024)
+        .body(body)
+        .expect("request");
+    // 16 MiB, far past the stream's window.
+    let uploader = tokio::spawn(async move {
+        // The head first, so the origin's answer usually comes before any body bytes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..256 {
+            let frame = hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 * 1024]));
+            if tx.send(Ok(frame)).await.is_err() {
+                return "called off";
+            }
+        }
+        "all sent"
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(15), send.send_request(req))
+        .await
+        .expect("answered in time")
+        .expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    match status {
+        StatusCode::OK => assert!(body.contains("\"path\":\"/upload\""), "{body}"),
+        StatusCode::BAD_GATEWAY => assert!(body.contains("upstream_failed"), "{body}"),
+        other => panic!("{other}: {body}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), uploader)
+        .await
+        .expect("the upload ends instead of waiting for a window that never opens")
+        .expect("uploader");
+    assert_eq!(ended, "called off");
+}
+
+/// The receiver as a stream of frames.
+struct Frames<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for Frames<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
