@@ -1115,13 +1115,9 @@ mod tests {
         );
     }
 
-    /// An answer that ends its connection is held in the corked socket for the FIN, and
-    /// arrives whole; a kept connection's answers are not held (the kernel would send them
-    /// after 200 ms). Each way an answer can end: a length, no body (204), chunks and
-    /// trailers, an HTTP/1.0 body that runs to the close.
     /// A pipelining client whose first request ends the connection: the requests it sent
-    /// after that one are not answered, and the close lingers (as above) rather than resetting
-    /// what the client sends next.
+    /// after that one are not answered, and the close lingers (as after an early answer, below)
+    /// rather than resetting what the client sends next.
     #[tokio::test]
     async fn a_close_with_pipelined_requests_unanswered_lingers() {
         let (mut client, probe, task) = tcp_served().await;
@@ -1217,6 +1213,10 @@ mod tests {
         assert!(matches!(last, Ok(0)), "{last:?}");
     }
 
+    /// An answer that ends its connection is held in the corked socket for the FIN, and
+    /// arrives whole; a kept connection's answers are not held (the kernel would send them
+    /// after 200 ms). Each way an answer can end: a length, no body (204), chunks and
+    /// trailers, an HTTP/1.0 body that runs to the close.
     #[tokio::test]
     async fn only_an_answer_that_ends_its_connection_is_held_for_the_fin() {
         let cases: [(&[u8], &str, &[u8], &str); 3] = [
