@@ -449,7 +449,8 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     }
 }
 
-struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+/// A channel's receiving end as a stream (for `StreamBody`): bodies fed as a test goes.
+pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
 
 impl<T> futures_core::Stream for ReceiverStream<T> {
     type Item = T;

@@ -591,7 +591,7 @@ async fn h2_an_answer_before_the_upload_ends_calls_the_rest_off() {
     tokio::spawn(conn);
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
-    let body = http_body_util::StreamBody::new(Frames(rx));
+    let body = http_body_util::StreamBody::new(loadtest::origin::ReceiverStream(rx));
     let req = Request::post("http://a/upload")
         .header("content-length", 256 * 64 * 1024)
         .body(body)
@@ -625,18 +625,4 @@ async fn h2_an_answer_before_the_upload_ends_calls_the_rest_off() {
         .expect("the upload ends instead of waiting for a window that never opens")
         .expect("uploader");
     assert_eq!(ended, "called off");
-}
-
-/// The receiver as a stream of frames.
-struct Frames<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> futures_core::Stream for Frames<T> {
-    type Item = T;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
 }

@@ -1126,27 +1126,14 @@ mod tests {
             .write_all(b"GET /a HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\nGET /b HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
             .expect("requests");
-        let mut answer = Vec::new();
-        let mut read = [0u8; 4096];
-        let ended = loop {
-            match client.read(&mut read).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => answer.extend_from_slice(&read[..n]),
-                Err(e) => break Err(e),
-            }
-        };
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read_to_the_end(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert_eq!(answer.matches("HTTP/1.1 200").count(), 1, "{answer}");
-        assert!(ended.is_ok(), "{ended:?}");
-        let more = b"GET /c HTTP/1.1\r\nhost: a\r\n\r\n".repeat(1000);
-        for i in 0..8 {
-            let sent = client.write_all(&more).await;
-            assert!(sent.is_ok(), "write {i} after the close: {sent:?}");
-        }
-        client.shutdown().await.expect("shutdown");
-        let last = client.read(&mut read).await;
-        assert!(matches!(last, Ok(0)), "{last:?}");
+        sending_on_is_not_reset(
+            &mut client,
+            &b"GET /c HTTP/1.1\r\nhost: a\r\n\r\n".repeat(1000),
+        )
+        .await;
         task.await.expect("served");
     }
 
@@ -1189,26 +1176,32 @@ mod tests {
             .write_all(&chunk)
             .await
             .expect("first part of the body");
-        let mut answer = Vec::new();
-        let ended = loop {
-            match client.read(&mut read).await {
-                Ok(0) => break Ok(()),
-                Ok(n) => answer.extend_from_slice(&read[..n]),
-                Err(e) => break Err(e),
-            }
-        };
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read_to_the_end(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
-        assert!(ended.is_ok(), "the answer ends with a FIN: {ended:?}");
         task.await.expect("served");
-        // An uploader that has not looked at the answer yet goes on sending: every write
-        // still lands (a closed socket would answer the first with a reset, failing the next).
+        // An uploader that has not looked at the answer yet goes on sending.
+        sending_on_is_not_reset(&mut client, &chunk).await;
+    }
+
+    /// What the client reads up to the end of the stream, which must be a FIN (not a reset).
+    async fn read_to_the_end(client: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        let ended = client.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(ended.is_ok(), "a clean end after {answer:?}: {ended:?}");
+        answer
+    }
+
+    /// A client that goes on sending after the server's close: every write lands (a closed
+    /// socket would answer the first with a reset, failing the next), and once the client
+    /// stops it sees the end of the stream again.
+    async fn sending_on_is_not_reset(client: &mut TcpStream, more: &[u8]) {
         for i in 0..8 {
-            let sent = client.write_all(&chunk).await;
-            assert!(sent.is_ok(), "write {i} after the answer: {sent:?}");
+            let sent = client.write_all(more).await;
+            assert!(sent.is_ok(), "write {i} after the close: {sent:?}");
         }
-        // It stops, and sees the end of the stream again: no reset came.
         client.shutdown().await.expect("shutdown");
+        let mut read = [0u8; 64];
         let last = client.read(&mut read).await;
         assert!(matches!(last, Ok(0)), "{last:?}");
     }
