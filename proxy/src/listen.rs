@@ -260,14 +260,13 @@ where
                 tokio::spawn(async move {
                     let mut stream = stream;
                     if plain {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        use tokio::io::AsyncWriteExt;
                         // Answer, then drain what the client already sent before closing, so
                         // the close is not a reset that would discard the answer.
                         let _ = tokio::time::timeout(Duration::from_secs(1), async {
                             stream.write_all(REFUSED).await?;
                             stream.shutdown().await?;
-                            let mut sink = [0u8; 1024];
-                            while stream.read(&mut sink).await? > 0 {}
+                            h1::drain(&mut stream).await;
                             Ok::<(), std::io::Error>(())
                         })
                         .await;

@@ -826,13 +826,16 @@ async fn linger<I: AsyncRead + Unpin>(mut io: I) {
         }
     }
     let _counted = Counted;
+    let _ = tokio::time::timeout(LINGER, drain(&mut io)).await;
+}
+
+/// Reads and drops what the client sends until it closes (or the read fails), or
+/// [`LINGER_WAIT`] passes without a byte: what is left of a close that must not be a reset.
+pub(super) async fn drain<I: AsyncRead + Unpin>(io: &mut I) {
     let mut sink = vec![0u8; 8 * 1024];
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_WAIT, io.read(&mut sink)).await
-            && n > 0
-        {}
-    })
-    .await;
+    while let Ok(Ok(n)) = tokio::time::timeout(LINGER_WAIT, io.read(&mut sink)).await
+        && n > 0
+    {}
 }
 
 impl<I: AsyncRead + Unpin + Send + 'static> AsyncRead for Prefixed<I> {
