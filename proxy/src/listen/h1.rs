@@ -1149,7 +1149,6 @@ mod tests {
         let (mut client, probe, task) = tcp_served().await;
         // The second handle would keep the socket open after the server's close.
         drop(probe);
-        let mut read = [0u8; 4096];
         // A first upload, read and answered: hyper has the connection, and reads the body
         // from the socket (sent only once hyper asks for it), a read shorter than its buffer.
         client
@@ -1158,18 +1157,9 @@ mod tests {
             )
             .await
             .expect("first request");
-        let mut first = Vec::new();
-        while !first.ends_with(b"100 Continue\r\n\r\n") {
-            let n = client.read(&mut read).await.expect("100 Continue");
-            assert!(n > 0, "{}", String::from_utf8_lossy(&first));
-            first.extend_from_slice(&read[..n]);
-        }
+        read_until(&mut client, b"100 Continue\r\n\r\n").await;
         client.write_all(b"hello").await.expect("first body");
-        while !first.ends_with(b"body=5") {
-            let n = client.read(&mut read).await.expect("first answer");
-            assert!(n > 0, "{}", String::from_utf8_lossy(&first));
-            first.extend_from_slice(&read[..n]);
-        }
+        read_until(&mut client, b"body=5").await;
         client
             .write_all(b"POST /empty HTTP/1.1\r\nhost: a\r\ncontent-length: 100000000\r\n\r\n")
             .await
@@ -1184,6 +1174,17 @@ mod tests {
         task.await.expect("served");
         // An uploader that has not looked at the answer yet goes on sending.
         sending_on_is_not_reset(&mut client, &chunk).await;
+    }
+
+    /// Reads until what has come ends with `end` (the connection must stay open till then).
+    async fn read_until(client: &mut TcpStream, end: &[u8]) {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while !got.ends_with(end) {
+            let n = client.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// What the client reads up to the end of the stream, which must be a FIN (not a reset).
@@ -1238,13 +1239,7 @@ mod tests {
         for (kept, kept_end, last, last_end) in cases {
             let (mut client, probe, task) = tcp_served().await;
             client.write_all(kept).await.expect("write");
-            let mut got = Vec::new();
-            while !got.ends_with(kept_end.as_bytes()) {
-                let mut chunk = [0u8; 8192];
-                let n = client.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&chunk[..n]);
-            }
+            read_until(&mut client, kept_end.as_bytes()).await;
             assert!(!probe.tcp_cork().expect("TCP_CORK"), "a kept answer held");
             let text = transcript(&mut client, last).await;
             task.await.expect("served");
