@@ -79,7 +79,7 @@ pub async fn handle(
     };
     // Boxed: the request's whole state machine is several KiB, and the service future (this
     // one) is moved by value; a pointer is cheaper to move than the state.
-    let forward = Box::pin(proxy_request(
+    let forward = pin_boxed!(proxy_request(
         &active,
         &proxy.rollouts,
         peer,

@@ -167,9 +167,9 @@ where
             // here, it kept its room (272 bytes) in the connection's future, idle or not
             // (760 bytes against 488, release layout).
             let exchange = match poll_fn(|cx| poll_head(cx, &mut io, &mut buf, &stop)).await {
-                Next::Request(req, info) => Box::pin(exchange(
+                Next::Request(req, info) => pin_boxed!(exchange(
                     &mut io,
-                    Box::pin(service.call(req)),
+                    pin_boxed!(service.call(req)),
                     info,
                     &mut buf,
                     &stop,
