@@ -6,10 +6,16 @@ use tokio::time::Instant;
 
 /// Milliseconds since the first call in this process, on tokio's clock.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `at`, a time already read: a request reads the clock once for what it does
+/// at one moment.
+pub fn ms_at(at: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
+    let base = *BASE.get_or_init(|| at);
     // Start at 1 so that 0 can mean "never" in atomics holding deadlines.
-    Instant::now().duration_since(base).as_millis() as u64 + 1
+    at.saturating_duration_since(base).as_millis() as u64 + 1
 }
 
 /// Unix time in seconds: the wall clock at the first call, advanced by tokio's clock since, so

@@ -464,7 +464,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                 } else {
                     this.listener.head.timeout
                 };
-                let mut deadline = *this.deadline.get_or_insert_with(|| Instant::now() + wait);
+                // The time, when this poll has read it: a deadline just set is not checked
+                // against a second reading.
+                let mut now = None;
+                let mut deadline = match this.deadline {
+                    Some(deadline) => deadline,
+                    None => {
+                        let at = *now.insert(Instant::now()) + wait;
+                        *this.deadline.insert(at)
+                    }
+                };
                 loop {
                     // Idle after a request: the wake to park comes first, `park` into the
                     // wait (the listener starts a lot only when `park` < `idle`).
@@ -474,7 +483,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                         }
                         _ => None,
                     };
-                    ready!(this.timer.poll_until(cx, park_at.unwrap_or(deadline)));
+                    ready!(
+                        this.timer
+                            .poll_until(cx, park_at.unwrap_or(deadline), now.take())
+                    );
                     if this.exchanges.between_requests() {
                         if park_at.is_some() {
                             // Our loop parks the connection when it sees this; the idle
@@ -486,7 +498,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
                     }
                     // Inside an exchange (the body has its own timeout): the idle wait
                     // starts over.
-                    deadline = Instant::now() + this.listener.head.idle;
+                    deadline = *now.insert(Instant::now()) + this.listener.head.idle;
                     this.deadline = Some(deadline);
                 }
                 this.ended = true;

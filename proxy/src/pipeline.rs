@@ -329,8 +329,18 @@ async fn proxy_request(
     // forward
     let cluster = &active.upstreams.clusters[target.0.0];
     let sent = Instant::now();
-    let result = forward::send(cluster, snapshot, &decision, target.1, head, Some(body)).await;
-    let upstream_time = sent.elapsed();
+    let result = forward::send(
+        cluster,
+        snapshot,
+        &decision,
+        target.1,
+        head,
+        Some(body),
+        sent,
+    )
+    .await;
+    let answered = Instant::now();
+    let upstream_time = answered - sent;
     outcome.upstream_ms = upstream_time.as_secs_f64() * 1000.0;
     if let Some((windows, version)) = &arm {
         // What the analysis judges: upstream-caused failures and 5xx, and time to the head.
@@ -347,7 +357,13 @@ async fn proxy_request(
             Ok(f) => f.member.region,
             Err(e) => e.member.as_ref().and_then(|m| m.region),
         };
-        windows.record(*version, region, failed, upstream_time);
+        windows.record_at(
+            *version,
+            region,
+            failed,
+            upstream_time,
+            crate::clock::ms_at(answered),
+        );
     }
     let forwarded = match result {
         Ok(f) => f,

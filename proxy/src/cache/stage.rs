@@ -527,6 +527,7 @@ fn revalidate_in_background(
             version.as_deref(),
             parts,
             None,
+            tokio::time::Instant::now(),
         )
         .await;
         let Ok(forwarded) = sent else {

@@ -16,6 +16,8 @@ pub(crate) mod wire;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::time::Instant;
+
 use http::request::Parts;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Empty};
@@ -120,7 +122,8 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// Sends the request (head already rewritten by the pipeline) to a member of `cluster`,
-/// only ever in the regions `decision.allowed` permits.
+/// only ever in the regions `decision.allowed` permits. `now`: the time the caller read as it
+/// sent; the first attempt's timeout runs from it.
 pub async fn send(
     cluster: &ClusterRuntime,
     snapshot: &Snapshot,
@@ -128,6 +131,7 @@ pub async fn send(
     version: Option<&str>,
     mut head: Parts,
     body: Option<RequestBody>,
+    now: Instant,
 ) -> Result<Forwarded, ForwardError> {
     let route = snapshot.route(decision.route);
     let cfg = &cluster.config;
@@ -155,13 +159,17 @@ pub async fn send(
     let _active = Decrement(&cluster.in_flight);
     // Held while a retry attempt is in flight, so the budget sees concurrent retries.
     let mut _retrying: Option<Decrement<'_>> = None;
+    // One reading of the clock per attempt: the first is the caller's.
+    let mut now = Some(now);
     loop {
-        let Some(member) = cluster.pick(
+        let now = now.take().unwrap_or_else(Instant::now);
+        let Some(member) = cluster.pick_at(
             snapshot,
             route,
             version,
             decision.allowed,
             failed.as_deref(),
+            crate::clock::ms_at(now),
         ) else {
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
@@ -192,14 +200,15 @@ pub async fn send(
             // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
             // possible retry.
             Some(h) if bodiless && cluster.client.inline(&h.headers) => {
-                tokio::time::timeout(
-                    cfg.timeouts.request,
+                tokio::time::timeout_at(
+                    now + cfg.timeouts.request,
                     cluster.client.request_inline(
                         member.addr,
                         &member.authority,
                         &h.method,
                         path.as_str(),
                         &h.headers,
+                        now,
                     ),
                 )
                 .await
@@ -239,8 +248,8 @@ pub async fn send(
                 let req = Request::from_parts(parts, upstream_body);
                 // Boxed: hyper's exchange is several KiB, and bodiless requests (the common
                 // case) never need that room in this future.
-                tokio::time::timeout(
-                    cfg.timeouts.request,
+                tokio::time::timeout_at(
+                    now + cfg.timeouts.request,
                     Box::pin(cluster.client.request(member.addr, &member.authority, req)),
                 )
                 .await

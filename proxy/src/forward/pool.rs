@@ -338,8 +338,20 @@ impl ClusterRuntime {
         allowed: RegionSet,
         avoid: Option<&Member>,
     ) -> Option<Arc<Member>> {
+        self.pick_at(snapshot, route, version, allowed, avoid, clock::now_ms())
+    }
+
+    /// [`Self::pick`] at `now` ([`clock::now_ms`]), read by the caller.
+    pub fn pick_at(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        version: Option<&str>,
+        allowed: RegionSet,
+        avoid: Option<&Member>,
+        now: u64,
+    ) -> Option<Arc<Member>> {
         let members = self.members.load();
-        let now = clock::now_ms();
         let eligible = |m: &Member| {
             version.is_none_or(|v| m.version.as_deref() == Some(v)) && m.health.available(now)
         };

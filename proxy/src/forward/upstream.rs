@@ -206,7 +206,14 @@ impl UpstreamClient {
         if req.body().is_end_stream() && self.inline(req.headers()) {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return self
-                .request_inline(addr, authority, req.method(), target, req.headers())
+                .request_inline(
+                    addr,
+                    authority,
+                    req.method(),
+                    target,
+                    req.headers(),
+                    Instant::now(),
+                )
                 .await;
         }
         if !req.headers().contains_key(header::HOST)
@@ -262,8 +269,9 @@ impl UpstreamClient {
         method: &http::Method,
         target: &str,
         headers: &http::HeaderMap,
+        now: Instant,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let (conn, reused) = match self.checkout_wire(addr) {
+        let (conn, reused) = match self.checkout_wire(addr, now) {
             Some(conn) => (conn, true),
             None => (self.connect_wire(addr).await?, false),
         };
@@ -284,12 +292,13 @@ impl UpstreamClient {
     }
 
     /// An idle inline connection to `addr` the upstream has not closed, if there is one.
-    fn checkout_wire(&self, addr: SocketAddr) -> Option<Box<WireConn>> {
+    /// `now`: the caller's reading of the clock.
+    fn checkout_wire(&self, addr: SocketAddr, now: Instant) -> Option<Box<WireConn>> {
         let limit = self.shared.transport.idle_timeout;
         let mut pools = self.shared.wire.lock().unwrap_or_else(|p| p.into_inner());
         let list = pools.get_mut(&(addr, lane()))?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < limit && idle.conn.still_open() {
+            if now.saturating_duration_since(idle.since) < limit && idle.conn.still_open() {
                 return Some(idle.conn);
             }
         }

@@ -227,9 +227,10 @@ impl Drop for Deadline {
 }
 
 impl Deadline {
-    /// Ready once `at` has passed; until then the sweep wakes the task after it.
-    pub fn poll_until(&self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
-        if Instant::now() >= at {
+    /// Ready once `at` has passed; until then the sweep wakes the task after it. `now` is the
+    /// time if the caller has just read it (one clock reading fewer); otherwise it is read.
+    pub fn poll_until(&self, cx: &mut Context<'_>, at: Instant, now: Option<Instant>) -> Poll<()> {
+        if now.unwrap_or_else(Instant::now) >= at {
             return Poll::Ready(());
         }
         self.slots.wait(self.slot, cx, Some(at));
@@ -308,7 +309,7 @@ mod tests {
         let deadline = hold.deadline();
         let started = Instant::now();
         let at = started + Duration::from_secs(5);
-        std::future::poll_fn(|cx| deadline.poll_until(cx, at)).await;
+        std::future::poll_fn(|cx| deadline.poll_until(cx, at, None)).await;
         let took = started.elapsed();
         assert!(
             took >= Duration::from_secs(5) && took <= Duration::from_secs(5) + SWEEP_EVERY,
@@ -316,7 +317,7 @@ mod tests {
         );
         // A later deadline replaces the earlier one in the slot.
         let at = Instant::now() + Duration::from_secs(2);
-        std::future::poll_fn(|cx| deadline.poll_until(cx, at)).await;
+        std::future::poll_fn(|cx| deadline.poll_until(cx, at, None)).await;
         assert!(Instant::now() >= at);
     }
 }

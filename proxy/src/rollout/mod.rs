@@ -91,7 +91,18 @@ impl Windows {
         error: bool,
         latency: std::time::Duration,
     ) {
-        let now = clock::now_ms();
+        self.record_at(version, region, error, latency, clock::now_ms());
+    }
+
+    /// [`Self::record`] at `now` ([`clock::now_ms`]), read by the caller.
+    pub fn record_at(
+        &self,
+        version: Version,
+        region: Option<routes::RegionId>,
+        error: bool,
+        latency: std::time::Duration,
+        now: u64,
+    ) {
         self.all[version as usize].record(now, error, latency);
         if let Some((_, w)) = region.and_then(|r| self.regions.get(r.0)) {
             w[version as usize].record(now, error, latency);
