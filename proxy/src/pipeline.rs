@@ -168,12 +168,17 @@ async fn proxy_request(
         return Err(ProxyError::UriTooLong);
     }
     // One normal form of the path for every rule, and the same form goes upstream.
-    let path = routes::normalize_path(req.uri().path())
-        .ok_or(ProxyError::BadRequest("invalid request path"))?;
-    if path != req.uri().path() {
+    // After this the request's path is that form: `req.uri().path()` below.
+    let normalized = match routes::normalize_path(req.uri().path()) {
+        None => return Err(ProxyError::BadRequest("invalid request path")),
+        // Only a path that changed is copied (a borrowed one never differs).
+        Some(path) if path != req.uri().path() => Some(path.into_owned()),
+        Some(_) => None,
+    };
+    if let Some(path) = normalized {
         let target = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+            None => path,
         };
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = Some(
@@ -195,7 +200,7 @@ async fn proxy_request(
         let c = &active.classify_headers;
         let facts = routes::RequestFacts {
             host,
-            path: &path,
+            path: req.uri().path(),
             tenant: c.tenant.as_ref().and_then(text),
             country: if trusted { text(&c.country) } else { None },
             jurisdiction: if trusted { text(&c.jurisdiction) } else { None },

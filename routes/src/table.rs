@@ -4,6 +4,8 @@
 //! Lookups cost one hash probe per host suffix and one per path segment, whatever the number of
 //! routes, so a 1,000-route table decides as fast as a 10-route one.
 
+use std::borrow::Cow;
+
 use crate::LookupMap;
 use crate::snapshot::RouteId;
 
@@ -139,15 +141,16 @@ fn normalize_host_step(raw: &str) -> &str {
 /// characters decoded (`%61` → `a`), other escapes kept with upper-case hex (`%2f` → `%2F`, so
 /// an encoded slash never becomes a separator), empty segments kept, and `.` / `..` segments
 /// resolved (RFC 3986 §5.2.4) — so `/api/../admin` is `/admin` and cannot slip past a rule.
-/// Returns `None` for a path that does not start with `/` or has a broken escape.
-pub fn normalize_path(raw: &str) -> Option<String> {
+/// Returns `None` for a path that does not start with `/` or has a broken escape; a path
+/// already normal comes back borrowed (most do: no copy per request).
+pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.starts_with('/') {
         return None;
     }
     // Most paths are already normal: no escapes, and no `.` or `..` segment (every segment
     // follows a `/`).
     if !raw.contains('%') && !raw.contains("/.") {
-        return Some(raw.to_owned());
+        return Some(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     // Bytes, not chars: non-ASCII UTF-8 passes through untouched (only ASCII is decoded or
@@ -191,7 +194,7 @@ pub fn normalize_path(raw: &str) -> Option<String> {
             s => out.push(s),
         }
     }
-    Some(format!("/{}", out.join("/")))
+    Some(Cow::Owned(format!("/{}", out.join("/"))))
 }
 
 #[cfg(test)]

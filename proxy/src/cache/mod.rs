@@ -439,7 +439,9 @@ impl Purge {
         if let Some(url) = &self.url {
             let uri: http::Uri = url.parse().map_err(|_| "url is not a valid URL")?;
             let host = routes::normalize_host(uri.authority().map_or("", |a| a.as_str()));
-            let path = routes::normalize_path(uri.path()).ok_or("invalid path")?;
+            let path = routes::normalize_path(uri.path())
+                .ok_or("invalid path")?
+                .into_owned();
             let target = match uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
