@@ -30,7 +30,7 @@ pub fn spawn(runtime: &Arc<ClusterRuntime>) {
                 async move {
                     let ok = match Request::get(check.path.as_str()).body(Either::Right(Empty::new())) {
                         Ok(req) => matches!(
-                            tokio::time::timeout(check.timeout, client.request(m.addr, &m.authority, req)).await,
+                            tokio::time::timeout(check.timeout, client.request(m.addr, &m.authority, req, tokio::time::Instant::now() + check.timeout)).await,
                             Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection()
                         ),
                         Err(_) => false,

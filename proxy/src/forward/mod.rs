@@ -29,6 +29,7 @@ use routes::{Decision, Snapshot, UpstreamProtocol};
 pub use body::{ClientBody, IdleTimeoutBody};
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
 pub use upstream::UpstreamIncoming;
+use upstream::{Times, UpstreamError};
 
 use crate::respond::ProxyError;
 use crate::telemetry;
@@ -196,22 +197,22 @@ pub async fn send(
         attempts += 1;
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = Decrement(&member.health.in_flight);
+        let deadline = now + cfg.timeouts.request;
         let outcome = match head.as_ref() {
             // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
-            // possible retry.
+            // possible retry. The inline connection keeps its own timer for the deadline.
             Some(h) if bodiless && cluster.client.inline(&h.headers) => {
-                tokio::time::timeout_at(
-                    now + cfg.timeouts.request,
-                    cluster.client.request_inline(
+                cluster
+                    .client
+                    .request_inline(
                         member.addr,
                         &member.authority,
                         &h.method,
                         path.as_str(),
                         &h.headers,
-                        now,
-                    ),
-                )
-                .await
+                        Times { now, deadline },
+                    )
+                    .await
             }
             _ => {
                 // The first attempt takes the client's body; a retry is only ever of a
@@ -249,17 +250,22 @@ pub async fn send(
                 // Boxed: hyper's exchange is several KiB, and bodiless requests (the common
                 // case) never need that room in this future.
                 tokio::time::timeout_at(
-                    now + cfg.timeouts.request,
-                    Box::pin(cluster.client.request(member.addr, &member.authority, req)),
+                    deadline,
+                    Box::pin(
+                        cluster
+                            .client
+                            .request(member.addr, &member.authority, req, deadline),
+                    ),
                 )
                 .await
+                .unwrap_or(Err(UpstreamError::Timeout))
             }
         };
         drop(in_flight);
 
         let endpoint = || member.addr.to_string();
         let error = match outcome {
-            Ok(Ok(response)) => {
+            Ok(response) => {
                 let ok = !response.status().is_server_error();
                 if member.health.record_live(ok, &cfg.outlier) {
                     eject_metric(&cfg.name);
@@ -270,7 +276,10 @@ pub async fn send(
                     attempts,
                 });
             }
-            Ok(Err(_))
+            Err(UpstreamError::Timeout) => ProxyError::Timeout {
+                endpoint: endpoint(),
+            },
+            Err(_)
                 if client_body_failed
                     .as_ref()
                     .is_some_and(|f| f.load(Ordering::Relaxed) != 0) =>
@@ -287,13 +296,10 @@ pub async fn send(
                     attempts,
                 });
             }
-            Ok(Err(e)) if e.is_connect() => ProxyError::Connect {
+            Err(e) if e.is_connect() => ProxyError::Connect {
                 endpoint: endpoint(),
             },
-            Ok(Err(_)) => ProxyError::UpstreamFailed {
-                endpoint: endpoint(),
-            },
-            Err(_) => ProxyError::Timeout {
+            Err(_) => ProxyError::UpstreamFailed {
                 endpoint: endpoint(),
             },
         };

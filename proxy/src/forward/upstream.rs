@@ -51,6 +51,16 @@ pub enum UpstreamError {
     Connect(String),
     /// The connection broke during the exchange, or the answer was malformed.
     Exchange(Box<dyn std::error::Error + Send + Sync>),
+    /// No response head by the request's deadline.
+    Timeout,
+}
+
+/// An inline exchange's times: `now`, the clock as the caller read it when sending, and
+/// `deadline`, by when the response head must have come.
+#[derive(Debug, Clone, Copy)]
+pub struct Times {
+    pub now: Instant,
+    pub deadline: Instant,
 }
 
 impl UpstreamError {
@@ -64,6 +74,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Connect(e) => write!(f, "connect: {e}"),
             UpstreamError::Exchange(e) => write!(f, "{e}"),
+            UpstreamError::Timeout => f.write_str("no response head by the deadline"),
         }
     }
 }
@@ -78,7 +89,11 @@ impl From<hyper::Error> for UpstreamError {
 
 impl From<super::wire::WireError> for UpstreamError {
     fn from(e: super::wire::WireError) -> UpstreamError {
-        UpstreamError::Exchange(e.into())
+        if e.timed_out {
+            UpstreamError::Timeout
+        } else {
+            UpstreamError::Exchange(e.into())
+        }
     }
 }
 
@@ -168,12 +183,14 @@ impl UpstreamClient {
 
     /// Sends `req` (its URI's path and query; headers as they should go) to the endpoint at
     /// `addr`, named `authority` (the Host when the request has none, and HTTP/2's
-    /// `:authority`).
+    /// `:authority`). `deadline` bounds an inline exchange (see [`Self::request_inline`]);
+    /// callers bound the rest.
     pub async fn request(
         &self,
         addr: SocketAddr,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
+        deadline: Instant,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let t = &self.shared.transport;
         if t.http2 {
@@ -212,7 +229,10 @@ impl UpstreamClient {
                     req.method(),
                     target,
                     req.headers(),
-                    Instant::now(),
+                    Times {
+                        now: Instant::now(),
+                        deadline,
+                    },
                 )
                 .await;
         }
@@ -269,18 +289,22 @@ impl UpstreamClient {
         method: &http::Method,
         target: &str,
         headers: &http::HeaderMap,
-        now: Instant,
+        Times { now, deadline }: Times,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (conn, reused) = match self.checkout_wire(addr, now) {
             Some(conn) => (conn, true),
-            None => (self.connect_wire(addr).await?, false),
+            None => (self.connect_wire(addr, deadline).await?, false),
         };
-        let resp = match conn.exchange(method, target, headers, authority).await {
+        let resp = match conn
+            .exchange(method, target, headers, authority, deadline)
+            .await
+        {
             Ok(resp) => resp,
             // The upstream closed the idle connection under us: once more, on a fresh one.
             Err(e) if reused && e.not_sent => {
-                let conn = self.connect_wire(addr).await?;
-                conn.exchange(method, target, headers, authority).await?
+                let conn = self.connect_wire(addr, deadline).await?;
+                conn.exchange(method, target, headers, authority, deadline)
+                    .await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -305,8 +329,16 @@ impl UpstreamClient {
         None
     }
 
-    async fn connect_wire(&self, addr: SocketAddr) -> Result<Box<WireConn>, UpstreamError> {
-        let io = Box::pin(self.connect(addr)).await?.into_inner();
+    /// A new inline connection, made by `deadline` (and within the connect timeout).
+    async fn connect_wire(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Box<WireConn>, UpstreamError> {
+        let io = tokio::time::timeout_at(deadline, Box::pin(self.connect(addr)))
+            .await
+            .map_err(|_| UpstreamError::Timeout)??
+            .into_inner();
         Ok(WireConn::new(io, addr))
     }
 

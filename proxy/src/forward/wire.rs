@@ -25,6 +25,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 /// A connection's IO: plain TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -50,6 +51,26 @@ pub struct WireError {
     /// Writing the request failed: the upstream had closed the connection, and the request
     /// may go again on another one.
     pub not_sent: bool,
+    /// No response head by the exchange's deadline.
+    pub timed_out: bool,
+}
+
+impl WireError {
+    fn failed(error: io::Error, not_sent: bool) -> WireError {
+        WireError {
+            error,
+            not_sent,
+            timed_out: false,
+        }
+    }
+
+    fn timed_out() -> WireError {
+        WireError {
+            error: io::Error::new(io::ErrorKind::TimedOut, "no response head by the deadline"),
+            not_sent: false,
+            timed_out: true,
+        }
+    }
 }
 
 impl std::fmt::Display for WireError {
@@ -64,6 +85,18 @@ fn invalid(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
+/// `work`'s output, or `None` once `timer` fires first.
+async fn by<F: Future>(timer: &mut Pin<Box<Sleep>>, work: F) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// One upstream HTTP/1.1 connection and its unread bytes.
 pub struct WireConn {
     /// The upstream's address (the pool's key).
@@ -75,6 +108,11 @@ pub struct WireConn {
     read_size: usize,
     /// Scratch for [`parse_head`].
     fields: Vec<(HeaderName, usize, usize)>,
+    /// The exchange's deadline, kept with the connection and moved for each request: moving a
+    /// registered timer later is an update of its expiry, where a new one per request was a
+    /// timer-wheel insertion and removal (~500 instructions a request). While the connection
+    /// is idle its last deadline may fire, waking the task that last used it once.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for WireConn {
@@ -96,6 +134,7 @@ impl WireConn {
             out: Vec::with_capacity(512),
             read_size: READ_SIZE,
             fields: Vec::new(),
+            timer: None,
         })
     }
 
@@ -134,25 +173,33 @@ impl WireConn {
     }
 
     /// Sends a bodiless request — `target` in origin form, `headers` as they should go, a
-    /// `Host` of `authority` added when there is none — and reads the response head. The
-    /// connection moves into the returned body, which reads the rest.
+    /// `Host` of `authority` added when there is none — and reads the response head, which
+    /// must come by `deadline`. The connection moves into the returned body, which reads the
+    /// rest.
     pub async fn exchange(
         mut self: Box<Self>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         authority: &Authority,
+        deadline: Instant,
     ) -> Result<Response<WireBody>, WireError> {
+        let mut timer = match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
         self.encode(method, target, headers, authority);
         let sent = async {
             self.io.write_all(&self.out).await?;
             self.io.flush().await
         };
-        if let Err(error) = sent.await {
-            return Err(WireError {
-                error,
-                not_sent: true,
-            });
+        match by(&mut timer, sent).await {
+            None => return Err(WireError::timed_out()),
+            Some(Err(error)) => return Err(WireError::failed(error, true)),
+            Some(Ok(())) => {}
         }
         loop {
             // Nothing read yet (as a rule, right after the request went out): wait for bytes.
@@ -164,6 +211,7 @@ impl WireConn {
             match parsed {
                 Ok(Some(Parsed::Interim)) => {}
                 Ok(Some(Parsed::Final(response, framing, keep))) => {
+                    self.timer = Some(timer);
                     return Ok(response.map(|()| WireBody {
                         conn: Some(self),
                         state: framing,
@@ -172,7 +220,10 @@ impl WireConn {
                     }));
                 }
                 Ok(None) => {
-                    let read = std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await;
+                    let read = std::future::poll_fn(|cx| self.poll_fill(cx, 0));
+                    let Some(read) = by(&mut timer, read).await else {
+                        return Err(WireError::timed_out());
+                    };
                     let error = match read {
                         Ok(0) => io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -181,17 +232,9 @@ impl WireConn {
                         Ok(_) => continue,
                         Err(e) => e,
                     };
-                    return Err(WireError {
-                        error,
-                        not_sent: false,
-                    });
+                    return Err(WireError::failed(error, false));
                 }
-                Err(error) => {
-                    return Err(WireError {
-                        error,
-                        not_sent: false,
-                    });
-                }
+                Err(error) => return Err(WireError::failed(error, false)),
             }
         }
     }
@@ -686,7 +729,10 @@ mod tests {
         headers.insert("x-test", HeaderValue::from_static("1"));
         let authority = Authority::from_static("origin.test:80");
         let kept = Arc::new(Kept::default());
-        let exchanged = conn.exchange(&method, "/p?q=1", &headers, &authority).await;
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let exchanged = conn
+            .exchange(&method, "/p?q=1", &headers, &authority, deadline)
+            .await;
         let (head, body) = match exchanged {
             Ok(resp) => {
                 let (parts, mut body) = resp.into_parts();
@@ -953,6 +999,68 @@ mod tests {
             assert!(!e.not_sent, "it was sent");
             assert!(!back);
         }
+    }
+
+    /// Holds the connection its body gives back, for the next exchange.
+    #[derive(Default)]
+    struct Held(Mutex<Option<Box<WireConn>>>);
+
+    impl Return for Held {
+        fn give_back(&self, conn: Box<WireConn>) {
+            *self.0.lock().expect("held") = Some(conn);
+        }
+    }
+
+    /// The deadline moves with each exchange on a kept connection: a later exchange is not cut
+    /// off by an earlier one's deadline (passed during it, or while the connection was idle),
+    /// and an answer that does not come ends the exchange at its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn each_exchange_on_a_kept_connection_has_its_own_deadline() {
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let held = Arc::new(Held::default());
+        let mut conn = WireConn::new(Box::new(ours), ADDR);
+        let headers = HeaderMap::new();
+        let authority = Authority::from_static("origin.test:80");
+        // The upstream answers each request after the delay given for it; none for the last.
+        let delays = [0u64, 7, 0, 9];
+        let upstream = tokio::spawn(async move {
+            let mut got = [0u8; 4096];
+            for delay in delays {
+                let _ = theirs.read(&mut got).await.expect("request");
+                tokio::time::sleep(std::time::Duration::from_secs(delay)).await;
+                theirs.write_all(ANSWER).await.expect("answer");
+            }
+            let _ = theirs.read(&mut got).await;
+            theirs
+        });
+        // Exchange, then idle for `idle` seconds: answered in time each time, though the
+        // second and the fourth end after the deadline of the exchange before them, and the
+        // third comes after an idle spell longer than the timeout.
+        for (i, idle) in [5u64, 15, 3, 0].into_iter().enumerate() {
+            let deadline = Instant::now() + TIMEOUT;
+            let resp = conn
+                .exchange(&Method::GET, "/", &headers, &authority, deadline)
+                .await
+                .unwrap_or_else(|e| panic!("exchange {i}: {e}"));
+            let mut body = resp.into_body();
+            body.give_back_to(held.clone());
+            let got = body.collect().await.expect("body").to_bytes();
+            assert_eq!(&got[..], b"ok", "exchange {i}");
+            conn = held.0.lock().expect("held").take().expect("kept");
+            tokio::time::sleep(std::time::Duration::from_secs(idle)).await;
+        }
+        // No answer: the exchange ends at its deadline, as a timeout.
+        let started = Instant::now();
+        let e = conn
+            .exchange(&Method::GET, "/", &headers, &authority, started + TIMEOUT)
+            .await
+            .expect_err("no answer");
+        assert!(e.timed_out, "{e}");
+        assert!(!e.not_sent);
+        assert_eq!(Instant::now() - started, TIMEOUT);
+        drop(upstream);
     }
 
     #[tokio::test]
