@@ -163,15 +163,18 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyErr
 
 /// Returns the request's id, adding a fresh one when absent or not a valid header value.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID)
-        && !v.is_empty()
-        && v.len() <= 200
-    {
-        return v.clone();
+    // One lookup for the read and the write (the name is hashed once).
+    match headers.entry(REQUEST_ID) {
+        header::Entry::Occupied(v) if !v.get().is_empty() && v.get().len() <= 200 => {
+            v.get().clone()
+        }
+        header::Entry::Occupied(mut v) => {
+            let id = new_request_id();
+            v.insert(id.clone());
+            id
+        }
+        header::Entry::Vacant(v) => v.insert(new_request_id()).clone(),
     }
-    let id = new_request_id();
-    headers.insert(REQUEST_ID, id.clone());
-    id
 }
 
 /// 16 hex digits, unique within the process and unpredictable across processes.
@@ -270,18 +273,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Appends our `Via` entry, e.g. `1.1 frontdoor`.
 pub fn add_via(headers: &mut HeaderMap, version: Version, via: &ViaValues) {
     let ours = via.for_version(version);
-    match headers.get(header::VIA).map(HeaderValue::as_bytes) {
-        Some(prev) => {
-            let mut entry = Vec::with_capacity(prev.len() + 2 + ours.len());
-            entry.extend_from_slice(prev);
-            entry.extend_from_slice(b", ");
+    match headers.entry(header::VIA) {
+        header::Entry::Occupied(mut prev) => {
+            // Every earlier hop, in order (a list may span several fields), then ours.
+            let mut entry = Vec::with_capacity(64);
+            for hop in prev.iter() {
+                entry.extend_from_slice(hop.as_bytes());
+                entry.extend_from_slice(b", ");
+            }
             entry.extend_from_slice(ours.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&entry) {
-                headers.insert(header::VIA, v);
+                prev.insert(v);
             }
         }
-        None => {
-            headers.insert(header::VIA, ours.clone());
+        header::Entry::Vacant(slot) => {
+            slot.insert(ours.clone());
         }
     }
 }
@@ -492,6 +498,16 @@ cluster = "c"
         let mut h = headers(&[("via", "1.1 cdn")]);
         add_via(&mut h, Version::HTTP_2, &ViaValues::new("frontdoor"));
         assert_eq!(h["via"], "1.1 cdn, 2 frontdoor");
+        // A list over two fields keeps every hop, in order, in one field.
+        let mut h = headers(&[("via", "1.0 a, 1.1 b"), ("via", "1.1 c")]);
+        add_via(&mut h, Version::HTTP_11, &ViaValues::new("frontdoor"));
+        let all: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(all, ["1.0 a, 1.1 b, 1.1 c, 1.1 frontdoor"]);
+        // An id present but empty is replaced by a fresh one.
+        let mut e = headers(&[("x-request-id", "")]);
+        let id = ensure_request_id(&mut e);
+        assert_eq!(id.len(), 16);
+        assert_eq!(e.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
         let mut a = HeaderMap::new();
         let id = ensure_request_id(&mut a);
         assert_eq!(id.len(), 16);
