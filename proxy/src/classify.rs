@@ -50,6 +50,12 @@ impl Peer {
             HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Peer { addr, tls, ip }
     }
+
+    /// `client` as text when it is this peer's address: formatted once per connection, for
+    /// the access log.
+    pub fn text_if(&self, client: IpAddr) -> Option<&[u8]> {
+        (client == self.addr.ip().to_canonical()).then(|| self.ip.as_bytes())
+    }
 }
 
 /// An IPv4 address as dotted decimal, written by hand (`Display` cost ~1,500 instructions, a
@@ -411,6 +417,15 @@ cluster = "c"
             let addr: std::net::SocketAddr = addr.parse().expect("addr");
             let peer = Peer::new(addr, false);
             assert_eq!(peer.ip, text, "{addr}");
+            // The access log's client: the text only for the peer itself (in its IPv4 form
+            // when it came mapped), not for another address.
+            let client = addr.ip().to_canonical();
+            assert_eq!(peer.text_if(client), Some(text.as_bytes()), "{addr}");
+            assert_eq!(
+                peer.text_if("192.0.2.8".parse().expect("ip")),
+                None,
+                "{addr}"
+            );
             // Per-request keys: the text `Display` gives (the address as it came).
             assert_eq!(ip_text(addr.ip()), addr.ip().to_string(), "{addr}");
         }

@@ -82,7 +82,7 @@ pub async fn handle(
     let forward = pin_boxed!(proxy_request(
         &active,
         &proxy.rollouts,
-        peer,
+        &peer,
         req,
         &host,
         client,
@@ -123,6 +123,7 @@ pub async fn handle(
         AccessRecord {
             request_id: request_id.to_str().unwrap_or_default(),
             client,
+            client_text: peer.text_if(client),
             method: method.as_str(),
             host: &host,
             path: logged_target.as_ref().map_or("", http::Uri::path),
@@ -148,7 +149,7 @@ pub async fn handle(
 async fn proxy_request(
     active: &Arc<Active>,
     rollouts: &Rollouts,
-    peer: Peer,
+    peer: &Peer,
     mut req: Request<RequestBody>,
     host: &str,
     client: std::net::IpAddr,
@@ -316,7 +317,7 @@ async fn proxy_request(
             head.headers.remove(k);
         }
     }
-    classify::set_forwarded(&mut head.headers, &peer, trusted, host);
+    classify::set_forwarded(&mut head.headers, peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &active.via);
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional)

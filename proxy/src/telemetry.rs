@@ -150,6 +150,8 @@ impl RouteMetrics {
 pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     pub client: std::net::IpAddr,
+    /// `client` as text, when the caller has it (the peer's, formatted once per connection).
+    pub client_text: Option<&'a [u8]>,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -201,7 +203,10 @@ impl AccessRecord<'_> {
         };
         field(out, "request_id", self.request_id);
         out.extend_from_slice(b",\"client\":\"");
-        crate::classify::push_ip(out, self.client);
+        match self.client_text {
+            Some(text) => out.extend_from_slice(text),
+            None => crate::classify::push_ip(out, self.client),
+        }
         out.push(b'"');
         field(out, "method", self.method);
         field(out, "host", self.host);
@@ -469,6 +474,7 @@ mod tests {
         let record = AccessRecord {
             request_id: "abc",
             client: "192.0.2.7".parse().expect("ip"),
+            client_text: None,
             method: "GET",
             host: "shop.example.com",
             path: "/q\"uote\\back\u{1}ctl/café",
@@ -501,6 +507,16 @@ mod tests {
         assert_eq!(v["total_ms"], 12.346);
         assert!(line.contains(",\"upstream_ms\":1.500,\"total_ms\":12.346,"));
         assert_eq!(v["route"], "app");
+        // The client as text the caller already has: the same line.
+        let peer = crate::classify::Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
+        let with_text = AccessRecord {
+            client_text: peer.text_if(record.client),
+            ..record
+        };
+        assert!(with_text.client_text.is_some());
+        let mut again = Vec::new();
+        with_text.write_json(&mut again, at);
+        assert_eq!(String::from_utf8(again).expect("UTF-8"), line);
         let mut epoch = Vec::new();
         rfc3339_micros(&mut epoch, std::time::UNIX_EPOCH);
         assert_eq!(epoch, b"1970-01-01T00:00:00.000000Z");
