@@ -172,8 +172,8 @@ async fn proxy_request(
     // After this the request's path is that form: `req.uri().path()` below.
     let normalized = match routes::normalize_path(req.uri().path()) {
         None => return Err(ProxyError::BadRequest("invalid request path")),
-        // Only a path that changed is copied (a borrowed one never differs).
-        Some(path) if path != req.uri().path() => Some(path.into_owned()),
+        // A borrowed path is the request's own; an owned one may still be the same text.
+        Some(std::borrow::Cow::Owned(path)) if path != req.uri().path() => Some(path),
         Some(_) => None,
     };
     if let Some(path) = normalized {
@@ -268,6 +268,7 @@ async fn proxy_request(
                             None,
                             true,
                             std::time::Duration::ZERO,
+                            crate::clock::now_ms(),
                         );
                     }
                     version = RolloutVersion::Stable;
@@ -363,7 +364,7 @@ async fn proxy_request(
             Ok(f) => f.member.region,
             Err(e) => e.member.as_ref().and_then(|m| m.region),
         };
-        windows.record_at(
+        windows.record(
             *version,
             region,
             failed,

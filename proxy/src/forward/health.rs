@@ -28,9 +28,11 @@ pub fn spawn(runtime: &Arc<ClusterRuntime>) {
                 let m = Arc::clone(m);
                 let check = check.clone();
                 async move {
+                    // One deadline for the whole check (an inline exchange keeps its own timer).
+                    let deadline = tokio::time::Instant::now() + check.timeout;
                     let ok = match Request::get(check.path.as_str()).body(Either::Right(Empty::new())) {
                         Ok(req) => matches!(
-                            tokio::time::timeout(check.timeout, client.request(m.addr, &m.authority, req, tokio::time::Instant::now() + check.timeout)).await,
+                            tokio::time::timeout_at(deadline, client.request(m.addr, &m.authority, req, deadline)).await,
                             Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection()
                         ),
                         Err(_) => false,

@@ -164,7 +164,7 @@ pub async fn send(
     let mut now = Some(now);
     loop {
         let now = now.take().unwrap_or_else(Instant::now);
-        let Some(member) = cluster.pick_at(
+        let Some(member) = cluster.pick(
             snapshot,
             route,
             version,

@@ -329,20 +329,8 @@ impl ClusterRuntime {
     /// [`Snapshot::pick_region`] over the regions that have an eligible member and are in
     /// `allowed` — so a restricted request can never reach a region outside `allowed`, on
     /// the first attempt or a retry. `avoid` (a member that just failed) is skipped when the
-    /// chosen region has another.
+    /// chosen region has another. `now` is [`clock::now_ms`] as the caller read it.
     pub fn pick(
-        &self,
-        snapshot: &Snapshot,
-        route: &Route,
-        version: Option<&str>,
-        allowed: RegionSet,
-        avoid: Option<&Member>,
-    ) -> Option<Arc<Member>> {
-        self.pick_at(snapshot, route, version, allowed, avoid, clock::now_ms())
-    }
-
-    /// [`Self::pick`] at `now` ([`clock::now_ms`]), read by the caller.
-    pub fn pick_at(
         &self,
         snapshot: &Snapshot,
         route: &Route,
@@ -483,6 +471,24 @@ cluster = "app"
 version = "canary"
 "#;
 
+    /// A pick of `route`'s own version at the time now (read per pick, as a request does).
+    fn pick(
+        rt: &ClusterRuntime,
+        s: &Snapshot,
+        route: &Route,
+        allowed: RegionSet,
+        avoid: Option<&Member>,
+    ) -> Option<Arc<Member>> {
+        rt.pick(
+            s,
+            route,
+            route.version.as_deref(),
+            allowed,
+            avoid,
+            clock::now_ms(),
+        )
+    }
+
     fn port(m: &Member) -> u16 {
         m.addr.port()
     }
@@ -498,34 +504,17 @@ version = "canary"
         let (stable, canary) = (&s.routes[0], &s.routes[1]);
         let all = s.all_regions();
         let mut seen: Vec<u16> = (0..6)
-            .map(|_| {
-                port(
-                    &rt.pick(&s, stable, stable.version.as_deref(), all, None)
-                        .expect("member"),
-                )
-            })
+            .map(|_| port(&pick(&rt, &s, stable, all, None).expect("member")))
             .collect();
         seen.sort_unstable();
         assert_eq!(seen, vec![1001, 1001, 1001, 1002, 1002, 1002]);
         assert_eq!(
-            port(
-                &rt.pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
-                    .expect("m")
-            ),
+            port(&pick(&rt, &s, stable, eu_only(&s), None).expect("m")),
             1003
         );
-        assert_eq!(
-            port(
-                &rt.pick(&s, canary, canary.version.as_deref(), all, None)
-                    .expect("m")
-            ),
-            1004
-        );
+        assert_eq!(port(&pick(&rt, &s, canary, all, None).expect("m")), 1004);
         // No canary in the EU: an EU-restricted canary request has nowhere to go.
-        assert!(
-            rt.pick(&s, canary, canary.version.as_deref(), eu_only(&s), None)
-                .is_none()
-        );
+        assert!(pick(&rt, &s, canary, eu_only(&s), None).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -543,26 +532,17 @@ version = "canary"
         }
         // Both local stable members ejected: the eu one takes unrestricted traffic.
         assert_eq!(
-            port(
-                &rt.pick(&s, stable, stable.version.as_deref(), s.all_regions(), None)
-                    .expect("m")
-            ),
+            port(&pick(&rt, &s, stable, s.all_regions(), None).expect("m")),
             1003
         );
         // The EU member ejected too: an EU request gets nothing rather than the US.
         let eu = members.iter().find(|m| port(m) == 1003).expect("eu");
         eu.health.record_live(false, &outlier);
         eu.health.record_live(false, &outlier);
-        assert!(
-            rt.pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
-                .is_none()
-        );
+        assert!(pick(&rt, &s, stable, eu_only(&s), None).is_none());
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
         assert_ne!(
-            port(
-                &rt.pick(&s, stable, stable.version.as_deref(), s.all_regions(), None)
-                    .expect("m")
-            ),
+            port(&pick(&rt, &s, stable, s.all_regions(), None).expect("m")),
             1003
         );
     }
@@ -592,38 +572,19 @@ version = "canary"
         let (stable, canary) = (&s.routes[0], &s.routes[1]);
         let all = s.all_regions();
         for _ in 0..10 {
-            let first = rt
-                .pick(&s, stable, stable.version.as_deref(), all, None)
-                .expect("m");
-            let second = rt
-                .pick(&s, stable, stable.version.as_deref(), all, Some(&first))
-                .expect("m");
+            let first = pick(&rt, &s, stable, all, None).expect("m");
+            let second = pick(&rt, &s, stable, all, Some(&first)).expect("m");
             assert_ne!(first.addr, second.addr);
         }
-        let only = rt
-            .pick(&s, canary, canary.version.as_deref(), all, None)
-            .expect("m");
+        let only = pick(&rt, &s, canary, all, None).expect("m");
         assert_eq!(
-            rt.pick(&s, canary, canary.version.as_deref(), all, Some(&only))
-                .expect("m")
-                .addr,
+            pick(&rt, &s, canary, all, Some(&only)).expect("m").addr,
             only.addr
         );
         // The only EU member failed: the retry goes to it again, not to the US.
-        let eu = rt
-            .pick(&s, stable, stable.version.as_deref(), eu_only(&s), None)
-            .expect("m");
+        let eu = pick(&rt, &s, stable, eu_only(&s), None).expect("m");
         assert_eq!(
-            port(
-                &rt.pick(
-                    &s,
-                    stable,
-                    stable.version.as_deref(),
-                    eu_only(&s),
-                    Some(&eu)
-                )
-                .expect("m")
-            ),
+            port(&pick(&rt, &s, stable, eu_only(&s), Some(&eu)).expect("m")),
             1003
         );
     }
@@ -636,16 +597,7 @@ version = "canary"
         members[0].health.in_flight.store(100, Ordering::Relaxed);
         let picks = (0..100)
             .filter(|_| {
-                port(
-                    &rt.pick(
-                        &s,
-                        &s.routes[0],
-                        s.routes[0].version.as_deref(),
-                        s.all_regions(),
-                        None,
-                    )
-                    .expect("m"),
-                ) == 1002
+                port(&pick(&rt, &s, &s.routes[0], s.all_regions(), None).expect("m")) == 1002
             })
             .count();
         assert!(

@@ -83,19 +83,9 @@ impl Windows {
         }
     }
 
-    /// Records one exchange of `version`, served from `region` (when known).
+    /// Records one exchange of `version`, served from `region` (when known), at `now`
+    /// ([`clock::now_ms`] as the caller read it).
     pub fn record(
-        &self,
-        version: Version,
-        region: Option<routes::RegionId>,
-        error: bool,
-        latency: std::time::Duration,
-    ) {
-        self.record_at(version, region, error, latency, clock::now_ms());
-    }
-
-    /// [`Self::record`] at `now` ([`clock::now_ms`]), read by the caller.
-    pub fn record_at(
         &self,
         version: Version,
         region: Option<routes::RegionId>,

@@ -41,7 +41,7 @@ fn traffic(r: &Rollouts, version: Version, n: u64, errors: u64, latency: Duratio
     let t = r.table();
     let w = &t.by_route["app"].windows;
     for i in 0..n {
-        w.record(version, None, i < errors, latency);
+        w.record(version, None, i < errors, latency, clock::now_ms());
     }
 }
 
