@@ -34,5 +34,6 @@ pub mod pipeline;
 pub mod respond;
 pub mod rollout;
 pub mod server;
+pub mod spare;
 pub mod state;
 pub mod telemetry;

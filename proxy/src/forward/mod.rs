@@ -270,6 +270,10 @@ pub async fn send(
                 if member.health.record_live(ok, &cfg.outlier) {
                     eject_metric(&cfg.name);
                 }
+                // The request is sent: its header map is kept for a later head.
+                if let Some(head) = head {
+                    crate::spare::keep(head.headers);
+                }
                 return Ok(Forwarded {
                     response,
                     member,

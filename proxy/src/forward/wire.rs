@@ -395,7 +395,7 @@ fn parse_head(
     }
     let bytes = buf.split_to(len).freeze();
     // Room for the fields the proxy adds on the way back (`Via`, request id, region, cookie).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    let mut headers = crate::spare::headers(fields.len() + 6);
     for (name, start, end) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
             .map_err(|_| invalid("bad upstream header value"))?;

@@ -390,8 +390,9 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
         return unsplit(buf, bytes);
     };
     // Room for the fields the pipeline adds (request id, `X-Forwarded-*`, `Via`): the map is
-    // not grown (rehashed) on the way upstream.
-    let mut headers = HeaderMap::with_capacity(count + 8);
+    // not grown (rehashed) on the way upstream. A kept map, as a rule (`forward` gives it
+    // back once the request is sent).
+    let mut headers = crate::spare::headers(count + 8);
     for f in &fields[..count] {
         let name = &bytes[f.name.0 as usize..f.name.1 as usize];
         let (Ok(name), Ok(value)) = (
@@ -549,6 +550,8 @@ where
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    // The head is written out: its map is kept for the next one read.
+    crate::spare::keep(parts.headers);
 
     if framing == Framing::None {
         write_end(io, &out, keep).await?;
