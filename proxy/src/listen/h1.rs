@@ -491,16 +491,11 @@ where
     let mut body = pin!(body);
     let status = parts.status;
     let headers = &parts.headers;
-    let mut close_field = false;
-    let mut keep_alive_field = false;
-    for value in headers.get_all(header::CONNECTION) {
-        let (c, k) = connection_options(value.as_bytes());
-        close_field |= c;
-        keep_alive_field |= k;
-    }
+    let fields = HeadFields::of(headers);
+    let (close_field, keep_alive_field) = fields.connection;
     keep &= !close_field;
     let never_body = status.is_informational() || status == StatusCode::NO_CONTENT;
-    let declared = declared_length(headers);
+    let declared = fields.length;
     let mut add_length = None;
     let framing = if never_body || info.head || status == StatusCode::NOT_MODIFIED {
         // A HEAD answer says the length a GET's would have, when it is known.
@@ -541,7 +536,7 @@ where
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !fields.date {
         with_date(|d| put_field(&mut out, b"date", d));
     }
     if !keep && !close_field {
@@ -663,14 +658,44 @@ where
     flush(io).await
 }
 
-/// The response's own `Content-Length`, when it has exactly one valid value.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
+/// What a response head's fields say about how it is written.
+struct HeadFields {
+    /// Over every `Connection` field: (`close`, `keep-alive`).
+    connection: (bool, bool),
+    /// The response's own `Content-Length`, when it has exactly one valid value.
+    length: Option<u64>,
+    /// A `Date` field is there.
+    date: bool,
+}
+
+impl HeadFields {
+    /// One pass over the fields, where a lookup per name hashed each name.
+    fn of(headers: &HeaderMap) -> HeadFields {
+        let mut fields = HeadFields {
+            connection: (false, false),
+            length: None,
+            date: false,
+        };
+        let mut lengths = 0;
+        for (name, value) in headers {
+            if name == header::CONNECTION {
+                let (c, k) = connection_options(value.as_bytes());
+                fields.connection.0 |= c;
+                fields.connection.1 |= k;
+            } else if name == header::CONTENT_LENGTH {
+                lengths += 1;
+                fields.length = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            } else if name == header::DATE {
+                fields.date = true;
+            }
+        }
+        if lengths != 1 {
+            fields.length = None;
+        }
+        fields
     }
-    first.to_str().ok()?.trim().parse().ok()
 }
 
 /// Writes every slice whole, vectored where the IO supports it.
@@ -1378,5 +1403,61 @@ mod tests {
             text.contains("POST /p HTTP/1.1 ours=false body=2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_heads_own_fields_decide_how_it_is_written() {
+        /// (fields, `Connection` (close, keep-alive), the declared length, `Date` there)
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            (bool, bool),
+            Option<u64>,
+            bool,
+        );
+        let cases: &[Case] = &[
+            (
+                &[("content-length", " 13 ")],
+                (false, false),
+                Some(13),
+                false,
+            ),
+            // Two lengths (even equal ones) or a bad one: none declared, the body decides.
+            (
+                &[("content-length", "5"), ("content-length", "5")],
+                (false, false),
+                None,
+                false,
+            ),
+            (&[("content-length", "5x")], (false, false), None, false),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("date", "x"),
+                    ("connection", "Close"),
+                ],
+                (true, true),
+                None,
+                true,
+            ),
+            (
+                &[("x-other", "close"), ("content-type", "text/plain")],
+                (false, false),
+                None,
+                false,
+            ),
+        ];
+        for (i, (fields, connection, length, date)) in cases.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            for (name, value) in *fields {
+                headers.append(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            let got = HeadFields::of(&headers);
+            assert_eq!(got.connection, *connection, "case {i}");
+            assert_eq!(got.length, *length, "case {i}");
+            assert_eq!(got.date, *date, "case {i}");
+        }
     }
 }
