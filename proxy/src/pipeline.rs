@@ -38,7 +38,7 @@ struct Outcome {
     route: Option<usize>,
     upstream: Option<http::uri::Authority>,
     attempts: u32,
-    upstream_ms: f64,
+    upstream_time: std::time::Duration,
     error: Option<ProxyError>,
     decision: Option<routes::Decision>,
     /// What the cache did, when it was consulted.
@@ -72,7 +72,7 @@ pub async fn handle(
         route: None,
         upstream: None,
         attempts: 0,
-        upstream_ms: 0.0,
+        upstream_time: std::time::Duration::ZERO,
         error: None,
         decision: None,
         cache: None,
@@ -136,8 +136,8 @@ pub async fn handle(
             status: response.status().as_u16(),
             error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
             attempts: outcome.attempts,
-            upstream_ms: outcome.upstream_ms,
-            total_ms: total.as_secs_f64() * 1000.0,
+            upstream_time: outcome.upstream_time,
+            total_time: total,
             cache: outcome.cache.map_or("-", crate::cache::Status::as_str),
         }
         .emit();
@@ -348,7 +348,7 @@ async fn proxy_request(
     .await;
     let answered = Instant::now();
     let upstream_time = answered - sent;
-    outcome.upstream_ms = upstream_time.as_secs_f64() * 1000.0;
+    outcome.upstream_time = upstream_time;
     if let Some((windows, version)) = &arm {
         // What the analysis judges: upstream-caused failures and 5xx, and time to the head.
         let failed = match &result {
