@@ -106,8 +106,8 @@ pub struct WireConn {
     out: Vec<u8>,
     /// Room for the next read when nothing better is known.
     read_size: usize,
-    /// Scratch for [`parse_head`].
-    fields: Vec<(HeaderName, usize, usize)>,
+    /// Scratch for [`parse_head`], and the names it parsed last.
+    scratch: HeadScratch,
     /// The exchange's deadline, kept with the connection and moved for each request: moving a
     /// registered timer later is an update of its expiry, where a new one per request was a
     /// timer-wheel insertion and removal (~500 instructions a request). While the connection
@@ -133,7 +133,7 @@ impl WireConn {
             buf: BytesMut::with_capacity(READ_SIZE),
             out: Vec::with_capacity(512),
             read_size: READ_SIZE,
-            fields: Vec::new(),
+            scratch: HeadScratch::default(),
             timer: None,
         })
     }
@@ -206,7 +206,7 @@ impl WireConn {
             let parsed = if self.buf.is_empty() {
                 Ok(None)
             } else {
-                parse_head(&mut self.buf, &mut self.fields, *method == Method::HEAD)
+                parse_head(&mut self.buf, &mut self.scratch, *method == Method::HEAD)
             };
             match parsed {
                 Ok(Some(Parsed::Interim)) => {}
@@ -322,14 +322,45 @@ enum Parsed {
     Final(Response<()>, State, bool),
 }
 
+/// Field names an upstream sent at the front of its last response head, kept.
+const KEPT_NAMES: usize = 32;
+
+/// What [`parse_head`] keeps with the connection from one head to the next.
+#[derive(Default)]
+struct HeadScratch {
+    /// Each field's name and where its value lies in the head, so that values become slices
+    /// of the head once it is split off (parsed once, no copies).
+    fields: Vec<(HeaderName, usize, usize)>,
+    /// The last head's field names, as sent and as parsed, by position. An upstream sends the
+    /// same names in the same order from one response to the next, as a rule: a name sent at
+    /// the same place as before is compared, not parsed again (nor, if it is not a standard
+    /// name, copied into a new allocation).
+    names: Vec<(Box<[u8]>, HeaderName)>,
+}
+
+impl HeadScratch {
+    /// The field name `sent` as the `at`-th field of a head.
+    fn name(&mut self, at: usize, sent: &[u8]) -> io::Result<HeaderName> {
+        if let Some((before, name)) = self.names.get(at)
+            && **before == *sent
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(sent).map_err(|_| invalid("bad upstream header name"))?;
+        let kept = (Box::from(sent), name.clone());
+        if let Some(slot) = self.names.get_mut(at) {
+            *slot = kept;
+        } else if at == self.names.len() && at < KEPT_NAMES {
+            self.names.push(kept);
+        }
+        Ok(name)
+    }
+}
+
 /// Parses a complete response head at the front of `buf`, if there is one, and consumes it.
-///
-/// `fields` is scratch space kept with the connection: each field's name and where its value
-/// lies in the head, so that values become slices of the head once it is split off (parsed
-/// once, no copies).
 fn parse_head(
     buf: &mut BytesMut,
-    fields: &mut Vec<(HeaderName, usize, usize)>,
+    scratch: &mut HeadScratch,
     head_request: bool,
 ) -> io::Result<Option<Parsed>> {
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -358,15 +389,14 @@ fn parse_head(
     }
     let http10 = parsed.version == Some(0);
     let base = buf.as_ptr() as usize;
-    fields.clear();
+    scratch.fields.clear();
     let mut length: Option<u64> = None;
     // `Transfer-Encoding` over all its fields: `chunked` how many times, any other coding.
     let mut codings: Option<(u32, bool)> = None;
     let mut close = false;
     let mut keep_alive = false;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| invalid("bad upstream header name"))?;
+    for (at, h) in parsed.headers.iter().enumerate() {
+        let name = scratch.name(at, h.name.as_bytes())?;
         let start = h.value.as_ptr() as usize - base;
         if name == header::CONTENT_LENGTH {
             for part in h.value.split(|b| *b == b',') {
@@ -391,12 +421,12 @@ fn parse_head(
             close |= c;
             keep_alive |= k;
         }
-        fields.push((name, start, start + h.value.len()));
+        scratch.fields.push((name, start, start + h.value.len()));
     }
     let bytes = buf.split_to(len).freeze();
     // Room for the fields the proxy adds on the way back (`Via`, request id, region, cookie).
-    let mut headers = crate::spare::headers(fields.len() + 6);
-    for (name, start, end) in fields.drain(..) {
+    let mut headers = crate::spare::headers(scratch.fields.len() + 6);
+    for (name, start, end) in scratch.fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
             .map_err(|_| invalid("bad upstream header value"))?;
         headers.append(name, value);
@@ -1080,10 +1110,52 @@ mod tests {
         assert!(!conn.still_open(), "bytes nobody asked for");
     }
 
+    /// Names remembered from one head to the next are used only where the same bytes come at
+    /// the same place: another name, another spelling or more fields are parsed as sent.
+    #[test]
+    fn remembered_field_names_never_stand_in_for_other_names() {
+        let mut scratch = HeadScratch::default();
+        let mut names = |head: &[u8]| -> Vec<String> {
+            let mut buf = BytesMut::from(head);
+            let Ok(Some(Parsed::Final(resp, ..))) = parse_head(&mut buf, &mut scratch, false)
+            else {
+                panic!("parsed: {}", String::from_utf8_lossy(head));
+            };
+            resp.headers()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().expect("text")))
+                .collect()
+        };
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"),
+            ["content-length=0", "x-a=1"]
+        );
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 2\r\n\r\n"),
+            ["content-length=0", "x-a=2"]
+        );
+        // Another name of the same length at the same place.
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Z: 3\r\n\r\n"),
+            ["content-length=0", "x-z=3"]
+        );
+        // Another order, and more fields than before.
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nX-B: 4\r\ncontent-length: 0\r\nX-Zb: 5\r\nX-C: 6\r\n\r\n"),
+            ["x-b=4", "content-length=0", "x-zb=5", "x-c=6"]
+        );
+        // Another spelling of the same names.
+        assert_eq!(
+            names(b"HTTP/1.1 200 OK\r\nx-b: 7\r\nContent-Length: 0\r\n\r\n"),
+            ["x-b=7", "content-length=0"]
+        );
+    }
+
     #[test]
     fn reusable_reflects_the_answer() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
-        let Ok(Some(Parsed::Final(_, state, keep))) = parse_head(&mut buf, &mut Vec::new(), false)
+        let Ok(Some(Parsed::Final(_, state, keep))) =
+            parse_head(&mut buf, &mut HeadScratch::default(), false)
         else {
             panic!("parsed");
         };
