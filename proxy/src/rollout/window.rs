@@ -2,7 +2,7 @@
 //! tokio's clock. Latency goes into a log-scale histogram (10% wide buckets from 0.5 ms to
 //! ~2 min), so percentiles are within 10% without keeping samples.
 
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use routes::rollout::WindowStats;
@@ -43,12 +43,17 @@ impl std::fmt::Debug for Window {
     }
 }
 
+/// Each bucket's upper bound in nanoseconds ([`hist_upper`]).
+static UPPER_NS: LazyLock<[u64; HIST]> = LazyLock::new(|| {
+    std::array::from_fn(|k| u64::try_from(hist_upper(k).as_nanos()).unwrap_or(u64::MAX))
+});
+
+/// The bucket of `latency`: the first whose upper bound is not below it (the last for
+/// anything longer). A search of the bounds, where a logarithm per request cost ~100
+/// instructions.
 fn hist_index(latency: Duration) -> usize {
-    let ms = latency.as_secs_f64() * 1000.0;
-    if ms <= BASE_MS {
-        return 0;
-    }
-    (((ms / BASE_MS).ln() / GROWTH.ln()).ceil() as usize).min(HIST - 1)
+    let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+    UPPER_NS.partition_point(|upper| *upper < ns).min(HIST - 1)
 }
 
 fn hist_upper(k: usize) -> Duration {
@@ -125,6 +130,23 @@ mod tests {
         let s = w.stats(15_900);
         assert_eq!((s.requests, s.errors), (50, 5));
         assert_eq!(w.stats(40_000).requests, 0);
+    }
+
+    #[test]
+    fn a_latency_falls_in_the_first_bucket_that_covers_it() {
+        let ns = Duration::from_nanos;
+        assert_eq!(hist_index(Duration::ZERO), 0);
+        assert_eq!(hist_index(ns(500_000)), 0, "0.5 ms is the first bound");
+        assert_eq!(hist_index(ns(500_001)), 1);
+        assert_eq!(hist_index(ns(550_000)), 1, "0.55 ms, the second bound");
+        assert_eq!(hist_index(ns(550_001)), 2);
+        for k in 1..HIST {
+            let upper = hist_upper(k);
+            assert_eq!(hist_index(upper), k, "bucket {k}'s own bound");
+            assert_eq!(hist_index(upper + ns(1)), (k + 1).min(HIST - 1));
+            assert_eq!(hist_index(hist_upper(k - 1) + ns(1)), k);
+        }
+        assert_eq!(hist_index(Duration::from_secs(3600)), HIST - 1);
     }
 
     #[test]
