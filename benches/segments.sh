@@ -18,15 +18,9 @@ else
   bin=$root/target/release/frontdoor upstream=${1:?UPSTREAM host:port} reference=${2:-}
 fi
 listen=${LISTEN:-127.0.0.1:18260}
-run=$(mktemp -d)
-"$root/benches/frontdoor-candidate.sh" "$bin" "$listen" "$upstream" "$run" \
-  >"$run/stdout" 2>"$run/stderr" &
-candidate=$!
-trap 'kill $candidate 2>/dev/null || true; rm -rf "$run"' EXIT
-for _ in $(seq 100); do
-  curl -s -o /dev/null "http://$listen/" && break
-  sleep 0.1
-done
+# shellcheck source=benches/candidate-lib.sh
+. "$root/benches/candidate-lib.sh"
+start_candidate "$bin" "$listen" "$upstream"
 
 out_segs() { awk '/^Tcp:/ && $2 ~ /^[0-9]/ {print $12}' /proc/net/snmp; }
 

@@ -16,16 +16,9 @@ if [ $# -ge 2 ]; then bin=$1 upstream=$2; else bin=$root/target/release/frontdoo
 duration=${DURATION:-600}
 interval=${INTERVAL:-30}
 listen=${LISTEN:-127.0.0.1:18270}
-run=$(mktemp -d)
-taskset -c 0 "$root/benches/frontdoor-candidate.sh" "$bin" "$listen" "$upstream" "$run" \
-  >"$run/stdout" 2>"$run/stderr" &
-candidate=$!
-trap 'kill $candidate 2>/dev/null || true; rm -rf "$run"' EXIT
-for _ in $(seq 100); do
-  curl -s -o /dev/null "http://$listen/" && break
-  sleep 0.1
-done
-# The candidate script execs frontdoor: the job's pid is the proxy's.
+# shellcheck source=benches/candidate-lib.sh
+. "$root/benches/candidate-lib.sh"
+start_candidate "$bin" "$listen" "$upstream" 0
 rss() { awk '/^VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$candidate/status"; }
 
 # Warm-up, so the first sample is not the start-up's.
