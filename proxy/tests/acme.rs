@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::etcd::{Etcd, free_port};
-use common::{eventually, start_with};
+use common::etcd::Etcd;
+use common::{eventually, free_port, start_with};
 use frontdoor::server::StartOptions;
 use frontdoor::state::ConfigSource;
 use loadtest::Origin;

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::free_port;
 use loadtest::Origin;
 
 fn frontdoor() -> Command {
@@ -62,11 +63,6 @@ cluster = "ap"
         String::from_utf8_lossy(&out.stdout)
             .contains("4 routes, 2 clusters, 7 endpoints, 3 regions")
     );
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,15 +6,7 @@ use std::process::{Child, Command, Stdio};
 use http::StatusCode;
 use loadtest::Client;
 
-use super::eventually;
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use super::{eventually, free_port};
 
 /// A real etcd on loopback.
 pub struct Etcd {

@@ -11,6 +11,54 @@ use frontdoor::state::ConfigSource;
 
 pub const TOKEN: &str = "test-token";
 
+/// The first port of the kernel's ephemeral range, where `:0` binds and outgoing connections
+/// take their local ports.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A loopback port that was free a moment ago, for a process that must be told its port before
+/// it binds (pebble, etcd, a front door's own config). It is picked below the ephemeral range:
+/// a port from `:0` comes from that range, where any outgoing connection on the machine, or
+/// another test's `:0` bind, may take it before its user binds it (seen in CI: a front door's
+/// HTTPS port taken between the pick and the bind). Each process starts at its own place in the
+/// range and steps on, so concurrent tests seldom meet and one test never gets a port twice.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let low = u32::from(ephemeral_low());
+    let fits = |port: u32| {
+        u16::try_from(port)
+            .ok()
+            .filter(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    };
+    if low > FIRST + 1_000 {
+        let span = low - FIRST;
+        if NEXT.load(Ordering::Relaxed) == u32::MAX {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let start = std::process::id().wrapping_mul(7_919) ^ nanos;
+            let _ =
+                NEXT.compare_exchange(u32::MAX, start % span, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        for _ in 0..span {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            if let Some(port) = fits(FIRST + step % span) {
+                return port;
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 pub async fn start(config: &str) -> Running {
     start_with(StartOptions {
         config: Some(ConfigSource::Inline(config.to_string())),
