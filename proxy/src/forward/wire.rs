@@ -246,11 +246,21 @@ impl WireConn {
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        if !headers.contains_key(header::HOST) {
-            put_field(out, b"host", host.as_str().as_bytes());
-        }
+        // The request's own `Host` goes where it is. Whether it has one is seen while its fields
+        // are written (a lookup would hash the name); one it lacks (an HTTP/2 request, whose
+        // authority is a pseudo-header, or an HTTP/1.0 client's) is written after them and
+        // rotated to their front, in place (RFC 9112 §3.2: first after the request line).
+        let fields_at = out.len();
+        let mut has_host = false;
         for (name, value) in headers {
+            has_host |= name == header::HOST;
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !has_host {
+            let written = out.len();
+            put_field(out, b"host", host.as_str().as_bytes());
+            let line = out.len() - written;
+            out[fields_at..].rotate_right(line);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -799,6 +809,26 @@ mod tests {
             "GET /p?q=1 HTTP/1.1\r\nhost: origin.test:80\r\nx-test: 1\r\n\r\n"
         );
         assert_eq!(head.expect("head").status(), StatusCode::OK);
+    }
+
+    /// The request's own `Host` goes as it is, wherever it is among the fields; none is added.
+    #[test]
+    fn a_request_with_a_host_keeps_it() {
+        let (ours, _theirs) = tokio::io::duplex(16);
+        let mut conn = WireConn::new(Box::new(ours), ADDR);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert(header::HOST, HeaderValue::from_static("client.example"));
+        conn.encode(
+            &Method::GET,
+            "/",
+            &headers,
+            &Authority::from_static("origin.test:80"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&conn.out),
+            "GET / HTTP/1.1\r\nx-a: 1\r\nhost: client.example\r\n\r\n"
+        );
     }
 
     /// An answer in pieces, the body and trailer it carries, and whether the connection may
