@@ -229,12 +229,26 @@ pub fn new_id_digits() -> [u8; 16] {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
-    let mut buf = [0u8; 16];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    buf
+    hex16(z)
+}
+
+/// `z` as 16 lower-case hex digits, the most significant first: eight digits at a time, where
+/// a digit at a time cost ~100 instructions an id.
+fn hex16(z: u64) -> [u8; 16] {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    // A half's eight nibbles, one per byte, the most significant in the top byte.
+    let spread = |half: u64| {
+        let x = (half | (half << 16)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    };
+    // Each byte's digit: '0' + n, and 'a' - '0' - 10 more where n > 9 (adding 6 carries into
+    // the byte's high nibble exactly then).
+    let digits = |n: u64| n + ONES * u64::from(b'0') + ((n + ONES * 6) >> 4 & ONES) * 0x27;
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&digits(spread(z >> 32)).to_be_bytes());
+    out[8..].copy_from_slice(&digits(spread(z & 0xffff_ffff)).to_be_bytes());
+    out
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps
@@ -553,6 +567,20 @@ cluster = "c"
         assert_eq!(ensure_request_id(&mut b), "given");
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 10_000);
+        for z in [
+            0,
+            9,
+            10,
+            0xf,
+            0x0123_4567_89ab_cdef,
+            0xfedc_ba98_7654_3210,
+            u64::MAX,
+        ]
+        .into_iter()
+        .chain((0..1000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        {
+            assert_eq!(hex16(z), *format!("{z:016x}").as_bytes(), "{z:#x}");
+        }
         // (Many blocks of ids: each id whole, never a neighbour's digits.)
         assert!(ids.iter().all(|id| {
             id.len() == 16
