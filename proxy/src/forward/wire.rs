@@ -430,6 +430,13 @@ fn parse_head(
             let (c, k) = connection_options(h.value);
             close |= c;
             keep_alive |= k;
+            // `Connection: keep-alive`, the usual answer's, is this hop's alone and names no
+            // field but `Keep-Alive` (itself hop-by-hop): it is not put in the map only for the
+            // pipeline to look it up and take it out again. Any other is kept for the pipeline,
+            // which removes it and every field it names.
+            if list_items(h.value).all(|t| t.eq_ignore_ascii_case(b"keep-alive")) {
+                continue;
+            }
         }
         scratch.fields.push((name, start, start + h.value.len()));
     }
@@ -1179,6 +1186,42 @@ mod tests {
             names(b"HTTP/1.1 200 OK\r\nx-b: 7\r\nContent-Length: 0\r\n\r\n"),
             ["x-b=7", "content-length=0"]
         );
+    }
+
+    /// The answer's `Connection` is left out of its head when it says only `keep-alive` (the
+    /// same as the pipeline's stripping it); one naming anything else stays for the pipeline.
+    #[test]
+    fn a_connection_field_of_only_keep_alive_is_left_out() {
+        let head = |connection: &str| {
+            let text = format!(
+                "HTTP/1.1 200 OK\r\nConnection: {connection}\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"
+            );
+            let mut buf = BytesMut::from(text.as_bytes());
+            let Ok(Some(Parsed::Final(resp, _, keep))) =
+                parse_head(&mut buf, &mut HeadScratch::default(), false)
+            else {
+                panic!("parsed: {text}");
+            };
+            let names: Vec<String> = resp.headers().keys().map(|k| k.to_string()).collect();
+            (names, keep)
+        };
+        for alone in ["keep-alive", "Keep-Alive", "keep-alive, KEEP-ALIVE"] {
+            assert_eq!(
+                head(alone),
+                (vec!["keep-alive".into(), "content-length".into()], true),
+                "{alone}"
+            );
+        }
+        for named in [
+            "keep-alive, x-secret",
+            "close",
+            "keep-alive, close",
+            "keep-alive,",
+        ] {
+            let (names, keep) = head(named);
+            assert_eq!(names[0], "connection", "{named}");
+            assert_eq!(keep, !named.contains("close"), "{named}");
+        }
     }
 
     #[test]
