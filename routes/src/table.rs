@@ -102,8 +102,11 @@ pub fn normalize_host(raw: &str) -> String {
     let mut host = raw;
     loop {
         let next = normalize_host_step(host);
-        if next.len() == host.len() {
-            return host.to_ascii_lowercase();
+        // Done when the step changed nothing, or left nothing another step could strip: a
+        // port needs a ':' and a trailing dot is a '.' (a name with a port, the usual case,
+        // is then scanned once, not twice).
+        if next.len() == host.len() || !(next.ends_with('.') || next.contains(':')) {
+            return next.to_ascii_lowercase();
         }
         host = next;
     }
