@@ -401,15 +401,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: 
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        // The `Host` field itself when it is already in normal form (no copy).
-        let value = match headers.get(header::HOST) {
-            // No host: none to forward, and none from the client.
-            _ if host.is_empty() => None,
-            Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
-            _ => HeaderValue::from_str(host).ok(),
-        };
-        match value {
-            Some(v) => headers.insert(X_FORWARDED_HOST, v),
+        // The host the client addressed as it sent it, port included (`Host`; HTTP/2's
+        // `:authority`, which the pipeline has put there): what an application needs to build
+        // its own absolute URLs, as nginx's `$http_host` gives it. Not the normal form routing
+        // uses, which drops the port. None without a host (HTTP/1.0 without `Host`), and
+        // none from the client.
+        match headers.get(header::HOST).filter(|_| !host.is_empty()) {
+            Some(v) => {
+                let v = v.clone();
+                headers.insert(X_FORWARDED_HOST, v)
+            }
             None => headers.remove(X_FORWARDED_HOST),
         };
     }
@@ -545,10 +546,18 @@ cluster = "c"
             assert_eq!(one.len(), 1, "{name}");
         }
         let peer = Peer::new("8.8.8.8:1234".parse().expect("addr"), false);
+        h.insert(header::HOST, HeaderValue::from_static("Example.com:8443"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
         set_forwarded(&mut h, &peer, false, "example.com");
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "example.com");
+        // The host as the client sent it, port and all; the client's own is replaced.
+        assert_eq!(h["x-forwarded-host"], "Example.com:8443");
+        assert_eq!(h.get_all(&X_FORWARDED_HOST).iter().count(), 1);
+        // No host (HTTP/1.0 without one): none forwarded, and the client's is not passed on.
+        let mut bare = headers(&[("x-forwarded-host", "spoofed")]);
+        set_forwarded(&mut bare, &peer, false, "");
+        assert!(!bare.contains_key(&X_FORWARDED_HOST));
 
         let mut t = headers(&[
             ("x-forwarded-for", "9.9.9.9"),

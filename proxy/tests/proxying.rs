@@ -25,9 +25,15 @@ async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
     );
     let fd = start(&config).await;
 
-    for (client, host) in [
-        (Client::http1(), "shop.example.com"),
-        (Client::h2c(), "127.0.0.1"),
+    let authority = fd.http.expect("http listener").to_string();
+    for (client, host, forwarded_host) in [
+        // `X-Forwarded-Host` is the host the client addressed, as sent (port and case kept).
+        (
+            Client::http1(),
+            "Shop.example.com:8443",
+            "Shop.example.com:8443",
+        ),
+        (Client::h2c(), "127.0.0.1", authority.as_str()),
     ] {
         // HTTP/2 carries the host in :authority (the URL's), which wins over any Host header.
         let req = Request::get(url(&fd, "/hello?q=1"))
@@ -57,7 +63,7 @@ async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
         // The peer (127.0.0.1) is not trusted: its forwarding headers are replaced.
         assert_eq!(echo.header("x-forwarded-for"), Some("127.0.0.1"));
         assert_eq!(echo.header("x-forwarded-proto"), Some("http"));
-        assert_eq!(echo.header("x-forwarded-host"), Some(host));
+        assert_eq!(echo.header("x-forwarded-host"), Some(forwarded_host));
         assert!(
             echo.header("host").is_some_and(|h| h.starts_with(host)),
             "{:?}",
