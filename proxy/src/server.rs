@@ -246,9 +246,10 @@ async fn spawn_proxy_listener(
     for worker in 1..workers {
         // Same port (also when the first was port 0); the worker's runtime registers it.
         let listener = bind(bound)?.into_std()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime =
+            crate::telemetry::log_hooks(&mut tokio::runtime::Builder::new_current_thread())
+                .enable_all()
+                .build()?;
         let future = {
             let _guard = runtime.enter();
             serve(TcpListener::from_std(listener)?, tls.clone())
@@ -258,6 +259,9 @@ async fn spawn_proxy_listener(
             .name(format!("{name}-worker-{worker}"))
             .spawn(move || {
                 let clean = runtime.block_on(future);
+                // The last lines this thread logged (a current-thread runtime's stop hook is
+                // for its blocking threads, not the thread that runs it).
+                crate::telemetry::flush_local();
                 let _ = finished.send(clean);
             })?;
         tasks.push(tokio::spawn(async move { done.await.unwrap_or(false) }));

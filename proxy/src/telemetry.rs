@@ -174,18 +174,31 @@ impl AccessRecord<'_> {
     /// the other log lines, written directly: the tracing JSON layer cost about a tenth of a
     /// request's CPU (benches/README.md).
     pub fn emit(&self) {
-        use std::cell::RefCell;
-        thread_local! {
-            // One line's buffer per thread, reused: no allocation per request.
-            static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        if let Some(sink) = LogSink::installed() {
+            self.emit_to(sink, std::time::SystemTime::now());
         }
-        let Some(sink) = LogSink::installed() else {
-            return;
-        };
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            self.write_json(line, std::time::SystemTime::now());
-            sink.push(line);
+    }
+
+    /// Writes the line into this thread's batch for `sink` (see [`flush_local`]).
+    fn emit_to(&self, sink: &'static LogSink, now: std::time::SystemTime) {
+        let _ = LOCAL.try_with(|local| {
+            let Ok(mut local) = local.try_borrow_mut() else {
+                return;
+            };
+            if local.sink.is_some_and(|held| !std::ptr::eq(held, sink)) {
+                local.hand_over();
+            }
+            if local.lines.is_empty() {
+                local.sink = Some(sink);
+                local.since = now;
+            }
+            self.write_json(&mut local.lines, now);
+            let old = now
+                .duration_since(local.since)
+                .is_ok_and(|age| age >= LogSink::EVERY);
+            if local.lines.len() >= LocalLines::MAX || old {
+                local.hand_over();
+            }
         });
     }
 
@@ -409,6 +422,101 @@ mod tests {
             assert_eq!(line.as_bytes(), numbered(n).trim_ascii_end(), "line {n}");
         }
         assert_eq!(sink.dropped(), 0);
+    }
+
+    fn record(path: &str) -> AccessRecord<'_> {
+        AccessRecord {
+            request_id: "id",
+            client: "192.0.2.7".parse().expect("ip"),
+            client_text: None,
+            method: "GET",
+            host: "h",
+            path,
+            protocol: http::Version::HTTP_11,
+            route: "r",
+            upstream: "u",
+            status: 200,
+            error: "",
+            attempts: 1,
+            upstream_time: std::time::Duration::ZERO,
+            total_time: std::time::Duration::ZERO,
+            cache: "-",
+        }
+    }
+
+    fn paths(out: &Output) -> Vec<String> {
+        out.lines()
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                v["path"].as_str().expect("path").to_owned()
+            })
+            .collect()
+    }
+
+    fn local_len() -> usize {
+        LOCAL.with_borrow(|local| local.lines.len())
+    }
+
+    /// A thread's access lines reach the sink together, in order: when the oldest is
+    /// `EVERY` old, when there are `MAX` bytes of them, and on a flush.
+    #[test]
+    fn access_lines_wait_in_their_thread_until_handed_over() {
+        let out = Output::default();
+        let sink: &'static LogSink = Box::leak(Box::new(LogSink::start(Box::new(out.clone()))));
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        for n in 0..3 {
+            record(&format!("/{n}")).emit_to(sink, t0);
+        }
+        assert!(local_len() > 0 && lock(&sink.shared.buf).is_empty());
+        // The oldest line is EVERY old: all four go over.
+        record("/3").emit_to(sink, t0 + LogSink::EVERY);
+        assert_eq!(local_len(), 0);
+        assert_eq!(
+            lock(&sink.shared.buf)
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            4
+        );
+        // MAX bytes of lines go over at once, however young.
+        let mut n = 4;
+        while local_len() + 400 < LocalLines::MAX {
+            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+            n += 1;
+            assert!(local_len() > 0, "handed over before MAX at line {n}");
+        }
+        while local_len() > 0 {
+            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+            n += 1;
+        }
+        // And whatever is left, on a flush.
+        record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+        n += 1;
+        sink.flush();
+        assert_eq!(local_len(), 0);
+        let want: Vec<String> = (0..n).map(|n| format!("/{n}")).collect();
+        assert_eq!(paths(&out), want);
+    }
+
+    /// A runtime built with `log_hooks` hands a thread's lines over when it goes idle.
+    #[test]
+    fn a_runtime_hands_lines_over_when_its_thread_parks() {
+        let out = Output::default();
+        let sink: &'static LogSink = Box::leak(Box::new(LogSink::start(Box::new(out.clone()))));
+        let runtime = log_hooks(&mut tokio::runtime::Builder::new_current_thread())
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            record("/busy").emit_to(sink, std::time::SystemTime::now());
+            assert!(local_len() > 0);
+            // Nothing to do: the thread parks, and the line goes over first.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            assert_eq!(local_len(), 0, "still held after the thread parked");
+        });
+        sink.flush();
+        assert_eq!(paths(&out), ["/busy"]);
     }
 
     /// A stalled output does not stall the lines' writers: past the queue, whole batches are
@@ -639,8 +747,10 @@ impl LogSink {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Writes out whatever is buffered and waits (up to 5 s) until it is.
+    /// Writes out whatever is buffered (this thread's lines too) and waits (up to 5 s) until
+    /// it is.
     pub fn flush(&self) {
+        flush_local();
         let (done, written) = std::sync::mpsc::sync_channel(1);
         if self.queue.send(SinkMsg::Flush(done)).is_ok() {
             let _ = written.recv_timeout(std::time::Duration::from_secs(5));
@@ -740,6 +850,62 @@ impl SinkShared {
             }
         }
     }
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalLines> = const {
+        std::cell::RefCell::new(LocalLines {
+            lines: Vec::new(),
+            since: std::time::SystemTime::UNIX_EPOCH,
+            sink: None,
+        })
+    };
+}
+
+/// A thread's access log lines not yet in their sink's batch. A line appended to the sink's
+/// batch takes its lock, and that one atomic exchange right after the line's ~300 bytes were
+/// written cost ~1% of a request's CPU (perf); the lines of a thread go in together instead,
+/// in order, when there are [`LocalLines::MAX`] bytes of them, when the oldest is
+/// [`LogSink::EVERY`] old, and whenever the thread has nothing else to do ([`flush_local`],
+/// run by the runtime before it parks a thread, and by [`LogSink::flush`]).
+struct LocalLines {
+    lines: Vec<u8>,
+    /// When the oldest line was written.
+    since: std::time::SystemTime,
+    sink: Option<&'static LogSink>,
+}
+
+impl LocalLines {
+    /// ~25 access lines.
+    const MAX: usize = 8 * 1024;
+
+    /// Appends the lines to their sink's batch.
+    fn hand_over(&mut self) {
+        if let Some(sink) = self.sink
+            && !self.lines.is_empty()
+        {
+            sink.push(&self.lines);
+        }
+        self.lines.clear();
+    }
+}
+
+/// Hands this thread's access log lines to their sink. The runtimes run it before they park a
+/// thread and when a thread stops ([`log_hooks`]): lines wait in a thread only while it is busy.
+pub fn flush_local() {
+    let _ = LOCAL.try_with(|local| {
+        if let Ok(mut local) = local.try_borrow_mut() {
+            local.hand_over();
+        }
+    });
+}
+
+/// Sets a runtime up to hand each thread's access log lines over ([`flush_local`]) before the
+/// thread parks and when it stops. Every runtime that serves requests is built with it.
+pub fn log_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    builder
+        .on_thread_park(flush_local)
+        .on_thread_stop(flush_local)
 }
 
 /// One log line's writer (see [`LogSink`]).

@@ -150,6 +150,8 @@ fn main() -> std::process::ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // Each thread's access log lines go to the log's batch when the thread parks.
+    frontdoor::telemetry::log_hooks(&mut builder);
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
