@@ -406,11 +406,12 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: 
         // its own absolute URLs, as nginx's `$http_host` gives it. Not the normal form routing
         // uses, which drops the port. None without a host (HTTP/1.0 without `Host`), and
         // none from the client.
-        match headers.get(header::HOST).filter(|_| !host.is_empty()) {
-            Some(v) => {
-                let v = v.clone();
-                headers.insert(X_FORWARDED_HOST, v)
-            }
+        match headers
+            .get(header::HOST)
+            .filter(|_| !host.is_empty())
+            .cloned()
+        {
+            Some(v) => headers.insert(X_FORWARDED_HOST, v),
             None => headers.remove(X_FORWARDED_HOST),
         };
     }

@@ -292,12 +292,28 @@ pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
-/// What one `Connection` field value says about the connection: (`close`, `keep-alive`).
-pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
-    let mut options = (false, false);
+/// What one `Connection` field value says.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct ConnectionOptions {
+    /// It names `close`.
+    pub close: bool,
+    /// It names `keep-alive`.
+    pub keep_alive: bool,
+    /// It names something else too (a field to strip), or an empty item.
+    pub other: bool,
+}
+
+/// What one `Connection` field value says about the connection, in one pass over its items.
+pub(crate) fn connection_options(value: &[u8]) -> ConnectionOptions {
+    let mut options = ConnectionOptions::default();
     for token in list_items(value) {
-        options.0 |= token.eq_ignore_ascii_case(b"close");
-        options.1 |= token.eq_ignore_ascii_case(b"keep-alive");
+        if token.eq_ignore_ascii_case(b"close") {
+            options.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            options.keep_alive = true;
+        } else {
+            options.other = true;
+        }
     }
     options
 }
@@ -427,14 +443,14 @@ fn parse_head(
             seen.0 += n;
             seen.1 |= other;
         } else if name == header::CONNECTION {
-            let (c, k) = connection_options(h.value);
-            close |= c;
-            keep_alive |= k;
+            let options = connection_options(h.value);
+            close |= options.close;
+            keep_alive |= options.keep_alive;
             // `Connection: keep-alive`, the usual answer's, is this hop's alone and names no
             // field but `Keep-Alive` (itself hop-by-hop): it is not put in the map only for the
             // pipeline to look it up and take it out again. Any other is kept for the pipeline,
             // which removes it and every field it names.
-            if list_items(h.value).all(|t| t.eq_ignore_ascii_case(b"keep-alive")) {
+            if options.keep_alive && !options.close && !options.other {
                 continue;
             }
         }

@@ -374,9 +374,9 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
             return Parse::Hyper;
         }
         if special(&header::CONNECTION) {
-            let (c, k) = connection_options(h.value);
-            close |= c;
-            keep_alive |= k;
+            let options = connection_options(h.value);
+            close |= options.close;
+            keep_alive |= options.keep_alive;
         }
         *field = Field {
             name: at(name),
@@ -679,9 +679,9 @@ impl HeadFields {
         let mut lengths = 0;
         for (name, value) in headers {
             if name == header::CONNECTION {
-                let (c, k) = connection_options(value.as_bytes());
-                fields.connection.0 |= c;
-                fields.connection.1 |= k;
+                let options = connection_options(value.as_bytes());
+                fields.connection.0 |= options.close;
+                fields.connection.1 |= options.keep_alive;
             } else if name == header::CONTENT_LENGTH {
                 lengths += 1;
                 fields.length = std::str::from_utf8(value.as_bytes())
