@@ -85,13 +85,14 @@ where
     }
 }
 
-/// The client's request body on its way upstream; remembers whether *it* failed (a malformed
-/// chunk, a client gone mid-upload), so the failure is blamed on the client (400), not the
-/// upstream (502).
+/// The client's request body on its way upstream; remembers how it ended: whether *it*
+/// failed (a malformed chunk, a client gone mid-upload), so the failure is blamed on the
+/// client (400), not the upstream (502), and whether it was all read (only then may the
+/// upstream connection carry another request).
 #[derive(Debug)]
 pub struct ClientBody {
     inner: IdleTimeoutBody<RequestBody>,
-    failed: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicU8>,
     rate: Option<RateState>,
 }
 
@@ -123,11 +124,20 @@ impl std::fmt::Display for BodyTooSlow {
 
 impl std::error::Error for BodyTooSlow {}
 
-/// How the client's body ended, when it broke the exchange.
+/// How the client's body ended: not yet.
+pub const CLIENT_BODY_GOING: u8 = 0;
+/// It broke the exchange: malformed, or the client went away.
 pub const CLIENT_BODY_MALFORMED: u8 = 1;
 /// The client went quiet inside its body for longer than `server.client_body_timeout`.
 /// Or sent it more slowly than `server.client_body_min_rate`.
 pub const CLIENT_BODY_TIMED_OUT: u8 = 2;
+/// All of it was read.
+pub const CLIENT_BODY_ENDED: u8 = 3;
+
+/// Whether a body that ended `how` broke the exchange (the client is to blame).
+pub fn client_body_failed(how: u8) -> bool {
+    matches!(how, CLIENT_BODY_MALFORMED | CLIENT_BODY_TIMED_OUT)
+}
 
 impl ClientBody {
     pub fn new(
@@ -135,19 +145,34 @@ impl ClientBody {
         idle: Duration,
         min_rate: Option<MinRate>,
     ) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicU8>) {
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(CLIENT_BODY_GOING));
         (
             ClientBody {
                 inner: IdleTimeoutBody::new(inner, idle),
-                failed: std::sync::Arc::clone(&failed),
+                ended: std::sync::Arc::clone(&ended),
                 rate: min_rate.map(|floor| RateState {
                     floor,
                     started: Instant::now(),
                     received: 0,
                 }),
             },
-            failed,
+            ended,
         )
+    }
+
+    /// How the body ended so far (`CLIENT_BODY_*`), shared.
+    pub fn ended(&self) -> std::sync::Arc<std::sync::atomic::AtomicU8> {
+        std::sync::Arc::clone(&self.ended)
+    }
+
+    /// Notes that all of the body was read, unless it failed first.
+    fn note_end(&self) {
+        let _ = self.ended.compare_exchange(
+            CLIENT_BODY_GOING,
+            CLIENT_BODY_ENDED,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -170,19 +195,27 @@ impl Body for ClientBody {
                 poll = Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
             }
         }
-        if let Poll::Ready(Some(Err(e))) = &poll {
-            let how = if e.is::<BodyIdleTimeout>() || e.is::<BodyTooSlow>() {
-                CLIENT_BODY_TIMED_OUT
-            } else {
-                CLIENT_BODY_MALFORMED
-            };
-            self.failed.store(how, std::sync::atomic::Ordering::Relaxed);
+        match &poll {
+            Poll::Ready(Some(Err(e))) => {
+                let how = if e.is::<BodyIdleTimeout>() || e.is::<BodyTooSlow>() {
+                    CLIENT_BODY_TIMED_OUT
+                } else {
+                    CLIENT_BODY_MALFORMED
+                };
+                self.ended.store(how, std::sync::atomic::Ordering::Relaxed);
+            }
+            Poll::Ready(None) => self.note_end(),
+            _ => {}
         }
         poll
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.note_end();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

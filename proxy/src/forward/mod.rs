@@ -153,8 +153,8 @@ pub async fn send(
     let mut body = body;
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
-    // Set when the client's own body broke the exchange (then it is a 400, not a 502).
-    let mut client_body_failed: Option<Arc<std::sync::atomic::AtomicU8>> = None;
+    // How the client's body ended: when it broke the exchange, that is a 400, not a 502.
+    let mut client_body_end: Option<Arc<std::sync::atomic::AtomicU8>> = None;
     let mut attempts = 0u32;
     cluster.in_flight.fetch_add(1, Ordering::Relaxed);
     let _active = Decrement(&cluster.in_flight);
@@ -226,7 +226,7 @@ pub async fn send(
                         });
                         let (body, failed) =
                             ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
-                        client_body_failed = Some(failed);
+                        client_body_end = Some(failed);
                         Either::Left(body)
                     }
                     _ => Either::Right(Empty::new()),
@@ -284,12 +284,12 @@ pub async fn send(
                 endpoint: endpoint(),
             },
             Err(_)
-                if client_body_failed
+                if client_body_end
                     .as_ref()
-                    .is_some_and(|f| f.load(Ordering::Relaxed) != 0) =>
+                    .is_some_and(|f| body::client_body_failed(f.load(Ordering::Relaxed))) =>
             {
                 // The upstream is not at fault: don't count it against it.
-                let how = client_body_failed.map_or(0, |f| f.load(Ordering::Relaxed));
+                let how = client_body_end.map_or(0, |f| f.load(Ordering::Relaxed));
                 return Err(ForwardError {
                     error: if how == body::CLIENT_BODY_TIMED_OUT {
                         ProxyError::ClientTimeout

@@ -14,6 +14,13 @@
 //! when it was not written (once written, only the cluster's retry policy may send it again).
 //! HTTP/2: one multiplexed connection per address, replaced when it closes.
 //!
+//! An upstream may answer an upload before it has read all of it (a 413, a 401) and close,
+//! and a close with bytes unread is a reset. The answer reaches our socket before the reset,
+//! but a write that meets the reset would fail the exchange (502) before hyper reads it. So
+//! the write failure is held back ([`HoldWrites`]): hyper reads the answer, forwards it, and
+//! the connection ends after it (the rest of the upload is not read).
+//! A connection goes back to the pool only when the request's body was sent to its end.
+//!
 //! The request path takes an idle connection under one short mutex hold per checkout and
 //! return. Idle lists are kept per thread as well as per address: with `--workers`, a hyper
 //! connection's task lives on the worker that opened it, and a request from another worker
@@ -22,6 +29,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,9 +41,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
+use super::body::CLIENT_BODY_ENDED;
 use super::pool::UpstreamBody;
 use super::wire::{Io, Return, WireBody, WireConn};
 
@@ -150,7 +160,7 @@ fn sweep<C>(lists: &IdleLists<C>, keep: impl Fn(&Idle<C>) -> bool) {
 #[derive(Debug)]
 struct Shared {
     transport: Transport,
-    idle: IdleLists<http1::SendRequest<UpstreamBody>>,
+    idle: IdleLists<H1>,
     wire: IdleLists<Box<WireConn>>,
     h2: Mutex<routes::LookupMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
 }
@@ -241,23 +251,30 @@ impl UpstreamClient {
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        let (mut send, reused) = match self.checkout(addr).await {
-            Some(send) => (send, true),
+        let body = match req.body() {
+            http_body_util::Either::Left(client) => Some(client.ended()),
+            http_body_util::Either::Right(_) => None,
+        };
+        let (mut conn, reused) = match self.checkout(addr).await {
+            Some(conn) => (conn, true),
             None => (Box::pin(self.connect_h1(addr)).await?, false),
         };
-        let sent = match send.try_send_request(req).await {
+        conn.link.uploading.store(body.is_some(), Ordering::Relaxed);
+        let sent = match conn.send.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 // Never sent: the upstream closed the idle connection under us. Once more,
                 // on a fresh one.
                 Some(req) if reused => {
-                    send = Box::pin(self.connect_h1(addr)).await?;
-                    send.send_request(req).await
+                    conn = Box::pin(self.connect_h1(addr)).await?;
+                    conn.link.uploading.store(body.is_some(), Ordering::Relaxed);
+                    conn.send.send_request(req).await
                 }
                 _ => Err(e.into_error()),
             },
         };
         let resp = sent?;
+        // Switching protocols: the connection is the tunnel's now.
         let keep = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
         Ok(resp.map(|inner| {
             UpstreamIncoming(Kind::Hyper {
@@ -265,9 +282,10 @@ impl UpstreamClient {
                 done: false,
                 back: keep.then(|| {
                     Box::new(Back {
-                        send,
+                        conn,
                         addr,
                         pool: Arc::downgrade(&self.shared),
+                        body,
                     })
                 }),
             })
@@ -343,19 +361,21 @@ impl UpstreamClient {
     }
 
     /// An idle connection to `addr` that is ready for a request, if there is one.
-    async fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<UpstreamBody>> {
+    async fn checkout(&self, addr: SocketAddr) -> Option<H1> {
         loop {
             let idle = {
                 let mut pools = self.shared.idle.lock().unwrap_or_else(|p| p.into_inner());
                 pools.get_mut(&(addr, lane()))?.pop()?
             };
-            if idle.conn.is_closed() || idle.since.elapsed() >= self.shared.transport.idle_timeout {
+            if idle.conn.send.is_closed()
+                || idle.since.elapsed() >= self.shared.transport.idle_timeout
+            {
                 continue;
             }
-            let mut send = idle.conn;
+            let mut conn = idle.conn;
             // Handed back as its last response ended; hyper marks it ready a moment later.
-            if send.ready().await.is_ok() {
-                return Some(send);
+            if conn.send.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
@@ -389,15 +409,17 @@ impl UpstreamClient {
         Ok(TokioIo::new(Box::new(tls)))
     }
 
-    async fn connect_h1(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-        let (send, conn) = http1::handshake(self.connect(addr).await?)
+    async fn connect_h1(&self, addr: SocketAddr) -> Result<H1, UpstreamError> {
+        let link = Arc::new(Link::default());
+        let io = HoldWrites {
+            io: self.connect(addr).await?.into_inner(),
+            link: Arc::clone(&link),
+        };
+        let (send, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
         tokio::spawn(conn.with_upgrades());
-        Ok(send)
+        Ok(H1 { send, link })
     }
 
     async fn request_h2(
@@ -457,19 +479,154 @@ fn reap(shared: Weak<Shared>) {
             let Some(s) = shared.upgrade() else { return };
             let limit = s.transport.idle_timeout;
             sweep(&s.idle, |i| {
-                !i.conn.is_closed() && i.since.elapsed() < limit
+                !i.conn.send.is_closed() && i.since.elapsed() < limit
             });
             sweep(&s.wire, |i| i.since.elapsed() < limit);
         }
     });
 }
 
+/// A hyper HTTP/1.1 connection: its sender, and what its IO shares with the exchange.
+#[derive(Debug)]
+struct H1 {
+    send: http1::SendRequest<UpstreamBody>,
+    link: Arc<Link>,
+}
+
+/// What a hyper HTTP/1.1 connection's IO ([`HoldWrites`]) and its exchange share.
+#[derive(Debug, Default)]
+struct Link {
+    /// The exchange sends a body: write failures are held back. Not for upgrades, whose
+    /// tunnels must see them.
+    uploading: AtomicBool,
+    /// A write failed and was held back: the upstream stopped taking the request.
+    write_failed: AtomicBool,
+}
+
+/// An HTTP/1.1 upstream connection's IO as hyper's client drives it. A write of an upload
+/// that fails because the upstream has gone (reset, broken pipe, aborted) is held back: that write and
+/// every later one wait for good, so hyper goes on reading — the answer the upstream sent
+/// before it stopped reading (a reset leaves the bytes that came before it readable), then
+/// the end of the connection (the reset's error went to the write that met it; the reads
+/// after the answer find the connection closed, or fail). The connection still ends: a reset
+/// makes the socket readable (hyper's task is woken to read), and after the answer hyper
+/// either reads on to see whether the upstream closed mid-exchange, and it did, or — the
+/// answer said `Connection: close` — is done with a connection it may no longer read from.
+struct HoldWrites<I> {
+    io: I,
+    link: Arc<Link>,
+}
+
+/// Whether a write failed because the upstream is no longer there to take it.
+fn upstream_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+}
+
+impl<I: AsyncWrite + Unpin> HoldWrites<I> {
+    /// A write's outcome, with a failure that says the upstream has gone held back.
+    fn hold<T>(&mut self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(Err(e))
+                if upstream_gone(&e) && self.link.uploading.load(Ordering::Relaxed) =>
+            {
+                self.link.write_failed.store(true, Ordering::Relaxed);
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.link.write_failed.load(Ordering::Relaxed)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for HoldWrites<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HoldWrites<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.held() {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.hold(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.held() {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.hold(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.held() {
+            return Poll::Pending;
+        }
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.hold(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.held() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Where a finished HTTP/1.1 connection goes back to.
 #[derive(Debug)]
 struct Back {
-    send: http1::SendRequest<UpstreamBody>,
+    conn: H1,
     addr: SocketAddr,
     pool: Weak<Shared>,
+    /// How the request's body ended (`None`: it had none).
+    body: Option<Arc<AtomicU8>>,
+}
+
+impl Back {
+    /// The response is over (`read_to_end`: all of its body was read): back to the pool if the
+    /// connection can carry another request, else let it end.
+    fn finish(self, read_to_end: bool) {
+        let sent = self
+            .body
+            .as_ref()
+            .is_none_or(|b| b.load(Ordering::Relaxed) == CLIENT_BODY_ENDED);
+        if !read_to_end
+            || !sent
+            || self.conn.link.write_failed.load(Ordering::Relaxed)
+            || self.conn.send.is_closed()
+        {
+            return;
+        }
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        park(&pool.idle, self.addr, self.conn);
+    }
 }
 
 /// An upstream response body: read inline from its connection, or hyper's, which returns its
@@ -530,13 +687,8 @@ impl Drop for UpstreamIncoming {
         let Kind::Hyper { inner, done, back } = &mut self.0 else {
             return;
         };
-        let Some(back) = back.take() else { return };
-        if !(*done || inner.is_end_stream()) || back.send.is_closed() {
-            return;
+        if let Some(back) = back.take() {
+            (*back).finish(*done || inner.is_end_stream());
         }
-        let Some(pool) = back.pool.upgrade() else {
-            return;
-        };
-        park(&pool.idle, back.addr, back.send);
     }
 }
