@@ -628,35 +628,7 @@ async fn an_answer_before_a_reset_reaches_the_client() {
     let fd = start(&one_route("", &[(upstream, "", "v")])).await;
     let mut statuses = Vec::new();
     for _ in 0..20 {
-        let client = tokio::net::TcpStream::connect(fd.http.expect("http"))
-            .await
-            .expect("connect");
-        let (mut read, mut write) = client.into_split();
-        let uploader = tokio::spawn(async move {
-            write
-                .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
-                .await?;
-            let chunk = vec![b'x'; 64 * 1024];
-            for _ in 0..1500 {
-                write.write_all(&chunk).await?;
-            }
-            Ok::<_, std::io::Error>(write)
-        });
-        let (answer, ended) = tokio::time::timeout(std::time::Duration::from_secs(15), async {
-            let mut answer = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                match read.read(&mut buf).await {
-                    Ok(0) => return (answer, Ok(())),
-                    Ok(n) => answer.extend_from_slice(&buf[..n]),
-                    Err(e) => return (answer, Err(e)),
-                }
-            }
-        })
-        .await
-        .expect("answered and ended in time");
-        uploader.abort();
-        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (answer, ended) = common::upload_until_answered(fd.http.expect("http")).await;
         statuses.push(answer.get(9..12).unwrap_or("none").to_string());
         if answer.starts_with("HTTP/1.1 413") {
             assert!(answer.ends_with("too big\n"), "{answer}");

@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use loadtest::Client;
 use rustls_pki_types::pem::PemObject;
 
-/// An HTTPS origin for `origin.internal`; with `client_ca`, it requires a client certificate
-/// issued by it.
-async fn tls_origin(server: &certs::dev::DevCert, client_ca: Option<&str>) -> SocketAddr {
+/// TLS for an origin with `server`'s certificate; with `client_ca`, it requires a client
+/// certificate issued by it.
+fn acceptor(server: &certs::dev::DevCert, client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
     let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
         rustls_pki_types::CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -44,7 +44,13 @@ async fn tls_origin(server: &certs::dev::DevCert, client_ca: Option<&str>) -> So
     };
     let mut config = builder.with_single_cert(chain, key).expect("cert");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An HTTPS origin for `origin.internal`; with `client_ca`, it requires a client certificate
+/// issued by it.
+async fn tls_origin(server: &certs::dev::DevCert, client_ca: Option<&str>) -> SocketAddr {
+    let acceptor = acceptor(server, client_ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -156,5 +162,65 @@ async fn mutual_tls_to_an_upstream_that_requires_it() {
             .contains("clusters.app.tls: cert and key go together"),
         "{e}"
     );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Over TLS as over plain TCP: an origin that refuses an upload part way through and resets
+/// the connection while the front door is still sending gets its answer to the client (the
+/// records before the reset are read; the write that met it is held back), every time.
+#[tokio::test]
+async fn an_answer_before_a_reset_reaches_the_client_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    certs::install_crypto_provider();
+    let dir =
+        std::env::temp_dir().join(format!("frontdoor-upstream-tls-413-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let server_ca = certs::dev::DevCa::new("upstream server CA").expect("ca");
+    let server = server_ca.issue(&["origin.internal"]).expect("server leaf");
+    let ca = write(&dir, "server-ca.pem", &server_ca.cert_pem);
+    let acceptor = acceptor(&server, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut seen = 0usize;
+                let mut buf = vec![0u8; 64 * 1024];
+                while seen < 256 * 1024 {
+                    match tls.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen += n,
+                        _ => return,
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big\n",
+                    )
+                    .await;
+                let _ = tls.flush().await;
+                tls.get_ref().0.set_zero_linger().expect("SO_LINGER");
+            });
+        }
+    });
+    let fd = start(&format!(
+        "[clusters.app]\nendpoints = [{{ address = \"{origin}\" }}]\ntls = {{ ca = \"{ca}\", server_name = \"origin.internal\" }}\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (answer, ended) = common::upload_until_answered(fd.http.expect("http")).await;
+        statuses.push(answer.get(9..12).unwrap_or("none").to_string());
+        if answer.starts_with("HTTP/1.1 413") {
+            assert!(answer.ends_with("too big\n"), "{answer}");
+            assert!(ended.is_ok(), "a clean end after the answer: {ended:?}");
+        }
+    }
+    assert!(statuses.iter().all(|s| s == "413"), "{statuses:?}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -216,3 +216,37 @@ where
     });
     addr
 }
+
+/// Uploads (a 100 MB `POST /upload`, 64 KiB at a time) on a new connection to `addr` until an
+/// answer comes; returns everything read until the connection ended, and how it ended (a clean
+/// end of stream, or the read's error).
+pub async fn upload_until_answered(addr: SocketAddr) -> (String, std::io::Result<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = client.into_split();
+    let uploader = tokio::spawn(async move {
+        write
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
+            .await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1500 {
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(write)
+    });
+    let (answer, ended) = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return (answer, Ok(())),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) => return (answer, Err(e)),
+            }
+        }
+    })
+    .await
+    .expect("answered and ended in time");
+    uploader.abort();
+    (String::from_utf8_lossy(&answer).into_owned(), ended)
+}
