@@ -539,13 +539,8 @@ async fn a_stalled_request_body_gets_408() {
 async fn an_answer_before_the_upload_ends_is_not_lost_to_a_reset() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = common::raw_upstream(|mut s| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                _ => return,
-            }
+        if common::read_head(&mut s).await.is_none() {
+            return;
         }
         let _ = s
             .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
@@ -554,13 +549,7 @@ async fn an_answer_before_the_upload_ends_is_not_lost_to_a_reset() {
     })
     .await;
     let fd = start(&one_route("", &[(upstream, "", "v")])).await;
-    let mut client = tokio::net::TcpStream::connect(fd.http.expect("http"))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
-        .await
-        .expect("head");
+    let mut client = common::upload_head(fd.http.expect("http")).await;
     let chunk = vec![b'x'; 64 * 1024];
     client.write_all(&chunk).await.expect("first part");
     let mut answer = Vec::new();
@@ -626,16 +615,7 @@ async fn an_answer_before_a_reset_reaches_the_client() {
     })
     .await;
     let fd = start(&one_route("", &[(upstream, "", "v")])).await;
-    let mut statuses = Vec::new();
-    for _ in 0..20 {
-        let (answer, ended) = common::upload_until_answered(fd.http.expect("http")).await;
-        statuses.push(answer.get(9..12).unwrap_or("none").to_string());
-        if answer.starts_with("HTTP/1.1 413") {
-            assert!(answer.ends_with("too big\n"), "{answer}");
-            assert!(ended.is_ok(), "a clean end after the answer: {ended:?}");
-        }
-    }
-    assert!(statuses.iter().all(|s| s == "413"), "{statuses:?}");
+    common::every_upload_gets_the_413(fd.http.expect("http")).await;
 }
 
 /// An upstream that refuses an upload at once and resets the connection only after the
@@ -652,13 +632,8 @@ async fn a_write_failing_after_the_answer_ends_the_exchange() {
         let upstream = common::raw_upstream(move |mut s| {
             let mut answered = answered_rx.clone();
             async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if common::read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let answer = format!(
                     "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
@@ -672,13 +647,7 @@ async fn a_write_failing_after_the_answer_ends_the_exchange() {
         })
         .await;
         let fd = start(&one_route("", &[(upstream, "", "v")])).await;
-        let mut client = tokio::net::TcpStream::connect(fd.http.expect("http"))
-            .await
-            .expect("connect");
-        client
-            .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
-            .await
-            .expect("head");
+        let mut client = common::upload_head(fd.http.expect("http")).await;
         let answer = read_response(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
         answered_tx.send(true).expect("upstream waits");
@@ -708,17 +677,12 @@ async fn a_write_failing_after_the_answer_ends_the_exchange() {
 /// waiting for an upload that may never end.
 #[tokio::test]
 async fn a_connection_still_taking_an_upload_is_not_reused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = common::raw_upstream(|mut s| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
         loop {
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                    _ => return,
-                }
-            }
+            let Some(head) = common::read_head(&mut s).await else {
+                return;
+            };
             let upload = head.starts_with(b"POST /upload ");
             let answer: &[u8] = if upload {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nearly\n"
@@ -732,7 +696,6 @@ async fn a_connection_still_taking_an_upload_is_not_reused() {
                 // Holds the connection and reads no more.
                 std::future::pending::<()>().await;
             }
-            head.clear();
         }
     })
     .await;

@@ -217,17 +217,55 @@ where
     addr
 }
 
+/// Reads from `s` until a request head has ended; what was read (the head and any bytes after
+/// it), or `None` when the peer closes first.
+pub async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+/// A new connection to `addr` that has sent the head of a 100 MB `POST /upload`.
+pub async fn upload_head(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .expect("head");
+    client
+}
+
+/// Twenty uploads ([`upload_until_answered`]) to a front door in front of an origin that
+/// answers `413` with the body `too big\n` part way through: every one gets that answer, and
+/// then a clean end of its connection.
+pub async fn every_upload_gets_the_413(addr: SocketAddr) {
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (answer, ended) = upload_until_answered(addr).await;
+        statuses.push(answer.get(9..12).unwrap_or("none").to_string());
+        if answer.starts_with("HTTP/1.1 413") {
+            assert!(answer.ends_with("too big\n"), "{answer}");
+            assert!(ended.is_ok(), "a clean end after the answer: {ended:?}");
+        }
+    }
+    assert!(statuses.iter().all(|s| s == "413"), "{statuses:?}");
+}
+
 /// Uploads (a 100 MB `POST /upload`, 64 KiB at a time) on a new connection to `addr` until an
 /// answer comes; returns everything read until the connection ended, and how it ended (a clean
 /// end of stream, or the read's error).
 pub async fn upload_until_answered(addr: SocketAddr) -> (String, std::io::Result<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut read, mut write) = client.into_split();
+    let (mut read, mut write) = upload_head(addr).await.into_split();
     let uploader = tokio::spawn(async move {
-        write
-            .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n")
-            .await?;
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..1500 {
             write.write_all(&chunk).await?;
