@@ -224,9 +224,9 @@ pub async fn send(
                             bytes_per_sec,
                             grace,
                         });
-                        let (body, failed) =
+                        let (body, ended) =
                             ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
-                        client_body_end = Some(failed);
+                        client_body_end = Some(ended);
                         Either::Left(body)
                     }
                     _ => Either::Right(Empty::new()),
