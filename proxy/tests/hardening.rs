@@ -590,27 +590,14 @@ async fn an_answer_before_the_upload_ends_is_not_lost_to_a_reset() {
 #[tokio::test]
 async fn an_answer_before_a_reset_reaches_the_client() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let served = std::sync::Arc::new(AtomicUsize::new(0));
     let upstream = common::raw_upstream(move |mut s| {
         let close = served.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
         async move {
-            // The head and 256 KiB of the body: the front door is sending when the reset comes.
-            let mut seen = 0usize;
-            let mut buf = vec![0u8; 64 * 1024];
-            while seen < 256 * 1024 {
-                match s.read(&mut buf).await {
-                    Ok(n) if n > 0 => seen += n,
-                    _ => return,
-                }
+            if common::refuse_part_way(&mut s, close).await {
+                // A reset at once, not a FIN after what is left to send.
+                s.set_zero_linger().expect("SO_LINGER");
             }
-            let answer = format!(
-                "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
-                if close { "connection: close\r\n" } else { "" }
-            );
-            let _ = s.write_all(answer.as_bytes()).await;
-            // A reset at once, not a FIN after what is left to send.
-            s.set_zero_linger().expect("SO_LINGER");
         }
     })
     .await;

@@ -243,9 +243,35 @@ pub async fn upload_head(addr: SocketAddr) -> tokio::net::TcpStream {
     client
 }
 
+/// An origin's side of an upload it refuses part way through: reads the head and 256 KiB of
+/// the body (so the front door is sending when the origin closes), then answers `413` with the
+/// body `too big\n` (with `Connection: close` when `close`). False when the peer closed first.
+/// The caller then closes with the rest unread: a reset.
+pub async fn refuse_part_way(
+    s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    close: bool,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut seen = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while seen < 256 * 1024 {
+        match s.read(&mut buf).await {
+            Ok(n) if n > 0 => seen += n,
+            _ => return false,
+        }
+    }
+    let answer = format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
+        if close { "connection: close\r\n" } else { "" }
+    );
+    let _ = s.write_all(answer.as_bytes()).await;
+    let _ = s.flush().await;
+    true
+}
+
 /// Twenty uploads ([`upload_until_answered`]) to a front door in front of an origin that
-/// answers `413` with the body `too big\n` part way through: every one gets that answer, and
-/// then a clean end of its connection.
+/// answers `413` with the body `too big\n` part way through ([`refuse_part_way`]): every one
+/// gets that answer, and then a clean end of its connection.
 pub async fn every_upload_gets_the_413(addr: SocketAddr) {
     let mut statuses = Vec::new();
     for _ in 0..20 {
