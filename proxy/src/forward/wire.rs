@@ -303,6 +303,15 @@ pub(crate) struct ConnectionOptions {
     pub other: bool,
 }
 
+/// What several `Connection` fields say together.
+impl std::ops::BitOrAssign for ConnectionOptions {
+    fn bitor_assign(&mut self, other: ConnectionOptions) {
+        self.close |= other.close;
+        self.keep_alive |= other.keep_alive;
+        self.other |= other.other;
+    }
+}
+
 /// What one `Connection` field value says about the connection, in one pass over its items.
 pub(crate) fn connection_options(value: &[u8]) -> ConnectionOptions {
     let mut options = ConnectionOptions::default();
@@ -419,8 +428,7 @@ fn parse_head(
     let mut length: Option<u64> = None;
     // `Transfer-Encoding` over all its fields: `chunked` how many times, any other coding.
     let mut codings: Option<(u32, bool)> = None;
-    let mut close = false;
-    let mut keep_alive = false;
+    let mut connection = ConnectionOptions::default();
     for (at, h) in parsed.headers.iter().enumerate() {
         let name = scratch.name(at, h.name.as_bytes())?;
         let start = h.value.as_ptr() as usize - base;
@@ -444,8 +452,7 @@ fn parse_head(
             seen.1 |= other;
         } else if name == header::CONNECTION {
             let options = connection_options(h.value);
-            close |= options.close;
-            keep_alive |= options.keep_alive;
+            connection |= options;
             // `Connection: keep-alive`, the usual answer's, is this hop's alone and names no
             // field but `Keep-Alive` (itself hop-by-hop): it is not put in the map only for the
             // pipeline to look it up and take it out again. Any other is kept for the pipeline,
@@ -464,7 +471,7 @@ fn parse_head(
             .map_err(|_| invalid("bad upstream header value"))?;
         headers.append(name, value);
     }
-    let mut keep = !close && (!http10 || keep_alive);
+    let mut keep = !connection.close && (!http10 || connection.keep_alive);
     let bodiless =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let state = if bodiless {

@@ -46,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::slots::Hold;
 use super::{BoxError, HeadLimits};
-use crate::forward::wire::{connection_options, decimal, put_field};
+use crate::forward::wire::{ConnectionOptions, connection_options, decimal, put_field};
 use crate::head_timer::ConnIo;
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
@@ -359,8 +359,7 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
     };
     let target = at(target.as_bytes());
     let http10 = minor == 0;
-    let mut close = false;
-    let mut keep_alive = false;
+    let mut connection = ConnectionOptions::default();
     let mut fields = [Field::default(); SLOTS];
     let count = parsed.headers.len();
     for (h, field) in parsed.headers.iter().zip(fields.iter_mut()) {
@@ -374,9 +373,7 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
             return Parse::Hyper;
         }
         if special(&header::CONNECTION) {
-            let options = connection_options(h.value);
-            close |= options.close;
-            keep_alive |= options.keep_alive;
+            connection |= connection_options(h.value);
         }
         *field = Field {
             name: at(name),
@@ -406,7 +403,7 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
     let info = Info {
         head: method == Method::HEAD,
         http10,
-        keep: !close && (!http10 || keep_alive),
+        keep: !connection.close && (!http10 || connection.keep_alive),
     };
     let mut req = Request::new(RequestBody::Empty);
     *req.method_mut() = method;
@@ -492,7 +489,7 @@ where
     let status = parts.status;
     let headers = &parts.headers;
     let fields = HeadFields::of(headers);
-    let (close_field, keep_alive_field) = fields.connection;
+    let close_field = fields.connection.close;
     keep &= !close_field;
     let never_body = status.is_informational() || status == StatusCode::NO_CONTENT;
     let declared = fields.length;
@@ -541,7 +538,7 @@ where
     }
     if !keep && !close_field {
         out.extend_from_slice(b"connection: close\r\n");
-    } else if keep && info.http10 && !keep_alive_field {
+    } else if keep && info.http10 && !fields.connection.keep_alive {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -660,8 +657,8 @@ where
 
 /// What a response head's fields say about how it is written.
 struct HeadFields {
-    /// Over every `Connection` field: (`close`, `keep-alive`).
-    connection: (bool, bool),
+    /// Over every `Connection` field.
+    connection: ConnectionOptions,
     /// The response's own `Content-Length`, when it has exactly one valid value.
     length: Option<u64>,
     /// A `Date` field is there.
@@ -672,16 +669,14 @@ impl HeadFields {
     /// One pass over the fields, where a lookup per name hashed each name.
     fn of(headers: &HeaderMap) -> HeadFields {
         let mut fields = HeadFields {
-            connection: (false, false),
+            connection: ConnectionOptions::default(),
             length: None,
             date: false,
         };
         let mut lengths = 0;
         for (name, value) in headers {
             if name == header::CONNECTION {
-                let options = connection_options(value.as_bytes());
-                fields.connection.0 |= options.close;
-                fields.connection.1 |= options.keep_alive;
+                fields.connection |= connection_options(value.as_bytes());
             } else if name == header::CONTENT_LENGTH {
                 lengths += 1;
                 fields.length = std::str::from_utf8(value.as_bytes())
@@ -1455,7 +1450,11 @@ mod tests {
                 );
             }
             let got = HeadFields::of(&headers);
-            assert_eq!(got.connection, *connection, "case {i}");
+            assert_eq!(
+                (got.connection.close, got.connection.keep_alive),
+                *connection,
+                "case {i}"
+            );
             assert_eq!(got.length, *length, "case {i}");
             assert_eq!(got.date, *date, "case {i}");
         }
