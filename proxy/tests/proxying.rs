@@ -575,6 +575,38 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     );
 }
 
+/// On a multi-thread runtime (the default layout) a request may take its upstream connection
+/// on one thread and give it back on another; the pool still holds no more connections than
+/// there are exchanges at once. (With an idle list per thread, connections piled up where they
+/// came back while the other thread opened new ones: 50 clients held 1,500 open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_of_one_runtime_share_their_upstream_connections() {
+    use std::sync::atomic::Ordering;
+    const CLIENTS: usize = 16;
+    let (addr, accepted) = counting_upstream(false, None).await;
+    let fd = start(&one_route("", &[(addr, "", "v")])).await;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let url = url(&fd, &format!("/c{c}"));
+            tokio::spawn(async move {
+                let client = Client::http1();
+                for _ in 0..150 {
+                    let r = client.get(&url).await.expect("served");
+                    assert_eq!(r.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        opened <= CLIENTS,
+        "{CLIENTS} clients at once, {opened} upstream connections"
+    );
+}
+
 /// HTTP/2: the origin answers an upload before reading it (and closes: a reset). The client
 /// gets the origin's answer (the reset comes after it) and the rest of its upload is called
 /// off (RST_STREAM NO_ERROR, RFC 9113 §8.1), so its sending ends: were the request body held
