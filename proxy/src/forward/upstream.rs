@@ -536,9 +536,16 @@ fn upstream_gone(e: &std::io::Error) -> bool {
 }
 
 impl<I: AsyncWrite + Unpin> HoldWrites<I> {
-    /// A write's outcome, with a failure that says the upstream has gone held back.
-    fn hold<T>(&mut self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        match polled {
+    /// One write-side call on the IO (`op`): none while a failure is held back (it waits);
+    /// otherwise its outcome, with a failure that says the upstream has gone held back.
+    fn write_side<T>(
+        &mut self,
+        op: impl FnOnce(Pin<&mut I>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if self.held() {
+            return Poll::Pending;
+        }
+        match op(Pin::new(&mut self.io)) {
             Poll::Ready(Err(e))
                 if upstream_gone(&e) && self.link.uploading.load(Ordering::Relaxed) =>
             {
@@ -570,11 +577,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HoldWrites<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.held() {
-            return Poll::Pending;
-        }
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.hold(polled)
+        self.write_side(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -582,11 +585,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HoldWrites<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.held() {
-            return Poll::Pending;
-        }
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.hold(polled)
+        self.write_side(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -594,11 +593,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for HoldWrites<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.held() {
-            return Poll::Pending;
-        }
-        let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.hold(polled)
+        self.write_side(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
