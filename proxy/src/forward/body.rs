@@ -140,24 +140,16 @@ pub fn client_body_failed(how: u8) -> bool {
 }
 
 impl ClientBody {
-    pub fn new(
-        inner: RequestBody,
-        idle: Duration,
-        min_rate: Option<MinRate>,
-    ) -> (ClientBody, std::sync::Arc<std::sync::atomic::AtomicU8>) {
-        let ended = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(CLIENT_BODY_GOING));
-        (
-            ClientBody {
-                inner: IdleTimeoutBody::new(inner, idle),
-                ended: std::sync::Arc::clone(&ended),
-                rate: min_rate.map(|floor| RateState {
-                    floor,
-                    started: Instant::now(),
-                    received: 0,
-                }),
-            },
-            ended,
-        )
+    pub fn new(inner: RequestBody, idle: Duration, min_rate: Option<MinRate>) -> ClientBody {
+        ClientBody {
+            inner: IdleTimeoutBody::new(inner, idle),
+            ended: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(CLIENT_BODY_GOING)),
+            rate: min_rate.map(|floor| RateState {
+                floor,
+                started: Instant::now(),
+                received: 0,
+            }),
+        }
     }
 
     /// How the body ended so far (`CLIENT_BODY_*`), shared.

@@ -224,9 +224,9 @@ pub async fn send(
                             bytes_per_sec,
                             grace,
                         });
-                        let (body, ended) =
+                        let body =
                             ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
-                        client_body_end = Some(ended);
+                        client_body_end = Some(body.ended());
                         Either::Left(body)
                     }
                     _ => Either::Right(Empty::new()),
@@ -289,7 +289,8 @@ pub async fn send(
                     .is_some_and(|f| body::client_body_failed(f.load(Ordering::Relaxed))) =>
             {
                 // The upstream is not at fault: don't count it against it.
-                let how = client_body_end.map_or(0, |f| f.load(Ordering::Relaxed));
+                let how =
+                    client_body_end.map_or(body::CLIENT_BODY_GOING, |f| f.load(Ordering::Relaxed));
                 return Err(ForwardError {
                     error: if how == body::CLIENT_BODY_TIMED_OUT {
                         ProxyError::ClientTimeout
