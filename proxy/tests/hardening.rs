@@ -542,9 +542,7 @@ async fn an_answer_before_the_upload_ends_is_not_lost_to_a_reset() {
         if common::read_head(&mut s).await.is_none() {
             return;
         }
-        let _ = s
-            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
-            .await;
+        let _ = s.write_all(common::too_big(true).as_bytes()).await;
         // Closes with the body unread, as an upstream that refuses does.
     })
     .await;
@@ -622,11 +620,7 @@ async fn a_write_failing_after_the_answer_ends_the_exchange() {
                 if common::read_head(&mut s).await.is_none() {
                     return;
                 }
-                let answer = format!(
-                    "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
-                    if close { "connection: close\r\n" } else { "" }
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.write_all(common::too_big(close).as_bytes()).await;
                 // The client has the answer; then a reset.
                 let _ = answered.wait_for(|a| *a).await;
                 s.set_zero_linger().expect("SO_LINGER");
@@ -691,13 +685,7 @@ async fn a_connection_still_taking_an_upload_is_not_reused() {
         &[(upstream, "", "v")],
     ))
     .await;
-    let mut uploader = tokio::net::TcpStream::connect(fd.http.expect("http"))
-        .await
-        .expect("connect");
-    uploader
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
-        .await
-        .expect("head");
+    let mut uploader = common::upload_head(fd.http.expect("http")).await;
     uploader
         .write_all(&[b'x'; 1000])
         .await

@@ -178,23 +178,18 @@ async fn an_answer_before_a_reset_reaches_the_client_over_tls() {
     let server = server_ca.issue(&["origin.internal"]).expect("server leaf");
     let ca = write(&dir, "server-ca.pem", &server_ca.cert_pem);
     let acceptor = acceptor(&server, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let origin = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if common::refuse_part_way(&mut tls, false).await {
-                    tls.get_ref().0.set_zero_linger().expect("SO_LINGER");
-                }
-            });
+    let origin = common::raw_upstream(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            if common::refuse_part_way(&mut tls, false).await {
+                tls.get_ref().0.set_zero_linger().expect("SO_LINGER");
+            }
         }
-    });
+    })
+    .await;
     let fd = start(&format!(
         "[clusters.app]\nendpoints = [{{ address = \"{origin}\" }}]\ntls = {{ ca = \"{ca}\", server_name = \"origin.internal\" }}\n[[routes]]\ncluster = \"app\"\n"
     ))

@@ -260,13 +260,18 @@ pub async fn refuse_part_way(
             _ => return false,
         }
     }
-    let answer = format!(
-        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
-        if close { "connection: close\r\n" } else { "" }
-    );
-    let _ = s.write_all(answer.as_bytes()).await;
+    let _ = s.write_all(too_big(close).as_bytes()).await;
     let _ = s.flush().await;
     true
+}
+
+/// An origin's refusal of an upload: `413` with the body `too big\n`, with `Connection:
+/// close` when `close`.
+pub fn too_big(close: bool) -> String {
+    format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n{}\r\ntoo big\n",
+        if close { "connection: close\r\n" } else { "" }
+    )
 }
 
 /// Twenty uploads ([`upload_until_answered`]) to a front door in front of an origin that
