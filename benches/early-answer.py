@@ -14,11 +14,11 @@ import argparse
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections import Counter
+
+from benchlib import wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,16 +78,6 @@ def upload(port, size=20_000_000):
         pass
     c.close()
     return got[9:12].decode() if got.startswith(b"HTTP/1.1 ") else "none"
-
-
-def wait_port(port):
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listening on {port}")
 
 
 def main():

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import wait_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
@@ -42,17 +44,6 @@ def rss_kib(pid, field="VmRSS"):
         except FileNotFoundError:
             pass
     return total
-
-
-def wait_port(port, timeout=10.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listening on {port}")
 
 
 # Set by --tls: client connections are wrapped in TLS (no verification: a self-signed test
