@@ -175,14 +175,18 @@ async fn upstream_failures_map_to_502_503_504() {
         ..Default::default()
     });
     let dead = dead_addr().await;
+    let checked = dead_addr().await;
     let config = format!(
-        "{}{}
+        "{}{}{}
 [[routes]]
 path_prefix = \"/slow\"
 cluster = \"slow\"
 [[routes]]
 path_prefix = \"/dead\"
 cluster = \"dead\"
+[[routes]]
+path_prefix = \"/checked\"
+cluster = \"checked\"
 ",
         cluster(
             "slow",
@@ -194,28 +198,46 @@ cluster = \"dead\"
             "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\" }",
             &[(dead, "", "v")]
         ),
+        cluster(
+            "checked",
+            "health_check = { path = \"/healthz\", interval = \"50ms\", timeout = \"500ms\", healthy_threshold = 1, unhealthy_threshold = 1 }",
+            &[(checked, "", "v")]
+        ),
     );
     let fd = start(&config).await;
     let client = Client::http1();
     let slow_resp = client.get(&url(&fd, "/slow")).await.expect("resp");
     assert_eq!(slow_resp.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(slow_resp.text().contains("upstream_timeout"));
-    // Two connect failures (502) eject the only endpoint; then the answer is 503.
-    let statuses: Vec<u16> = {
-        let mut v = Vec::new();
-        for _ in 0..3 {
-            v.push(
-                client
-                    .get(&url(&fd, "/dead"))
-                    .await
-                    .expect("resp")
-                    .status
-                    .as_u16(),
-            );
+    // Two connect failures (502) eject the only endpoint. Ejection never empties a pool: the
+    // next request still goes to it (a panic pick, counted) and fails the same way, rather
+    // than getting an hour of 503s.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = client.get(&url(&fd, "/dead")).await.expect("resp");
+        statuses.push(resp.status.as_u16());
+    }
+    assert_eq!(statuses, vec![502, 502, 502]);
+    let metrics = common::admin_call(&fd, Method::GET, "/metrics", "")
+        .await
+        .text();
+    for want in [
+        "frontdoor_upstream_ejections_total{cluster=\"dead\"} 1",
+        "frontdoor_upstream_panic_total{cluster=\"dead\"} 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    // An endpoint its active checks find down is out: 503, no healthy upstream.
+    common::eventually("the checked endpoint is taken out", || {
+        let client = &client;
+        let fd = &fd;
+        async move {
+            let resp = client.get(&url(fd, "/checked")).await.expect("resp");
+            resp.status == StatusCode::SERVICE_UNAVAILABLE
+                && resp.text().contains("no_healthy_upstream")
         }
-        v
-    };
-    assert_eq!(statuses, vec![502, 502, 503]);
+    })
+    .await;
     fd.shutdown().await;
 }
 

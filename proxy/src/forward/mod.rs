@@ -164,13 +164,14 @@ pub async fn send(
     let mut now = Some(now);
     loop {
         let now = now.take().unwrap_or_else(Instant::now);
+        let now_ms = crate::clock::ms_at(now);
         let Some(member) = cluster.pick(
             snapshot,
             route,
             version,
             decision.allowed,
             failed.as_deref(),
-            crate::clock::ms_at(now),
+            now_ms,
         ) else {
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
@@ -195,6 +196,10 @@ pub async fn send(
             });
         };
         attempts += 1;
+        if member.health.ejected(now_ms) {
+            metrics::counter!(telemetry::UPSTREAM_PANIC, telemetry::L_CLUSTER => cfg.name.clone())
+                .increment(1);
+        }
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = Decrement(&member.health.in_flight);
         let deadline = now + cfg.timeouts.request;

@@ -330,6 +330,13 @@ impl ClusterRuntime {
     /// `allowed` — so a restricted request can never reach a region outside `allowed`, on
     /// the first attempt or a retry. `avoid` (a member that just failed) is skipped when the
     /// chosen region has another. `now` is [`clock::now_ms`] as the caller read it.
+    ///
+    /// Passive ejection steers traffic away from a failing member while others can take it;
+    /// it never empties the pool. When every member the request may use is ejected, the pick
+    /// is made among them as if none were (panic routing, still inside `allowed`): a burst of
+    /// failures — an upstream shedding connections under a spike — would otherwise turn into
+    /// an outage as long as the ejection time. Only active checks take the last members out
+    /// (then the answer is a 503).
     pub fn pick(
         &self,
         snapshot: &Snapshot,
@@ -339,9 +346,34 @@ impl ClusterRuntime {
         avoid: Option<&Member>,
         now: u64,
     ) -> Option<Arc<Member>> {
+        self.pick_among(snapshot, route, version, allowed, avoid, |h| {
+            h.available(now)
+        })
+        .or_else(|| {
+            self.pick_among(
+                snapshot,
+                route,
+                version,
+                allowed,
+                avoid,
+                MemberHealth::active_ok,
+            )
+        })
+    }
+
+    /// [`Self::pick`]'s choice among the members whose health is `usable`.
+    fn pick_among(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        version: Option<&str>,
+        allowed: RegionSet,
+        avoid: Option<&Member>,
+        usable: impl Fn(&MemberHealth) -> bool,
+    ) -> Option<Arc<Member>> {
         let members = self.members.load();
         let eligible = |m: &Member| {
-            version.is_none_or(|v| m.version.as_deref() == Some(v)) && m.health.available(now)
+            version.is_none_or(|v| m.version.as_deref() == Some(v)) && usable(&m.health)
         };
         let fresh = |m: &Member| avoid.is_none_or(|a| !std::ptr::eq(a, m));
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
@@ -535,11 +567,24 @@ version = "canary"
             port(&pick(&rt, &s, stable, s.all_regions(), None).expect("m")),
             1003
         );
-        // The EU member ejected too: an EU request gets nothing rather than the US.
+        // The EU member ejected too: every stable member is ejected, so picks are made among
+        // them as if none were (panic) — an EU request still goes to the EU only, an
+        // unrestricted one to the local region first.
         let eu = members.iter().find(|m| port(m) == 1003).expect("eu");
         eu.health.record_live(false, &outlier);
         eu.health.record_live(false, &outlier);
+        assert!(eu.health.ejected(clock::now_ms()));
+        for _ in 0..4 {
+            let m = pick(&rt, &s, stable, eu_only(&s), None).expect("panic pick");
+            assert_eq!(port(&m), 1003);
+            let m = pick(&rt, &s, stable, s.all_regions(), None).expect("panic pick");
+            assert!([1001, 1002].contains(&port(&m)), "{}", port(&m));
+        }
+        // Active checks are what take members out: the EU member failing them leaves an EU
+        // request nothing rather than the US.
+        eu.health.record_check(false, 1, 1);
         assert!(pick(&rt, &s, stable, eu_only(&s), None).is_none());
+        eu.health.record_check(true, 1, 1);
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
         assert_ne!(
             port(&pick(&rt, &s, stable, s.all_regions(), None).expect("m")),
