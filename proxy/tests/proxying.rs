@@ -597,6 +597,57 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
     );
 }
 
+/// An upstream may close an idle keep-alive connection just as a request reaches it (nginx
+/// does, short of connections): the request went out, nothing came back. An idempotent one
+/// goes once more on a fresh connection, without the retry policy; a POST is never replayed.
+#[tokio::test]
+async fn a_request_the_upstream_closed_on_arrival_goes_again_only_when_idempotent() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let posts = Arc::new(AtomicUsize::new(0));
+    let (count, seen) = (Arc::clone(&accepted), Arc::clone(&posts));
+    // Answers the first request of each connection and closes on the second, unanswered.
+    let addr = common::raw_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let seen = Arc::clone(&seen);
+        async move {
+            for n in 0.. {
+                let Some(head) = common::read_message(&mut s).await else {
+                    return;
+                };
+                if head.starts_with("POST") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                if n == 1 {
+                    return;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let fd = start(&one_route("retries = { attempts = 0 }", &[(addr, "", "v")])).await;
+    let client = Client::http1();
+    let mut statuses = Vec::new();
+    for method in [Method::GET, Method::GET, Method::POST, Method::GET] {
+        let req = Request::builder()
+            .method(method)
+            .uri(url(&fd, "/"))
+            .body(Full::default())
+            .expect("req");
+        statuses.push(client.send(req).await.expect("resp").status.as_u16());
+    }
+    // The second GET met the close and went again on a second connection; the POST met it on
+    // that one and got a 502; the last GET opened a third.
+    assert_eq!(statuses, vec![200, 200, 502, 200]);
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "the POST was sent once");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
 /// On a multi-thread runtime (the default layout) a request may take its upstream connection
 /// on one thread and give it back on another; the pool still holds no more connections than
 /// there are exchanges at once. (With an idle list per thread, connections piled up where they

@@ -11,7 +11,9 @@
 //! the body was abandoned, the upstream closed it, or it sat idle past the cluster's
 //! `idle_timeout` (a reaper sweeps quiet pools). A request that a reused connection could not
 //! carry — the upstream closed it while it sat idle — is sent once more on a fresh connection
-//! when it was not written (once written, only the cluster's retry policy may send it again).
+//! when it was not written, or when it is idempotent and the connection ended before a byte of
+//! an answer came (the upstream closed it as idle while the request was on its way; RFC 9112
+//! §9.3.1). Otherwise, once written, only the cluster's retry policy may send it again.
 //! HTTP/2: one multiplexed connection per address, replaced when it closes.
 //!
 //! An upstream may answer an upload before it has read all of it (a 413, a 401) and close,
@@ -320,8 +322,10 @@ impl UpstreamClient {
             .await
         {
             Ok(resp) => resp,
-            // The upstream closed the idle connection under us: once more, on a fresh one.
-            Err(e) if reused && e.not_sent => {
+            // The upstream closed the idle connection under us — before the request went, or
+            // (an idempotent one) as it arrived, with no answer begun: once more, on a fresh
+            // one. Closing an idle connection is the upstream's right, not its failure.
+            Err(e) if reused && (e.not_sent || (e.unanswered && super::idempotent(method))) => {
                 let conn = self.connect_wire(addr, deadline).await?;
                 conn.exchange(method, target, headers, authority, deadline)
                     .await?

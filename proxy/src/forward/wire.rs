@@ -51,6 +51,10 @@ pub struct WireError {
     /// Writing the request failed: the upstream had closed the connection, and the request
     /// may go again on another one.
     pub not_sent: bool,
+    /// The request went out and the connection ended (closed or reset) before a byte of an
+    /// answer came: on a reused connection, the upstream closing it as idle while the request
+    /// was on its way.
+    pub unanswered: bool,
     /// No response head by the exchange's deadline.
     pub timed_out: bool,
 }
@@ -60,6 +64,7 @@ impl WireError {
         WireError {
             error,
             not_sent,
+            unanswered: false,
             timed_out: false,
         }
     }
@@ -68,6 +73,7 @@ impl WireError {
         WireError {
             error: io::Error::new(io::ErrorKind::TimedOut, "no response head by the deadline"),
             not_sent: false,
+            unanswered: false,
             timed_out: true,
         }
     }
@@ -201,6 +207,8 @@ impl WireConn {
             Some(Err(error)) => return Err(WireError::failed(error, true)),
             Some(Ok(())) => {}
         }
+        // Whether any byte of an answer came (an interim response's, say).
+        let mut heard = false;
         loop {
             // Nothing read yet (as a rule, right after the request went out): wait for bytes.
             let parsed = if self.buf.is_empty() {
@@ -229,10 +237,15 @@ impl WireConn {
                             io::ErrorKind::UnexpectedEof,
                             "upstream closed the connection before a complete response head",
                         ),
-                        Ok(_) => continue,
+                        Ok(_) => {
+                            heard = true;
+                            continue;
+                        }
                         Err(e) => e,
                     };
-                    return Err(WireError::failed(error, false));
+                    let mut failed = WireError::failed(error, false);
+                    failed.unanswered = !heard;
+                    return Err(failed);
                 }
                 Err(error) => return Err(WireError::failed(error, false)),
             }
@@ -1081,12 +1094,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_before_the_answer_is_an_error() {
-        for pieces in [&[][..], &[&b"HTTP/1.1 200"[..]][..]] {
+        // Nothing back at all (the request may go again on a fresh connection), or part of a
+        // head (it may not).
+        for (pieces, unanswered) in [(&[][..], true), (&[&b"HTTP/1.1 200"[..]][..], false)] {
             let (sent, head, _, back) = run(Method::GET, pieces, true).await;
             assert!(sent.starts_with("GET /p?q=1 HTTP/1.1\r\n"));
             let e = head.expect_err("no response");
             assert_eq!(e.error.kind(), io::ErrorKind::UnexpectedEof);
             assert!(!e.not_sent, "it was sent");
+            assert_eq!(e.unanswered, unanswered);
             assert!(!back);
         }
     }
