@@ -13,6 +13,8 @@
 # Prints the whole process's count per request and the request thread's alone: the other
 # threads (metrics upkeep, log flushing) do a fixed amount of work per second, which a slower
 # run spreads over fewer requests. CLOSE=1 sends `Connection: close` (a connection per request).
+# H2=1: HTTP/2 clients over TLS instead (a self-signed certificate; `h2load -c10 -m10`, 20,000
+# requests, from Debian's nghttp2-client), the upstream side unchanged.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -ge 2 ]; then bin=$1 upstream=$2; else bin=$root/target/release/frontdoor upstream=${1:?UPSTREAM host:port}; fi
@@ -24,25 +26,45 @@ cat > "$run/under-callgrind" <<EOF
 exec valgrind --tool=callgrind --callgrind-out-file=$run/cg.out "$bin" "\$@"
 EOF
 chmod +x "$run/under-callgrind"
+if [ -n "${H2:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$run/key.pem" \
+    -out "$run/cert.pem" -days 30 -subj /CN=localhost 2>/dev/null
+  export BENCH_MODE=tls
+  url=https://localhost:${listen##*:}/
+else
+  url=http://$listen/
+fi
 "$root/benches/frontdoor-candidate.sh" "$run/under-callgrind" "$listen" "$upstream" "$run" \
-  >"$run/stdout" 2>"$run/stderr" &
+  "$run/cert.pem" "$run/key.pem" >"$run/stdout" 2>"$run/stderr" &
 for _ in $(seq 150); do
-  curl -s -o /dev/null "http://$listen/" && break
+  curl -sk -o /dev/null "$url" && break
   sleep 0.2
 done
 close=()
 if [ -n "${CLOSE:-}" ]; then close=(-H "Connection: close"); fi
-wrk -t1 -c10 -d3 "${close[@]}" "http://$listen/" >/dev/null
+if [ -n "${H2:-}" ]; then
+  h2load -c10 -m10 -n2000 "$url" >/dev/null
+else
+  wrk -t1 -c10 -d3 "${close[@]}" "$url" >/dev/null
+fi
 pid=$(pgrep -f "callgrind-out-file=$run/" | head -1)
 callgrind_control -z "$pid" >/dev/null
-out=$(wrk -t1 -c10 -d10 "${close[@]}" "http://$listen/")
+if [ -n "${H2:-}" ]; then
+  out=$(h2load -c10 -m10 -n20000 "$url")
+else
+  out=$(wrk -t1 -c10 -d10 "${close[@]}" "$url")
+fi
 callgrind_control -d "$pid" >/dev/null
-if grep -q "Non-2xx" <<<"$out"; then
+if grep -q "Non-2xx" <<<"$out" || { [ -n "${H2:-}" ] && ! grep -q " 0 failed, 0 errored" <<<"$out"; }; then
   echo "error responses during the run (is $upstream up?):" >&2
   echo "$out" >&2
   exit 1
 fi
-requests=$(awk '/requests in/{print $1}' <<<"$out")
+if [ -n "${H2:-}" ]; then
+  requests=$(awk '/^requests:/{print $2}' <<<"$out")
+else
+  requests=$(awk '/requests in/{print $1}' <<<"$out")
+fi
 annotated=$(callgrind_annotate --inclusive=yes "$run/cg.out.1" 2>/dev/null)
 instructions=$(awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}' <<<"$annotated")
 # Everything run by threads the process started (all but the runtime's own thread).

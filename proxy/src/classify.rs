@@ -188,6 +188,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// Cut from a block of ids made together, per thread: one allocation per [`IDS_PER_BLOCK`]
 /// ids, and an id's clones (the request's, the response's) share its block. An id of its own
 /// was an allocation, and its first clone a second one.
+///
+/// Marked never to be indexed by HPACK ([`unique`]).
 pub fn new_request_id() -> HeaderValue {
     thread_local! {
         static BLOCK: std::cell::RefCell<bytes::Bytes> =
@@ -204,7 +206,17 @@ pub fn new_request_id() -> HeaderValue {
         }
         block.split_to(16)
     });
-    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0"))
+    unique(HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("0")))
+}
+
+/// Marks a value that no other message will repeat (a fresh id, a new user's cookie) as one
+/// HTTP/2's header compression must not index (RFC 7541 §6.2.3). Indexed, each response
+/// added an entry that no later one matched to the connection's HPACK table, and the encoder
+/// walked every earlier entry of that name comparing values: 18% of an HTTP/2 request's
+/// instructions went to encoding its response head. HTTP/1.1 does not see the mark.
+pub fn unique(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// Request ids made at once by [`new_request_id`].
@@ -594,6 +606,8 @@ cluster = "c"
         let id = ensure_request_id(&mut a);
         assert_eq!(id.len(), 16);
         assert_eq!(a["x-request-id"], id);
+        // A fresh id is never repeated: HPACK must not index it.
+        assert!(id.is_sensitive() && a["x-request-id"].is_sensitive());
         let mut b = headers(&[("x-request-id", "given")]);
         assert_eq!(ensure_request_id(&mut b), "given");
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();

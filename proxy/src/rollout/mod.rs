@@ -691,7 +691,9 @@ pub fn assign(
                 value.push(b'=');
                 value.extend_from_slice(&fresh);
                 value.extend_from_slice(ATTRIBUTES);
-                set_cookie = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok();
+                set_cookie = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+                    .ok()
+                    .map(crate::classify::unique);
                 &fresh
             }
         },

@@ -358,6 +358,10 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     let mut headers = http::HeaderMap::new();
     let first = assign("app", &st, &headers, ip, false);
     let set = first.set_cookie.expect("cookie set for a new user");
+    assert!(
+        set.is_sensitive(),
+        "a new user's cookie is not indexed by HPACK"
+    );
     let value = set.to_str().expect("ascii");
     assert!(
         value.starts_with("fd-uid=") && value.contains("HttpOnly"),
