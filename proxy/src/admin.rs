@@ -187,7 +187,8 @@ impl Admin {
         let mut text = s.explain(&facts);
         if let Some(d) = s.decide(&facts) {
             let cluster = &active.upstreams.clusters[d.cluster.0];
-            let now = match cluster.pick(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None, crate::clock::now_ms()) {
+            // Never a probe: explaining a request must not take one from a real request.
+            let now = match cluster.pick_available(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None, crate::clock::now_ms()) {
                 Some(m) => format!(
                     "  now:          {} ({}) — healthy endpoints as of this moment\n",
                     m.region.map_or("-", |r| s.region(r).name.as_str()),

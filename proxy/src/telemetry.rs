@@ -15,9 +15,9 @@ pub const UPSTREAM_HEALTHY: &str = "frontdoor_upstream_healthy";
 pub const UPSTREAM_RETRIES: &str = "frontdoor_upstream_retries_total";
 /// Passive ejections, by cluster.
 pub const UPSTREAM_EJECTIONS: &str = "frontdoor_upstream_ejections_total";
-/// Attempts sent to an ejected endpoint because every endpoint the request may use was
-/// ejected (panic routing), by cluster.
-pub const UPSTREAM_PANIC: &str = "frontdoor_upstream_panic_total";
+/// Probes: requests sent to an ejected endpoint because every endpoint they may use was
+/// ejected (one per endpoint and second at most; an answered one ends the ejection), by cluster.
+pub const UPSTREAM_PROBES: &str = "frontdoor_upstream_probes_total";
 /// Config reloads by result (`ok`, `rejected`).
 pub const CONFIG_RELOADS: &str = "frontdoor_config_reloads_total";
 /// 1, labelled with the hash of the config in service.

@@ -209,21 +209,20 @@ cluster = \"checked\"
     let slow_resp = client.get(&url(&fd, "/slow")).await.expect("resp");
     assert_eq!(slow_resp.status, StatusCode::GATEWAY_TIMEOUT);
     assert!(slow_resp.text().contains("upstream_timeout"));
-    // Two connect failures (502) eject the only endpoint. Ejection never empties a pool: the
-    // next request still goes to it (a panic pick, counted) and fails the same way, rather
-    // than getting an hour of 503s.
+    // Two connect failures (502) eject the only endpoint; the next request probes it (one a
+    // second: a 502 again), and the one after that is refused at once: 503.
     let mut statuses = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let resp = client.get(&url(&fd, "/dead")).await.expect("resp");
         statuses.push(resp.status.as_u16());
     }
-    assert_eq!(statuses, vec![502, 502, 502]);
+    assert_eq!(statuses, vec![502, 502, 502, 503]);
     let metrics = common::admin_call(&fd, Method::GET, "/metrics", "")
         .await
         .text();
     for want in [
         "frontdoor_upstream_ejections_total{cluster=\"dead\"} 1",
-        "frontdoor_upstream_panic_total{cluster=\"dead\"} 1",
+        "frontdoor_upstream_probes_total{cluster=\"dead\"} 1",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
     }
@@ -238,6 +237,47 @@ cluster = \"checked\"
         }
     })
     .await;
+    fd.shutdown().await;
+}
+
+/// An upstream that failed a burst of requests (one shedding load under a spike) is ejected,
+/// and the first request after the burst probes it: answered, the ejection ends there — not
+/// after the hour the ejection would last.
+#[tokio::test]
+async fn an_answered_probe_ends_the_ejection() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 3, ejection_time = \"1h\" }";
+    let fd = start(&one_route(extra, &[(origin.addr, "", "v")])).await;
+    let client = Client::http1();
+    origin.faults.set(FaultSpec {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    for _ in 0..3 {
+        let resp = client.get(&url(&fd, "/")).await.expect("resp");
+        assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    origin.faults.set(FaultSpec::default());
+    for i in 0..5 {
+        let resp = client.get(&url(&fd, "/")).await.expect("resp");
+        assert_eq!(resp.status, StatusCode::OK, "request {i} after the burst");
+    }
+    let metrics = common::admin_call(&fd, Method::GET, "/metrics", "")
+        .await
+        .text();
+    for want in [
+        "frontdoor_upstream_ejections_total{cluster=\"app\"} 1",
+        "frontdoor_upstream_probes_total{cluster=\"app\"} 1",
+        "frontdoor_upstream_healthy{cluster=\"app\",endpoint=",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("frontdoor_upstream_healthy{cluster=\"app\"") && l.ends_with(" 1")
+        ),
+        "healthy again:\n{metrics}"
+    );
     fd.shutdown().await;
 }
 

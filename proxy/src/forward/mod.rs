@@ -196,8 +196,10 @@ pub async fn send(
             });
         };
         attempts += 1;
-        if member.health.ejected(now_ms) {
-            metrics::counter!(telemetry::UPSTREAM_PANIC, telemetry::L_CLUSTER => cfg.name.clone())
+        // An ejected member was picked: a probe (see `ClusterRuntime::pick`).
+        let probe = member.health.ejected(now_ms);
+        if probe {
+            metrics::counter!(telemetry::UPSTREAM_PROBES, telemetry::L_CLUSTER => cfg.name.clone())
                 .increment(1);
         }
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +276,9 @@ pub async fn send(
                 let ok = !response.status().is_server_error();
                 if member.health.record_live(ok, &cfg.outlier) {
                     eject_metric(&cfg.name);
+                }
+                if probe && ok {
+                    member.health.restore();
                 }
                 // The request is sent: its header map is kept for a later head.
                 if let Some(head) = head {

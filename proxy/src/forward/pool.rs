@@ -27,6 +27,9 @@ use crate::telemetry;
 pub type UpstreamBody = Either<super::body::ClientBody, Empty<Bytes>>;
 pub use super::upstream::UpstreamClient;
 
+/// How often an ejected endpoint is probed when no other can take the request, at most.
+pub const PROBE_INTERVAL_MS: u64 = 1_000;
+
 /// Health of one endpoint address, shared across reloads.
 #[derive(Debug)]
 pub struct MemberHealth {
@@ -38,6 +41,8 @@ pub struct MemberHealth {
     live_failures: AtomicU32,
     /// Clock millis until which the endpoint is ejected; 0 = not ejected.
     ejected_until: AtomicU64,
+    /// Clock millis before which no probe of the ejected endpoint is sent.
+    next_probe: AtomicU64,
     pub in_flight: AtomicU64,
     gauge: Gauge,
 }
@@ -52,6 +57,7 @@ impl MemberHealth {
             streak: AtomicU32::new(0),
             live_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            next_probe: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             gauge,
         }
@@ -67,6 +73,33 @@ impl MemberHealth {
 
     pub fn available(&self, now_ms: u64) -> bool {
         self.active_ok() && !self.ejected(now_ms)
+    }
+
+    /// Whether a probe of this endpoint may go at `now_ms` (see [`ClusterRuntime::pick`]).
+    fn probe_due(&self, now_ms: u64) -> bool {
+        self.next_probe.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Takes the probe due at `now_ms`; false when another request took it first.
+    fn take_probe(&self, now_ms: u64) -> bool {
+        let due = self.next_probe.load(Ordering::Relaxed);
+        due <= now_ms
+            && self
+                .next_probe
+                .compare_exchange(
+                    due,
+                    now_ms + PROBE_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// A probe was answered: the ejection ends.
+    pub fn restore(&self) {
+        self.ejected_until.store(0, Ordering::Relaxed);
+        self.live_failures.store(0, Ordering::Relaxed);
+        self.refresh_gauge();
     }
 
     fn refresh_gauge(&self) {
@@ -331,13 +364,34 @@ impl ClusterRuntime {
     /// the first attempt or a retry. `avoid` (a member that just failed) is skipped when the
     /// chosen region has another. `now` is [`clock::now_ms`] as the caller read it.
     ///
-    /// Passive ejection steers traffic away from a failing member while others can take it;
-    /// it never empties the pool. When every member the request may use is ejected, the pick
-    /// is made among them as if none were (panic routing, still inside `allowed`): a burst of
-    /// failures — an upstream shedding connections under a spike — would otherwise turn into
-    /// an outage as long as the ejection time. Only active checks take the last members out
-    /// (then the answer is a 503).
+    /// Passive ejection steers traffic away from a failing member while others can take it.
+    /// When every member the request may use is ejected, the request goes to one of them as
+    /// a probe if that member's probe is due — one per member per [`PROBE_INTERVAL_MS`], still
+    /// only inside `allowed` — and otherwise gets nothing (a 503). A probe that is answered
+    /// ends the ejection ([`MemberHealth::restore`]): a burst of failures (an upstream shedding
+    /// connections under a spike) costs about a second of refusals at most, not the whole
+    /// ejection time, while a member that stays down is tried once a second and the other
+    /// requests are refused at once. Members failing their active checks are never probed.
     pub fn pick(
+        &self,
+        snapshot: &Snapshot,
+        route: &Route,
+        version: Option<&str>,
+        allowed: RegionSet,
+        avoid: Option<&Member>,
+        now: u64,
+    ) -> Option<Arc<Member>> {
+        self.pick_available(snapshot, route, version, allowed, avoid, now)
+            .or_else(|| {
+                let m = self.pick_among(snapshot, route, version, allowed, avoid, |h| {
+                    h.active_ok() && h.probe_due(now)
+                })?;
+                m.health.take_probe(now).then_some(m)
+            })
+    }
+
+    /// [`Self::pick`] among available members only (never a probe).
+    pub fn pick_available(
         &self,
         snapshot: &Snapshot,
         route: &Route,
@@ -348,16 +402,6 @@ impl ClusterRuntime {
     ) -> Option<Arc<Member>> {
         self.pick_among(snapshot, route, version, allowed, avoid, |h| {
             h.available(now)
-        })
-        .or_else(|| {
-            self.pick_among(
-                snapshot,
-                route,
-                version,
-                allowed,
-                avoid,
-                MemberHealth::active_ok,
-            )
         })
     }
 
@@ -567,22 +611,42 @@ version = "canary"
             port(&pick(&rt, &s, stable, s.all_regions(), None).expect("m")),
             1003
         );
-        // The EU member ejected too: every stable member is ejected, so picks are made among
-        // them as if none were (panic) — an EU request still goes to the EU only, an
-        // unrestricted one to the local region first.
+        // The EU member ejected too: every stable member is ejected. A request goes to one as
+        // a probe, one per member and second, never outside what it may use; others get none.
         let eu = members.iter().find(|m| port(m) == 1003).expect("eu");
         eu.health.record_live(false, &outlier);
         eu.health.record_live(false, &outlier);
         assert!(eu.health.ejected(clock::now_ms()));
-        for _ in 0..4 {
-            let m = pick(&rt, &s, stable, eu_only(&s), None).expect("panic pick");
-            assert_eq!(port(&m), 1003);
-            let m = pick(&rt, &s, stable, s.all_regions(), None).expect("panic pick");
-            assert!([1001, 1002].contains(&port(&m)), "{}", port(&m));
+        assert_eq!(
+            port(&pick(&rt, &s, stable, eu_only(&s), None).expect("probe")),
+            1003
+        );
+        assert!(pick(&rt, &s, stable, eu_only(&s), None).is_none());
+        let mut probed: Vec<u16> = (0..2)
+            .map(|_| port(&pick(&rt, &s, stable, s.all_regions(), None).expect("probe")))
+            .collect();
+        probed.sort_unstable();
+        assert_eq!(probed, [1001, 1002], "the local members, one probe each");
+        assert!(pick(&rt, &s, stable, s.all_regions(), None).is_none());
+        tokio::time::advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS)).await;
+        assert_eq!(
+            port(&pick(&rt, &s, stable, eu_only(&s), None).expect("probe")),
+            1003
+        );
+        // An answered probe ends the ejection: no probe needed after it.
+        eu.health.restore();
+        for _ in 0..3 {
+            assert_eq!(
+                port(&pick(&rt, &s, stable, eu_only(&s), None).expect("m")),
+                1003
+            );
         }
-        // Active checks are what take members out: the EU member failing them leaves an EU
-        // request nothing rather than the US.
+        // Active checks take a member out for good: never probed, an EU request gets nothing
+        // rather than the US.
+        eu.health.record_live(false, &outlier);
+        eu.health.record_live(false, &outlier);
         eu.health.record_check(false, 1, 1);
+        tokio::time::advance(std::time::Duration::from_millis(PROBE_INTERVAL_MS)).await;
         assert!(pick(&rt, &s, stable, eu_only(&s), None).is_none());
         eu.health.record_check(true, 1, 1);
         tokio::time::advance(std::time::Duration::from_secs(11)).await;
