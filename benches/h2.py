@@ -114,7 +114,8 @@ def main():
         with open(os.path.join(CONF, "haproxy-rp.cfg.tmpl")) as f:
             hp = (f.read().replace("@RUN@", run).replace("@PORT@", str(HAPROXY)).replace("@UPSTREAM@", upstream)
                   .replace("@THREADS@", "1").replace("@SSL@", f"ssl crt {combo} alpn h2,http/1.1")
-                  .replace("maxconn 8000", f"maxconn {want}"))
+                  # haproxy wants two descriptors per connection it may hold.
+                  .replace("maxconn 8000", f"maxconn {min(want, hard // 2 - 100)}"))
         open(os.path.join(run, "haproxy.cfg"), "w").write(hp)
         haproxy = start(["haproxy", "-f", os.path.join(run, "haproxy.cfg")], "0")
         env = dict(os.environ, BENCH_MODE="tls", CONFIG=os.environ.get("CONFIG", "realistic"))
