@@ -14,7 +14,8 @@
 # threads (metrics upkeep, log flushing) do a fixed amount of work per second, which a slower
 # run spreads over fewer requests. CLOSE=1 sends `Connection: close` (a connection per request).
 # H2=1: HTTP/2 clients over TLS instead (a self-signed certificate; `h2load -c10 -m10`, 20,000
-# requests, from Debian's nghttp2-client), the upstream side unchanged.
+# requests, from Debian's nghttp2-client), the upstream side unchanged. DATA=FILE (either
+# protocol): each request is a POST of FILE's bytes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -ge 2 ]; then bin=$1 upstream=$2; else bin=$root/target/release/frontdoor upstream=${1:?UPSTREAM host:port}; fi
@@ -42,17 +43,25 @@ for _ in $(seq 150); do
 done
 close=()
 if [ -n "${CLOSE:-}" ]; then close=(-H "Connection: close"); fi
+data=()
+if [ -n "${DATA:-}" ] && [ -n "${H2:-}" ]; then
+  data=(-d "$DATA")
+elif [ -n "${DATA:-}" ]; then
+  printf 'local f = assert(io.open("%s", "rb"))\nwrk.method = "POST"\nwrk.body = f:read("*a")\nf:close()\n' \
+    "$DATA" > "$run/post.lua"
+  data=(-s "$run/post.lua")
+fi
 if [ -n "${H2:-}" ]; then
-  h2load -c10 -m10 -n2000 "$url" >/dev/null
+  h2load -c10 -m10 -n2000 "${data[@]}" "$url" >/dev/null
 else
-  wrk -t1 -c10 -d3 "${close[@]}" "$url" >/dev/null
+  wrk -t1 -c10 -d3 "${close[@]}" "${data[@]}" "$url" >/dev/null
 fi
 pid=$(pgrep -f "callgrind-out-file=$run/" | head -1)
 callgrind_control -z "$pid" >/dev/null
 if [ -n "${H2:-}" ]; then
-  out=$(h2load -c10 -m10 -n20000 "$url")
+  out=$(h2load -c10 -m10 -n20000 "${data[@]}" "$url")
 else
-  out=$(wrk -t1 -c10 -d10 "${close[@]}" "$url")
+  out=$(wrk -t1 -c10 -d10 "${close[@]}" "${data[@]}" "$url")
 fi
 callgrind_control -d "$pid" >/dev/null
 if grep -q "Non-2xx" <<<"$out" || { [ -n "${H2:-}" ] && ! grep -q " 0 failed, 0 errored" <<<"$out"; }; then

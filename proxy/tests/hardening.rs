@@ -506,11 +506,20 @@ async fn slowloris_connections_do_not_starve_normal_requests() {
 /// `server.client_body_timeout`, not a 504 blamed on the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::AsyncReadExt;
     // An upstream that reads the whole request before it would answer (and never does).
-    let upstream = common::raw_upstream(|mut s| async move {
-        let mut buf = [0u8; 1024];
-        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&received);
+    let upstream = common::raw_upstream(move |mut s| {
+        let counted = Arc::clone(&counted);
+        async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                counted.fetch_add(n, Ordering::SeqCst);
+            }
+        }
     })
     .await;
     let fd = start(&format!(
@@ -529,6 +538,8 @@ async fn a_stalled_request_body_gets_408() {
         out.to_ascii_lowercase().contains("connection: close"),
         "{out}"
     );
+    // A small body is read whole before an upstream is chosen: none saw any of this one.
+    assert_eq!(received.load(Ordering::SeqCst), 0);
 }
 
 /// An upstream that refuses an upload before it has ended (a 413 after the head): the client

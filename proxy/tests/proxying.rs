@@ -688,6 +688,62 @@ async fn a_request_the_upstream_closed_on_arrival_goes_again_only_when_idempoten
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// A small body of declared length is read whole and goes with its head, on the same pooled
+/// connections as bodiless requests: from HTTP/1.1 and HTTP/2 clients alike, intact.
+#[tokio::test]
+async fn small_bodies_go_whole_on_the_pooled_connections() {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (log, count) = (Arc::clone(&seen), Arc::clone(&accepted));
+    let addr = common::raw_upstream(move |mut s| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = Arc::clone(&log);
+        async move {
+            while let Some(message) = common::read_message(&mut s).await {
+                log.lock().expect("log").push(message);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let fd = start(&one_route("", &[(addr, "", "v")])).await;
+    let big: String = (0..10 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let sends = [
+        (Client::http1(), Method::GET, "/a", String::new()),
+        (Client::http1(), Method::POST, "/b", "hello".to_string()),
+        (Client::h2c(), Method::PUT, "/c", big.clone()),
+        (Client::http1(), Method::GET, "/d", String::new()),
+    ];
+    for (client, method, path, body) in sends {
+        let req = Request::builder()
+            .method(method)
+            .uri(url(&fd, path))
+            .body(Full::new(Bytes::from(body)))
+            .expect("req");
+        let resp = client.send(req).await.expect("resp");
+        assert_eq!(resp.status, StatusCode::OK, "{path}");
+    }
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        seen[1].starts_with("POST /b ") && seen[1].ends_with("\r\n\r\nhello"),
+        "{}",
+        seen[1]
+    );
+    assert!(seen[2].starts_with("PUT /c ") && seen[2].ends_with(&format!("\r\n\r\n{big}")));
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the bodies went on the connection the GETs use"
+    );
+}
+
 /// On a multi-thread runtime (the default layout) a request may take its upstream connection
 /// on one thread and give it back on another; the pool still holds no more connections than
 /// there are exchanges at once. (With an idle list per thread, connections piled up where they

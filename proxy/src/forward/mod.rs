@@ -2,6 +2,9 @@
 //! own region first), send over the cluster's pooled connection, bound the wait, retry what is
 //! safe to retry, and feed the outcome back into passive outlier detection.
 //!
+//! A body of at most [`SMALL_BODY`] bytes declared by `Content-Length` is read whole before an
+//! endpoint is chosen and sent inline with its head; larger ones stream.
+//!
 //! Retries: only when the request has no body (so it can be sent again as it was), and either
 //! the method is idempotent or the failure was a connect error (nothing was sent). Never after
 //! a response head arrived, never after a timeout, and within the cluster's retry budget.
@@ -131,7 +134,7 @@ pub async fn send(
     decision: &Decision,
     version: Option<&str>,
     mut head: Parts,
-    body: Option<RequestBody>,
+    mut body: Option<RequestBody>,
     now: Instant,
 ) -> Result<Forwarded, ForwardError> {
     let route = snapshot.route(decision.route);
@@ -146,11 +149,37 @@ pub async fn send(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let bodiless = body.as_ref().is_none_or(RequestBody::is_end_stream);
+    // A small body of declared length is read whole first (nginx buffers request bodies by
+    // default) and goes inline, in the head's write: no client task and channel per exchange.
+    // A client that fails it gets its 400 or 408 before any upstream is chosen.
+    let small_body = match body.take() {
+        Some(b)
+            if !bodiless
+                && small_declared(&head.headers)
+                && cluster.client.inline(&head.headers) =>
+        {
+            let b = client_body(b, snapshot);
+            let ended = b.ended();
+            match http_body_util::BodyExt::collect(b).await {
+                Ok(all) => Some(all.to_bytes()),
+                Err(_) => {
+                    return Err(ForwardError {
+                        error: client_body_error(ended.load(Ordering::Relaxed)),
+                        member: None,
+                        attempts: 0,
+                    });
+                }
+            }
+        }
+        other => {
+            body = other;
+            None
+        }
+    };
     let method = head.method.clone();
     // Keep the head for a possible retry; otherwise it moves into the one attempt (no clone).
     let retryable = bodiless && cfg.retries.attempts > 0;
     let mut head = Some(head);
-    let mut body = body;
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
     // How the client's body ended: when it broke the exchange, that is a 400, not a 502.
@@ -208,17 +237,17 @@ pub async fn send(
         let outcome = match head.as_ref() {
             // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
             // possible retry. The inline connection keeps its own timer for the deadline.
-            Some(h) if bodiless && cluster.client.inline(&h.headers) => {
+            Some(h) if (bodiless || small_body.is_some()) && cluster.client.inline(&h.headers) => {
+                let outgoing = upstream::Outgoing {
+                    method: &h.method,
+                    target: path.as_str(),
+                    headers: &h.headers,
+                    body: small_body.as_deref().unwrap_or_default(),
+                };
+                let times = Times { now, deadline };
                 cluster
                     .client
-                    .request_inline(
-                        member.addr,
-                        &member.authority,
-                        &h.method,
-                        path.as_str(),
-                        &h.headers,
-                        Times { now, deadline },
-                    )
+                    .request_inline(member.addr, &member.authority, &outgoing, times)
                     .await
             }
             _ => {
@@ -226,13 +255,7 @@ pub async fn send(
                 // bodiless request.
                 let upstream_body = match body.take() {
                     Some(b) if !bodiless => {
-                        let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
-                        let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
-                            bytes_per_sec,
-                            grace,
-                        });
-                        let body =
-                            ClientBody::new(b, snapshot.server.client_body_timeout, min_rate);
+                        let body = client_body(b, snapshot);
                         client_body_end = Some(body.ended());
                         Either::Left(body)
                     }
@@ -302,11 +325,7 @@ pub async fn send(
                 let how =
                     client_body_end.map_or(body::CLIENT_BODY_GOING, |f| f.load(Ordering::Relaxed));
                 return Err(ForwardError {
-                    error: if how == body::CLIENT_BODY_TIMED_OUT {
-                        ProxyError::ClientTimeout
-                    } else {
-                        ProxyError::BadRequest("malformed or incomplete request body")
-                    },
+                    error: client_body_error(how),
                     member: Some(member),
                     attempts,
                 });
@@ -339,6 +358,38 @@ pub async fn send(
         _retrying = Some(Decrement(&cluster.retries_in_flight));
         failed = Some(member);
         last_error = Some(error);
+    }
+}
+
+/// The most a request body may hold to be read whole and sent inline with its head.
+const SMALL_BODY: u64 = 16 * 1024;
+
+/// Whether the head declares a body of at most [`SMALL_BODY`] bytes by `Content-Length` alone
+/// (no transfer coding: the length read is then the length declared).
+fn small_declared(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY)
+}
+
+/// The client's body, bounded by the server's body timeout and minimum rate.
+fn client_body(b: RequestBody, snapshot: &Snapshot) -> ClientBody {
+    let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
+    let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
+        bytes_per_sec,
+        grace,
+    });
+    ClientBody::new(b, snapshot.server.client_body_timeout, min_rate)
+}
+
+/// What a client's failed body is answered with, by how it ended (`CLIENT_BODY_*`).
+fn client_body_error(how: u8) -> ProxyError {
+    if how == body::CLIENT_BODY_TIMED_OUT {
+        ProxyError::ClientTimeout
+    } else {
+        ProxyError::BadRequest("malformed or incomplete request body")
     }
 }
 

@@ -1,10 +1,11 @@
 //! Upstream connections: one client per cluster transport (HTTP/1.1 or HTTP/2, plain or TLS),
 //! pooling connections per endpoint address.
 //!
-//! HTTP/1.1, bodiless requests without an upgrade (nearly all of them): the exchange is driven
-//! inline in the request's task ([`super::wire`]). Requests with a body or a WebSocket upgrade:
-//! hyper's client, which writes a body while reading an early answer and hands over upgraded
-//! connections. Each kind keeps its own idle connections.
+//! HTTP/1.1 requests without an upgrade that are bodiless or carry a small body already read
+//! whole (nearly all of them): the exchange is driven inline in the request's task
+//! ([`super::wire`]), the body in the head's write. Requests streaming a larger body, or asking
+//! for a WebSocket upgrade: hyper's client, which writes a body while reading an early answer and
+//! hands over upgraded connections. Each kind keeps its own idle connections.
 //!
 //! Idle HTTP/1.1 connections per address, last in first out; a connection goes back to its
 //! address's list when the response body it carried was read to the end, and is dropped when
@@ -51,6 +52,7 @@ use tokio::time::Instant;
 
 use super::body::CLIENT_BODY_ENDED;
 use super::pool::UpstreamBody;
+pub use super::wire::Outgoing;
 use super::wire::{Io, Return, WireBody, WireConn};
 
 type Conn = TokioIo<Box<dyn Io>>;
@@ -235,20 +237,17 @@ impl UpstreamClient {
         );
         *req.version_mut() = http::Version::HTTP_11;
         if req.body().is_end_stream() && self.inline(req.headers()) {
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            return self
-                .request_inline(
-                    addr,
-                    authority,
-                    req.method(),
-                    target,
-                    req.headers(),
-                    Times {
-                        now: Instant::now(),
-                        deadline,
-                    },
-                )
-                .await;
+            let outgoing = Outgoing {
+                method: req.method(),
+                target: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                headers: req.headers(),
+                body: &[],
+            };
+            let times = Times {
+                now: Instant::now(),
+                deadline,
+            };
+            return self.request_inline(addr, authority, &outgoing, times).await;
         }
         if !req.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -296,39 +295,34 @@ impl UpstreamClient {
         }))
     }
 
-    /// Whether a bodiless request with these headers goes inline ([`Self::request_inline`]):
-    /// HTTP/1.1 and no upgrade asked for.
+    /// Whether a request with these headers may go inline ([`Self::request_inline`]):
+    /// HTTP/1.1 and no upgrade asked for (and a body, if any, read whole first).
     pub fn inline(&self, headers: &http::HeaderMap) -> bool {
         !self.shared.transport.http2 && !headers.contains_key(header::UPGRADE)
     }
 
-    /// Sends a bodiless request inline (see the module docs): `target` in origin form,
-    /// `headers` as they should go (a `Host` of `authority` is added when there is none).
+    /// Sends a request inline (see the module docs): its head as it should go (a `Host` of
+    /// `authority` is added when there is none) and its whole body, if any, in one write.
     pub async fn request_inline(
         &self,
         addr: SocketAddr,
         authority: &Authority,
-        method: &http::Method,
-        target: &str,
-        headers: &http::HeaderMap,
+        req: &Outgoing<'_>,
         Times { now, deadline }: Times,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let method = req.method;
         let (conn, reused) = match self.checkout_wire(addr, now) {
             Some(conn) => (conn, true),
             None => (self.connect_wire(addr, deadline).await?, false),
         };
-        let resp = match conn
-            .exchange(method, target, headers, authority, deadline)
-            .await
-        {
+        let resp = match conn.exchange(req, authority, deadline).await {
             Ok(resp) => resp,
             // The upstream closed the idle connection under us — before the request went, or
             // (an idempotent one) as it arrived, with no answer begun: once more, on a fresh
             // one. Closing an idle connection is the upstream's right, not its failure.
             Err(e) if reused && (e.not_sent || (e.unanswered && super::idempotent(method))) => {
                 let conn = self.connect_wire(addr, deadline).await?;
-                conn.exchange(method, target, headers, authority, deadline)
-                    .await?
+                conn.exchange(req, authority, deadline).await?
             }
             Err(e) => return Err(e.into()),
         };

@@ -44,6 +44,16 @@ const READ_SIZE: usize = 8192;
 /// in one read, not three).
 const MAX_READ: usize = 64 * 1024;
 
+/// A request as it goes upstream inline: `target` in origin form, `headers` as they should go
+/// (a body's `Content-Length` among them), and the whole body (empty for none).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
 /// Why an exchange failed.
 #[derive(Debug)]
 pub struct WireError {
@@ -178,18 +188,21 @@ impl WireConn {
         self.buf.is_empty() && matches!(self.poll_fill(&mut cx, 0), Poll::Pending)
     }
 
-    /// Sends a bodiless request — `target` in origin form, `headers` as they should go, a
-    /// `Host` of `authority` added when there is none — and reads the response head, which
-    /// must come by `deadline`. The connection moves into the returned body, which reads the
-    /// rest.
+    /// Sends a request — its head, a `Host` of `authority` added when there is none, and its
+    /// body (whole, in the same write) — and reads the response head, which must come by
+    /// `deadline`. The connection moves into the returned body, which reads the rest.
     pub async fn exchange(
         mut self: Box<Self>,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
+        req: &Outgoing<'_>,
         authority: &Authority,
         deadline: Instant,
     ) -> Result<Response<WireBody>, WireError> {
+        let Outgoing {
+            method,
+            target,
+            headers,
+            body,
+        } = *req;
         let mut timer = match self.timer.take() {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
@@ -198,6 +211,7 @@ impl WireConn {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         self.encode(method, target, headers, authority);
+        self.out.extend_from_slice(body);
         let sent = async {
             self.io.write_all(&self.out).await?;
             self.io.flush().await
@@ -768,6 +782,16 @@ mod tests {
     const ADDR: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 80);
 
+    /// A bodiless request.
+    fn outgoing<'a>(method: &'a Method, target: &'a str, headers: &'a HeaderMap) -> Outgoing<'a> {
+        Outgoing {
+            method,
+            target,
+            headers,
+            body: &[],
+        }
+    }
+
     /// Pooled connections, counted.
     #[derive(Default)]
     struct Kept(Mutex<usize>);
@@ -814,7 +838,7 @@ mod tests {
         let kept = Arc::new(Kept::default());
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let exchanged = conn
-            .exchange(&method, "/p?q=1", &headers, &authority, deadline)
+            .exchange(&outgoing(&method, "/p?q=1", &headers), &authority, deadline)
             .await;
         let (head, body) = match exchanged {
             Ok(resp) => {
@@ -1147,7 +1171,7 @@ mod tests {
         for (i, idle) in [5u64, 15, 3, 0].into_iter().enumerate() {
             let deadline = Instant::now() + TIMEOUT;
             let resp = conn
-                .exchange(&Method::GET, "/", &headers, &authority, deadline)
+                .exchange(&outgoing(&Method::GET, "/", &headers), &authority, deadline)
                 .await
                 .unwrap_or_else(|e| panic!("exchange {i}: {e}"));
             let mut body = resp.into_body();
@@ -1160,7 +1184,11 @@ mod tests {
         // No answer: the exchange ends at its deadline, as a timeout.
         let started = Instant::now();
         let e = conn
-            .exchange(&Method::GET, "/", &headers, &authority, started + TIMEOUT)
+            .exchange(
+                &outgoing(&Method::GET, "/", &headers),
+                &authority,
+                started + TIMEOUT,
+            )
             .await
             .expect_err("no answer");
         assert!(e.timed_out, "{e}");
