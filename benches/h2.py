@@ -14,6 +14,8 @@ upstream's worker_connections (default: the harness's 16,384): with more streams
 flight, the upstream sheds connections, as a real one short of them would.
 
     cargo build --release -p frontdoor && python3 benches/h2.py [--clients 50] [--streams 10]
+    python3 benches/h2.py --data body.json     # every request a POST of the file's bytes
+    python3 benches/h2.py --h1 --data body.json   # the same from HTTP/1.1 clients (keep-alive)
 
 Needs nginx, haproxy, h2load (Debian: nghttp2-client), openssl and taskset.
 """
@@ -53,8 +55,9 @@ def ticks(pgid):
 
 def h2load(port, a):
     """One h2load run against port: (requests per second, succeeded, failed, mean ms)."""
+    data = (["-d", a.data] if a.data else []) + (["--h1"] if a.h1 else [])
     out = subprocess.run(["taskset", "-c", "1", "h2load", "-c", str(a.clients), "-m", str(a.streams),
-                          "-t", "1", "-D", str(a.duration), f"https://localhost:{port}/"],
+                          "-t", "1", "-D", str(a.duration)] + data + [f"https://localhost:{port}/"],
                          capture_output=True, text=True).stdout
     done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
     rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
@@ -74,6 +77,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--upstream-conns", type=int, default=16384, help="the upstream's worker_connections")
+    ap.add_argument("--data", help="POST this file's bytes with every request")
+    ap.add_argument("--h1", action="store_true", help="HTTP/1.1 over the same TLS listeners (h2load --h1)")
     ap.add_argument("--frontdoor", default=os.path.join(ROOT, "target", "release", "frontdoor"))
     a = ap.parse_args()
     want = a.clients * a.streams * 2 + 1000
