@@ -1,5 +1,7 @@
 """What the Python bench scripts in this directory share (as candidate-lib.sh for the shell ones)."""
 
+import os
+import signal
 import socket
 import sys
 import time
@@ -16,3 +18,14 @@ def wait_port(port, timeout=10.0):
         except OSError:
             time.sleep(0.1)
     sys.exit(f"nothing listening on {port}")
+
+
+def stop(procs):
+    """Ends the process groups of `procs` (started with start_new_session) and waits for them."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        p.wait(timeout=10)

@@ -23,13 +23,12 @@ import argparse
 import os
 import re
 import resource
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 
-from benchlib import wait_port
+from benchlib import stop, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,11 +148,7 @@ def main():
         print(" ".join(f"ratio frontdoor/{name} rps={f[0] / m[0]:.2f} cpu_per_req={f[3] / m[3]:.2f}"
                        for name, m in med.items() if name != "frontdoor"))
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        stop(procs)
 
 
 if __name__ == "__main__":

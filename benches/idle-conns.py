@@ -15,7 +15,6 @@ ECDSA P-256 certificate; nginx with its session cache) and every connection is a
 import argparse
 import os
 import resource
-import signal
 import socket
 import ssl
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import wait_port
+from benchlib import stop, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -193,13 +192,7 @@ def main():
             for s in socks:
                 s.close()
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            p.wait(timeout=10)
+        stop(procs)
 
 
 if __name__ == "__main__":

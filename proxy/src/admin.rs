@@ -188,7 +188,8 @@ impl Admin {
         if let Some(d) = s.decide(&facts) {
             let cluster = &active.upstreams.clusters[d.cluster.0];
             // Never a probe: explaining a request must not take one from a real request.
-            let now = match cluster.pick_available(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None, crate::clock::now_ms()) {
+            let at = crate::clock::now_ms();
+            let now = match cluster.pick_among(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None, |h| h.available(at)) {
                 Some(m) => format!(
                     "  now:          {} ({}) — healthy endpoints as of this moment\n",
                     m.region.map_or("-", |r| s.region(r).name.as_str()),

@@ -235,8 +235,9 @@ pub async fn send(
         let in_flight = Decrement(&member.health.in_flight);
         let deadline = now + cfg.timeouts.request;
         let outcome = match head.as_ref() {
-            // Bodiless HTTP/1.1 goes inline and only reads the head: nothing to copy for a
-            // possible retry. The inline connection keeps its own timer for the deadline.
+            // Bodiless HTTP/1.1, or with a small body read whole, goes inline and only reads
+            // the head: nothing to copy for a possible retry. The inline connection keeps its
+            // own timer for the deadline.
             Some(h) if (bodiless || small_body.is_some()) && cluster.client.inline(&h.headers) => {
                 let outgoing = upstream::Outgoing {
                     method: &h.method,

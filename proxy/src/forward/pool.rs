@@ -381,32 +381,20 @@ impl ClusterRuntime {
         avoid: Option<&Member>,
         now: u64,
     ) -> Option<Arc<Member>> {
-        self.pick_available(snapshot, route, version, allowed, avoid, now)
-            .or_else(|| {
-                let m = self.pick_among(snapshot, route, version, allowed, avoid, |h| {
-                    h.active_ok() && h.probe_due(now)
-                })?;
-                m.health.take_probe(now).then_some(m)
-            })
-    }
-
-    /// [`Self::pick`] among available members only (never a probe).
-    pub fn pick_available(
-        &self,
-        snapshot: &Snapshot,
-        route: &Route,
-        version: Option<&str>,
-        allowed: RegionSet,
-        avoid: Option<&Member>,
-        now: u64,
-    ) -> Option<Arc<Member>> {
         self.pick_among(snapshot, route, version, allowed, avoid, |h| {
             h.available(now)
         })
+        .or_else(|| {
+            let m = self.pick_among(snapshot, route, version, allowed, avoid, |h| {
+                h.active_ok() && h.probe_due(now)
+            })?;
+            m.health.take_probe(now).then_some(m)
+        })
     }
 
-    /// [`Self::pick`]'s choice among the members whose health is `usable`.
-    fn pick_among(
+    /// [`Self::pick`]'s choice among the members whose health is `usable` (with
+    /// [`MemberHealth::available`] at a time: among those taking traffic, never a probe).
+    pub fn pick_among(
         &self,
         snapshot: &Snapshot,
         route: &Route,

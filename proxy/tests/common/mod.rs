@@ -99,6 +99,17 @@ pub async fn admin_call(
         .expect("admin answers")
 }
 
+/// The front door's `/metrics` text, after asserting it holds each of `wants`.
+pub async fn metrics_with(running: &Running, wants: &[&str]) -> String {
+    let metrics = admin_call(running, http::Method::GET, "/metrics", "")
+        .await
+        .text();
+    for want in wants {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    metrics
+}
+
 pub fn url(running: &Running, path: &str) -> String {
     format!("http://{}{}", running.http.expect("http listener"), path)
 }
