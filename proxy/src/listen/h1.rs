@@ -85,7 +85,9 @@ impl Body for RequestBody {
     }
 }
 
-/// A service over [`RequestBody`] as hyper's server wants it.
+/// A service over [`RequestBody`] as hyper's server wants it. Its future is boxed: HTTP/2
+/// spawns each stream's future as a task, moving the request's whole state (over a KiB) several
+/// times on the way; a box moves as a pointer.
 #[derive(Debug)]
 pub struct ToHyper<S>(pub S);
 
@@ -95,10 +97,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<S::Future>>;
 
-    fn call(&self, req: Request<Incoming>) -> S::Future {
-        self.0.call(req.map(RequestBody::Hyper))
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        pin_boxed!(self.0.call(req.map(RequestBody::Hyper)))
     }
 }
 
