@@ -278,6 +278,47 @@ async fn an_answered_probe_ends_the_ejection() {
     fd.shutdown().await;
 }
 
+/// An ejection that runs out puts the endpoint back in `frontdoor_upstream_healthy` (the gauge
+/// the no-healthy-upstream alert reads), not only back in rotation.
+#[tokio::test]
+async fn the_healthy_gauge_comes_back_when_an_ejection_runs_out() {
+    let bad = Origin::builder().start().await.expect("origin");
+    let good = Origin::builder().start().await.expect("origin");
+    let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"300ms\" }";
+    let fd = start(&one_route(
+        extra,
+        &[(bad.addr, "", "v"), (good.addr, "", "v")],
+    ))
+    .await;
+    let client = Client::http1();
+    bad.faults.set(FaultSpec {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    // Round-robin: two of these four meet the failing endpoint, which ejects it.
+    for _ in 0..4 {
+        client.get(&url(&fd, "/")).await.expect("resp");
+    }
+    let gauge = format!(
+        "frontdoor_upstream_healthy{{cluster=\"app\",endpoint=\"{}\"}}",
+        bad.addr
+    );
+    common::metrics_with(&fd, &[&format!("{gauge} 0")]).await;
+    bad.faults.set(FaultSpec::default());
+    common::eventually("the gauge says 1 again", || {
+        let (client, fd, want) = (&client, &fd, format!("{gauge} 1"));
+        async move {
+            client.get(&url(fd, "/")).await.expect("resp");
+            common::admin_call(fd, Method::GET, "/metrics", "")
+                .await
+                .text()
+                .contains(&want)
+        }
+    })
+    .await;
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn retries_only_what_is_safe() {
     let live = Origin::builder().start().await.expect("live");

@@ -107,8 +107,25 @@ impl MemberHealth {
         self.gauge.set(if up { 1.0 } else { 0.0 });
     }
 
+    /// Clears an ejection whose time has run out, so the gauge says the endpoint takes traffic
+    /// again (nothing else changes state then: it stayed at 0 until the next ejection or check
+    /// flip). Reads the clock only while an ejection is recorded.
+    fn clear_expired(&self) {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0
+            && until <= clock::now_ms()
+            && self
+                .ejected_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refresh_gauge();
+        }
+    }
+
     /// Records an active check result; flips state after `threshold` results in a row.
     pub fn record_check(&self, ok: bool, healthy_threshold: u32, unhealthy_threshold: u32) {
+        self.clear_expired();
         let current = self.active_ok();
         if ok == current {
             self.streak.store(0, Ordering::Relaxed);
@@ -133,6 +150,7 @@ impl MemberHealth {
 
     /// Records a live-traffic outcome; returns true when this failure ejected the endpoint.
     pub fn record_live(&self, ok: bool, outlier: &routes::Outlier) -> bool {
+        self.clear_expired();
         if ok {
             self.live_failures.store(0, Ordering::Relaxed);
             return false;
