@@ -152,29 +152,25 @@ pub async fn send(
     // A small body of declared length is read whole first (nginx buffers request bodies by
     // default) and goes inline, in the head's write: no client task and channel per exchange.
     // A client that fails it gets its 400 or 408 before any upstream is chosen.
-    let small_body = match body.take() {
-        Some(b)
-            if !bodiless
-                && small_declared(&head.headers)
-                && cluster.client.inline(&head.headers) =>
-        {
-            let b = client_body(b, snapshot);
-            let ended = b.ended();
-            match http_body_util::BodyExt::collect(b).await {
-                Ok(all) => Some(all.to_bytes()),
-                Err(_) => {
-                    return Err(ForwardError {
-                        error: client_body_error(ended.load(Ordering::Relaxed)),
-                        member: None,
-                        attempts: 0,
-                    });
-                }
+    let small_body = if !bodiless
+        && small_declared(&head.headers)
+        && cluster.client.inline(&head.headers)
+        && let Some(b) = body.take()
+    {
+        let b = client_body(b, snapshot);
+        let ended = b.ended();
+        match http_body_util::BodyExt::collect(b).await {
+            Ok(all) => Some(all.to_bytes()),
+            Err(_) => {
+                return Err(ForwardError {
+                    error: client_body_error(ended.load(Ordering::Relaxed)),
+                    member: None,
+                    attempts: 0,
+                });
             }
         }
-        other => {
-            body = other;
-            None
-        }
+    } else {
+        None
     };
     let method = head.method.clone();
     // Keep the head for a possible retry; otherwise it moves into the one attempt (no clone).

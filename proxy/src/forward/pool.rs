@@ -95,7 +95,8 @@ impl MemberHealth {
                 .is_ok()
     }
 
-    /// A probe was answered: the ejection ends.
+    /// The ejection ends and the failure streak starts over: a probe was answered, or the
+    /// active checks found the endpoint recovered.
     pub fn restore(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
         self.live_failures.store(0, Ordering::Relaxed);
@@ -141,10 +142,10 @@ impl MemberHealth {
             self.streak.store(0, Ordering::Relaxed);
             if ok {
                 // A recovered endpoint starts with a clean slate.
-                self.ejected_until.store(0, Ordering::Relaxed);
-                self.live_failures.store(0, Ordering::Relaxed);
+                self.restore();
+            } else {
+                self.refresh_gauge();
             }
-            self.refresh_gauge();
         }
     }
 

@@ -310,7 +310,6 @@ impl UpstreamClient {
         req: &Outgoing<'_>,
         Times { now, deadline }: Times,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let method = req.method;
         let (conn, reused) = match self.checkout_wire(addr, now) {
             Some(conn) => (conn, true),
             None => (self.connect_wire(addr, deadline).await?, false),
@@ -320,7 +319,7 @@ impl UpstreamClient {
             // The upstream closed the idle connection under us — before the request went, or
             // (an idempotent one) as it arrived, with no answer begun: once more, on a fresh
             // one. Closing an idle connection is the upstream's right, not its failure.
-            Err(e) if reused && (e.not_sent || (e.unanswered && super::idempotent(method))) => {
+            Err(e) if reused && (e.not_sent || (e.unanswered && super::idempotent(req.method))) => {
                 let conn = self.connect_wire(addr, deadline).await?;
                 conn.exchange(req, authority, deadline).await?
             }
