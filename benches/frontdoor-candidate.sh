@@ -3,7 +3,9 @@
 # CONFIG=realistic (default): 1,000 routes, two regions with EU residency, a 10% canary split
 # (sticky by cookie; every wrk request is a new user, so each gets assigned and a Set-Cookie),
 # metrics and the JSON access log on (to RUNDIR/frontdoor-access.log). CONFIG=bare: the 1,000
-# routes and one cluster only, access log off.
+# routes and one cluster only, access log off. FRONTDOOR_LIMIT=N: each cluster caps its endpoint
+# at N requests at once (limits.max_requests_per_endpoint; the rest queue, 1 s at most, and
+# FRONTDOOR_QUEUE of them at most, default 1024).
 set -euo pipefail
 bin=$1 listen=$2 upstream=$3 run=${4:-/tmp} cert=${5:-} key=${6:-}
 mkdir -p "$run"
@@ -51,6 +53,14 @@ mode=${BENCH_MODE:-${MODE:-ka}}
     echo "[[routes]]"; echo "name = \"r$i\""; echo "hosts = [\"h$((i % 50)).example.com\"]"
     echo "path_prefix = \"/svc$i\""; echo "cluster = \"upstream\""
   done
+  if [ -n "${FRONTDOOR_LIMIT:-}" ]; then
+    for c in upstream canary; do
+      if [ "$config" = realistic ] || [ $c = upstream ]; then
+        echo "[clusters.$c.limits]"; echo "max_requests_per_endpoint = $FRONTDOOR_LIMIT"
+        echo "max_queued_per_endpoint = ${FRONTDOOR_QUEUE:-1024}"
+      fi
+    done
+  fi
   echo "[[routes]]"; echo "name = \"bench\""; echo "cluster = \"upstream\""
   if [ "$config" = realistic ]; then
     echo 'version = "stable"'

@@ -513,6 +513,7 @@ impl Admin {
                             "active_check_ok": m.health.active_ok(),
                             "ejected": m.health.ejected(now),
                             "in_flight": m.health.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                            "queued": m.health.queued(),
                         })
                     })
                     .collect();

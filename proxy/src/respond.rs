@@ -38,6 +38,13 @@ pub enum ProxyError {
     RateLimited { retry_after_secs: u64 },
     /// No healthy endpoint for the route's cluster (503).
     NoHealthyUpstream { cluster: String },
+    /// Every slot of the chosen endpoint was taken and the request could not wait for one:
+    /// the queue was full or the queue timeout ran out (503 with `Retry-After: 1`). Nothing
+    /// was sent.
+    UpstreamBusy {
+        cluster: String,
+        why: crate::forward::pool::Busy,
+    },
     /// A residency-restricted request with no healthy endpoint in its allowed regions (503,
     /// `x-frontdoor-refused: residency`). Fail closed: never forwarded elsewhere.
     ResidencyRefused {
@@ -65,9 +72,9 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::NoHealthyUpstream { .. } | ProxyError::ResidencyRefused { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::ResidencyRefused { .. }
+            | ProxyError::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -102,6 +109,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::UpstreamBusy { .. } => "upstream_busy",
             ProxyError::ResidencyRefused { .. } => "residency_refused",
             ProxyError::Connect { .. } => "upstream_connect_failed",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
@@ -123,6 +131,14 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { cluster } => {
                 format!("no healthy upstream in cluster {cluster}")
             }
+            ProxyError::UpstreamBusy { cluster, why } => match why {
+                crate::forward::pool::Busy::QueueFull => format!(
+                    "every connection to the upstream in cluster {cluster} is in use and its queue is full"
+                ),
+                crate::forward::pool::Busy::QueueTimeout => format!(
+                    "every connection to the upstream in cluster {cluster} stayed in use for the queue timeout"
+                ),
+            },
             ProxyError::ResidencyRefused {
                 jurisdiction,
                 allowed,
@@ -166,6 +182,9 @@ impl ProxyError {
                 http::header::RETRY_AFTER,
                 HeaderValue::from(*retry_after_secs),
             );
+        }
+        if matches!(self, ProxyError::UpstreamBusy { .. }) {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(
             self,
@@ -211,6 +230,14 @@ mod tests {
                 Source::Upstream,
             ),
             (
+                ProxyError::UpstreamBusy {
+                    cluster: e("c"),
+                    why: crate::forward::pool::Busy::QueueFull,
+                },
+                503,
+                Source::Upstream,
+            ),
+            (
                 ProxyError::Connect { endpoint: e("a") },
                 502,
                 Source::Upstream,
@@ -232,6 +259,11 @@ mod tests {
             let resp = err.into_response("rid-1");
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()["x-request-id"], "rid-1");
+            let busy = matches!(
+                err,
+                ProxyError::UpstreamBusy { .. } | ProxyError::RateLimited { .. }
+            );
+            assert_eq!(resp.headers().contains_key("retry-after"), busy, "{err}");
         }
     }
 }

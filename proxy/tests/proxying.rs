@@ -867,3 +867,136 @@ async fn h2_an_answer_before_the_upload_ends_calls_the_rest_off() {
         .expect("uploader");
     assert_eq!(ended, "called off");
 }
+
+/// An upstream that answers each request's head at once and the rest of its body
+/// (`abcd`) only once `release` is set; `active` counts the exchanges under way and `most` the
+/// most there were at once.
+struct HeldUpstream {
+    addr: std::net::SocketAddr,
+    active: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn held_upstream() -> HeldUpstream {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (a, m) = (Arc::clone(&active), Arc::clone(&most));
+    let addr = common::raw_upstream(move |mut s| {
+        let (active, most, mut released) = (Arc::clone(&a), Arc::clone(&m), released.clone());
+        async move {
+            while common::read_message(&mut s).await.is_some() {
+                let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab";
+                let ok = s.write_all(head).await.is_ok()
+                    && released.wait_for(|r| *r).await.is_ok()
+                    && s.write_all(b"cd").await.is_ok();
+                active.fetch_sub(1, Ordering::SeqCst);
+                if !ok {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    HeldUpstream {
+        addr,
+        active,
+        most,
+        release,
+    }
+}
+
+/// `limits.max_requests_per_endpoint`: an endpoint never has more requests at once than its
+/// cap — a slot is held until the response's body ends, not just its head — the next waits
+/// for a slot, and what the queue cannot hold, or holds past its timeout, gets a 503 with
+/// `Retry-After` and never reaches the upstream.
+#[tokio::test]
+async fn a_capped_endpoint_holds_the_rest_in_its_queue() {
+    use std::sync::atomic::Ordering;
+    let (queued, short) = (held_upstream().await, held_upstream().await);
+    let config = format!(
+        "{}{}
+[[routes]]
+path_prefix = \"/short\"
+cluster = \"short\"
+[[routes]]
+cluster = \"app\"
+",
+        cluster(
+            "app",
+            "limits = { max_requests_per_endpoint = 2, max_queued_per_endpoint = 1, queue_timeout = \"30s\" }",
+            &[(queued.addr, "", "v")]
+        ),
+        cluster(
+            "short",
+            "limits = { max_requests_per_endpoint = 1, queue_timeout = \"200ms\" }",
+            &[(short.addr, "", "v")]
+        ),
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    let get = |path: &'static str| {
+        let (client, url) = (client.clone(), url(&fd, path));
+        tokio::spawn(async move { client.get(&url).await.expect("response") })
+    };
+    let (first, second) = (get("/"), get("/"));
+    common::eventually("two requests at the upstream", || async {
+        queued.active.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let third = get("/");
+    common::eventually("the third waiting for a slot", || async {
+        common::admin_call(&fd, Method::GET, "/metrics", "")
+            .await
+            .text()
+            .contains("frontdoor_upstream_queued_total{cluster=\"app\"} 1")
+    })
+    .await;
+    let status = admin_get(&fd, "/status").await;
+    assert_eq!(status["clusters"][0]["members"][0]["queued"], 1, "{status}");
+    // The queue holds one: the fourth is refused at once.
+    let refused = client.get(&url(&fd, "/")).await.expect("response");
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        refused.text().contains("upstream_busy"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(!third.is_finished());
+    queued.release.send_replace(true);
+    for answer in [first, second, third] {
+        let answer = answer.await.expect("task");
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "abcd")
+        );
+    }
+    assert_eq!(queued.most.load(Ordering::SeqCst), 2);
+
+    // A queue timeout: no slot comes free in 200 ms.
+    let held = get("/short");
+    common::eventually("one request at the short upstream", || async {
+        short.active.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let late = client.get(&url(&fd, "/short")).await.expect("response");
+    assert_eq!(late.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(late.text().contains("stayed in use"), "{}", late.text());
+    short.release.send_replace(true);
+    assert_eq!(held.await.expect("task").status, StatusCode::OK);
+    assert_eq!(short.most.load(Ordering::SeqCst), 1);
+    common::metrics_with(
+        &fd,
+        &[
+            "frontdoor_upstream_busy_total{cluster=\"app\",reason=\"queue_full\"} 1",
+            "frontdoor_upstream_busy_total{cluster=\"short\",reason=\"queue_timeout\"} 1",
+        ],
+    )
+    .await;
+    fd.shutdown().await;
+}

@@ -276,6 +276,8 @@ pub struct RawCluster {
     pub retries: Option<RawRetries>,
     pub health_check: Option<RawHealthCheck>,
     pub outlier: Option<RawOutlier>,
+    /// How many requests each endpoint is given at once, and how the rest wait.
+    pub limits: Option<RawLimits>,
     /// TLS to the endpoints (and a client certificate for mutual TLS).
     pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
@@ -309,6 +311,19 @@ pub struct RawHealthCheck {
 pub struct RawOutlier {
     pub consecutive_failures: Option<u32>,
     pub ejection_time: Option<String>,
+}
+
+/// A cap on the requests at one endpoint at once (HTTP/1.1: the connections in use), with a
+/// bounded wait for a free slot; what the cap and the queue cannot hold gets a 503.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Requests at one endpoint at once, until each response's body ends. 0 (default): no cap.
+    pub max_requests_per_endpoint: Option<u32>,
+    /// Requests waiting for a slot at one endpoint at most; more get a 503 at once. Default 1024.
+    pub max_queued_per_endpoint: Option<u32>,
+    /// How long a request waits for a slot before its 503. Default `"1s"`; `"0s"`: no waiting.
+    pub queue_timeout: Option<String>,
 }
 
 /// One upstream address: an IP with port or a DNS name with port.

@@ -20,8 +20,8 @@ pub use residency::{
 };
 pub use snapshot::{
     Acme, Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck,
-    LbPolicy, Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route, RouteId, Server,
-    Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
+    LbPolicy, Limits, Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route, RouteId,
+    Server, Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};

@@ -204,6 +204,7 @@ pub struct Cluster {
     pub retries: Retries,
     pub health_check: Option<HealthCheck>,
     pub outlier: Outlier,
+    pub limits: Limits,
     pub endpoints: Vec<Endpoint>,
     pub tls: Option<UpstreamTls>,
 }
@@ -247,6 +248,26 @@ pub struct Outlier {
     /// Consecutive 5xx or connect failures that eject an endpoint; 0 disables ejection.
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
+}
+
+/// Concurrency cap per endpoint (see `RawLimits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests at one endpoint at once; 0: no cap (then nothing waits).
+    pub max_per_endpoint: u32,
+    /// Requests waiting for a slot at one endpoint at most.
+    pub max_queued: u32,
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_per_endpoint: 0,
+            max_queued: 1024,
+            queue_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Where an endpoint lives on the network.

@@ -271,6 +271,48 @@ cluster = "app"
 }
 
 #[test]
+fn endpoint_limits_default_off_and_are_checked() {
+    let s = snapshot("[[routes]]\ncluster = \"app\"\n");
+    assert_eq!(s.clusters[0].limits, Limits::default());
+    assert_eq!(s.clusters[0].limits.max_per_endpoint, 0);
+    let one = |limits: &str| {
+        format!(
+            "[clusters.app]\nlimits = {{ {limits} }}\nendpoints = [{{ address = \"127.0.0.1:9001\" }}]\n[[routes]]\ncluster = \"app\"\n"
+        )
+    };
+    let set = load(&one(
+        "max_requests_per_endpoint = 64, max_queued_per_endpoint = 10, queue_timeout = \"250ms\"",
+    ))
+    .expect("valid");
+    assert_eq!(
+        set.clusters[0].limits,
+        Limits {
+            max_per_endpoint: 64,
+            max_queued: 10,
+            queue_timeout: std::time::Duration::from_millis(250),
+        }
+    );
+    let got = errors_of(&one(
+        "max_requests_per_endpoint = 2000000, max_queued_per_endpoint = 2000000, queue_timeout = \"soon\"",
+    ));
+    for p in [
+        "clusters.app.limits.max_requests_per_endpoint:",
+        "clusters.app.limits.max_queued_per_endpoint:",
+        "clusters.app.limits.queue_timeout:",
+    ] {
+        assert!(
+            got.iter().any(|e| e.starts_with(p)),
+            "missing {p} in {got:?}"
+        );
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    // A queue without a cap would never be used: say so rather than ignore it.
+    let got = errors_of(&one("queue_timeout = \"2s\""));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("clusters.app.limits:"), "{got:?}");
+}
+
+#[test]
 fn syntax_and_unknown_fields_are_errors() {
     let unknown = errors_of("[server]\nregoin = \"us\"\n");
     assert!(unknown[0].contains("regoin"), "{unknown:?}");

@@ -12,7 +12,7 @@ use crate::config::{RawClassify, RawCluster, RawConfig, RawEndpoint, RawRoute, R
 use crate::residency::{EU_EEA_COUNTRIES, JurisdictionId, MAX_REGIONS, RegionPolicy, RegionSet};
 use crate::snapshot::{
     Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy,
-    Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
+    Limits, Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
     UpstreamProtocol,
 };
 use crate::table::{PrefixMap, RouteTable, canonical_prefix};
@@ -629,6 +629,40 @@ fn cluster(
             ),
         },
     };
+    let limits = match &raw.limits {
+        None => Limits::default(),
+        Some(l) => {
+            let defaults = Limits::default();
+            let max_per_endpoint = l.max_requests_per_endpoint.unwrap_or(0);
+            let max_queued = l.max_queued_per_endpoint.unwrap_or(defaults.max_queued);
+            for (field, v) in [
+                ("limits.max_requests_per_endpoint", max_per_endpoint),
+                ("limits.max_queued_per_endpoint", max_queued),
+            ] {
+                if v > MAX_LIMIT {
+                    errors.push(at(field), format!("must be 0..={MAX_LIMIT}, got {v}"));
+                }
+            }
+            let queue_timeout = errors.duration(
+                at("limits.queue_timeout"),
+                l.queue_timeout.as_ref(),
+                defaults.queue_timeout,
+            );
+            if max_per_endpoint == 0
+                && (l.max_queued_per_endpoint.is_some() || l.queue_timeout.is_some())
+            {
+                errors.push(
+                    at("limits"),
+                    "a queue needs a cap: set max_requests_per_endpoint",
+                );
+            }
+            Limits {
+                max_per_endpoint: max_per_endpoint.min(MAX_LIMIT),
+                max_queued: max_queued.min(MAX_LIMIT),
+                queue_timeout,
+            }
+        }
+    };
     if raw.endpoints.is_empty() {
         errors.push(at("endpoints"), "must list at least one endpoint");
     }
@@ -666,10 +700,14 @@ fn cluster(
         retries,
         health_check,
         outlier,
+        limits,
         endpoints,
         tls,
     }
 }
+
+/// The largest per-endpoint cap or queue a config may set (a semaphore's permits fit easily).
+const MAX_LIMIT: u32 = 1_000_000;
 
 fn endpoint(
     path: &str,

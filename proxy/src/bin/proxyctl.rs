@@ -740,6 +740,7 @@ fn print_status(v: &Value) {
         "VERSION".into(),
         "HEALTH".into(),
         "IN_FLIGHT".into(),
+        "QUEUED".into(),
     ]];
     for cl in v["clusters"].as_array().into_iter().flatten() {
         for m in cl["members"].as_array().into_iter().flatten() {
@@ -757,6 +758,7 @@ fn print_status(v: &Value) {
                 s(&m["version"]),
                 health.into(),
                 s(&m["in_flight"]),
+                s(&m["queued"]),
             ]);
         }
     }

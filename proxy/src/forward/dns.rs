@@ -54,17 +54,12 @@ pub async fn resolve_all(
     for e in &cluster.endpoints {
         match &e.address {
             Address::Ip(a) => {
-                members.extend(ClusterRuntime::members_for(&cluster.name, e, &[*a], health))
+                members.extend(ClusterRuntime::members_for(cluster, e, &[*a], health))
             }
             Address::Dns { host, port } => match lookup(host, *port).await {
                 Ok((addrs, t)) => {
                     ttl = Some(ttl.map_or(t, |old| old.min(t)));
-                    members.extend(ClusterRuntime::members_for(
-                        &cluster.name,
-                        e,
-                        &addrs,
-                        health,
-                    ));
+                    members.extend(ClusterRuntime::members_for(cluster, e, &addrs, health));
                 }
                 Err(err) => {
                     tracing::warn!(cluster = %cluster.name, host = %host, error = %err, "DNS lookup failed; keeping previous answer");

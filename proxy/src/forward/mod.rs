@@ -220,6 +220,31 @@ pub async fn send(
                 attempts,
             });
         };
+        // A slot under the endpoint's cap, if it has one: the request waits for one when all
+        // are taken, and its deadline runs from when it got it.
+        let (slot, now) = match member.health.try_slot() {
+            Ok(slot) => (slot, now),
+            Err(queue) => {
+                metrics::counter!(telemetry::UPSTREAM_QUEUED, telemetry::L_CLUSTER => cfg.name.clone())
+                    .increment(1);
+                // Boxed: only a request that waits carries the queue's futures.
+                match Box::pin(queue.wait(&cfg.limits)).await {
+                    Ok(slot) => (Some(slot), Instant::now()),
+                    Err(busy) => {
+                        metrics::counter!(telemetry::UPSTREAM_BUSY, telemetry::L_CLUSTER => cfg.name.clone(), telemetry::L_REASON => busy.reason())
+                            .increment(1);
+                        return Err(ForwardError {
+                            error: ProxyError::UpstreamBusy {
+                                cluster: cfg.name.clone(),
+                                why: busy,
+                            },
+                            member: Some(member),
+                            attempts,
+                        });
+                    }
+                }
+            }
+        };
         attempts += 1;
         // An ejected member was picked: a probe (see `ClusterRuntime::pick`).
         let probe = member.health.ejected(now_ms);
@@ -292,7 +317,10 @@ pub async fn send(
 
         let endpoint = || member.addr.to_string();
         let error = match outcome {
-            Ok(response) => {
+            Ok(mut response) => {
+                if let Some(slot) = slot {
+                    response.body_mut().hold(slot);
+                }
                 let ok = !response.status().is_server_error();
                 if member.health.record_live(ok, &cfg.outlier) {
                     eject_metric(&cfg.name);

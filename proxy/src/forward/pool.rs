@@ -10,14 +10,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{Either, Empty};
 use metrics::Gauge;
 use routes::{
-    Address, Cluster, LbPolicy, RegionId, RegionSet, Route, Snapshot, Timeouts, UpstreamProtocol,
-    UpstreamTls,
+    Address, Cluster, LbPolicy, Limits, RegionId, RegionSet, Route, Snapshot, Timeouts,
+    UpstreamProtocol, UpstreamTls,
 };
 
 use crate::clock;
@@ -45,6 +45,13 @@ pub struct MemberHealth {
     next_probe: AtomicU64,
     pub in_flight: AtomicU64,
     gauge: Gauge,
+    /// The cluster's cap on this endpoint's requests at once (`limits.max_requests_per_endpoint`);
+    /// 0: none, and no gate.
+    cap: AtomicU32,
+    /// Slots under the cap and the requests waiting for one; replaced when a cap is set anew.
+    gate: ArcSwapOption<Gate>,
+    /// Held while the cap changes (a reload, a DNS answer): one change at a time.
+    resizing: Mutex<()>,
 }
 
 impl MemberHealth {
@@ -60,6 +67,64 @@ impl MemberHealth {
             next_probe: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             gauge,
+            cap: AtomicU32::new(0),
+            gate: ArcSwapOption::empty(),
+            resizing: Mutex::new(()),
+        }
+    }
+
+    /// Sets the cap on this endpoint's requests at once (0: none). Raising it opens slots at
+    /// once; lowering it closes free slots at once and taken ones as they are given back, so
+    /// the requests at the endpoint fall to the new cap as they end. Requests that started
+    /// with no cap hold no slot: a cap set anew counts only the requests after it.
+    pub fn set_cap(&self, cap: u32) {
+        let _one = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.cap.load(Ordering::Relaxed);
+        match (old, cap) {
+            _ if old == cap => return,
+            (_, 0) => self.gate.store(None),
+            (0, _) => self.gate.store(Some(Arc::new(Gate::new(cap)))),
+            _ => {
+                if let Some(gate) = self.gate.load_full() {
+                    gate.resize(old, cap);
+                }
+            }
+        }
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Whether a request could take a slot here now without waiting (true with no cap).
+    pub fn has_room(&self) -> bool {
+        self.cap.load(Ordering::Relaxed) == 0
+            || self
+                .gate
+                .load()
+                .as_ref()
+                .is_none_or(|g| g.sem.available_permits() > 0)
+    }
+
+    /// Requests waiting for a slot here now (0 with no cap).
+    pub fn queued(&self) -> u32 {
+        self.gate
+            .load()
+            .as_ref()
+            .map_or(0, |g| g.queued.load(Ordering::Relaxed))
+    }
+
+    /// A slot for one request at this endpoint if one is free now, held until the request's
+    /// response ends (the [`Slot`] is dropped); `Ok(None)`: no cap. When every slot is taken,
+    /// the [`Queue`] to wait in.
+    pub fn try_slot(&self) -> Result<Option<Slot>, Queue> {
+        if self.cap.load(Ordering::Relaxed) == 0 {
+            return Ok(None);
+        }
+        let Some(gate) = self.gate.load_full() else {
+            return Ok(None);
+        };
+        if gate.sem.try_acquire().map(|p| p.forget()).is_ok() {
+            Ok(Some(Slot(gate)))
+        } else {
+            Err(Queue(gate))
         }
     }
 
@@ -165,6 +230,112 @@ impl MemberHealth {
         self.ejected_until.store(until, Ordering::Relaxed);
         self.refresh_gauge();
         true
+    }
+}
+
+/// An endpoint's queue for a slot under its cap: first come, first served.
+#[derive(Debug)]
+pub struct Queue(Arc<Gate>);
+
+impl Queue {
+    /// Waits for a slot for at most `limits.queue_timeout`, with at most `limits.max_queued`
+    /// requests waiting at this endpoint; [`Busy`] otherwise.
+    pub async fn wait(self, limits: &Limits) -> Result<Slot, Busy> {
+        /// Counts the request as waiting until it stops, however it stops (the client may go
+        /// away while it waits: the future is then dropped).
+        struct Waiting<'a>(&'a AtomicU32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let gate = self.0;
+        let waiting = Waiting(&gate.queued);
+        if gate.queued.fetch_add(1, Ordering::Relaxed) >= limits.max_queued {
+            return Err(Busy::QueueFull);
+        }
+        let got = tokio::time::timeout(limits.queue_timeout, gate.sem.acquire())
+            .await
+            .is_ok_and(|p| p.map(|p| p.forget()).is_ok());
+        drop(waiting);
+        if got {
+            Ok(Slot(gate))
+        } else {
+            Err(Busy::QueueTimeout)
+        }
+    }
+}
+
+/// Why a request got no slot at an endpoint (see [`MemberHealth::slot`]): a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// As many requests as the queue holds were already waiting.
+    QueueFull,
+    /// No slot came free within the queue timeout.
+    QueueTimeout,
+}
+
+impl Busy {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Busy::QueueFull => "queue_full",
+            Busy::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+/// One endpoint's slots (a FIFO semaphore: a slot given back goes to the longest waiter) and
+/// its queue length.
+#[derive(Debug)]
+struct Gate {
+    sem: tokio::sync::Semaphore,
+    /// Slots to close as they are given back: the cap was lowered while they were taken.
+    debt: AtomicU32,
+    queued: AtomicU32,
+}
+
+impl Gate {
+    fn new(cap: u32) -> Gate {
+        Gate {
+            sem: tokio::sync::Semaphore::new(cap as usize),
+            debt: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+        }
+    }
+
+    fn resize(&self, old: u32, new: u32) {
+        if new > old {
+            // Slots still owed from an earlier cut are forgiven before new ones open.
+            let more = new - old;
+            let (Ok(owed) | Err(owed)) =
+                self.debt
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                        Some(d - d.min(more))
+                    });
+            self.sem.add_permits((more - owed.min(more)) as usize);
+        } else {
+            let cut = old - new;
+            let closed = self.sem.forget_permits(cut as usize) as u32;
+            self.debt.fetch_add(cut - closed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A request's place under an endpoint's cap; dropping it gives the slot back (to the longest
+/// waiter, if any), or closes it when the cap was lowered meanwhile.
+#[derive(Debug)]
+pub struct Slot(Arc<Gate>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let owed = self
+            .0
+            .debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+            .is_ok();
+        if !owed {
+            self.0.sem.add_permits(1);
+        }
     }
 }
 
@@ -341,6 +512,10 @@ impl ClusterRuntime {
         client: UpstreamClient,
         members: Vec<Arc<Member>>,
     ) -> ClusterRuntime {
+        // Members kept from an earlier answer (a failed DNS lookup) take this config's cap too.
+        for m in &members {
+            m.health.set_cap(config.limits.max_per_endpoint);
+        }
         ClusterRuntime {
             config,
             client,
@@ -353,7 +528,7 @@ impl ClusterRuntime {
 
     /// Builds members for the given addresses of one configured endpoint.
     pub fn members_for(
-        cluster: &str,
+        cluster: &Cluster,
         endpoint: &routes::Endpoint,
         addrs: &[SocketAddr],
         health: &HealthRegistry,
@@ -368,7 +543,11 @@ impl ClusterRuntime {
                     authority,
                     region: endpoint.region,
                     version: version.clone(),
-                    health: health.get(cluster, *addr),
+                    health: {
+                        let h = health.get(&cluster.name, *addr);
+                        h.set_cap(cluster.limits.max_per_endpoint);
+                        h
+                    },
                 }))
             })
             .collect()
@@ -391,6 +570,11 @@ impl ClusterRuntime {
     /// connections under a spike) costs about a second of refusals at most, not the whole
     /// ejection time, while a member that stays down is tried once a second and the other
     /// requests are refused at once. Members failing their active checks are never probed.
+    ///
+    /// With a cap on each endpoint's requests (`limits.max_requests_per_endpoint`), members
+    /// with a free slot come first — inside `allowed` a full region's share goes to the others
+    /// — and when every available one is full, the choice among them all is where the request
+    /// waits for a slot (see [`MemberHealth::try_slot`]).
     pub fn pick(
         &self,
         snapshot: &Snapshot,
@@ -400,8 +584,19 @@ impl ClusterRuntime {
         avoid: Option<&Member>,
         now: u64,
     ) -> Option<Arc<Member>> {
+        let capped = self.config.limits.max_per_endpoint > 0;
         self.pick_among(snapshot, route, version, allowed, avoid, |h| {
-            h.available(now)
+            h.available(now) && (!capped || h.has_room())
+        })
+        .or_else(|| {
+            // Every endpoint that takes traffic is at its cap: the request waits at one.
+            capped
+                .then(|| {
+                    self.pick_among(snapshot, route, version, allowed, avoid, |h| {
+                        h.available(now)
+                    })
+                })
+                .flatten()
         })
         .or_else(|| {
             let m = self.pick_among(snapshot, route, version, allowed, avoid, |h| {
@@ -517,12 +712,7 @@ mod tests {
         let mut members = Vec::new();
         for e in &cluster.endpoints {
             if let Address::Ip(a) = e.address {
-                members.extend(ClusterRuntime::members_for(
-                    &cluster.name,
-                    e,
-                    &[a],
-                    &registry,
-                ));
+                members.extend(ClusterRuntime::members_for(&cluster, e, &[a], &registry));
             }
         }
         let client = build_client(&cluster).expect("plain HTTP client");
@@ -720,6 +910,134 @@ version = "canary"
             picks > 50,
             "busy member still picked {} of 100",
             100 - picks
+        );
+    }
+
+    fn limits(max_queued: u32) -> Limits {
+        Limits {
+            max_per_endpoint: 2,
+            max_queued,
+            queue_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn capped(cap: u32) -> Arc<MemberHealth> {
+        let h = HealthRegistry::default().get("app", "127.0.0.1:1".parse().expect("addr"));
+        h.set_cap(cap);
+        h
+    }
+
+    fn taken(h: &MemberHealth) -> Slot {
+        h.try_slot()
+            .expect("a free slot")
+            .expect("a slot (the endpoint is capped)")
+    }
+
+    fn full(h: &MemberHealth) -> bool {
+        h.try_slot().is_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_capped_endpoint_queues_in_order_and_refuses_past_its_queue() {
+        let h = capped(2);
+        let (a, b) = (taken(&h), taken(&h));
+        assert!(full(&h) && !h.has_room());
+        let limits = limits(2);
+        let waiter = |n: u32| {
+            let queue = h.try_slot().expect_err("full");
+            tokio::spawn(async move { queue.wait(&limits).await.map(|s| (n, s)) })
+        };
+        let first = waiter(1);
+        tokio::task::yield_now().await;
+        let second = waiter(2);
+        tokio::task::yield_now().await;
+        // Two waiting: a third is refused at once.
+        let third = h.try_slot().expect_err("full").wait(&limits).await;
+        assert_eq!(third.err(), Some(Busy::QueueFull));
+        // A slot given back goes to the longest waiter, not to a newcomer.
+        drop(a);
+        let (n, slot_1) = first.await.expect("task").expect("a slot");
+        assert_eq!(n, 1);
+        assert!(full(&h) && !second.is_finished());
+        drop(b);
+        let (n, slot_2) = second.await.expect("task").expect("a slot");
+        assert_eq!(n, 2);
+        // Nobody gives one back: the wait ends at the queue timeout.
+        let start = tokio::time::Instant::now();
+        let late = h.try_slot().expect_err("full").wait(&limits).await;
+        assert_eq!(late.err(), Some(Busy::QueueTimeout));
+        assert_eq!(start.elapsed(), limits.queue_timeout);
+        // A waiter whose client went away leaves the queue.
+        let gone = waiter(3);
+        tokio::task::yield_now().await;
+        assert_eq!(h.queued(), 1);
+        gone.abort();
+        assert!(gone.await.expect_err("aborted").is_cancelled());
+        assert_eq!(h.queued(), 0);
+        drop((slot_1, slot_2));
+        assert!(h.has_room());
+        let _again = (taken(&h), taken(&h));
+        assert!(full(&h));
+    }
+
+    #[test]
+    fn a_cap_lowered_closes_slots_as_they_come_back_and_raised_opens_them() {
+        let h = capped(3);
+        let mut slots: Vec<Slot> = (0..3).map(|_| taken(&h)).collect();
+        h.set_cap(1);
+        // Three taken against a cap of one: the first two given back close.
+        slots.pop();
+        assert!(full(&h));
+        slots.pop();
+        assert!(full(&h));
+        slots.pop();
+        slots.push(taken(&h));
+        assert!(full(&h));
+        // Raised: the new slot opens at once.
+        h.set_cap(2);
+        slots.push(taken(&h));
+        assert!(full(&h));
+        // Lowered and raised while over: what is owed is forgiven first.
+        h.set_cap(1);
+        h.set_cap(2);
+        assert!(full(&h));
+        slots.pop();
+        slots.push(taken(&h));
+        assert!(full(&h));
+        // Off: no slot needed; on again: a fresh count (requests from before hold none).
+        h.set_cap(0);
+        assert!(matches!(h.try_slot(), Ok(None)));
+        h.set_cap(1);
+        let _one = taken(&h);
+        assert!(full(&h));
+        drop(slots);
+        assert!(full(&h), "slots of the old gate do not open the new one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_with_a_free_slot_come_first_and_a_full_set_still_picks_one() {
+        let text = CONFIG.replace(
+            "[clusters.app]",
+            "[clusters.app]\nlimits = { max_requests_per_endpoint = 1 }",
+        );
+        let (s, rt) = runtime(&text);
+        let stable = &s.routes[0];
+        let all = s.all_regions();
+        let members = rt.members.load_full();
+        let by_port = |p: u16| members.iter().find(|m| port(m) == p).expect("member");
+        let _held = taken(&by_port(1001).health);
+        for _ in 0..4 {
+            assert_eq!(port(&pick(&rt, &s, stable, all, None).expect("m")), 1002);
+        }
+        // The local region full: its share goes to the region with room.
+        let _held_too = taken(&by_port(1002).health);
+        assert_eq!(port(&pick(&rt, &s, stable, all, None).expect("m")), 1003);
+        // Everything full: the request still gets a member to wait at, inside what it may use.
+        let _eu = taken(&by_port(1003).health);
+        assert!(pick(&rt, &s, stable, all, None).is_some());
+        assert_eq!(
+            port(&pick(&rt, &s, stable, eu_only(&s), None).expect("m")),
+            1003
         );
     }
 }

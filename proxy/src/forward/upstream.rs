@@ -51,7 +51,7 @@ use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use super::body::CLIENT_BODY_ENDED;
-use super::pool::UpstreamBody;
+use super::pool::{Slot, UpstreamBody};
 pub use super::wire::Outgoing;
 use super::wire::{Io, Return, WireBody, WireConn};
 
@@ -280,18 +280,21 @@ impl UpstreamClient {
         // Switching protocols: the connection is the tunnel's now.
         let keep = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
         Ok(resp.map(|inner| {
-            UpstreamIncoming(Kind::Hyper {
-                inner,
-                done: false,
-                back: keep.then(|| {
-                    Box::new(Back {
-                        conn,
-                        addr,
-                        pool: Arc::downgrade(&self.shared),
-                        body,
-                    })
-                }),
-            })
+            UpstreamIncoming(
+                Kind::Hyper {
+                    inner,
+                    done: false,
+                    back: keep.then(|| {
+                        Box::new(Back {
+                            conn,
+                            addr,
+                            pool: Arc::downgrade(&self.shared),
+                            body,
+                        })
+                    }),
+                },
+                None,
+            )
         }))
     }
 
@@ -328,7 +331,7 @@ impl UpstreamClient {
         let back: Arc<dyn Return> = self.shared.clone();
         Ok(resp.map(|mut body| {
             body.give_back_to(back);
-            UpstreamIncoming(Kind::Wire(body))
+            UpstreamIncoming(Kind::Wire(body), None)
         }))
     }
 
@@ -447,11 +450,14 @@ impl UpstreamClient {
         send.ready().await?;
         let resp = send.send_request(req).await?;
         Ok(resp.map(|inner| {
-            UpstreamIncoming(Kind::Hyper {
-                inner,
-                done: false,
-                back: None,
-            })
+            UpstreamIncoming(
+                Kind::Hyper {
+                    inner,
+                    done: false,
+                    back: None,
+                },
+                None,
+            )
         }))
     }
 }
@@ -634,9 +640,17 @@ impl Back {
 }
 
 /// An upstream response body: read inline from its connection, or hyper's, which returns its
-/// HTTP/1.1 connection to the pool when dropped after its end.
+/// HTTP/1.1 connection to the pool when dropped after its end; and the request's slot under
+/// the endpoint's cap, if any, given back when the body is dropped.
 #[derive(Debug)]
-pub struct UpstreamIncoming(Kind);
+pub struct UpstreamIncoming(Kind, Option<Slot>);
+
+impl UpstreamIncoming {
+    /// Keeps the request's slot at its endpoint until this body is dropped.
+    pub fn hold(&mut self, slot: Slot) {
+        self.1 = Some(slot);
+    }
+}
 
 #[derive(Debug)]
 enum Kind {
