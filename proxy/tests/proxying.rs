@@ -1000,3 +1000,106 @@ cluster = \"app\"
     .await;
     fd.shutdown().await;
 }
+
+/// An HTTP/2 upstream that lets each connection carry at most `streams_per_conn` streams, and
+/// answers every request only once `release` is set: counts connections opened and closed, and
+/// the most requests it held at once.
+struct HeldH2Upstream {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    active: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn held_h2_upstream(streams_per_conn: u32) -> HeldH2Upstream {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (connections, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (c, d, a, m) = (
+        Arc::clone(&connections),
+        Arc::clone(&closed),
+        Arc::clone(&active),
+        Arc::clone(&most),
+    );
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (a, m, released) = (Arc::clone(&a), Arc::clone(&m), released.clone());
+            let service = hyper::service::service_fn(move |_req| {
+                let (a, m, mut released) = (Arc::clone(&a), Arc::clone(&m), released.clone());
+                async move {
+                    let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    a.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                }
+            });
+            let serve =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .max_concurrent_streams(streams_per_conn)
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service);
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let _ = serve.await;
+                d.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    HeldH2Upstream {
+        addr,
+        connections,
+        closed,
+        active,
+        most,
+        release,
+    }
+}
+
+/// HTTP/2 upstreams: the requests that arrive before the first connection is up share its one
+/// handshake, and past 100 streams on a connection the next request opens another — rather
+/// than waiting in the connection's queue (here the upstream allows 100 per connection, so
+/// with one connection the 101st would wait for a stream to end).
+#[tokio::test]
+async fn h2_upstream_connections_open_once_and_grow_past_100_streams() {
+    use std::sync::atomic::Ordering;
+    let upstream = held_h2_upstream(100).await;
+    let fd = start(&one_route("protocol = \"h2\"", &[(upstream.addr, "", "v")])).await;
+    let client = Client::http1();
+    let requests: Vec<_> = (0..150)
+        .map(|_| {
+            let (client, url) = (client.clone(), url(&fd, "/"));
+            tokio::spawn(async move { client.get(&url).await.expect("response") })
+        })
+        .collect();
+    common::eventually("all 150 requests at the upstream", || async {
+        upstream.active.load(Ordering::SeqCst) == 150
+    })
+    .await;
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    upstream.release.send_replace(true);
+    for r in requests {
+        let r = r.await.expect("task");
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(upstream.most.load(Ordering::SeqCst), 150);
+    // Quiet again: the next request goes on the first connection; the second is let go.
+    let again = client.get(&url(&fd, "/")).await.expect("response");
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    common::eventually("the spare connection closed", || async {
+        upstream.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    fd.shutdown().await;
+}

@@ -15,7 +15,10 @@
 //! when it was not written, or when it is idempotent and the connection ended before a byte of
 //! an answer came (the upstream closed it as idle while the request was on its way; RFC 9112
 //! §9.3.1). Otherwise, once written, only the cluster's retry policy may send it again.
-//! HTTP/2: one multiplexed connection per address, replaced when it closes.
+//! HTTP/2: multiplexed connections per address, each carrying up to
+//! [`H2_STREAMS_PER_CONNECTION`] streams before the next request opens another; requests that
+//! come while one is being opened wait for its handshake; spare connections are let go once
+//! their streams end, closed ones replaced.
 //!
 //! An upstream may answer an upload before it has read all of it (a 413, a 401) and close,
 //! and a close with bytes unread is a reset. The answer reaches our socket before the reset,
@@ -34,7 +37,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -168,7 +171,42 @@ struct Shared {
     transport: Transport,
     idle: IdleLists<H1>,
     wire: IdleLists<Box<WireConn>>,
-    h2: Mutex<routes::LookupMap<SocketAddr, http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<routes::LookupMap<SocketAddr, Vec<H2Conn>>>,
+}
+
+/// Streams one HTTP/2 connection to an upstream carries at once before the next request opens
+/// another: the least a peer should allow (RFC 9113 §6.5.2 recommends at least 100), so a
+/// request is not held in a connection's queue by a peer allowing fewer.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+type H2Send = http2::SendRequest<UpstreamBody>;
+
+/// One HTTP/2 connection to an address: the outcome of its handshake, awaited by every request
+/// that chose it while it was being opened (one connect for all of them), and its streams.
+#[derive(Debug)]
+struct H2Conn {
+    ready: Arc<tokio::sync::OnceCell<Result<H2Send, Arc<str>>>>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl H2Conn {
+    fn closed(&self) -> bool {
+        match self.ready.get() {
+            Some(Ok(send)) => send.is_closed(),
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+}
+
+/// A request's stream on an HTTP/2 connection, counted until its response body is dropped.
+#[derive(Debug)]
+struct H2Stream(Arc<AtomicUsize>);
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Return for Shared {
@@ -284,6 +322,7 @@ impl UpstreamClient {
                 Kind::Hyper {
                     inner,
                     done: false,
+                    _stream: None,
                     back: keep.then(|| {
                         Box::new(Back {
                             conn,
@@ -424,29 +463,69 @@ impl UpstreamClient {
         Ok(H1 { send, link })
     }
 
+    /// Sends an HTTP/2 request on a connection to `addr` with a stream to spare
+    /// ([`H2_STREAMS_PER_CONNECTION`]), opening one when none has: the requests that arrive
+    /// while it is being opened wait for that one handshake rather than each opening its own.
+    /// A connection that closed or failed to open is forgotten; one left with no stream, when
+    /// its address has another, is let go (it closes once nothing holds it).
     async fn request_h2(
         &self,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let existing = {
-            let conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(&addr).filter(|s| !s.is_closed()).cloned()
+        let (ready, stream) = {
+            let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
+            let list = conns.entry(addr).or_default();
+            list.retain(|c| !c.closed());
+            let mut first = true;
+            list.retain(|c| std::mem::take(&mut first) || c.streams.load(Ordering::Relaxed) > 0);
+            let chosen = match list
+                .iter()
+                .position(|c| c.streams.load(Ordering::Relaxed) < H2_STREAMS_PER_CONNECTION)
+            {
+                Some(i) => &list[i],
+                None => {
+                    list.push(H2Conn {
+                        ready: Arc::default(),
+                        streams: Arc::default(),
+                    });
+                    &list[list.len() - 1]
+                }
+            };
+            chosen.streams.fetch_add(1, Ordering::Relaxed);
+            (
+                Arc::clone(&chosen.ready),
+                H2Stream(Arc::clone(&chosen.streams)),
+            )
         };
-        let mut send = match existing {
-            Some(send) => send,
-            None => {
+        let opened = ready
+            .get_or_init(|| async {
+                let io = self.connect(addr).await.map_err(|e| match e {
+                    UpstreamError::Connect(why) => Arc::from(why),
+                    other => Arc::from(other.to_string()),
+                })?;
                 let (send, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
-                    .handshake(self.connect(addr).await?)
+                    .handshake(io)
                     .await
-                    .map_err(|e| UpstreamError::Connect(format!("{addr}: {e}")))?;
+                    .map_err(|e| Arc::from(format!("{addr}: {e}")))?;
                 tokio::spawn(conn);
+                Ok(send)
+            })
+            .await;
+        let mut send = match opened {
+            Ok(send) => send.clone(),
+            Err(e) => {
+                // Every request that waited for this connection gets its error; the next one
+                // opens another.
                 let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
-                conns.insert(addr, send.clone());
-                send
+                if let Some(list) = conns.get_mut(&addr) {
+                    list.retain(|c| !Arc::ptr_eq(&c.ready, &ready));
+                }
+                return Err(UpstreamError::Connect(e.to_string()));
             }
         };
+        drop(ready);
         send.ready().await?;
         let resp = send.send_request(req).await?;
         Ok(resp.map(|inner| {
@@ -455,6 +534,7 @@ impl UpstreamClient {
                     inner,
                     done: false,
                     back: None,
+                    _stream: Some(stream),
                 },
                 None,
             )
@@ -660,6 +740,8 @@ enum Kind {
         done: bool,
         /// Boxed: it would make every response twice the size, inline ones too.
         back: Option<Box<Back>>,
+        /// HTTP/2: the stream, counted against its connection until the body is dropped.
+        _stream: Option<H2Stream>,
     },
 }
 
@@ -673,7 +755,9 @@ impl Body for UpstreamIncoming {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.0 {
             Kind::Wire(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::Hyper { inner, done, back } => {
+            Kind::Hyper {
+                inner, done, back, ..
+            } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => *done = true,
@@ -702,7 +786,10 @@ impl Body for UpstreamIncoming {
 
 impl Drop for UpstreamIncoming {
     fn drop(&mut self) {
-        let Kind::Hyper { inner, done, back } = &mut self.0 else {
+        let Kind::Hyper {
+            inner, done, back, ..
+        } = &mut self.0
+        else {
             return;
         };
         if let Some(back) = back.take() {
