@@ -432,6 +432,8 @@ async fn build_active(
         .collect();
     let via = crate::classify::ViaValues::new(&snapshot.server.via);
     let classify_headers = ClassifyHeaders::new(&snapshot.classify)?;
+    // Nothing after this rejects the config: the endpoints take its caps now.
+    upstreams.apply_limits();
     Ok(Active {
         snapshot,
         upstreams,

@@ -103,6 +103,7 @@ pub fn spawn(runtime: &Arc<ClusterRuntime>, health: Arc<HealthRegistry>, first_t
             if changed {
                 tracing::info!(cluster = %rt.config.name, members = members.len(), "DNS answer changed");
                 rt.members.store(Arc::new(members));
+                rt.apply_limits();
             }
             wait = ttl.unwrap_or(MAX_TTL);
         }

@@ -100,6 +100,13 @@ impl Upstreams {
         }
         Ok(Upstreams { clusters })
     }
+
+    /// Gives every endpoint its cluster's cap: called as these runtimes go into service.
+    pub fn apply_limits(&self) {
+        for c in &self.clusters {
+            c.apply_limits();
+        }
+    }
 }
 
 /// A successful upstream exchange.

@@ -50,8 +50,9 @@ pub struct MemberHealth {
     cap: AtomicU32,
     /// Slots under the cap and the requests waiting for one; replaced when a cap is set anew.
     gate: ArcSwapOption<Gate>,
-    /// Held while the cap changes (a reload, a DNS answer): one change at a time.
-    resizing: Mutex<()>,
+    /// Held while the cap changes (a reload, a DNS answer): one change at a time; the
+    /// generation of the cluster runtime that set it last (see [`Self::set_cap`]).
+    resizing: Mutex<u64>,
 }
 
 impl MemberHealth {
@@ -69,7 +70,7 @@ impl MemberHealth {
             gauge,
             cap: AtomicU32::new(0),
             gate: ArcSwapOption::empty(),
-            resizing: Mutex::new(()),
+            resizing: Mutex::new(0),
         }
     }
 
@@ -77,8 +78,16 @@ impl MemberHealth {
     /// once; lowering it closes free slots at once and taken ones as they are given back, so
     /// the requests at the endpoint fall to the new cap as they end. Requests that started
     /// with no cap hold no slot: a cap set anew counts only the requests after it.
-    pub fn set_cap(&self, cap: u32) {
-        let _one = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+    ///
+    /// `generation` orders the cluster runtimes that set caps: a runtime older than the one
+    /// that set the cap last (a replaced config's, still answering its last requests, whose
+    /// DNS refresh comes late) changes nothing.
+    pub fn set_cap(&self, cap: u32, generation: u64) {
+        let mut last = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        if generation < *last {
+            return;
+        }
+        *last = generation;
         let old = self.cap.load(Ordering::Relaxed);
         match (old, cap) {
             _ if old == cap => return,
@@ -266,7 +275,7 @@ impl Queue {
     }
 }
 
-/// Why a request got no slot at an endpoint (see [`MemberHealth::slot`]): a 503.
+/// Why a request got no slot at an endpoint (see [`Queue::wait`]): a 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
     /// As many requests as the queue holds were already waiting.
@@ -504,6 +513,8 @@ pub struct ClusterRuntime {
     rr: AtomicUsize,
     pub in_flight: AtomicU64,
     pub retries_in_flight: AtomicU64,
+    /// Orders runtimes by creation, newest highest (see [`MemberHealth::set_cap`]).
+    generation: u64,
 }
 
 impl ClusterRuntime {
@@ -512,17 +523,25 @@ impl ClusterRuntime {
         client: UpstreamClient,
         members: Vec<Arc<Member>>,
     ) -> ClusterRuntime {
-        // Members kept from an earlier answer (a failed DNS lookup) take this config's cap too.
-        for m in &members {
-            m.health.set_cap(config.limits.max_per_endpoint);
-        }
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         ClusterRuntime {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             config,
             client,
             members: ArcSwap::from_pointee(members),
             rr: AtomicUsize::new(0),
             in_flight: AtomicU64::new(0),
             retries_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Gives the current members this cluster's cap (`limits.max_requests_per_endpoint`): when
+    /// the runtime goes into service (after everything else of its config was accepted, so a
+    /// rejected reload changes no cap) and after each DNS answer.
+    pub fn apply_limits(&self) {
+        for m in self.members.load().iter() {
+            m.health
+                .set_cap(self.config.limits.max_per_endpoint, self.generation);
         }
     }
 
@@ -543,11 +562,7 @@ impl ClusterRuntime {
                     authority,
                     region: endpoint.region,
                     version: version.clone(),
-                    health: {
-                        let h = health.get(&cluster.name, *addr);
-                        h.set_cap(cluster.limits.max_per_endpoint);
-                        h
-                    },
+                    health: health.get(&cluster.name, *addr),
                 }))
             })
             .collect()
@@ -716,7 +731,9 @@ mod tests {
             }
         }
         let client = build_client(&cluster).expect("plain HTTP client");
-        (s, ClusterRuntime::new(cluster, client, members))
+        let rt = ClusterRuntime::new(cluster, client, members);
+        rt.apply_limits();
+        (s, rt)
     }
 
     const CONFIG: &str = r#"
@@ -923,7 +940,7 @@ version = "canary"
 
     fn capped(cap: u32) -> Arc<MemberHealth> {
         let h = HealthRegistry::default().get("app", "127.0.0.1:1".parse().expect("addr"));
-        h.set_cap(cap);
+        h.set_cap(cap, 1);
         h
     }
 
@@ -984,7 +1001,7 @@ version = "canary"
     fn a_cap_lowered_closes_slots_as_they_come_back_and_raised_opens_them() {
         let h = capped(3);
         let mut slots: Vec<Slot> = (0..3).map(|_| taken(&h)).collect();
-        h.set_cap(1);
+        h.set_cap(1, 1);
         // Three taken against a cap of one: the first two given back close.
         slots.pop();
         assert!(full(&h));
@@ -994,24 +1011,29 @@ version = "canary"
         slots.push(taken(&h));
         assert!(full(&h));
         // Raised: the new slot opens at once.
-        h.set_cap(2);
+        h.set_cap(2, 1);
         slots.push(taken(&h));
         assert!(full(&h));
         // Lowered and raised while over: what is owed is forgiven first.
-        h.set_cap(1);
-        h.set_cap(2);
+        h.set_cap(1, 1);
+        h.set_cap(2, 1);
         assert!(full(&h));
         slots.pop();
         slots.push(taken(&h));
         assert!(full(&h));
         // Off: no slot needed; on again: a fresh count (requests from before hold none).
-        h.set_cap(0);
+        h.set_cap(0, 1);
         assert!(matches!(h.try_slot(), Ok(None)));
-        h.set_cap(1);
+        h.set_cap(1, 1);
         let _one = taken(&h);
         assert!(full(&h));
         drop(slots);
         assert!(full(&h), "slots of the old gate do not open the new one");
+        // A runtime older than the one that set the cap last changes nothing.
+        h.set_cap(5, 2);
+        h.set_cap(0, 1);
+        let _more = taken(&h);
+        assert!(!full(&h), "the cap of generation 2 stands");
     }
 
     #[tokio::test(start_paused = true)]
