@@ -1103,3 +1103,50 @@ async fn h2_upstream_connections_open_once_and_grow_past_100_streams() {
     .await;
     fd.shutdown().await;
 }
+
+/// A reload moves an endpoint's cap under the requests already at it: raised, the next request
+/// goes at once; lowered below what is there, the next one waits.
+#[tokio::test]
+async fn a_reload_moves_the_cap_under_the_requests_at_the_endpoint() {
+    use std::sync::atomic::Ordering;
+    let upstream = held_upstream().await;
+    let config = |cap: u32| {
+        one_route(
+            &format!("limits = {{ max_requests_per_endpoint = {cap}, queue_timeout = \"30s\" }}"),
+            &[(upstream.addr, "", "v")],
+        )
+    };
+    let fd = start(&config(1)).await;
+    let client = Client::http1();
+    let get = || {
+        let (client, url) = (client.clone(), url(&fd, "/"));
+        tokio::spawn(async move { client.get(&url).await.expect("response") })
+    };
+    let first = get();
+    common::eventually("one request at the upstream", || async {
+        upstream.active.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    fd.proxy.reload_text(config(2)).await.expect("reloaded");
+    let second = get();
+    common::eventually("the second at the upstream without waiting", || async {
+        upstream.active.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    fd.proxy.reload_text(config(1)).await.expect("reloaded");
+    let third = get();
+    common::eventually("the third waiting", || async {
+        common::admin_call(&fd, Method::GET, "/metrics", "")
+            .await
+            .text()
+            .contains("frontdoor_upstream_queued_total{cluster=\"app\"} 1")
+    })
+    .await;
+    assert_eq!(upstream.active.load(Ordering::SeqCst), 2);
+    upstream.release.send_replace(true);
+    for answer in [first, second, third] {
+        assert_eq!(answer.await.expect("task").status, StatusCode::OK);
+    }
+    assert_eq!(upstream.most.load(Ordering::SeqCst), 2);
+    fd.shutdown().await;
+}
