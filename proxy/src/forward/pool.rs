@@ -959,18 +959,20 @@ version = "canary"
         let h = capped(2);
         let (a, b) = (taken(&h), taken(&h));
         assert!(full(&h) && !h.has_room());
-        let limits = limits(2);
+        let two = limits(2);
         let waiter = |n: u32| {
             let queue = h.try_slot().expect_err("full");
-            tokio::spawn(async move { queue.wait(&limits).await.map(|s| (n, s)) })
+            tokio::spawn(async move { queue.wait(&two).await.map(|s| (n, s)) })
         };
         let first = waiter(1);
         tokio::task::yield_now().await;
         let second = waiter(2);
         tokio::task::yield_now().await;
         // Two waiting: a third is refused at once.
-        let third = h.try_slot().expect_err("full").wait(&limits).await;
+        let third = h.try_slot().expect_err("full").wait(&two).await;
         assert_eq!(third.err(), Some(Busy::QueueFull));
+        let no_queue = h.try_slot().expect_err("full").wait(&limits(0)).await;
+        assert_eq!(no_queue.err(), Some(Busy::QueueFull));
         // A slot given back goes to the longest waiter, not to a newcomer.
         drop(a);
         let (n, slot_1) = first.await.expect("task").expect("a slot");
@@ -981,9 +983,9 @@ version = "canary"
         assert_eq!(n, 2);
         // Nobody gives one back: the wait ends at the queue timeout.
         let start = tokio::time::Instant::now();
-        let late = h.try_slot().expect_err("full").wait(&limits).await;
+        let late = h.try_slot().expect_err("full").wait(&two).await;
         assert_eq!(late.err(), Some(Busy::QueueTimeout));
-        assert_eq!(start.elapsed(), limits.queue_timeout);
+        assert_eq!(start.elapsed(), two.queue_timeout);
         // A waiter whose client went away leaves the queue.
         let gone = waiter(3);
         tokio::task::yield_now().await;
