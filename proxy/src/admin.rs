@@ -514,6 +514,7 @@ impl Admin {
                             "ejected": m.health.ejected(now),
                             "in_flight": m.health.in_flight.load(std::sync::atomic::Ordering::Relaxed),
                             "queued": m.health.queued(),
+                            "slots": m.health.slots().map(|(cap, taken)| json!({ "cap": cap, "taken": taken })),
                         })
                     })
                     .collect();

@@ -72,7 +72,7 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
     let config = temp_file(
         "run.toml",
         &format!(
-            "[server]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\"\n[clusters.app]\nendpoints = [{{ address = \"{}\" }}]\n[[routes]]\nname = \"all\"\ncluster = \"app\"\n",
+            "[server]\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\ndrain_timeout = \"5s\"\n[clusters.app]\nlimits = {{ max_requests_per_endpoint = 8 }}\nendpoints = [{{ address = \"{}\" }}]\n[[routes]]\nname = \"all\"\ncluster = \"app\"\n",
             origin.addr
         ),
     );
@@ -116,6 +116,8 @@ async fn run_serves_proxyctl_operates_and_sigterm_drains() {
         text.contains("ROUTE") && text.contains("all") && text.contains(&origin.addr.to_string()),
         "{text}"
     );
+    // The endpoint's cap, nothing taken once the answer above ended.
+    assert!(text.contains("SLOTS") && text.contains(" 0/8 "), "{text}");
     let out = proxyctl()
         .args([
             "--admin", &admin_url, "--token", "s3cret", "--json", "status",

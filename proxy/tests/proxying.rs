@@ -957,7 +957,9 @@ cluster = \"app\"
     })
     .await;
     let status = admin_get(&fd, "/status").await;
-    assert_eq!(status["clusters"][0]["members"][0]["queued"], 1, "{status}");
+    let member = &status["clusters"][0]["members"][0];
+    assert_eq!(member["queued"], 1, "{status}");
+    assert_eq!(member["slots"], serde_json::json!({ "cap": 2, "taken": 2 }));
     // The queue holds one: the fourth is refused at once.
     let refused = client.get(&url(&fd, "/")).await.expect("response");
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);

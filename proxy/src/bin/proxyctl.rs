@@ -740,6 +740,7 @@ fn print_status(v: &Value) {
         "VERSION".into(),
         "HEALTH".into(),
         "IN_FLIGHT".into(),
+        "SLOTS".into(),
         "QUEUED".into(),
     ]];
     for cl in v["clusters"].as_array().into_iter().flatten() {
@@ -758,6 +759,10 @@ fn print_status(v: &Value) {
                 s(&m["version"]),
                 health.into(),
                 s(&m["in_flight"]),
+                match m["slots"].as_object() {
+                    Some(sl) => format!("{}/{}", s(&sl["taken"]), s(&sl["cap"])),
+                    None => "-".into(),
+                },
                 s(&m["queued"]),
             ]);
         }

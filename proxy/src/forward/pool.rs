@@ -112,6 +112,18 @@ impl MemberHealth {
                 .is_none_or(|g| g.sem.available_permits() > 0)
     }
 
+    /// The cap and the slots taken under it now; `None` with no cap.
+    pub fn slots(&self) -> Option<(u32, u32)> {
+        let cap = self.cap.load(Ordering::Relaxed);
+        let gate = self.gate.load();
+        let gate = gate.as_ref().filter(|_| cap > 0)?;
+        // Slots there are = free + taken − owed, and there are `cap` of them once the debt of
+        // a lowered cap is paid.
+        let free = gate.sem.available_permits() as u32;
+        let taken = (cap + gate.debt.load(Ordering::Relaxed)).saturating_sub(free);
+        Some((cap, taken))
+    }
+
     /// Requests waiting for a slot here now (0 with no cap).
     pub fn queued(&self) -> u32 {
         self.gate
@@ -1003,7 +1015,9 @@ version = "canary"
     fn a_cap_lowered_closes_slots_as_they_come_back_and_raised_opens_them() {
         let h = capped(3);
         let mut slots: Vec<Slot> = (0..3).map(|_| taken(&h)).collect();
+        assert_eq!(h.slots(), Some((3, 3)));
         h.set_cap(1, 1);
+        assert_eq!(h.slots(), Some((1, 3)));
         // Three taken against a cap of one: the first two given back close.
         slots.pop();
         assert!(full(&h));
@@ -1026,6 +1040,7 @@ version = "canary"
         // Off: no slot needed; on again: a fresh count (requests from before hold none).
         h.set_cap(0, 1);
         assert!(matches!(h.try_slot(), Ok(None)));
+        assert_eq!(h.slots(), None);
         h.set_cap(1, 1);
         let _one = taken(&h);
         assert!(full(&h));
