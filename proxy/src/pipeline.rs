@@ -39,6 +39,8 @@ struct Outcome {
     upstream: Option<http::uri::Authority>,
     attempts: u32,
     upstream_time: std::time::Duration,
+    /// Of `upstream_time`, the wait for a slot under an endpoint's cap.
+    queue_time: std::time::Duration,
     error: Option<ProxyError>,
     decision: Option<routes::Decision>,
     /// What the cache did, when it was consulted.
@@ -73,6 +75,7 @@ pub async fn handle(
         upstream: None,
         attempts: 0,
         upstream_time: std::time::Duration::ZERO,
+        queue_time: std::time::Duration::ZERO,
         error: None,
         decision: None,
         cache: None,
@@ -137,6 +140,7 @@ pub async fn handle(
             error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
             attempts: outcome.attempts,
             upstream_time: outcome.upstream_time,
+            queue_time: outcome.queue_time,
             total_time: total,
             cache: outcome.cache.map_or("-", crate::cache::Status::as_str),
         }
@@ -383,6 +387,7 @@ async fn proxy_request(
         Ok(f) => f,
         Err(e) => {
             outcome.attempts = e.attempts;
+            outcome.queue_time = e.queued;
             if let Some(served) = plan.on_error(active) {
                 // stale-if-error: the stored response stands in for the failed exchange.
                 return Ok(from_cache(active, served, request_id, set_cookie, outcome));
@@ -392,6 +397,7 @@ async fn proxy_request(
         }
     };
     outcome.attempts = forwarded.attempts;
+    outcome.queue_time = forwarded.queued;
     outcome.upstream = Some(forwarded.member.authority.clone());
     if let Some(served) = plan.on_response(
         active,

@@ -172,6 +172,9 @@ pub struct AccessRecord<'a> {
     pub attempts: u32,
     /// From the request's send upstream to the upstream's response head (`upstream_ms`).
     pub upstream_time: std::time::Duration,
+    /// Of `upstream_time`, the wait for a slot under an endpoint's cap (`queue_ms`, written
+    /// only for a request that waited).
+    pub queue_time: std::time::Duration,
     /// From the request's arrival in the pipeline to its response being ready (`total_ms`).
     pub total_time: std::time::Duration,
     /// What the cache did (`HIT`, `MISS`, ...), `-` when not consulted.
@@ -240,6 +243,10 @@ impl AccessRecord<'_> {
         push_decimal(out, u64::from(self.attempts), 0);
         out.extend_from_slice(b",\"upstream_ms\":");
         millis(out, self.upstream_time);
+        if !self.queue_time.is_zero() {
+            out.extend_from_slice(b",\"queue_ms\":");
+            millis(out, self.queue_time);
+        }
         out.extend_from_slice(b",\"total_ms\":");
         millis(out, self.total_time);
         json_field(out, b",\"cache\":\"", self.cache);
@@ -477,6 +484,7 @@ mod tests {
             error: "",
             attempts: 1,
             upstream_time: std::time::Duration::ZERO,
+            queue_time: std::time::Duration::ZERO,
             total_time: std::time::Duration::ZERO,
             cache: "-",
         }
@@ -659,6 +667,7 @@ mod tests {
             error: "residency_refused",
             attempts: 2,
             upstream_time: std::time::Duration::from_micros(1500),
+            queue_time: std::time::Duration::ZERO,
             total_time: std::time::Duration::from_nanos(12_345_600),
             cache: "-",
         };
@@ -691,6 +700,16 @@ mod tests {
         let mut again = Vec::new();
         with_text.write_json(&mut again, at);
         assert_eq!(String::from_utf8(again).expect("UTF-8"), line);
+        // A request that waited for a slot says how long, inside its upstream time.
+        let waited = AccessRecord {
+            queue_time: std::time::Duration::from_micros(250),
+            ..record
+        };
+        let mut queued = Vec::new();
+        waited.write_json(&mut queued, at);
+        let queued = String::from_utf8(queued).expect("UTF-8");
+        assert!(queued.contains(",\"upstream_ms\":1.500,\"queue_ms\":0.250,\"total_ms\":"));
+        assert!(!line.contains("queue_ms"));
         let mut epoch = Vec::new();
         rfc3339_micros(&mut epoch, std::time::UNIX_EPOCH);
         assert_eq!(epoch, b"1970-01-01T00:00:00.000000Z");

@@ -115,6 +115,8 @@ pub struct Forwarded {
     pub response: Response<UpstreamIncoming>,
     pub member: Arc<Member>,
     pub attempts: u32,
+    /// Time spent waiting for a slot under an endpoint's cap (zero when none was waited for).
+    pub queued: std::time::Duration,
 }
 
 /// The failed exchange, with the endpoint tried last (if any) and attempts made.
@@ -123,6 +125,8 @@ pub struct ForwardError {
     pub error: ProxyError,
     pub member: Option<Arc<Member>>,
     pub attempts: u32,
+    /// As [`Forwarded::queued`].
+    pub queued: std::time::Duration,
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -173,6 +177,7 @@ pub async fn send(
                     error: client_body_error(ended.load(Ordering::Relaxed)),
                     member: None,
                     attempts: 0,
+                    queued: std::time::Duration::ZERO,
                 });
             }
         }
@@ -188,6 +193,7 @@ pub async fn send(
     // How the client's body ended: when it broke the exchange, that is a 400, not a 502.
     let mut client_body_end: Option<Arc<std::sync::atomic::AtomicU8>> = None;
     let mut attempts = 0u32;
+    let mut queued = std::time::Duration::ZERO;
     cluster.in_flight.fetch_add(1, Ordering::Relaxed);
     let _active = Decrement(&cluster.in_flight);
     // Held while a retry attempt is in flight, so the budget sees concurrent retries.
@@ -225,6 +231,7 @@ pub async fn send(
                 error,
                 member: failed,
                 attempts,
+                queued,
             });
         };
         // A slot under the endpoint's cap, if it has one: the request waits for one when all
@@ -235,8 +242,11 @@ pub async fn send(
                 metrics::counter!(telemetry::UPSTREAM_QUEUED, telemetry::L_CLUSTER => cfg.name.clone())
                     .increment(1);
                 // Boxed: only a request that waits carries the queue's futures.
-                match Box::pin(queue.wait(&cfg.limits)).await {
-                    Ok(slot) => (Some(slot), Instant::now()),
+                let waited = Box::pin(queue.wait(&cfg.limits)).await;
+                let got_at = Instant::now();
+                queued += got_at - now;
+                match waited {
+                    Ok(slot) => (Some(slot), got_at),
                     Err(busy) => {
                         metrics::counter!(telemetry::UPSTREAM_BUSY, telemetry::L_CLUSTER => cfg.name.clone(), telemetry::L_REASON => busy.reason())
                             .increment(1);
@@ -247,6 +257,7 @@ pub async fn send(
                             },
                             member: Some(member),
                             attempts,
+                            queued,
                         });
                     }
                 }
@@ -302,6 +313,7 @@ pub async fn send(
                         },
                         member: failed,
                         attempts,
+                        queued,
                     });
                 };
                 parts.uri = Uri::from(path.clone());
@@ -343,6 +355,7 @@ pub async fn send(
                     response,
                     member,
                     attempts,
+                    queued,
                 });
             }
             Err(UpstreamError::Timeout) => ProxyError::Timeout {
@@ -360,6 +373,7 @@ pub async fn send(
                     error: client_body_error(how),
                     member: Some(member),
                     attempts,
+                    queued,
                 });
             }
             Err(e) if e.is_connect() => ProxyError::Connect {
@@ -382,6 +396,7 @@ pub async fn send(
                 error,
                 member: Some(member),
                 attempts,
+                queued,
             });
         }
         metrics::counter!(telemetry::UPSTREAM_RETRIES, telemetry::L_CLUSTER => cfg.name.clone())
