@@ -910,6 +910,19 @@ async fn held_upstream() -> HeldUpstream {
     }
 }
 
+/// Waits until `n` requests to cluster `app` have had to wait for a slot (its
+/// `frontdoor_upstream_queued_total`).
+async fn until_queued(fd: &frontdoor::server::Running, n: u32) {
+    let want = format!("frontdoor_upstream_queued_total{{cluster=\"app\"}} {n}\n");
+    common::eventually(&format!("{n} waiting for a slot"), || async {
+        common::admin_call(fd, Method::GET, "/metrics", "")
+            .await
+            .text()
+            .contains(&want)
+    })
+    .await;
+}
+
 /// `limits.max_requests_per_endpoint`: an endpoint never has more requests at once than its
 /// cap — a slot is held until the response's body ends, not just its head — the next waits
 /// for a slot, and what the queue cannot hold, or holds past its timeout, gets a 503 with
@@ -949,13 +962,7 @@ cluster = \"app\"
     })
     .await;
     let third = get("/");
-    common::eventually("the third waiting for a slot", || async {
-        common::admin_call(&fd, Method::GET, "/metrics", "")
-            .await
-            .text()
-            .contains("frontdoor_upstream_queued_total{cluster=\"app\"} 1")
-    })
-    .await;
+    until_queued(&fd, 1).await;
     let status = admin_get(&fd, "/status").await;
     let member = &status["clusters"][0]["members"][0];
     assert_eq!(member["queued"], 1, "{status}");
@@ -1142,13 +1149,7 @@ async fn a_reload_moves_the_cap_under_the_requests_at_the_endpoint() {
     .await;
     fd.proxy.reload_text(config(1)).await.expect("reloaded");
     let third = get();
-    common::eventually("the third waiting", || async {
-        common::admin_call(&fd, Method::GET, "/metrics", "")
-            .await
-            .text()
-            .contains("frontdoor_upstream_queued_total{cluster=\"app\"} 1")
-    })
-    .await;
+    until_queued(&fd, 1).await;
     assert_eq!(upstream.active.load(Ordering::SeqCst), 2);
     upstream.release.send_replace(true);
     for answer in [first, second, third] {
