@@ -57,7 +57,7 @@ mode=${BENCH_MODE:-${MODE:-ka}}
     for c in upstream canary; do
       if [ "$config" = realistic ] || [ $c = upstream ]; then
         echo "[clusters.$c.limits]"; echo "max_requests_per_endpoint = $FRONTDOOR_LIMIT"
-        echo "max_queued_per_endpoint = ${FRONTDOOR_QUEUE:-1024}"
+        echo "max_queued = ${FRONTDOOR_QUEUE:-1024}"
       fi
     done
   fi

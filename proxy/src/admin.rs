@@ -513,7 +513,6 @@ impl Admin {
                             "active_check_ok": m.health.active_ok(),
                             "ejected": m.health.ejected(now),
                             "in_flight": m.health.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-                            "queued": m.health.queued(),
                             "slots": m.health.slots().map(|(cap, taken)| json!({ "cap": cap, "taken": taken })),
                         })
                     })
@@ -524,6 +523,7 @@ impl Admin {
                     "lb": format!("{:?}", c.config.lb),
                     "endpoints": c.config.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
                     "members": members,
+                    "queued": c.waitlist.waiting(),
                 })
             })
             .collect();

@@ -941,7 +941,7 @@ cluster = \"app\"
 ",
         cluster(
             "app",
-            "limits = { max_requests_per_endpoint = 2, max_queued_per_endpoint = 1, queue_timeout = \"30s\" }\noutlier = { consecutive_failures = 1, ejection_time = \"1h\" }",
+            "limits = { max_requests_per_endpoint = 2, max_queued = 1, queue_timeout = \"30s\" }\noutlier = { consecutive_failures = 1, ejection_time = \"1h\" }",
             &[(queued.addr, "", "v")]
         ),
         cluster(
@@ -964,8 +964,8 @@ cluster = \"app\"
     let third = get("/");
     until_queued(&fd, 1).await;
     let status = admin_get(&fd, "/status").await;
+    assert_eq!(status["clusters"][0]["queued"], 1, "{status}");
     let member = &status["clusters"][0]["members"][0];
-    assert_eq!(member["queued"], 1, "{status}");
     assert_eq!(member["slots"], serde_json::json!({ "cap": 2, "taken": 2 }));
     // The queue holds one: the fourth is refused at once.
     let refused = client.get(&url(&fd, "/")).await.expect("response");
@@ -1012,6 +1012,54 @@ cluster = \"app\"
         !metrics.contains("frontdoor_upstream_ejections_total{cluster=\"app\"}"),
         "{metrics}"
     );
+    fd.shutdown().await;
+}
+
+/// The queue is the cluster's: with every endpoint at its cap, the waiting requests take the
+/// first slot given back at any endpoint — here one endpoint stays busy throughout, and both
+/// waiting requests are served by the other as its slot comes back, never sent to the busy one.
+#[tokio::test]
+async fn waiting_requests_take_the_first_slot_given_back_at_any_endpoint() {
+    use std::sync::atomic::Ordering;
+    let (busy, quick) = (held_upstream().await, held_upstream().await);
+    let fd = start(&one_route(
+        "limits = { max_requests_per_endpoint = 1, queue_timeout = \"30s\" }",
+        // Listed second, `busy` is round-robin's choice for both waiting requests: the
+        // endpoint a per-endpoint queue would have held them at.
+        &[(quick.addr, "", "v"), (busy.addr, "", "v")],
+    ))
+    .await;
+    let client = Client::http1();
+    let get = || {
+        let (client, url) = (client.clone(), url(&fd, "/"));
+        tokio::spawn(async move { client.get(&url).await.expect("response") })
+    };
+    let first = [get(), get()];
+    common::eventually("one request at each endpoint", || async {
+        busy.active.load(Ordering::SeqCst) == 1 && quick.active.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let waiting = [get(), get()];
+    until_queued(&fd, 2).await;
+    let status = admin_get(&fd, "/status").await;
+    assert_eq!(status["clusters"][0]["queued"], 2, "{status}");
+    // One endpoint answers: its slot comes back, and again, until both waiting requests are
+    // done there; the other endpoint still holds its first request.
+    quick.release.send_replace(true);
+    for answer in waiting {
+        let answer = answer.await.expect("task");
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::OK, "abcd")
+        );
+    }
+    assert_eq!(busy.active.load(Ordering::SeqCst), 1);
+    busy.release.send_replace(true);
+    for answer in first {
+        assert_eq!(answer.await.expect("task").status, StatusCode::OK);
+    }
+    assert_eq!(busy.most.load(Ordering::SeqCst), 1);
+    assert_eq!(quick.most.load(Ordering::SeqCst), 1);
     fd.shutdown().await;
 }
 

@@ -320,9 +320,10 @@ pub struct RawOutlier {
 pub struct RawLimits {
     /// Requests at one endpoint at once, until each response's body ends. 0 (default): no cap.
     pub max_requests_per_endpoint: Option<u32>,
-    /// Requests waiting for a slot at one endpoint at most; more get a 503 at once. Default
-    /// 1024; 0: none waits (a request finding every slot taken gets its 503 at once).
-    pub max_queued_per_endpoint: Option<u32>,
+    /// Requests of the cluster waiting for a slot at most (each takes the first slot given
+    /// back at an endpoint it may use); more get a 503 at once. Default 1024; 0: none waits
+    /// (a request finding every slot taken gets its 503 at once).
+    pub max_queued: Option<u32>,
     /// How long a request waits for a slot before its 503. Default `"1s"`.
     pub queue_timeout: Option<String>,
 }

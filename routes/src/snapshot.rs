@@ -255,7 +255,7 @@ pub struct Outlier {
 pub struct Limits {
     /// Requests at one endpoint at once; 0: no cap (then nothing waits).
     pub max_per_endpoint: u32,
-    /// Requests waiting for a slot at one endpoint at most.
+    /// Requests of the cluster waiting for a slot at most.
     pub max_queued: u32,
     pub queue_timeout: Duration,
 }

@@ -281,7 +281,7 @@ fn endpoint_limits_default_off_and_are_checked() {
         )
     };
     let set = load(&one(
-        "max_requests_per_endpoint = 64, max_queued_per_endpoint = 10, queue_timeout = \"250ms\"",
+        "max_requests_per_endpoint = 64, max_queued = 10, queue_timeout = \"250ms\"",
     ))
     .expect("valid");
     assert_eq!(
@@ -293,11 +293,11 @@ fn endpoint_limits_default_off_and_are_checked() {
         }
     );
     let got = errors_of(&one(
-        "max_requests_per_endpoint = 2000000, max_queued_per_endpoint = 2000000, queue_timeout = \"soon\"",
+        "max_requests_per_endpoint = 2000000, max_queued = 2000000, queue_timeout = \"soon\"",
     ));
     for p in [
         "clusters.app.limits.max_requests_per_endpoint:",
-        "clusters.app.limits.max_queued_per_endpoint:",
+        "clusters.app.limits.max_queued:",
         "clusters.app.limits.queue_timeout:",
     ] {
         assert!(

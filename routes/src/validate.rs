@@ -634,10 +634,10 @@ fn cluster(
         Some(l) => {
             let defaults = Limits::default();
             let max_per_endpoint = l.max_requests_per_endpoint.unwrap_or(0);
-            let max_queued = l.max_queued_per_endpoint.unwrap_or(defaults.max_queued);
+            let max_queued = l.max_queued.unwrap_or(defaults.max_queued);
             for (field, v) in [
                 ("limits.max_requests_per_endpoint", max_per_endpoint),
-                ("limits.max_queued_per_endpoint", max_queued),
+                ("limits.max_queued", max_queued),
             ] {
                 if v > MAX_LIMIT {
                     errors.push(at(field), format!("must be 0..={MAX_LIMIT}, got {v}"));
@@ -648,9 +648,7 @@ fn cluster(
                 l.queue_timeout.as_ref(),
                 defaults.queue_timeout,
             );
-            if max_per_endpoint == 0
-                && (l.max_queued_per_endpoint.is_some() || l.queue_timeout.is_some())
-            {
+            if max_per_endpoint == 0 && (l.max_queued.is_some() || l.queue_timeout.is_some()) {
                 errors.push(
                     at("limits"),
                     "a queue needs a cap: set max_requests_per_endpoint",

@@ -744,6 +744,8 @@ fn print_status(v: &Value) {
         "QUEUED".into(),
     ]];
     for cl in v["clusters"].as_array().into_iter().flatten() {
+        // The queue is the cluster's: shown on its first row.
+        let mut queued = Some(s(&cl["queued"]));
         for m in cl["members"].as_array().into_iter().flatten() {
             let health = if m["healthy"] == true {
                 "healthy"
@@ -763,7 +765,7 @@ fn print_status(v: &Value) {
                     Some(sl) => format!("{}/{}", s(&sl["taken"]), s(&sl["cap"])),
                     None => "-".into(),
                 },
-                s(&m["queued"]),
+                queued.take().unwrap_or_default(),
             ]);
         }
     }

@@ -91,7 +91,12 @@ impl Upstreams {
                 prev_members.as_deref().map(Vec::as_slice),
             )
             .await;
-            let rt = Arc::new(ClusterRuntime::new(cluster.clone(), client, members));
+            let rt = Arc::new(ClusterRuntime::new(
+                cluster.clone(),
+                client,
+                members,
+                shared.health.waitlist(&cluster.name),
+            ));
             health::spawn(&rt);
             if let Some(ttl) = ttl {
                 dns::spawn(&rt, Arc::clone(&shared.health), ttl);
@@ -234,19 +239,21 @@ pub async fn send(
                 queued,
             });
         };
-        // A slot under the endpoint's cap, if it has one: the request waits for one when all
-        // are taken, and its deadline runs from when it got it.
-        let (slot, now) = match member.health.try_slot() {
-            Ok(slot) => (slot, now),
-            Err(queue) => {
+        // A slot under the endpoint's cap, if it has one: when all are taken the request waits
+        // for one at any member it may use, and its deadline runs from when it got it.
+        let (member, slot, now) = match member.health.try_slot() {
+            Ok(slot) => (member, slot, now),
+            Err(pool::Full) => {
                 metrics::counter!(telemetry::UPSTREAM_QUEUED, telemetry::L_CLUSTER => cfg.name.clone())
                     .increment(1);
+                let may_use =
+                    cluster.may_use(version, decision.allowed, !snapshot.regions.is_empty());
                 // Boxed: only a request that waits carries the queue's futures.
-                let waited = Box::pin(queue.wait(&cfg.limits)).await;
+                let waited = Box::pin(cluster.waitlist.wait(may_use, &cfg.limits)).await;
                 let got_at = Instant::now();
                 queued += got_at - now;
                 match waited {
-                    Ok(slot) => (Some(slot), got_at),
+                    Ok((member, slot)) => (member, slot, got_at),
                     Err(busy) => {
                         metrics::counter!(telemetry::UPSTREAM_BUSY, telemetry::L_CLUSTER => cfg.name.clone(), telemetry::L_REASON => busy.reason())
                             .increment(1);

@@ -5,10 +5,10 @@
 //! Health state lives in [`MemberHealth`], shared by address across config reloads, so a reload
 //! neither forgets an ejection nor resets a health check streak.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
@@ -48,15 +48,17 @@ pub struct MemberHealth {
     /// The cluster's cap on this endpoint's requests at once (`limits.max_requests_per_endpoint`);
     /// 0: none, and no gate.
     cap: AtomicU32,
-    /// Slots under the cap and the requests waiting for one; replaced when a cap is set anew.
+    /// Slots under the cap; replaced when a cap is set anew.
     gate: ArcSwapOption<Gate>,
+    /// The cluster's requests waiting for a slot (at this endpoint or another it has).
+    waitlist: Arc<Waitlist>,
     /// Held while the cap changes (a reload, a DNS answer): one change at a time; the
     /// generation of the cluster runtime that set it last (see [`Self::set_cap`]).
     resizing: Mutex<u64>,
 }
 
 impl MemberHealth {
-    fn new(cluster: &str, endpoint: &str) -> MemberHealth {
+    fn new(cluster: &str, endpoint: &str, waitlist: Arc<Waitlist>) -> MemberHealth {
         telemetry::prometheus();
         let gauge = metrics::gauge!(telemetry::UPSTREAM_HEALTHY, telemetry::L_CLUSTER => cluster.to_string(), telemetry::L_ENDPOINT => endpoint.to_string());
         gauge.set(1.0);
@@ -70,6 +72,7 @@ impl MemberHealth {
             gauge,
             cap: AtomicU32::new(0),
             gate: ArcSwapOption::empty(),
+            waitlist,
             resizing: Mutex::new(0),
         }
     }
@@ -83,23 +86,35 @@ impl MemberHealth {
     /// that set the cap last (a replaced config's, still answering its last requests, whose
     /// DNS refresh comes late) changes nothing.
     pub fn set_cap(&self, cap: u32, generation: u64) {
-        let mut last = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
-        if generation < *last {
-            return;
-        }
-        *last = generation;
-        let old = self.cap.load(Ordering::Relaxed);
-        match (old, cap) {
-            _ if old == cap => return,
-            (_, 0) => self.gate.store(None),
-            (0, _) => self.gate.store(Some(Arc::new(Gate::new(cap)))),
-            _ => {
-                if let Some(gate) = self.gate.load_full() {
-                    gate.resize(old, cap);
+        let old = {
+            let mut last = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+            if generation < *last {
+                return;
+            }
+            *last = generation;
+            let old = self.cap.load(Ordering::Relaxed);
+            match (old, cap) {
+                _ if old == cap => return,
+                (_, 0) => self.gate.store(None),
+                (0, _) => self.gate.store(Some(Arc::new(Gate::new(
+                    cap,
+                    self,
+                    Arc::clone(&self.waitlist),
+                )))),
+                _ => {
+                    if let Some(gate) = self.gate.load_full() {
+                        gate.resize(old, cap);
+                    }
                 }
             }
+            self.cap.store(cap, Ordering::Relaxed);
+            old
+        };
+        // Slots opened (or the cap lifted): the requests waiting for this endpoint take them.
+        if old == 0 || cap == 0 || cap > old {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.waitlist.dispatch(std::ptr::from_ref(self) as usize);
         }
-        self.cap.store(cap, Ordering::Relaxed);
     }
 
     /// Whether a request could take a slot here now without waiting (true with no cap).
@@ -124,18 +139,10 @@ impl MemberHealth {
         Some((cap, taken))
     }
 
-    /// Requests waiting for a slot here now (0 with no cap).
-    pub fn queued(&self) -> u32 {
-        self.gate
-            .load()
-            .as_ref()
-            .map_or(0, |g| g.queued.load(Ordering::Relaxed))
-    }
-
     /// A slot for one request at this endpoint if one is free now, held until the request's
     /// response ends (the [`Slot`] is dropped); `Ok(None)`: no cap. When every slot is taken,
-    /// the [`Queue`] to wait in.
-    pub fn try_slot(&self) -> Result<Option<Slot>, Queue> {
+    /// [`Full`]: the request waits in its cluster's [`Waitlist`].
+    pub fn try_slot(&self) -> Result<Option<Slot>, Full> {
         if self.cap.load(Ordering::Relaxed) == 0 {
             return Ok(None);
         }
@@ -145,7 +152,7 @@ impl MemberHealth {
         if gate.sem.try_acquire().map(|p| p.forget()).is_ok() {
             Ok(Some(Slot(gate)))
         } else {
-            Err(Queue(gate))
+            Err(Full)
         }
     }
 
@@ -254,40 +261,136 @@ impl MemberHealth {
     }
 }
 
-/// An endpoint's queue for a slot under its cap: first come, first served.
-#[derive(Debug)]
-pub struct Queue(Arc<Gate>);
+/// A cluster's requests waiting for a slot under its endpoints' caps, first come, first
+/// served: a slot given back at an endpoint goes to the longest waiter that may use that
+/// endpoint (its version, its allowed regions), so no request waits for one endpoint while
+/// another it may use has room, and a region's slots never go to a request that may not
+/// leave another. One per cluster name, shared across reloads as health is.
+#[derive(Debug, Default)]
+pub struct Waitlist {
+    /// Requests waiting now: what `limits.max_queued` bounds.
+    waiting: AtomicU32,
+    /// In arrival order; a waiter that went away (its client, its timeout) stays until a
+    /// dispatch or a newcomer passes it.
+    queue: Mutex<VecDeque<Waiter>>,
+}
 
-impl Queue {
-    /// Waits for a slot for at most `limits.queue_timeout`, with at most `limits.max_queued`
-    /// requests waiting at this endpoint; [`Busy`] otherwise.
-    pub async fn wait(self, limits: &Limits) -> Result<Slot, Busy> {
-        /// Counts the request as waiting until it stops, however it stops (the client may go
-        /// away while it waits: the future is then dropped).
+/// One waiting request: the endpoints it may use, and where its slot goes.
+#[derive(Debug)]
+struct Waiter {
+    may_use: Vec<Arc<Member>>,
+    give: tokio::sync::oneshot::Sender<(Arc<Member>, Option<Slot>)>,
+}
+
+impl Waitlist {
+    /// Requests waiting for a slot now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a slot at one of `may_use` (whichever gives one back first) for at most
+    /// `limits.queue_timeout`, with at most `limits.max_queued` requests of the cluster
+    /// waiting: the member and its slot (`None`: the member's cap was lifted meanwhile), or
+    /// why not ([`Busy`]). A request that goes away while it waits (the future dropped)
+    /// leaves the queue.
+    pub async fn wait(
+        &self,
+        may_use: Vec<Arc<Member>>,
+        limits: &Limits,
+    ) -> Result<(Arc<Member>, Option<Slot>), Busy> {
+        /// Counts the request as waiting until it stops, however it stops.
         struct Waiting<'a>(&'a AtomicU32);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let gate = self.0;
-        let waiting = Waiting(&gate.queued);
-        if gate.queued.fetch_add(1, Ordering::Relaxed) >= limits.max_queued {
+        let ahead = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        if ahead >= limits.max_queued {
             return Err(Busy::QueueFull);
         }
-        let got = tokio::time::timeout(limits.queue_timeout, gate.sem.acquire())
-            .await
-            .is_ok_and(|p| p.map(|p| p.forget()).is_ok());
-        drop(waiting);
-        if got {
-            Ok(Slot(gate))
-        } else {
-            Err(Busy::QueueTimeout)
+        let given = {
+            let mut queue = self.queue();
+            // Against a slot given back since the pick (see `Slot`'s drop): either this sees
+            // it free, or its dispatch sees this request counted and, taking the lock after
+            // this one, queued.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let now = clock::now_ms();
+            for m in &may_use {
+                if m.health.available(now)
+                    && let Ok(slot) = m.health.try_slot()
+                {
+                    return Ok((Arc::clone(m), slot));
+                }
+            }
+            while queue.front().is_some_and(|w| w.give.is_closed()) {
+                queue.pop_front();
+            }
+            let (give, given) = tokio::sync::oneshot::channel();
+            queue.push_back(Waiter { may_use, give });
+            given
+        };
+        match tokio::time::timeout(limits.queue_timeout, given).await {
+            Ok(Ok(got)) => Ok(got),
+            _ => Err(Busy::QueueTimeout),
         }
+    }
+
+    /// Gives the free slots of one endpoint (`owner`: its [`MemberHealth`]'s address) to the
+    /// longest waiters that may use it, while it takes traffic: called when a slot there is
+    /// given back, or its cap is raised or lifted.
+    fn dispatch(&self, owner: usize) {
+        // A slot taken for a waiter that went away just before it was given: offered to the
+        // next one, and given back (outside the lock) if nobody takes it.
+        let mut spare: Option<Option<Slot>> = None;
+        {
+            let mut queue = self.queue();
+            let now = clock::now_ms();
+            let mut i = 0;
+            while i < queue.len() {
+                if queue[i].give.is_closed() {
+                    queue.remove(i);
+                    continue;
+                }
+                let Some(m) = queue[i]
+                    .may_use
+                    .iter()
+                    .find(|m| Arc::as_ptr(&m.health) as usize == owner)
+                else {
+                    i += 1;
+                    continue;
+                };
+                if !m.health.available(now) {
+                    break;
+                }
+                let slot = match spare.take() {
+                    Some(slot) => slot,
+                    None => match m.health.try_slot() {
+                        Ok(slot) => slot,
+                        Err(Full) => break,
+                    },
+                };
+                let m = Arc::clone(m);
+                let waiter = queue.remove(i).expect("a waiter at i");
+                if let Err((_, slot)) = waiter.give.send((m, slot)) {
+                    spare = Some(slot);
+                }
+            }
+        }
+        drop(spare);
     }
 }
 
-/// Why a request got no slot at an endpoint (see [`Queue::wait`]): a 503.
+/// Every slot at an endpoint is taken (see [`MemberHealth::try_slot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// Why a request got no slot (see [`Waitlist::wait`]): a 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Busy {
     /// As many requests as the queue holds were already waiting.
@@ -305,22 +408,25 @@ impl Busy {
     }
 }
 
-/// One endpoint's slots (a FIFO semaphore: a slot given back goes to the longest waiter) and
-/// its queue length.
+/// One endpoint's slots: the free ones are a semaphore's permits (taken without waiting:
+/// requests wait in the cluster's [`Waitlist`]).
 #[derive(Debug)]
 struct Gate {
     sem: tokio::sync::Semaphore,
     /// Slots to close as they are given back: the cap was lowered while they were taken.
     debt: AtomicU32,
-    queued: AtomicU32,
+    /// The endpoint's [`MemberHealth`], by address: which waiters a slot given back may go to.
+    owner: usize,
+    waitlist: Arc<Waitlist>,
 }
 
 impl Gate {
-    fn new(cap: u32) -> Gate {
+    fn new(cap: u32, owner: &MemberHealth, waitlist: Arc<Waitlist>) -> Gate {
         Gate {
             sem: tokio::sync::Semaphore::new(cap as usize),
             debt: AtomicU32::new(0),
-            queued: AtomicU32::new(0),
+            owner: std::ptr::from_ref(owner) as usize,
+            waitlist,
         }
     }
 
@@ -343,7 +449,7 @@ impl Gate {
 }
 
 /// A request's place under an endpoint's cap; dropping it gives the slot back (to the longest
-/// waiter, if any), or closes it when the cap was lowered meanwhile.
+/// waiter that may use the endpoint, if any), or closes it when the cap was lowered meanwhile.
 #[derive(Debug)]
 pub struct Slot(Arc<Gate>);
 
@@ -356,6 +462,12 @@ impl Drop for Slot {
             .is_ok();
         if !owed {
             self.0.sem.add_permits(1);
+            // Against a waiter that counted itself and then found no slot free (see
+            // `Waitlist::wait`): either it sees this slot, or this sees it waiting.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.0.waitlist.waiting.load(Ordering::Relaxed) > 0 {
+                self.0.waitlist.dispatch(self.0.owner);
+            }
         }
     }
 }
@@ -371,26 +483,48 @@ pub struct Member {
     pub health: Arc<MemberHealth>,
 }
 
-/// Health states by (cluster, address), kept across reloads.
+/// Health states by (cluster, address) and waitlists by cluster, kept across reloads.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Arc<MemberHealth>>>,
+    /// Held by the cluster's runtimes and its endpoints' health (and their slots).
+    waitlists: Mutex<HashMap<String, Weak<Waitlist>>>,
 }
 
 impl HealthRegistry {
     pub fn get(&self, cluster: &str, addr: SocketAddr) -> Arc<MemberHealth> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            states
-                .entry((cluster.to_string(), addr))
-                .or_insert_with(|| Arc::new(MemberHealth::new(cluster, &addr.to_string()))),
-        )
+        if let Some(h) = states.get(&(cluster.to_string(), addr)) {
+            return Arc::clone(h);
+        }
+        let h = Arc::new(MemberHealth::new(
+            cluster,
+            &addr.to_string(),
+            self.waitlist(cluster),
+        ));
+        states.insert((cluster.to_string(), addr), Arc::clone(&h));
+        h
     }
 
-    /// Forgets addresses no cluster uses any more (after a reload or a DNS change).
+    /// The requests of `cluster` waiting for a slot.
+    pub fn waitlist(&self, cluster: &str) -> Arc<Waitlist> {
+        let mut lists = self.waitlists.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = lists.get(cluster).and_then(Weak::upgrade) {
+            return w;
+        }
+        let w = Arc::new(Waitlist::default());
+        lists.insert(cluster.to_string(), Arc::downgrade(&w));
+        w
+    }
+
+    /// Forgets addresses no cluster uses any more (after a reload or a DNS change), and the
+    /// waitlists nothing holds.
     pub fn retain(&self, keep: impl Fn(&(String, SocketAddr)) -> bool) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states.retain(|k, _| keep(k));
+        drop(states);
+        let mut lists = self.waitlists.lock().unwrap_or_else(|p| p.into_inner());
+        lists.retain(|_, w| w.strong_count() > 0);
     }
 }
 
@@ -525,6 +659,8 @@ pub struct ClusterRuntime {
     rr: AtomicUsize,
     pub in_flight: AtomicU64,
     pub retries_in_flight: AtomicU64,
+    /// The cluster's requests waiting for a slot (shared with the runtimes before and after).
+    pub waitlist: Arc<Waitlist>,
     /// Orders runtimes by creation, newest highest (see [`MemberHealth::set_cap`]).
     generation: u64,
 }
@@ -534,6 +670,7 @@ impl ClusterRuntime {
         config: Cluster,
         client: UpstreamClient,
         members: Vec<Arc<Member>>,
+        waitlist: Arc<Waitlist>,
     ) -> ClusterRuntime {
         static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         ClusterRuntime {
@@ -544,6 +681,7 @@ impl ClusterRuntime {
             rr: AtomicUsize::new(0),
             in_flight: AtomicU64::new(0),
             retries_in_flight: AtomicU64::new(0),
+            waitlist,
         }
     }
 
@@ -600,8 +738,9 @@ impl ClusterRuntime {
     ///
     /// With a cap on each endpoint's requests (`limits.max_requests_per_endpoint`), members
     /// with a free slot come first — inside `allowed` a full region's share goes to the others
-    /// — and when every available one is full, the choice among them all is where the request
-    /// waits for a slot (see [`MemberHealth::try_slot`]).
+    /// — and when every available one is full, the choice among them all is still made: the
+    /// request then waits in the cluster's [`Waitlist`] for a slot at any member it may use
+    /// ([`Self::may_use`]).
     pub fn pick(
         &self,
         snapshot: &Snapshot,
@@ -696,6 +835,25 @@ impl ClusterRuntime {
         None
     }
 
+    /// The members a request for `version` restricted to `allowed` may use, whatever their
+    /// health now: where it may wait for a slot (health is judged when one is free).
+    pub fn may_use(
+        &self,
+        version: Option<&str>,
+        allowed: RegionSet,
+        regions_declared: bool,
+    ) -> Vec<Arc<Member>> {
+        self.members
+            .load()
+            .iter()
+            .filter(|m| {
+                version.is_none_or(|v| m.version.as_deref() == Some(v))
+                    && (!regions_declared || m.region.is_some_and(|r| allowed.contains(r)))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// True when some available member with `version` lies in `allowed` (or, without
     /// declared regions, anywhere). Used to keep a rollout's split inside residency.
     pub fn can_serve(
@@ -743,7 +901,7 @@ mod tests {
             }
         }
         let client = build_client(&cluster).expect("plain HTTP client");
-        let rt = ClusterRuntime::new(cluster, client, members);
+        let rt = ClusterRuntime::new(cluster, client, members, registry.waitlist("app"));
         rt.apply_limits();
         (s, rt)
     }
@@ -944,7 +1102,7 @@ version = "canary"
 
     fn limits(max_queued: u32) -> Limits {
         Limits {
-            max_per_endpoint: 2,
+            max_per_endpoint: 1,
             max_queued,
             queue_timeout: std::time::Duration::from_secs(1),
         }
@@ -966,49 +1124,104 @@ version = "canary"
         h.try_slot().is_err()
     }
 
+    /// The cluster's queue: a slot given back at an endpoint goes to the longest waiter that
+    /// may use it — past one restricted to another region — whichever endpoint it was; the
+    /// queue is bounded, and a wait ends at the queue timeout or when the client goes away.
     #[tokio::test(start_paused = true)]
-    async fn a_capped_endpoint_queues_in_order_and_refuses_past_its_queue() {
-        let h = capped(2);
-        let (a, b) = (taken(&h), taken(&h));
-        assert!(full(&h) && !h.has_room());
-        let two = limits(2);
-        let waiter = |n: u32| {
-            let queue = h.try_slot().expect_err("full");
-            tokio::spawn(async move { queue.wait(&two).await.map(|s| (n, s)) })
+    async fn the_cluster_queue_gives_each_slot_to_the_longest_waiter_that_may_use_it() {
+        let text = CONFIG.replace(
+            "[clusters.app]",
+            "[clusters.app]\nlimits = { max_requests_per_endpoint = 1 }",
+        );
+        let (s, rt) = runtime(&text);
+        let rt = Arc::new(rt);
+        let members = rt.members.load_full();
+        let by_port = |p: u16| Arc::clone(members.iter().find(|m| port(m) == p).expect("m"));
+        let (us_1, us_2, eu) = (by_port(1001), by_port(1002), by_port(1003));
+        let mut held: Vec<Slot> = [&us_1, &us_2, &eu, &by_port(1004)]
+            .iter()
+            .map(|m| taken(&m.health))
+            .collect();
+        let three = limits(3);
+        let wait = |allowed: RegionSet| {
+            let rt = Arc::clone(&rt);
+            let may_use = rt.may_use(Some("stable"), allowed, true);
+            tokio::spawn(async move {
+                let got = rt.waitlist.wait(may_use, &three).await;
+                got.map(|(m, slot)| (port(&m), slot))
+            })
         };
-        let first = waiter(1);
+        // Queued in this order: one that may only use the EU endpoint, then two that may use
+        // any stable one.
+        let eu_first = wait(eu_only(&s));
         tokio::task::yield_now().await;
-        let second = waiter(2);
+        let any_second = wait(s.all_regions());
         tokio::task::yield_now().await;
-        // Two waiting: a third is refused at once.
-        let third = h.try_slot().expect_err("full").wait(&two).await;
-        assert_eq!(third.err(), Some(Busy::QueueFull));
-        let no_queue = h.try_slot().expect_err("full").wait(&limits(0)).await;
-        assert_eq!(no_queue.err(), Some(Busy::QueueFull));
-        // A slot given back goes to the longest waiter, not to a newcomer.
-        drop(a);
-        let (n, slot_1) = first.await.expect("task").expect("a slot");
-        assert_eq!(n, 1);
-        assert!(full(&h) && !second.is_finished());
-        drop(b);
-        let (n, slot_2) = second.await.expect("task").expect("a slot");
-        assert_eq!(n, 2);
+        let any_third = wait(s.all_regions());
+        tokio::task::yield_now().await;
+        assert_eq!(rt.waitlist.waiting(), 3);
+        let refused = rt
+            .waitlist
+            .wait(rt.may_use(None, s.all_regions(), true), &three);
+        assert_eq!(refused.await.err(), Some(Busy::QueueFull));
+        let none = limits(0);
+        let none_queued = rt
+            .waitlist
+            .wait(rt.may_use(None, s.all_regions(), true), &none);
+        assert_eq!(none_queued.await.err(), Some(Busy::QueueFull));
+        // A US slot given back: not to the EU request, to the next.
+        drop(held.remove(0));
+        let (p, slot_a) = any_second.await.expect("task").expect("a slot");
+        assert_eq!(p, 1001);
+        assert!(slot_a.is_some() && !eu_first.is_finished() && !any_third.is_finished());
+        // The EU slot: to the EU request, first in line.
+        drop(held.remove(1));
+        let (p, slot_b) = eu_first.await.expect("task").expect("a slot");
+        assert_eq!(p, 1003);
+        // The other US endpoint's slot: to the last one, whichever endpoint it was queued at.
+        drop(held.remove(0));
+        let (p, slot_c) = any_third.await.expect("task").expect("a slot");
+        assert_eq!(p, 1002);
+        assert_eq!(rt.waitlist.waiting(), 0);
         // Nobody gives one back: the wait ends at the queue timeout.
         let start = tokio::time::Instant::now();
-        let late = h.try_slot().expect_err("full").wait(&two).await;
+        let late = wait(s.all_regions()).await.expect("task");
         assert_eq!(late.err(), Some(Busy::QueueTimeout));
-        assert_eq!(start.elapsed(), two.queue_timeout);
-        // A waiter whose client went away leaves the queue.
-        let gone = waiter(3);
+        assert_eq!(start.elapsed(), three.queue_timeout);
+        // A waiter whose client went away leaves the queue, and the slot given back after it
+        // is not lost with it.
+        let gone = wait(s.all_regions());
         tokio::task::yield_now().await;
-        assert_eq!(h.queued(), 1);
+        assert_eq!(rt.waitlist.waiting(), 1);
         gone.abort();
         assert!(gone.await.expect_err("aborted").is_cancelled());
-        assert_eq!(h.queued(), 0);
-        drop((slot_1, slot_2));
-        assert!(h.has_room());
-        let _again = (taken(&h), taken(&h));
-        assert!(full(&h));
+        assert_eq!(rt.waitlist.waiting(), 0);
+        drop(slot_c);
+        assert!(us_2.health.has_room());
+        let slot_c = taken(&us_2.health);
+        // An ejected endpoint's slot goes to nobody; the next one elsewhere does.
+        let outlier = rt.config.outlier;
+        while !us_2.health.record_live(false, &outlier) {}
+        let after_ejection = wait(s.all_regions());
+        tokio::task::yield_now().await;
+        drop(slot_c);
+        tokio::task::yield_now().await;
+        assert!(!after_ejection.is_finished());
+        drop(slot_a);
+        let (p, slot_a) = after_ejection.await.expect("task").expect("a slot");
+        assert_eq!(p, 1001);
+        // The cap lifted: the waiters that may use the endpoint go without a slot; raised: the
+        // new slot goes to the next waiter.
+        let lifted = wait(s.all_regions());
+        tokio::task::yield_now().await;
+        us_1.health.set_cap(0, u64::MAX);
+        assert!(matches!(lifted.await.expect("task"), Ok((1001, None))));
+        let raised = wait(eu_only(&s));
+        tokio::task::yield_now().await;
+        eu.health.set_cap(2, u64::MAX);
+        let (p, more) = raised.await.expect("task").expect("a slot");
+        assert!(p == 1003 && more.is_some());
+        drop((slot_a, slot_b, more, held));
     }
 
     #[test]
