@@ -5,7 +5,7 @@
 # metrics and the JSON access log on (to RUNDIR/frontdoor-access.log). CONFIG=bare: the 1,000
 # routes and one cluster only, access log off. FRONTDOOR_LIMIT=N: each cluster caps its endpoint
 # at N requests at once (limits.max_requests_per_endpoint; the rest queue, 1 s at most, and
-# FRONTDOOR_QUEUE of them at most, default 1024).
+# FRONTDOOR_QUEUE of them per cluster at most, default 1024).
 set -euo pipefail
 bin=$1 listen=$2 upstream=$3 run=${4:-/tmp} cert=${5:-} key=${6:-}
 mkdir -p "$run"
