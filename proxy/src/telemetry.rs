@@ -18,10 +18,12 @@ pub const UPSTREAM_EJECTIONS: &str = "frontdoor_upstream_ejections_total";
 /// Probes: requests sent to an ejected endpoint because every endpoint they may use was
 /// ejected (one per endpoint and second at most; an answered one ends the ejection), by cluster.
 pub const UPSTREAM_PROBES: &str = "frontdoor_upstream_probes_total";
-/// Requests that found every slot of their endpoint taken (`limits.max_requests_per_endpoint`)
-/// and waited in its queue, by cluster.
+/// Requests that found every slot of their endpoints taken (`limits.max_requests_per_endpoint`)
+/// and waited in their cluster's queue, by cluster.
 pub const UPSTREAM_QUEUED: &str = "frontdoor_upstream_queued_total";
-/// Requests answered 503 because their endpoint's queue was full (`reason="queue_full"`) or
+/// Requests waiting for a slot now (in their cluster's queue), by cluster.
+pub const UPSTREAM_WAITING: &str = "frontdoor_upstream_waiting";
+/// Requests answered 503 because their cluster's queue was full (`reason="queue_full"`) or
 /// no slot came free in time (`reason="queue_timeout"`), by cluster.
 pub const UPSTREAM_BUSY: &str = "frontdoor_upstream_busy_total";
 /// Config reloads by result (`ok`, `rejected`).

@@ -1043,6 +1043,7 @@ async fn waiting_requests_take_the_first_slot_given_back_at_any_endpoint() {
     until_queued(&fd, 2).await;
     let status = admin_get(&fd, "/status").await;
     assert_eq!(status["clusters"][0]["queued"], 2, "{status}");
+    common::metrics_with(&fd, &["frontdoor_upstream_waiting{cluster=\"app\"} 2\n"]).await;
     // One endpoint answers: its slot comes back, and again, until both waiting requests are
     // done there; the other endpoint still holds its first request.
     quick.release.send_replace(true);
@@ -1054,6 +1055,7 @@ async fn waiting_requests_take_the_first_slot_given_back_at_any_endpoint() {
         );
     }
     assert_eq!(busy.active.load(Ordering::SeqCst), 1);
+    common::metrics_with(&fd, &["frontdoor_upstream_waiting{cluster=\"app\"} 0\n"]).await;
     busy.release.send_replace(true);
     for answer in first {
         assert_eq!(answer.await.expect("task").status, StatusCode::OK);

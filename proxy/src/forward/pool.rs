@@ -266,10 +266,12 @@ impl MemberHealth {
 /// endpoint (its version, its allowed regions), so no request waits for one endpoint while
 /// another it may use has room, and a region's slots never go to a request that may not
 /// leave another. One per cluster name, shared across reloads as health is.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Waitlist {
     /// Requests waiting now: what `limits.max_queued` bounds.
     waiting: AtomicU32,
+    /// The same, exported (`frontdoor_upstream_waiting{cluster}`).
+    gauge: Gauge,
     /// In arrival order; a waiter that went away (its client, its timeout) stays until a
     /// dispatch or a newcomer passes it.
     queue: Mutex<VecDeque<Waiter>>,
@@ -283,6 +285,15 @@ struct Waiter {
 }
 
 impl Waitlist {
+    fn new(cluster: &str) -> Waitlist {
+        telemetry::prometheus();
+        Waitlist {
+            waiting: AtomicU32::new(0),
+            gauge: metrics::gauge!(telemetry::UPSTREAM_WAITING, telemetry::L_CLUSTER => cluster.to_string()),
+            queue: Mutex::default(),
+        }
+    }
+
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed)
@@ -303,17 +314,26 @@ impl Waitlist {
         limits: &Limits,
     ) -> Result<(Arc<Member>, Option<Slot>), Busy> {
         /// Counts the request as waiting until it stops, however it stops.
-        struct Waiting<'a>(&'a AtomicU32);
+        struct Waiting<'a>(&'a Waitlist);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
+                self.0.waiting.fetch_sub(1, Ordering::Relaxed);
             }
         }
         let ahead = self.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting);
+        let _waiting = Waiting(self);
         if ahead >= limits.max_queued {
             return Err(Busy::QueueFull);
         }
+        /// The exported count: only the requests that do wait.
+        struct Exported<'a>(&'a Gauge);
+        impl Drop for Exported<'_> {
+            fn drop(&mut self) {
+                self.0.decrement(1.0);
+            }
+        }
+        self.gauge.increment(1.0);
+        let _exported = Exported(&self.gauge);
         let given = {
             let mut queue = self.queue();
             // Against a slot given back since the pick (see `Slot`'s drop): either this sees
@@ -512,7 +532,7 @@ impl HealthRegistry {
         if let Some(w) = lists.get(cluster).and_then(Weak::upgrade) {
             return w;
         }
-        let w = Arc::new(Waitlist::default());
+        let w = Arc::new(Waitlist::new(cluster));
         lists.insert(cluster.to_string(), Arc::downgrade(&w));
         w
     }
