@@ -113,7 +113,7 @@ impl MemberHealth {
         // Slots opened (or the cap lifted): the requests waiting for this endpoint take them.
         if old == 0 || cap == 0 || cap > old {
             std::sync::atomic::fence(Ordering::SeqCst);
-            self.waitlist.dispatch(std::ptr::from_ref(self) as usize);
+            self.waitlist.dispatch(endpoint_key(self));
         }
     }
 
@@ -272,16 +272,46 @@ pub struct Waitlist {
     waiting: AtomicU32,
     /// The same, exported (`frontdoor_upstream_waiting{cluster}`).
     gauge: Gauge,
-    /// In arrival order; a waiter that went away (its client, its timeout) stays until a
-    /// dispatch or a newcomer passes it.
-    queue: Mutex<VecDeque<Waiter>>,
+    lines: Mutex<Lines>,
 }
 
-/// One waiting request: the endpoints it may use, and where its slot goes.
-#[derive(Debug)]
-struct Waiter {
-    may_use: Vec<Arc<Member>>,
-    give: tokio::sync::oneshot::Sender<(Arc<Member>, Option<Slot>)>,
+/// Where each waiting request stands: in the line of every endpoint it may use, so a slot given
+/// back finds its taker at the front of one line, however many requests wait for other
+/// endpoints. A request served through one line, or gone (its client, its timeout), is passed
+/// over in the others when it comes to their front.
+#[derive(Debug, Default)]
+struct Lines {
+    /// By endpoint (its [`MemberHealth`]'s address): waiting requests by number, oldest first.
+    by_endpoint: routes::LookupMap<usize, VecDeque<(u64, Arc<Member>)>>,
+    /// Where each waiting request's slot goes, by number.
+    give: routes::LookupMap<u64, Given>,
+    next: u64,
+}
+
+type Given = tokio::sync::oneshot::Sender<(Arc<Member>, Option<Slot>)>;
+
+impl Lines {
+    /// Passes over the requests at the front of `endpoint`'s line that are served or gone.
+    fn clear_front(&mut self, endpoint: usize) {
+        let Some(line) = self.by_endpoint.get_mut(&endpoint) else {
+            return;
+        };
+        while let Some((n, _)) = line.front() {
+            match self.give.get(n) {
+                Some(g) if !g.is_closed() => return,
+                Some(_) => {
+                    self.give.remove(n);
+                }
+                None => {}
+            }
+            line.pop_front();
+        }
+        self.by_endpoint.remove(&endpoint);
+    }
+}
+
+fn endpoint_key(health: &MemberHealth) -> usize {
+    std::ptr::from_ref(health) as usize
 }
 
 impl Waitlist {
@@ -290,7 +320,7 @@ impl Waitlist {
         Waitlist {
             waiting: AtomicU32::new(0),
             gauge: metrics::gauge!(telemetry::UPSTREAM_WAITING, telemetry::L_CLUSTER => cluster.to_string()),
-            queue: Mutex::default(),
+            lines: Mutex::default(),
         }
     }
 
@@ -299,8 +329,8 @@ impl Waitlist {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn lines(&self) -> std::sync::MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for a slot at one of `may_use` (whichever gives one back first) for at most
@@ -335,10 +365,10 @@ impl Waitlist {
         self.gauge.increment(1.0);
         let _exported = Exported(&self.gauge);
         let given = {
-            let mut queue = self.queue();
+            let mut lines = self.lines();
             // Against a slot given back since the pick (see `Slot`'s drop): either this sees
             // it free, or its dispatch sees this request counted and, taking the lock after
-            // this one, queued.
+            // this one, in line.
             std::sync::atomic::fence(Ordering::SeqCst);
             let now = clock::now_ms();
             for m in &may_use {
@@ -348,11 +378,20 @@ impl Waitlist {
                     return Ok((Arc::clone(m), slot));
                 }
             }
-            while queue.front().is_some_and(|w| w.give.is_closed()) {
-                queue.pop_front();
-            }
             let (give, given) = tokio::sync::oneshot::channel();
-            queue.push_back(Waiter { may_use, give });
+            let n = lines.next;
+            lines.next += 1;
+            lines.give.insert(n, give);
+            for m in may_use {
+                let endpoint = endpoint_key(&m.health);
+                // What timed out or went away ahead of this request goes first.
+                lines.clear_front(endpoint);
+                lines
+                    .by_endpoint
+                    .entry(endpoint)
+                    .or_default()
+                    .push_back((n, m));
+            }
             given
         };
         match tokio::time::timeout(limits.queue_timeout, given).await {
@@ -361,29 +400,20 @@ impl Waitlist {
         }
     }
 
-    /// Gives the free slots of one endpoint (`owner`: its [`MemberHealth`]'s address) to the
-    /// longest waiters that may use it, while it takes traffic: called when a slot there is
+    /// Gives the free slots of one endpoint (`endpoint`: its [`MemberHealth`]'s address) to
+    /// the longest waiters in its line, while it takes traffic: called when a slot there is
     /// given back, or its cap is raised or lifted.
-    fn dispatch(&self, owner: usize) {
+    fn dispatch(&self, endpoint: usize) {
         // A slot taken for a waiter that went away just before it was given: offered to the
         // next one, and given back (outside the lock) if nobody takes it.
         let mut spare: Option<Option<Slot>> = None;
         {
-            let mut queue = self.queue();
+            let mut lines = self.lines();
             let now = clock::now_ms();
-            let mut i = 0;
-            while i < queue.len() {
-                if queue[i].give.is_closed() {
-                    queue.remove(i);
-                    continue;
-                }
-                let Some(m) = queue[i]
-                    .may_use
-                    .iter()
-                    .find(|m| Arc::as_ptr(&m.health) as usize == owner)
-                else {
-                    i += 1;
-                    continue;
+            loop {
+                lines.clear_front(endpoint);
+                let Some((_, m)) = lines.by_endpoint.get(&endpoint).and_then(|l| l.front()) else {
+                    break;
                 };
                 if !m.health.available(now) {
                     break;
@@ -395,9 +425,15 @@ impl Waitlist {
                         Err(Full) => break,
                     },
                 };
-                let m = Arc::clone(m);
-                let waiter = queue.remove(i).expect("a waiter at i");
-                if let Err((_, slot)) = waiter.give.send((m, slot)) {
+                let Lines {
+                    by_endpoint, give, ..
+                } = &mut *lines;
+                let (n, m) = by_endpoint
+                    .get_mut(&endpoint)
+                    .and_then(VecDeque::pop_front)
+                    .expect("the front just seen");
+                let taker = give.remove(&n).expect("a waiter in line");
+                if let Err((_, slot)) = taker.send((m, slot)) {
                     spare = Some(slot);
                 }
             }
@@ -445,7 +481,7 @@ impl Gate {
         Gate {
             sem: tokio::sync::Semaphore::new(cap as usize),
             debt: AtomicU32::new(0),
-            owner: std::ptr::from_ref(owner) as usize,
+            owner: endpoint_key(owner),
             waitlist,
         }
     }
@@ -1213,6 +1249,14 @@ version = "canary"
         let gone = wait(s.all_regions());
         tokio::task::yield_now().await;
         assert_eq!(rt.waitlist.waiting(), 1);
+        {
+            // Those served through another endpoint's line and the one that timed out were
+            // passed over as it joined: the lines hold it alone.
+            let lines = rt.waitlist.lines();
+            assert_eq!(lines.give.len(), 1);
+            assert_eq!(lines.by_endpoint.len(), 3);
+            assert!(lines.by_endpoint.values().all(|l| l.len() == 1));
+        }
         gone.abort();
         assert!(gone.await.expect_err("aborted").is_cancelled());
         assert_eq!(rt.waitlist.waiting(), 0);
@@ -1236,6 +1280,10 @@ version = "canary"
         tokio::task::yield_now().await;
         us_1.health.set_cap(0, u64::MAX);
         assert!(matches!(lifted.await.expect("task"), Ok((1001, None))));
+        // A request that comes to wait while an endpoint it may use has room goes there.
+        let all = rt.may_use(Some("stable"), s.all_regions(), true);
+        let at_once = rt.waitlist.wait(all, &three).await;
+        assert!(matches!(at_once, Ok((ref m, None)) if port(m) == 1001));
         let raised = wait(eu_only(&s));
         tokio::task::yield_now().await;
         eu.health.set_cap(2, u64::MAX);
