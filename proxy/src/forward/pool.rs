@@ -194,6 +194,10 @@ impl MemberHealth {
         self.ejected_until.store(0, Ordering::Relaxed);
         self.live_failures.store(0, Ordering::Relaxed);
         self.refresh_gauge();
+        // Its free slots were kept from the requests waiting for it while it was out.
+        if self.waitlist.waiting() > 0 {
+            self.waitlist.dispatch(endpoint_key(self));
+        }
     }
 
     fn refresh_gauge(&self) {
@@ -1274,6 +1278,13 @@ version = "canary"
         drop(slot_a);
         let (p, slot_a) = after_ejection.await.expect("task").expect("a slot");
         assert_eq!(p, 1001);
+        // Back (a probe answered): its free slot goes to the request waiting.
+        let after_return = wait(s.all_regions());
+        tokio::task::yield_now().await;
+        assert!(!after_return.is_finished());
+        us_2.health.restore();
+        let (p, slot_c) = after_return.await.expect("task").expect("a slot");
+        assert_eq!(p, 1002);
         // The cap lifted: the waiters that may use the endpoint go without a slot; raised: the
         // new slot goes to the next waiter.
         let lifted = wait(s.all_regions());
@@ -1289,7 +1300,7 @@ version = "canary"
         eu.health.set_cap(2, u64::MAX);
         let (p, more) = raised.await.expect("task").expect("a slot");
         assert!(p == 1003 && more.is_some());
-        drop((slot_a, slot_b, more, held));
+        drop((slot_a, slot_b, slot_c, more, held));
     }
 
     #[test]
