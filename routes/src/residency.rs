@@ -145,6 +145,23 @@ impl Snapshot {
         RegionSet::first(self.regions.len())
     }
 
+    /// The regions `route`'s policy can ever choose: every region when it prefers the local
+    /// one, else those its failover order lists or its weights give a share.
+    pub fn policy_regions(&self, route: &Route) -> RegionSet {
+        match &route.regions {
+            RegionPolicy::LocalFirst => self.all_regions(),
+            RegionPolicy::Failover(order) => order
+                .iter()
+                .copied()
+                .fold(RegionSet::EMPTY, RegionSet::with),
+            RegionPolicy::Weighted(weights) => weights
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(r, _)| *r)
+                .fold(RegionSet::EMPTY, RegionSet::with),
+        }
+    }
+
     /// Chooses the region for one attempt of a request on `route`: only ever a member of
     /// `allowed ∩ healthy`; `None` when that set has nothing the route's policy can use.
     /// `n` is a per-request counter (spreads weighted choices uniformly).

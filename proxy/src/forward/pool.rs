@@ -895,20 +895,25 @@ impl ClusterRuntime {
         None
     }
 
-    /// The members a request for `version` restricted to `allowed` may use, whatever their
-    /// health now: where it may wait for a slot (health is judged when one is free).
+    /// The members a request on `route` for `version`, restricted to `allowed`, may use,
+    /// whatever their health now: where it may wait for a slot (health is judged when one is
+    /// free). With regions declared, only those both `allowed` and in the route's policy
+    /// ([`Snapshot::policy_regions`]), as [`Self::pick`] chooses.
     pub fn may_use(
         &self,
+        snapshot: &Snapshot,
+        route: &Route,
         version: Option<&str>,
         allowed: RegionSet,
-        regions_declared: bool,
     ) -> Vec<Arc<Member>> {
+        let regions = (!snapshot.regions.is_empty())
+            .then(|| allowed.intersect(snapshot.policy_regions(route)));
         self.members
             .load()
             .iter()
             .filter(|m| {
                 version.is_none_or(|v| m.version.as_deref() == Some(v))
-                    && (!regions_declared || m.region.is_some_and(|r| allowed.contains(r)))
+                    && regions.is_none_or(|set| m.region.is_some_and(|r| set.contains(r)))
             })
             .cloned()
             .collect()
@@ -1205,7 +1210,7 @@ version = "canary"
         let three = limits(3);
         let wait = |allowed: RegionSet| {
             let rt = Arc::clone(&rt);
-            let may_use = rt.may_use(Some("stable"), allowed, true);
+            let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), allowed);
             tokio::spawn(async move {
                 let got = rt.waitlist.wait(may_use, &three).await;
                 got.map(|(m, slot)| (port(&m), slot))
@@ -1222,12 +1227,12 @@ version = "canary"
         assert_eq!(rt.waitlist.waiting(), 3);
         let refused = rt
             .waitlist
-            .wait(rt.may_use(None, s.all_regions(), true), &three);
+            .wait(rt.may_use(&s, &s.routes[0], None, s.all_regions()), &three);
         assert_eq!(refused.await.err(), Some(Busy::QueueFull));
         let none = limits(0);
         let none_queued = rt
             .waitlist
-            .wait(rt.may_use(None, s.all_regions(), true), &none);
+            .wait(rt.may_use(&s, &s.routes[0], None, s.all_regions()), &none);
         assert_eq!(none_queued.await.err(), Some(Busy::QueueFull));
         // A US slot given back: not to the EU request, to the next.
         drop(held.remove(0));
@@ -1292,7 +1297,7 @@ version = "canary"
         us_1.health.set_cap(0, u64::MAX);
         assert!(matches!(lifted.await.expect("task"), Ok((1001, None))));
         // A request that comes to wait while an endpoint it may use has room goes there.
-        let all = rt.may_use(Some("stable"), s.all_regions(), true);
+        let all = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions());
         let at_once = rt.waitlist.wait(all, &three).await;
         assert!(matches!(at_once, Ok((ref m, None)) if port(m) == 1001));
         let raised = wait(eu_only(&s));
@@ -1370,5 +1375,31 @@ version = "canary"
             port(&pick(&rt, &s, stable, eu_only(&s), None).expect("m")),
             1003
         );
+    }
+
+    /// Where a request may wait: its version, its allowed regions, and the regions its route's
+    /// policy can choose — never a region a failover order leaves out or a weight of 0.
+    #[tokio::test]
+    async fn a_request_waits_only_where_its_route_may_go() {
+        let text = format!(
+            "{CONFIG}[[routes]]\npath_prefix = \"/us\"\ncluster = \"app\"\nversion = \"stable\"\nfailover = [\"us\"]\n[[routes]]\npath_prefix = \"/weighted\"\ncluster = \"app\"\nversion = \"stable\"\nregional_weights = {{ us = 0, eu = 1 }}\n"
+        );
+        let (s, rt) = runtime(&text);
+        let ports = |route: usize, version: &str, allowed: RegionSet| {
+            let mut p: Vec<u16> = rt
+                .may_use(&s, &s.routes[route], Some(version), allowed)
+                .iter()
+                .map(|m| port(m))
+                .collect();
+            p.sort_unstable();
+            p
+        };
+        let all = s.all_regions();
+        assert_eq!(ports(0, "stable", all), [1001, 1002, 1003]);
+        assert_eq!(ports(0, "stable", eu_only(&s)), [1003]);
+        assert_eq!(ports(1, "canary", all), [1004]);
+        assert_eq!(ports(2, "stable", all), [1001, 1002]);
+        assert!(ports(2, "stable", eu_only(&s)).is_empty());
+        assert_eq!(ports(3, "stable", all), [1003]);
     }
 }
