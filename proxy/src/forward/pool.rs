@@ -269,7 +269,8 @@ impl MemberHealth {
 /// served: a slot given back at an endpoint goes to the longest waiter that may use that
 /// endpoint (its version; its allowed regions, within its route's region policy), so no
 /// request waits for one endpoint while another it may use has room, and a region's slots
-/// never go to a request that may not leave another. One per cluster name, shared across reloads as health is.
+/// never go to a request that may not leave another. One per cluster name, shared across
+/// reloads as health is.
 #[derive(Debug)]
 pub struct Waitlist {
     /// Requests waiting now: what `limits.max_queued` bounds.
