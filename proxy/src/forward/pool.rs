@@ -369,7 +369,24 @@ impl Waitlist {
         }
         self.gauge.increment(1.0);
         let _exported = Exported(&self.gauge);
-        let given = {
+        /// Takes the request out of the lines when its wait ends, however it ends: it and
+        /// whatever else is done at their fronts, so the lines hold no more than the requests
+        /// still waiting and those behind them.
+        struct Leaving<'a> {
+            waitlist: &'a Waitlist,
+            n: u64,
+            endpoints: Vec<usize>,
+        }
+        impl Drop for Leaving<'_> {
+            fn drop(&mut self) {
+                let mut lines = self.waitlist.lines();
+                lines.give.remove(&self.n);
+                for e in &self.endpoints {
+                    lines.clear_front(*e);
+                }
+            }
+        }
+        let (given, _leaving) = {
             let mut lines = self.lines();
             // Against a slot given back since the pick (see `Slot`'s drop): either this sees
             // it free, or its dispatch sees this request counted and, taking the lock after
@@ -387,17 +404,22 @@ impl Waitlist {
             let n = lines.next;
             lines.next += 1;
             lines.give.insert(n, give);
+            let mut endpoints = Vec::with_capacity(may_use.len());
             for m in may_use {
                 let endpoint = endpoint_key(&m.health);
-                // What timed out or went away ahead of this request goes first.
-                lines.clear_front(endpoint);
+                endpoints.push(endpoint);
                 lines
                     .by_endpoint
                     .entry(endpoint)
                     .or_default()
                     .push_back((n, m));
             }
-            given
+            let leaving = Leaving {
+                waitlist: self,
+                n,
+                endpoints,
+            };
+            (given, leaving)
         };
         match tokio::time::timeout(limits.queue_timeout, given).await {
             Ok(Ok(got)) => Ok(got),
@@ -1260,8 +1282,8 @@ version = "canary"
         tokio::task::yield_now().await;
         assert_eq!(rt.waitlist.waiting(), 1);
         {
-            // Those served through another endpoint's line and the one that timed out were
-            // passed over as it joined: the lines hold it alone.
+            // Those served through another endpoint's line and the one that timed out left
+            // the lines as their waits ended: the lines hold this one alone.
             let lines = rt.waitlist.lines();
             assert_eq!(lines.give.len(), 1);
             assert_eq!(lines.by_endpoint.len(), 3);
@@ -1307,6 +1329,9 @@ version = "canary"
         let (p, more) = raised.await.expect("task").expect("a slot");
         assert!(p == 1003 && more.is_some());
         drop((slot_a, slot_b, slot_c, more, held));
+        // Every wait over: nothing is left in the lines.
+        let lines = rt.waitlist.lines();
+        assert!(lines.give.is_empty() && lines.by_endpoint.is_empty());
     }
 
     #[test]
