@@ -38,9 +38,9 @@ pub enum ProxyError {
     RateLimited { retry_after_secs: u64 },
     /// No healthy endpoint for the route's cluster (503).
     NoHealthyUpstream { cluster: String },
-    /// Every slot of the chosen endpoint was taken and the request could not wait for one:
-    /// the queue was full or the queue timeout ran out (503 with `Retry-After: 1`). Nothing
-    /// was sent.
+    /// Every slot at the endpoints the request may use was taken and it could not wait for
+    /// one: the cluster's queue was full or the queue timeout ran out (503 with
+    /// `Retry-After: 1`). Nothing was sent.
     UpstreamBusy {
         cluster: String,
         why: crate::forward::pool::Busy,

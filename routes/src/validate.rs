@@ -704,7 +704,8 @@ fn cluster(
     }
 }
 
-/// The largest per-endpoint cap or queue a config may set (a semaphore's permits fit easily).
+/// The largest per-endpoint cap or cluster queue a config may set (a semaphore's permits fit
+/// easily).
 const MAX_LIMIT: u32 = 1_000_000;
 
 fn endpoint(

@@ -111,7 +111,7 @@ impl MemberHealth {
             old
         };
         // Slots opened (or the cap lifted): the requests waiting for this endpoint take them.
-        if old == 0 || cap == 0 || cap > old {
+        if cap == 0 || cap > old {
             std::sync::atomic::fence(Ordering::SeqCst);
             self.waitlist.dispatch(endpoint_key(self));
         }
@@ -566,6 +566,15 @@ pub struct Member {
     pub health: Arc<MemberHealth>,
 }
 
+impl Member {
+    /// Whether this member carries `version` (when one is named) and lies in `regions` (when
+    /// regions are declared: `None` otherwise), whatever its health.
+    fn serves(&self, version: Option<&str>, regions: Option<RegionSet>) -> bool {
+        version.is_none_or(|v| self.version.as_deref() == Some(v))
+            && regions.is_none_or(|set| self.region.is_some_and(|r| set.contains(r)))
+    }
+}
+
 /// Health states by (cluster, address) and waitlists by cluster, kept across reloads.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
@@ -577,16 +586,17 @@ pub struct HealthRegistry {
 impl HealthRegistry {
     pub fn get(&self, cluster: &str, addr: SocketAddr) -> Arc<MemberHealth> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = states.get(&(cluster.to_string(), addr)) {
-            return Arc::clone(h);
-        }
-        let h = Arc::new(MemberHealth::new(
-            cluster,
-            &addr.to_string(),
-            self.waitlist(cluster),
-        ));
-        states.insert((cluster.to_string(), addr), Arc::clone(&h));
-        h
+        Arc::clone(
+            states
+                .entry((cluster.to_string(), addr))
+                .or_insert_with(|| {
+                    Arc::new(MemberHealth::new(
+                        cluster,
+                        &addr.to_string(),
+                        self.waitlist(cluster),
+                    ))
+                }),
+        )
     }
 
     /// The requests of `cluster` waiting for a slot.
@@ -838,7 +848,8 @@ impl ClusterRuntime {
             h.available(now) && (!capped || h.has_room())
         })
         .or_else(|| {
-            // Every endpoint that takes traffic is at its cap: the request waits at one.
+            // Every endpoint that takes traffic is at its cap: one to try before the request
+            // waits in the cluster's queue.
             capped
                 .then(|| {
                     self.pick_among(snapshot, route, version, allowed, avoid, |h| {
@@ -934,10 +945,7 @@ impl ClusterRuntime {
         self.members
             .load()
             .iter()
-            .filter(|m| {
-                version.is_none_or(|v| m.version.as_deref() == Some(v))
-                    && regions.is_none_or(|set| m.region.is_some_and(|r| set.contains(r)))
-            })
+            .filter(|m| m.serves(version, regions))
             .cloned()
             .collect()
     }
@@ -951,11 +959,11 @@ impl ClusterRuntime {
         regions_declared: bool,
     ) -> bool {
         let now = clock::now_ms();
-        self.members.load().iter().any(|m| {
-            version.is_none_or(|v| m.version.as_deref() == Some(v))
-                && m.health.available(now)
-                && (!regions_declared || m.region.is_some_and(|r| allowed.contains(r)))
-        })
+        let regions = regions_declared.then_some(allowed);
+        self.members
+            .load()
+            .iter()
+            .any(|m| m.serves(version, regions) && m.health.available(now))
     }
 
     /// True when one more retry fits the budget: retries in flight stay below
@@ -1208,6 +1216,14 @@ version = "canary"
             .expect("a slot (the endpoint is capped)")
     }
 
+    /// [`CONFIG`]'s cluster with a cap of 1 on each endpoint.
+    fn capped_runtime() -> (Snapshot, ClusterRuntime) {
+        runtime(&CONFIG.replace(
+            "[clusters.app]",
+            "[clusters.app]\nlimits = { max_requests_per_endpoint = 1 }",
+        ))
+    }
+
     fn full(h: &MemberHealth) -> bool {
         h.try_slot().is_err()
     }
@@ -1217,11 +1233,7 @@ version = "canary"
     /// queue is bounded, and a wait ends at the queue timeout or when the client goes away.
     #[tokio::test(start_paused = true)]
     async fn the_cluster_queue_gives_each_slot_to_the_longest_waiter_that_may_use_it() {
-        let text = CONFIG.replace(
-            "[clusters.app]",
-            "[clusters.app]\nlimits = { max_requests_per_endpoint = 1 }",
-        );
-        let (s, rt) = runtime(&text);
+        let (s, rt) = capped_runtime();
         let rt = Arc::new(rt);
         let members = rt.members.load_full();
         let by_port = |p: u16| Arc::clone(members.iter().find(|m| port(m) == p).expect("m"));
@@ -1378,11 +1390,7 @@ version = "canary"
 
     #[tokio::test(start_paused = true)]
     async fn members_with_a_free_slot_come_first_and_a_full_set_still_picks_one() {
-        let text = CONFIG.replace(
-            "[clusters.app]",
-            "[clusters.app]\nlimits = { max_requests_per_endpoint = 1 }",
-        );
-        let (s, rt) = runtime(&text);
+        let (s, rt) = capped_runtime();
         let stable = &s.routes[0];
         let all = s.all_regions();
         let members = rt.members.load_full();
