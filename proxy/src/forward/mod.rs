@@ -246,7 +246,14 @@ pub async fn send(
             Err(pool::Full) => {
                 metrics::counter!(telemetry::UPSTREAM_QUEUED, telemetry::L_CLUSTER => cfg.name.clone())
                     .increment(1);
-                let may_use = cluster.may_use(snapshot, route, version, decision.allowed);
+                let may_use = cluster.may_use(
+                    snapshot,
+                    route,
+                    version,
+                    decision.allowed,
+                    failed.as_deref(),
+                    now_ms,
+                );
                 // Boxed: only a request that waits carries the queue's futures.
                 let waited = Box::pin(cluster.waitlist.wait(may_use, &cfg.limits)).await;
                 let got_at = Instant::now();

@@ -247,7 +247,7 @@ impl MemberHealth {
     }
 
     /// Records a live-traffic outcome; returns true when this failure ejected the endpoint.
-    pub fn record_live(&self, ok: bool, outlier: &routes::Outlier) -> bool {
+    pub fn record_live(self: &Arc<Self>, ok: bool, outlier: &routes::Outlier) -> bool {
         self.clear_expired();
         if ok {
             self.live_failures.store(0, Ordering::Relaxed);
@@ -261,7 +261,30 @@ impl MemberHealth {
         let until = clock::now_ms() + outlier.ejection_time.as_millis() as u64;
         self.ejected_until.store(until, Ordering::Relaxed);
         self.refresh_gauge();
+        self.end_ejection_after(outlier.ejection_time);
         true
+    }
+
+    /// Ends the ejection just recorded when its time runs out, though nothing else happens
+    /// then (no check, no request picks the endpoint): the gauge says it takes traffic again,
+    /// and its free slots go to the requests waiting for it, which would otherwise wait for a
+    /// newcomer to pick it or for a slot elsewhere. A later ejection sets its own time; this
+    /// one then finds the endpoint still out and changes nothing.
+    fn end_ejection_after(self: &Arc<Self>, after: std::time::Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let health = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(health) = health.upgrade() else {
+                return;
+            };
+            health.clear_expired();
+            if !health.ejected(clock::now_ms()) && health.waitlist.waiting() > 0 {
+                health.waitlist.dispatch(endpoint_key(&health));
+            }
+        });
     }
 }
 
@@ -932,22 +955,36 @@ impl ClusterRuntime {
     /// The members a request on `route` for `version`, restricted to `allowed`, may use,
     /// whatever their health now: where it may wait for a slot (health is judged when one is
     /// free). With regions declared, only those both `allowed` and in the route's policy
-    /// ([`Snapshot::policy_regions`]), as [`Self::pick`] chooses.
+    /// ([`Snapshot::policy_regions`]), as [`Self::pick`] chooses. `avoid` (the member a retry
+    /// follows) is left out while another of them takes traffic at `now`, as `pick` skips it.
     pub fn may_use(
         &self,
         snapshot: &Snapshot,
         route: &Route,
         version: Option<&str>,
         allowed: RegionSet,
+        avoid: Option<&Member>,
+        now: u64,
     ) -> Vec<Arc<Member>> {
         let regions = (!snapshot.regions.is_empty())
             .then(|| allowed.intersect(snapshot.policy_regions(route)));
-        self.members
+        let mut may_use: Vec<Arc<Member>> = self
+            .members
             .load()
             .iter()
             .filter(|m| m.serves(version, regions))
             .cloned()
-            .collect()
+            .collect();
+        if let Some(avoid) = avoid {
+            let avoided = |m: &Arc<Member>| std::ptr::eq(&**m, avoid);
+            if may_use
+                .iter()
+                .any(|m| !avoided(m) && m.health.available(now))
+            {
+                may_use.retain(|m| !avoided(m));
+            }
+        }
+        may_use
     }
 
     /// True when some available member with `version` lies in `allowed` (or, without
@@ -1245,7 +1282,7 @@ version = "canary"
         let three = limits(3);
         let wait = |allowed: RegionSet| {
             let rt = Arc::clone(&rt);
-            let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), allowed);
+            let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), allowed, None, 0);
             tokio::spawn(async move {
                 let got = rt.waitlist.wait(may_use, &three).await;
                 got.map(|(m, slot)| (port(&m), slot))
@@ -1260,14 +1297,16 @@ version = "canary"
         let any_third = wait(s.all_regions());
         tokio::task::yield_now().await;
         assert_eq!(rt.waitlist.waiting(), 3);
-        let refused = rt
-            .waitlist
-            .wait(rt.may_use(&s, &s.routes[0], None, s.all_regions()), &three);
+        let refused = rt.waitlist.wait(
+            rt.may_use(&s, &s.routes[0], None, s.all_regions(), None, 0),
+            &three,
+        );
         assert_eq!(refused.await.err(), Some(Busy::QueueFull));
         let none = limits(0);
-        let none_queued = rt
-            .waitlist
-            .wait(rt.may_use(&s, &s.routes[0], None, s.all_regions()), &none);
+        let none_queued = rt.waitlist.wait(
+            rt.may_use(&s, &s.routes[0], None, s.all_regions(), None, 0),
+            &none,
+        );
         assert_eq!(none_queued.await.err(), Some(Busy::QueueFull));
         // A US slot given back: not to the EU request, to the next.
         drop(held.remove(0));
@@ -1332,7 +1371,7 @@ version = "canary"
         us_1.health.set_cap(0, u64::MAX);
         assert!(matches!(lifted.await.expect("task"), Ok((1001, None))));
         // A request that comes to wait while an endpoint it may use has room goes there.
-        let all = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions());
+        let all = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions(), None, 0);
         let at_once = rt.waitlist.wait(all, &three).await;
         assert!(matches!(at_once, Ok((ref m, None)) if port(m) == 1001));
         let raised = wait(eu_only(&s));
@@ -1419,14 +1458,21 @@ version = "canary"
             "{CONFIG}[[routes]]\npath_prefix = \"/us\"\ncluster = \"app\"\nversion = \"stable\"\nfailover = [\"us\"]\n[[routes]]\npath_prefix = \"/weighted\"\ncluster = \"app\"\nversion = \"stable\"\nregional_weights = {{ us = 0, eu = 1 }}\n"
         );
         let (s, rt) = runtime(&text);
-        let ports = |route: usize, version: &str, allowed: RegionSet| {
+        let members = rt.members.load_full();
+        let by_port = |p: u16| members.iter().find(|m| port(m) == p).expect("member");
+        let ports_avoiding = |route: usize, version: &str, allowed: RegionSet, avoid: u16| {
+            let avoid = (avoid > 0).then(|| &**by_port(avoid));
+            let now = clock::now_ms();
             let mut p: Vec<u16> = rt
-                .may_use(&s, &s.routes[route], Some(version), allowed)
+                .may_use(&s, &s.routes[route], Some(version), allowed, avoid, now)
                 .iter()
                 .map(|m| port(m))
                 .collect();
             p.sort_unstable();
             p
+        };
+        let ports = |route: usize, version: &str, allowed: RegionSet| {
+            ports_avoiding(route, version, allowed, 0)
         };
         let all = s.all_regions();
         assert_eq!(ports(0, "stable", all), [1001, 1002, 1003]);
@@ -1435,5 +1481,48 @@ version = "canary"
         assert_eq!(ports(2, "stable", all), [1001, 1002]);
         assert!(ports(2, "stable", eu_only(&s)).is_empty());
         assert_eq!(ports(3, "stable", all), [1003]);
+        // A retry waits elsewhere than the member that failed it, while another takes traffic.
+        assert_eq!(ports_avoiding(0, "stable", all, 1001), [1002, 1003]);
+        assert_eq!(ports_avoiding(0, "stable", eu_only(&s), 1003), [1003]);
+        let outlier = rt.config.outlier;
+        for p in [1002, 1003] {
+            while !by_port(p).health.record_live(false, &outlier) {}
+        }
+        assert_eq!(ports_avoiding(0, "stable", all, 1001), [1001, 1002, 1003]);
+    }
+
+    /// An ejection whose time runs out with nothing else happening still gives the endpoint's
+    /// free slot to the request waiting for it, and the gauge back.
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_that_runs_out_serves_the_line() {
+        let (s, rt) = capped_runtime();
+        let rt = Arc::new(rt);
+        let members = rt.members.load_full();
+        let by_port = |p: u16| Arc::clone(members.iter().find(|m| port(m) == p).expect("m"));
+        let (us_1, us_2) = (by_port(1001), by_port(1002));
+        let _held = [&us_1, &by_port(1003)].map(|m| taken(&m.health));
+        let slot = taken(&us_2.health);
+        let outlier = rt.config.outlier;
+        let start = tokio::time::Instant::now();
+        while !us_2.health.record_live(false, &outlier) {}
+        drop(slot);
+        let patient = Limits {
+            queue_timeout: outlier.ejection_time * 3,
+            ..limits(3)
+        };
+        let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions(), None, 0);
+        let waiter = {
+            let rt = Arc::clone(&rt);
+            tokio::spawn(async move { rt.waitlist.wait(may_use, &patient).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "the ejected endpoint's slot is withheld"
+        );
+        let (m, slot) = waiter.await.expect("task").expect("a slot");
+        assert!(port(&m) == 1002 && slot.is_some());
+        assert_eq!(start.elapsed(), outlier.ejection_time);
+        assert_eq!(us_2.health.ejected_until.load(Ordering::Relaxed), 0);
     }
 }
