@@ -206,8 +206,8 @@ impl MemberHealth {
     }
 
     /// Clears an ejection whose time has run out, so the gauge says the endpoint takes traffic
-    /// again (nothing else changes state then: it stayed at 0 until the next ejection or check
-    /// flip). Reads the clock only while an ejection is recorded.
+    /// again: when the time runs out ([`Self::end_ejection_after`]) or at the next check or
+    /// outcome, whichever comes first. Reads the clock only while an ejection is recorded.
     fn clear_expired(&self) {
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until != 0
