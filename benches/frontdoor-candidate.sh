@@ -5,7 +5,9 @@
 # metrics and the JSON access log on (to RUNDIR/frontdoor-access.log). CONFIG=bare: the 1,000
 # routes and one cluster only, access log off. FRONTDOOR_LIMIT=N: each cluster caps its endpoint
 # at N requests at once (limits.max_requests_per_endpoint; the rest queue, 1 s at most, and
-# FRONTDOOR_QUEUE of them per cluster at most, default 1024).
+# FRONTDOOR_QUEUE of them per cluster at most, default 1024). FRONTDOOR_CACHE=1: the shared
+# cache on (64 MiB) with one header rule giving every answer `Cache-Control: public,
+# max-age=3600`, so all but the first request of each cache key are hits (benches/cache-hits.py).
 set -euo pipefail
 bin=$1 listen=$2 upstream=$3 run=${4:-/tmp} cert=${5:-} key=${6:-}
 mkdir -p "$run"
@@ -60,6 +62,11 @@ mode=${BENCH_MODE:-${MODE:-ka}}
         echo "max_queued = ${FRONTDOOR_QUEUE:-1024}"
       fi
     done
+  fi
+  if [ -n "${FRONTDOOR_CACHE:-}" ]; then
+    echo '[cache]'; echo 'max_bytes = "64MiB"'
+    echo '[[cache.rules]]'; echo 'name = "all"'; echo 'paths = ["/**"]'
+    echo '[cache.rules.set]'; echo 'Cache-Control = "public, max-age=3600"'
   fi
   echo "[[routes]]"; echo "name = \"bench\""; echo "cluster = \"upstream\""
   if [ "$config" = realistic ]; then

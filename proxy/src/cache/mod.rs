@@ -62,14 +62,50 @@ impl Status {
     }
 }
 
-/// Primary cache key.
+/// Primary cache key: its scope (jurisdiction or `*`, cluster and version), the host and the
+/// normalised path and query, as one text with a NUL before the host and before the target
+/// (neither a host nor a target can hold one), so that a lookup needs no key of its own: it
+/// borrows the text it built ([`key_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    /// Jurisdiction (or `*`), cluster and version.
-    pub scope: Arc<str>,
-    pub host: Box<str>,
-    /// Normalised path and query.
-    pub target: Box<str>,
+pub struct Key(Arc<str>);
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Key {
+    fn from(text: String) -> Key {
+        Key(text.into())
+    }
+}
+
+impl Key {
+    /// Scope, host and target (split at the last two NULs: a scope, from config names, could
+    /// hold one).
+    fn parts(&self) -> (&str, &str, &str) {
+        let mut it = self.0.rsplitn(3, '\0');
+        let target = it.next().unwrap_or_default();
+        let host = it.next().unwrap_or_default();
+        (it.next().unwrap_or_default(), host, target)
+    }
+}
+
+/// Writes a key's text into `out` (cleared first): the scope's parts joined by `|`, then the
+/// host and the target.
+pub fn key_text(out: &mut String, scope: &[&str], host: &str, target: &str) {
+    out.clear();
+    for (i, part) in scope.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        out.push_str(part);
+    }
+    out.push('\0');
+    out.push_str(host);
+    out.push('\0');
+    out.push_str(target);
 }
 
 /// One stored response.
@@ -275,15 +311,18 @@ impl Cache {
 
     /// The key for a request.
     pub fn key(&self, scope: &str, host: &str, target: &str) -> Key {
-        Key {
-            scope: scope.into(),
-            host: host.into(),
-            target: target.into(),
-        }
+        let mut text = String::with_capacity(scope.len() + host.len() + target.len() + 2);
+        key_text(&mut text, &[scope], host, target);
+        Key::from(text)
     }
 
-    /// The variant stored for this request, if any, from a region the request may reach.
-    pub fn lookup(&self, key: &Key, request: &HeaderMap, allowed: RegionSet) -> Option<Arc<Entry>> {
+    /// The variant stored for this request, if any, from a region the request may reach. `key`:
+    /// a [`Key`], or its text.
+    pub fn lookup<K>(&self, key: &K, request: &HeaderMap, allowed: RegionSet) -> Option<Arc<Entry>>
+    where
+        K: std::hash::Hash + Eq + ?Sized,
+        Key: std::borrow::Borrow<K>,
+    {
         let variants = self.store.get(key)?;
         variants
             .0
@@ -298,8 +337,9 @@ impl Cache {
         // here, off the lookup path.
         {
             let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
-            if !scopes.contains(&key.scope) {
-                scopes.insert(Arc::clone(&key.scope));
+            let scope = key.parts().0;
+            if !scopes.contains(scope) {
+                scopes.insert(scope.into());
             }
         }
         let entry = Arc::new(entry);
@@ -359,13 +399,10 @@ impl Cache {
             .cloned()
             .collect();
         let mut n = 0;
+        let mut key = String::new();
         for scope in scopes {
-            let key = Key {
-                scope,
-                host: host.into(),
-                target: target.into(),
-            };
-            if self.store.remove(&key).is_some() {
+            key_text(&mut key, &[&scope], host, target);
+            if self.store.remove(key.as_str()).is_some() {
                 n += 1;
             }
         }
@@ -378,7 +415,8 @@ impl Cache {
         let prefix = prefix.to_string();
         self.store
             .invalidate_entries_if(move |k, _| {
-                host.as_deref().is_none_or(|h| &*k.host == h) && k.target.starts_with(&prefix)
+                let (_, key_host, target) = k.parts();
+                host.as_deref().is_none_or(|h| key_host == h) && target.starts_with(&prefix)
             })
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -687,6 +725,11 @@ pub fn facts_of(
     }
 }
 
+/// Room for the fields each answer from the store adds to a copy of its entry's (`Age`, the
+/// status header, the request id, the serving region, `Set-Cookie`, `Via`): reserved in the
+/// entry, whose copies keep its table, so that no answer grows and rehashes its own.
+const SERVED_ROOM: usize = 8;
+
 /// Builds an entry from a response head (body added when it has been read).
 #[allow(clippy::too_many_arguments)]
 pub fn entry_for(
@@ -711,6 +754,7 @@ pub fn entry_for(
             headers.insert(header::DATE, v);
         }
     }
+    headers.reserve(SERVED_ROOM);
     Some(Entry {
         status,
         vary: names
@@ -785,6 +829,7 @@ pub fn refreshed(
         }
     }
     runtime.apply(rule, &mut headers, false);
+    headers.reserve(SERVED_ROOM);
     let mut facts = facts_of(policy, old.status, &headers, request_time, response_time);
     facts.age = not_modified
         .get(header::AGE)

@@ -68,24 +68,55 @@ const CONDITIONALS: [header::HeaderName; 5] = [
     header::IF_RANGE,
 ];
 
-/// The key's scope: residency jurisdiction when restricted, and the serving cluster/version.
-fn scope(
+/// Writes the request's key text into `out` ([`super::key_text`]): its scope (the residency
+/// jurisdiction when restricted, the serving cluster and version), host and target.
+fn write_key(
+    out: &mut String,
     active: &Active,
     decision: &Decision,
     cluster: ClusterId,
     version: Option<&str>,
-) -> String {
+    host: &str,
+    target: &str,
+) {
     let s = &active.snapshot;
     let jurisdiction = match (decision.restricted, decision.jurisdiction) {
         (true, Some(j)) => s.jurisdiction(j),
         (true, None) => "restricted",
         (false, _) => "*",
     };
-    format!(
-        "{jurisdiction}|{}|{}",
-        s.cluster(cluster).name,
-        version.unwrap_or("-")
-    )
+    let scope = [
+        jurisdiction,
+        s.cluster(cluster).name.as_str(),
+        version.unwrap_or("-"),
+    ];
+    super::key_text(out, &scope, host, target);
+}
+
+/// The plan of a request that goes upstream after its lookup: the client's own headers are
+/// kept (secondary keys, its conditionals) before a stored response's validators (`stale`,
+/// revalidating it) replace its conditionals. Copied only here, so a hit copies nothing.
+fn forward_after_lookup(
+    mut plan: Plan,
+    head: &mut Parts,
+    request_cc: Directives,
+    host: &str,
+    stale: Option<Arc<Entry>>,
+) -> Lookup {
+    plan.request = Some(head.headers.clone());
+    plan.request_cc = request_cc;
+    plan.host = host.to_string();
+    plan.target = target_of(head).to_string();
+    if let Some(entry) = stale {
+        set_validators(&mut head.headers, &entry);
+        plan.stale = Some(entry);
+    }
+    plan.request_time = unix_now();
+    Lookup::Forward(plan)
+}
+
+fn target_of(head: &Parts) -> &str {
+    head.uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 /// Looks the request up. `head` is the rewritten request; its conditionals are replaced by the
@@ -128,11 +159,6 @@ pub async fn lookup(
     let Some(cache) = &rt.store else {
         return Ok(Lookup::Forward(plan));
     };
-    let target = head
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     let safe = matches!(
         head.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -141,7 +167,7 @@ pub async fn lookup(
         // Unsafe methods invalidate what is stored for the URL (RFC 9111 §4.4).
         plan.cache = Some(Arc::clone(cache));
         plan.host = host.to_string();
-        plan.target = target;
+        plan.target = target_of(head).to_string();
         return Ok(Lookup::Forward(plan));
     }
     let no_store_rule = rule.is_some_and(|i| rt.rules[i].no_store);
@@ -153,18 +179,24 @@ pub async fn lookup(
     }
     plan.status = Status::Miss;
     plan.cache = Some(Arc::clone(cache));
-    plan.request = Some(head.headers.clone());
-    plan.request_cc = request_cc.clone();
-    let key = cache.key(&scope(active, decision, cluster, version), host, &target);
-    plan.host = host.to_string();
-    plan.target = target;
+    let mut key_text = String::new();
+    write_key(
+        &mut key_text,
+        active,
+        decision,
+        cluster,
+        version,
+        host,
+        target_of(head),
+    );
+    let key = |text: &String| super::Key::from(text.clone());
     let heuristic = policy.heuristic;
     let wait = active.upstreams.clusters[cluster.0].config.timeouts.request;
     let is_head = head.method == Method::HEAD;
     for attempt in 0..2 {
         let now = unix_now();
         let entry = cache
-            .lookup(&key, &head.headers, decision.allowed)
+            .lookup(key_text.as_str(), &head.headers, decision.allowed)
             .filter(|e| !plan.authenticated || e.for_authenticated);
         if let Some(entry) = entry {
             match entry.facts.usability(&request_cc, now, heuristic) {
@@ -189,7 +221,7 @@ pub async fn lookup(
                     )));
                 }
                 Usability::StaleWhileRevalidate => {
-                    if let Some(guard) = cache.try_lead(&key) {
+                    if let Some(guard) = cache.try_lead(&key(&key_text)) {
                         revalidate_in_background(
                             Arc::clone(active),
                             guard,
@@ -217,25 +249,21 @@ pub async fn lookup(
                         return Err(ProxyError::NotCached);
                     }
                     if is_head {
-                        return Ok(Lookup::Forward(plan));
+                        return Ok(forward_after_lookup(plan, head, request_cc, host, None));
                     }
-                    match cache.join(&key) {
+                    match cache.join(&key(&key_text)) {
                         Turn::Leader(guard) => {
                             plan.guard = Some(guard);
-                            set_validators(&mut head.headers, &entry);
-                            plan.stale = Some(entry);
-                            plan.request_time = unix_now();
-                            return Ok(Lookup::Forward(plan));
+                            let entry = Some(entry);
+                            return Ok(forward_after_lookup(plan, head, request_cc, host, entry));
                         }
                         Turn::Follower(mut rx) if attempt == 0 => {
                             let _ = tokio::time::timeout(wait, rx.changed()).await;
                             continue;
                         }
                         Turn::Follower(_) => {
-                            set_validators(&mut head.headers, &entry);
-                            plan.stale = Some(entry);
-                            plan.request_time = unix_now();
-                            return Ok(Lookup::Forward(plan));
+                            let entry = Some(entry);
+                            return Ok(forward_after_lookup(plan, head, request_cc, host, entry));
                         }
                     }
                 }
@@ -248,7 +276,7 @@ pub async fn lookup(
         if is_head {
             break;
         }
-        match cache.join(&key) {
+        match cache.join(&key(&key_text)) {
             Turn::Leader(guard) => {
                 plan.guard = Some(guard);
                 break;
@@ -259,8 +287,7 @@ pub async fn lookup(
             Turn::Follower(_) => break,
         }
     }
-    plan.request_time = unix_now();
-    Ok(Lookup::Forward(plan))
+    Ok(forward_after_lookup(plan, head, request_cc, host, None))
 }
 
 /// Replaces the client's conditionals with the stored response's validators.

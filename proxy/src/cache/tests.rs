@@ -117,6 +117,38 @@ fn entries_from_a_region_the_request_may_not_reach_are_not_served() {
     assert!(cache.lookup(&key, &HeaderMap::new(), with_1).is_some());
 }
 
+/// A key's parts stay apart: a scope may hold the separator (it comes from config names), a
+/// host or a target cannot; a prefix purge for one host reads each key's own host and target.
+#[test]
+fn keys_keep_their_parts_apart() {
+    let p = policy(STORE);
+    let cache = Cache::new(p.store.expect("store"));
+    let odd = cache.key("*|a\0b|-", "h", "/t");
+    assert_eq!(odd.parts(), ("*|a\0b|-", "h", "/t"));
+    assert_ne!(cache.key("*|a|-", "h", "/t"), cache.key("*|a|-", "h/t", ""));
+    let all = RegionSet::first(64);
+    for (host, target) in [("h", "/p/1"), ("h", "/q"), ("g", "/p/2")] {
+        cache.insert(
+            cache.key("*|app|-", host, target),
+            entry(&p, &[], &[], target),
+        );
+    }
+    cache.insert(odd.clone(), entry(&p, &[], &[], "odd"));
+    cache.purge_prefix(Some("h"), "/p/").expect("purge");
+    cache.store.run_pending_tasks();
+    let held = |host: &str, target: &str| {
+        let key = cache.key("*|app|-", host, target);
+        cache.lookup(&key, &HeaderMap::new(), all).is_some()
+    };
+    assert!(!held("h", "/p/1") && held("h", "/q") && held("g", "/p/2"));
+    assert_eq!(
+        cache.invalidate_url("h", "/t"),
+        1,
+        "the odd scope's entry, found by its parts"
+    );
+    assert!(cache.lookup(&odd, &HeaderMap::new(), all).is_none());
+}
+
 #[test]
 fn memory_stays_within_max_bytes() {
     let p = policy("[cache]\nmax_bytes = \"64KiB\"\nmax_object_bytes = \"8KiB\"\n");
