@@ -30,12 +30,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import stop, wait_port
-from h2 import ticks
+from benchlib import CONF, Procs, start_upstream, ticks, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
 UP, FRONTDOOR, NGINX, HAPROXY = 18511, 18512, 18513, 18514
 
 
@@ -77,22 +75,10 @@ def main():
     a = ap.parse_args()
     run = tempfile.mkdtemp(prefix="cache-hits-")
     os.chmod(run, 0o755)  # nginx's workers (nobody) write its cache files here
-    procs = []
-
-    def start(argv, cpu, **kw):
-        p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
-                             stderr=open(os.path.join(run, f"{len(procs)}.err"), "w"),
-                             start_new_session=True, **kw)
-        procs.append(p)
-        return p
-
+    procs = Procs(run)
+    start = procs.start
     try:
-        with open(os.path.join(CONF, "upstream-nginx.conf.tmpl")) as f:
-            up = f.read().replace("@RUN@", run).replace("@UP_PORT@", str(UP))
-        open(os.path.join(run, "up.conf"), "w").write(up)
-        # The upstream serves /16k from a file in the run directory.
-        open(os.path.join(run, "16k.bin"), "wb").write(b"x" * 16384)
-        start(["nginx", "-c", os.path.join(run, "up.conf"), "-g", "daemon off;"], "1")
+        start_upstream(procs, UP)
         upstream = f"127.0.0.1:{UP}"
         with open(os.path.join(CONF, "nginx-rp.conf.tmpl")) as f:
             rp = (f.read().replace("@RUN@", run).replace("@PORT@", str(NGINX)).replace("@UPSTREAM@", upstream)
@@ -140,7 +126,7 @@ def main():
         print(" ".join(f"ratio frontdoor/{name} rps={f[0] / m[0]:.2f} p99={f[1] / m[1]:.2f} cpu_per_req={f[2] / m[2]:.2f}"
                        for name, m in med.items() if name != "frontdoor"))
     finally:
-        stop(procs)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -28,28 +28,11 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import stop, wait_port
+from benchlib import CONF, Procs, start_upstream, ticks, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
 UP, FRONTDOOR, NGINX, HAPROXY = 18501, 18502, 18503, 18504
-
-
-def ticks(pgid):
-    """CPU ticks (user + system) of every process in process group pgid."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid:  # field 5 of stat: the process group
-            total += int(fields[11]) + int(fields[12])
-    return total
 
 
 def h2load(port, a):
@@ -84,21 +67,10 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)), hard))
     run = tempfile.mkdtemp(prefix="h2-")
-    procs = []
-
-    def start(argv, cpu, **kw):
-        p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=subprocess.DEVNULL,
-                             stderr=open(os.path.join(run, f"{len(procs)}.err"), "w"),
-                             start_new_session=True, **kw)
-        procs.append(p)
-        return p
-
+    procs = Procs(run)
+    start = procs.start
     try:
-        with open(os.path.join(CONF, "upstream-nginx.conf.tmpl")) as f:
-            up = (f.read().replace("@RUN@", run).replace("@UP_PORT@", str(UP))
-                  .replace("worker_connections 16384", f"worker_connections {a.upstream_conns}"))
-        open(os.path.join(run, "up.conf"), "w").write(up)
-        start(["nginx", "-c", os.path.join(run, "up.conf"), "-g", "daemon off;"], "1")
+        start_upstream(procs, UP, worker_connections=a.upstream_conns)
         cert, key, combo = (os.path.join(run, n) for n in ("cert.pem", "key.pem", "combo.pem"))
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost"],
@@ -148,7 +120,7 @@ def main():
         print(" ".join(f"ratio frontdoor/{name} rps={f[0] / m[0]:.2f} cpu_per_req={f[3] / m[3]:.2f}"
                        for name, m in med.items() if name != "frontdoor"))
     finally:
-        stop(procs)
+        procs.stop()
 
 
 if __name__ == "__main__":

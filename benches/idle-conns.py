@@ -22,11 +22,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import stop, wait_port
+from benchlib import CONF, Procs, start_upstream, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CONF = os.path.join(ROOT, "..", "shared", "bench", "conf")
 
 
 def rss_kib(pid, field="VmRSS"):
@@ -114,19 +113,10 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(want, hard)), hard))
     run = tempfile.mkdtemp(prefix="idle-conns-")
-    procs = []
-
-    def start(argv, **kw):
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
-        procs.append(p)
-        return p
-
+    procs = Procs(run)
+    start = procs.start
     try:
-        with open(os.path.join(CONF, "upstream-nginx.conf.tmpl")) as f:
-            up = f.read().replace("@RUN@", run).replace("@UP_PORT@", "18401")
-        open(os.path.join(run, "16k.bin"), "wb").write(b"\0" * 16384)
-        open(os.path.join(run, "up.conf"), "w").write(up)
-        start(["nginx", "-c", os.path.join(run, "up.conf"), "-g", "daemon off;"])
+        start_upstream(procs, 18401, cpu=None)
         cert, key = os.path.join(run, "cert.pem"), os.path.join(run, "key.pem")
         ssl_listen, ssl_conf, mode = "", "", "ka"
         if a.tls:
@@ -192,7 +182,7 @@ def main():
             for s in socks:
                 s.close()
     finally:
-        stop(procs)
+        procs.stop()
 
 
 if __name__ == "__main__":

@@ -188,8 +188,16 @@ impl Admin {
         if let Some(d) = s.decide(&facts) {
             let cluster = &active.upstreams.clusters[d.cluster.0];
             // Never a probe: explaining a request must not take one from a real request.
-            let at = crate::clock::now_ms();
-            let now = match cluster.pick_among(s, s.route(d.route), s.route(d.route).version.as_deref(), d.allowed, None, |h| h.available(at)) {
+            let route = s.route(d.route);
+            let ask = crate::forward::pool::Ask {
+                snapshot: s,
+                route,
+                version: route.version.as_deref(),
+                allowed: d.allowed,
+                avoid: None,
+                now: crate::clock::now_ms(),
+            };
+            let now = match cluster.pick_among(&ask, |h| h.available(ask.now)) {
                 Some(m) => format!(
                     "  now:          {} ({}) — healthy endpoints as of this moment\n",
                     m.region.map_or("-", |r| s.region(r).name.as_str()),

@@ -208,14 +208,15 @@ pub async fn send(
     loop {
         let now = now.take().unwrap_or_else(Instant::now);
         let now_ms = crate::clock::ms_at(now);
-        let Some(member) = cluster.pick(
+        let ask = pool::Ask {
             snapshot,
             route,
             version,
-            decision.allowed,
-            failed.as_deref(),
-            now_ms,
-        ) else {
+            allowed: decision.allowed,
+            avoid: failed.as_deref(),
+            now: now_ms,
+        };
+        let Some(member) = cluster.pick(&ask) else {
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
                 previous
@@ -246,14 +247,7 @@ pub async fn send(
             Err(pool::Full) => {
                 metrics::counter!(telemetry::UPSTREAM_QUEUED, telemetry::L_CLUSTER => cfg.name.clone())
                     .increment(1);
-                let may_use = cluster.may_use(
-                    snapshot,
-                    route,
-                    version,
-                    decision.allowed,
-                    failed.as_deref(),
-                    now_ms,
-                );
+                let may_use = cluster.may_use(&ask);
                 // Boxed: only a request that waits carries the queue's futures.
                 let waited = Box::pin(cluster.waitlist.wait(may_use, &cfg.limits)).await;
                 let got_at = Instant::now();

@@ -598,6 +598,20 @@ impl Member {
     }
 }
 
+/// What a request asks of its cluster's members ([`ClusterRuntime::pick`],
+/// [`ClusterRuntime::may_use`]): those of `version` (when it names one), in `allowed` regions
+/// within `route`'s region policy, other than `avoid` (the member a retry follows) where
+/// another will do, judged at `now` ([`clock::now_ms`] as the caller read it).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub snapshot: &'a Snapshot,
+    pub route: &'a Route,
+    pub version: Option<&'a str>,
+    pub allowed: RegionSet,
+    pub avoid: Option<&'a Member>,
+    pub now: u64,
+}
+
 /// Health states by (cluster, address) and waitlists by cluster, kept across reloads.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
@@ -841,7 +855,7 @@ impl ClusterRuntime {
     /// [`Snapshot::pick_region`] over the regions that have an eligible member and are in
     /// `allowed` — so a restricted request can never reach a region outside `allowed`, on
     /// the first attempt or a retry. `avoid` (a member that just failed) is skipped when the
-    /// chosen region has another. `now` is [`clock::now_ms`] as the caller read it.
+    /// chosen region has another.
     ///
     /// Passive ejection steers traffic away from a failing member while others can take it.
     /// When every member the request may use is ejected, the request goes to one of them as
@@ -857,49 +871,38 @@ impl ClusterRuntime {
     /// — and when every available one is full, the choice among them all is still made: the
     /// request then waits in the cluster's [`Waitlist`] for a slot at any member it may use
     /// ([`Self::may_use`]).
-    pub fn pick(
-        &self,
-        snapshot: &Snapshot,
-        route: &Route,
-        version: Option<&str>,
-        allowed: RegionSet,
-        avoid: Option<&Member>,
-        now: u64,
-    ) -> Option<Arc<Member>> {
+    pub fn pick(&self, ask: &Ask<'_>) -> Option<Arc<Member>> {
         let capped = self.config.limits.max_per_endpoint > 0;
-        self.pick_among(snapshot, route, version, allowed, avoid, |h| {
-            h.available(now) && (!capped || h.has_room())
-        })
-        .or_else(|| {
-            // Every endpoint that takes traffic is at its cap: one to try before the request
-            // waits in the cluster's queue.
-            capped
-                .then(|| {
-                    self.pick_among(snapshot, route, version, allowed, avoid, |h| {
-                        h.available(now)
-                    })
-                })
-                .flatten()
-        })
-        .or_else(|| {
-            let m = self.pick_among(snapshot, route, version, allowed, avoid, |h| {
-                h.active_ok() && h.probe_due(now)
-            })?;
-            m.health.take_probe(now).then_some(m)
-        })
+        let now = ask.now;
+        self.pick_among(ask, |h| h.available(now) && (!capped || h.has_room()))
+            .or_else(|| {
+                // Every endpoint that takes traffic is at its cap: one to try before the
+                // request waits in the cluster's queue.
+                capped
+                    .then(|| self.pick_among(ask, |h| h.available(now)))
+                    .flatten()
+            })
+            .or_else(|| {
+                let m = self.pick_among(ask, |h| h.active_ok() && h.probe_due(now))?;
+                m.health.take_probe(now).then_some(m)
+            })
     }
 
     /// [`Self::pick`]'s choice among the members whose health is `usable` (with
     /// [`MemberHealth::available`] at a time: among those taking traffic, never a probe).
     pub fn pick_among(
         &self,
-        snapshot: &Snapshot,
-        route: &Route,
-        version: Option<&str>,
-        allowed: RegionSet,
-        avoid: Option<&Member>,
+        ask: &Ask<'_>,
         usable: impl Fn(&MemberHealth) -> bool,
     ) -> Option<Arc<Member>> {
+        let Ask {
+            snapshot,
+            route,
+            version,
+            allowed,
+            avoid,
+            ..
+        } = *ask;
         let members = self.members.load();
         let eligible = |m: &Member| {
             version.is_none_or(|v| m.version.as_deref() == Some(v)) && usable(&m.health)
@@ -952,34 +955,27 @@ impl ClusterRuntime {
         None
     }
 
-    /// The members a request on `route` for `version`, restricted to `allowed`, may use,
-    /// whatever their health now: where it may wait for a slot (health is judged when one is
-    /// free). With regions declared, only those both `allowed` and in the route's policy
-    /// ([`Snapshot::policy_regions`]), as [`Self::pick`] chooses. `avoid` (the member a retry
-    /// follows) is left out while another of them takes traffic at `now`, as `pick` skips it.
-    pub fn may_use(
-        &self,
-        snapshot: &Snapshot,
-        route: &Route,
-        version: Option<&str>,
-        allowed: RegionSet,
-        avoid: Option<&Member>,
-        now: u64,
-    ) -> Vec<Arc<Member>> {
+    /// The members a request may use, whatever their health now: where it may wait for a
+    /// slot (health is judged when one is free). With regions declared, only those both
+    /// `allowed` and in the route's policy ([`Snapshot::policy_regions`]), as [`Self::pick`]
+    /// chooses. `avoid` (the member a retry follows) is left out while another of them takes
+    /// traffic, as `pick` skips it.
+    pub fn may_use(&self, ask: &Ask<'_>) -> Vec<Arc<Member>> {
+        let snapshot = ask.snapshot;
         let regions = (!snapshot.regions.is_empty())
-            .then(|| allowed.intersect(snapshot.policy_regions(route)));
+            .then(|| ask.allowed.intersect(snapshot.policy_regions(ask.route)));
         let mut may_use: Vec<Arc<Member>> = self
             .members
             .load()
             .iter()
-            .filter(|m| m.serves(version, regions))
+            .filter(|m| m.serves(ask.version, regions))
             .cloned()
             .collect();
-        if let Some(avoid) = avoid {
+        if let Some(avoid) = ask.avoid {
             let avoided = |m: &Arc<Member>| std::ptr::eq(&**m, avoid);
             if may_use
                 .iter()
-                .any(|m| !avoided(m) && m.health.available(now))
+                .any(|m| !avoided(m) && m.health.available(ask.now))
             {
                 may_use.retain(|m| !avoided(m));
             }
@@ -1064,7 +1060,26 @@ cluster = "app"
 version = "canary"
 "#;
 
-    /// A pick of `route`'s own version at the time now (read per pick, as a request does).
+    /// What a request on `route` for `version` asks, at the time now (read per ask, as a
+    /// request does).
+    fn ask<'a>(
+        s: &'a Snapshot,
+        route: &'a Route,
+        version: Option<&'a str>,
+        allowed: RegionSet,
+        avoid: Option<&'a Member>,
+    ) -> Ask<'a> {
+        Ask {
+            snapshot: s,
+            route,
+            version,
+            allowed,
+            avoid,
+            now: clock::now_ms(),
+        }
+    }
+
+    /// A pick of `route`'s own version.
     fn pick(
         rt: &ClusterRuntime,
         s: &Snapshot,
@@ -1072,14 +1087,7 @@ version = "canary"
         allowed: RegionSet,
         avoid: Option<&Member>,
     ) -> Option<Arc<Member>> {
-        rt.pick(
-            s,
-            route,
-            route.version.as_deref(),
-            allowed,
-            avoid,
-            clock::now_ms(),
-        )
+        rt.pick(&ask(s, route, route.version.as_deref(), allowed, avoid))
     }
 
     fn port(m: &Member) -> u16 {
@@ -1282,7 +1290,7 @@ version = "canary"
         let three = limits(3);
         let wait = |allowed: RegionSet| {
             let rt = Arc::clone(&rt);
-            let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), allowed, None, 0);
+            let may_use = rt.may_use(&ask(&s, &s.routes[0], Some("stable"), allowed, None));
             tokio::spawn(async move {
                 let got = rt.waitlist.wait(may_use, &three).await;
                 got.map(|(m, slot)| (port(&m), slot))
@@ -1298,13 +1306,13 @@ version = "canary"
         tokio::task::yield_now().await;
         assert_eq!(rt.waitlist.waiting(), 3);
         let refused = rt.waitlist.wait(
-            rt.may_use(&s, &s.routes[0], None, s.all_regions(), None, 0),
+            rt.may_use(&ask(&s, &s.routes[0], None, s.all_regions(), None)),
             &three,
         );
         assert_eq!(refused.await.err(), Some(Busy::QueueFull));
         let none = limits(0);
         let none_queued = rt.waitlist.wait(
-            rt.may_use(&s, &s.routes[0], None, s.all_regions(), None, 0),
+            rt.may_use(&ask(&s, &s.routes[0], None, s.all_regions(), None)),
             &none,
         );
         assert_eq!(none_queued.await.err(), Some(Busy::QueueFull));
@@ -1371,7 +1379,13 @@ version = "canary"
         us_1.health.set_cap(0, u64::MAX);
         assert!(matches!(lifted.await.expect("task"), Ok((1001, None))));
         // A request that comes to wait while an endpoint it may use has room goes there.
-        let all = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions(), None, 0);
+        let all = rt.may_use(&ask(
+            &s,
+            &s.routes[0],
+            Some("stable"),
+            s.all_regions(),
+            None,
+        ));
         let at_once = rt.waitlist.wait(all, &three).await;
         assert!(matches!(at_once, Ok((ref m, None)) if port(m) == 1001));
         let raised = wait(eu_only(&s));
@@ -1462,9 +1476,8 @@ version = "canary"
         let by_port = |p: u16| members.iter().find(|m| port(m) == p).expect("member");
         let ports_avoiding = |route: usize, version: &str, allowed: RegionSet, avoid: u16| {
             let avoid = (avoid > 0).then(|| &**by_port(avoid));
-            let now = clock::now_ms();
             let mut p: Vec<u16> = rt
-                .may_use(&s, &s.routes[route], Some(version), allowed, avoid, now)
+                .may_use(&ask(&s, &s.routes[route], Some(version), allowed, avoid))
                 .iter()
                 .map(|m| port(m))
                 .collect();
@@ -1510,7 +1523,13 @@ version = "canary"
             queue_timeout: outlier.ejection_time * 3,
             ..limits(3)
         };
-        let may_use = rt.may_use(&s, &s.routes[0], Some("stable"), s.all_regions(), None, 0);
+        let may_use = rt.may_use(&ask(
+            &s,
+            &s.routes[0],
+            Some("stable"),
+            s.all_regions(),
+            None,
+        ));
         let waiter = {
             let rt = Arc::clone(&rt);
             tokio::spawn(async move { rt.waitlist.wait(may_use, &patient).await })
