@@ -75,8 +75,8 @@ impl std::borrow::Borrow<str> for Key {
     }
 }
 
-impl From<String> for Key {
-    fn from(text: String) -> Key {
+impl From<&str> for Key {
+    fn from(text: &str) -> Key {
         Key(text.into())
     }
 }
@@ -313,7 +313,7 @@ impl Cache {
     pub fn key(&self, scope: &str, host: &str, target: &str) -> Key {
         let mut text = String::with_capacity(scope.len() + host.len() + target.len() + 2);
         key_text(&mut text, &[scope], host, target);
-        Key::from(text)
+        Key::from(text.as_str())
     }
 
     /// The variant stored for this request, if any, from a region the request may reach. `key`:

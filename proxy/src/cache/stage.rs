@@ -189,7 +189,8 @@ pub async fn lookup(
         host,
         target_of(head),
     );
-    let key = |text: &String| super::Key::from(text.clone());
+    // A key of its own only for a miss (to lead or wait for its fetch): one copy of the text.
+    let key = |text: &str| super::Key::from(text);
     let heuristic = policy.heuristic;
     let wait = active.upstreams.clusters[cluster.0].config.timeouts.request;
     let is_head = head.method == Method::HEAD;

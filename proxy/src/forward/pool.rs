@@ -195,9 +195,7 @@ impl MemberHealth {
         self.live_failures.store(0, Ordering::Relaxed);
         self.refresh_gauge();
         // Its free slots were kept from the requests waiting for it while it was out.
-        if self.waitlist.waiting() > 0 {
-            self.waitlist.dispatch(endpoint_key(self));
-        }
+        self.waitlist.dispatch(endpoint_key(self));
     }
 
     fn refresh_gauge(&self) {
@@ -281,7 +279,7 @@ impl MemberHealth {
                 return;
             };
             health.clear_expired();
-            if !health.ejected(clock::now_ms()) && health.waitlist.waiting() > 0 {
+            if !health.ejected(clock::now_ms()) {
                 health.waitlist.dispatch(endpoint_key(&health));
             }
         });
@@ -452,8 +450,13 @@ impl Waitlist {
 
     /// Gives the free slots of one endpoint (`endpoint`: its [`MemberHealth`]'s address) to
     /// the longest waiters in its line, while it takes traffic: called when a slot there is
-    /// given back, or its cap is raised or lifted.
+    /// given back, its cap is raised or lifted, or it is back from an ejection. Nothing to do,
+    /// and no lock taken, while nobody waits (the callers fence first where a waiter could be
+    /// counting itself at the same moment: see `Slot`'s drop).
     fn dispatch(&self, endpoint: usize) {
+        if self.waiting() == 0 {
+            return;
+        }
         // A slot taken for a waiter that went away just before it was given: offered to the
         // next one, and given back (outside the lock) if nobody takes it.
         let mut spare: Option<Option<Slot>> = None;
@@ -571,9 +574,7 @@ impl Drop for Slot {
             // Against a waiter that counted itself and then found no slot free (see
             // `Waitlist::wait`): either it sees this slot, or this sees it waiting.
             std::sync::atomic::fence(Ordering::SeqCst);
-            if self.0.waitlist.waiting.load(Ordering::Relaxed) > 0 {
-                self.0.waitlist.dispatch(self.0.owner);
-            }
+            self.0.waitlist.dispatch(self.0.owner);
         }
     }
 }
