@@ -26,6 +26,9 @@ pub mod clock;
 pub mod demo;
 pub mod fleet;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geoip;
 pub mod head_timer;
 pub mod limit;

@@ -20,7 +20,7 @@ use crate::classify::Peer;
 use crate::head_timer::{Counted, Exchanges, HeadTimer};
 use crate::telemetry;
 
-mod h1;
+pub(crate) mod h1;
 pub(crate) mod park;
 pub(crate) mod slots;
 pub use h1::{ConnBody, ConnService, RequestBody};

@@ -9,10 +9,12 @@
 //! writes a body while reading an early response and hands over upgraded connections.
 //!
 //! Response framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304;
-//! `Transfer-Encoding` ending in `chunked` (its `Content-Length`, if any, is dropped and the
-//! connection not reused); another transfer coding or no length at all: to the close;
-//! `Content-Length` otherwise, conflicting values an error. Interim 1xx answers are skipped;
-//! a 101 (never asked for here) is an error.
+//! `Transfer-Encoding: chunked` (its `Content-Length`, if any, is dropped and the connection
+//! not reused); any other transfer coding, or one in an HTTP/1.0 answer, an error (the coding
+//! could not be forwarded; §6.1); `Content-Length` otherwise, conflicting values an error; no
+//! length at all: to the close. Chunk-size lines and trailers end in CRLF, strictly. Interim
+//! 1xx answers are skipped; a 101 (never asked for here) is an error. The `upstream_response`
+//! fuzz target (`fuzzing.rs`) holds this reading to hyper's client's.
 
 use std::io;
 use std::net::SocketAddr;
@@ -498,12 +500,19 @@ fn parse_head(
             .map_err(|_| invalid("bad upstream header value"))?;
         headers.append(name, value);
     }
-    let mut keep = !connection.close && (!http10 || connection.keep_alive);
+    // RFC 9112 §6.1: an HTTP/1.0 message with a transfer coding has faulty framing (it may
+    // have passed a hop that did not decode it): its connection ends after it. With a body to
+    // frame, it is refused (below), as hyper's client refuses it: the answer fares the same
+    // on either path.
+    let mut keep = !connection.close && (!http10 || (connection.keep_alive && codings.is_none()));
     let bodiless =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let state = if bodiless {
         State::Length(0)
     } else if let Some(codings) = codings {
+        if http10 {
+            return Err(invalid("upstream HTTP/1.0 answer with a transfer coding"));
+        }
         if codings != (1, false) {
             // Not a framing we can forward (the coding would be lost on the way), or chunked
             // twice: refused, as nginx refuses an unknown transfer coding.
@@ -723,19 +732,27 @@ impl Body for WireBody {
 }
 
 /// A complete chunk-size line at the front of `buf`, consumed: the size (extensions ignored).
+/// The line is strict (RFC 9112 §7.1): hex digits first, and it ends at its first CR, which a
+/// LF follows; a bare CR or LF anywhere in it is an error, as in hyper's client. A peer and
+/// a hop that end such a line at different places read different bodies.
 fn chunk_size(buf: &mut BytesMut) -> io::Result<Option<u64>> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let Some(end) = buf.iter().position(|b| matches!(b, b'\r' | b'\n')) else {
         if buf.len() > MAX_CHUNK_LINE {
             return Err(invalid("upstream chunk-size line too long"));
         }
         return Ok(None);
     };
+    match buf.get(end..end + 2) {
+        Some(b"\r\n") => {}
+        None if buf[end] == b'\r' => return Ok(None),
+        _ => return Err(invalid("upstream chunk-size line not ended by CRLF")),
+    }
     let line = &buf[..end];
     let digits = line
         .split(|b| *b == b';')
         .next()
         .unwrap_or_default()
-        .trim_ascii();
+        .trim_ascii_end();
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(invalid("bad upstream chunk size"));
     }
@@ -747,7 +764,8 @@ fn chunk_size(buf: &mut BytesMut) -> io::Result<Option<u64>> {
 }
 
 /// A complete trailer section at the front of `buf` (up to and including its empty line),
-/// consumed.
+/// consumed. Its lines end in CRLF, as hyper's client requires (httparse alone would take a
+/// bare LF).
 fn trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
     if buf.starts_with(b"\r\n") {
         buf.advance(2);
@@ -755,6 +773,14 @@ fn trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((len, _)))
+            if buf[..len]
+                .iter()
+                .enumerate()
+                .any(|(i, b)| *b == b'\n' && (i == 0 || buf[i - 1] != b'\r')) =>
+        {
+            Err(invalid("upstream trailer line not ended by CRLF"))
+        }
         Ok(httparse::Status::Complete((len, fields))) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for f in fields {
@@ -1082,8 +1108,36 @@ mod tests {
                 &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n0\r\n\r\n"[..]][..],
                 true,
             ),
+            // RFC 9112 §6.1: faulty framing (hyper's client refuses it too).
+            (
+                &[&b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..]][..],
+                true,
+            ),
             (
                 &[&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort"[..]][..],
+                false,
+            ),
+            // Chunk-size lines and trailers read strictly: no space before the size, no bare
+            // LF in an extension, CRLF after each trailer line (found by the
+            // `upstream_response` fuzz target: hyper's client refuses each).
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n 2\r\nok\r\n0\r\n\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\rb\r\nok\r\n0\r\n\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\n\r\n"[..]][..],
                 false,
             ),
             (
@@ -1307,5 +1361,31 @@ mod tests {
             back: None,
         };
         assert!(body.reusable() && body.is_end_stream());
+    }
+
+    /// RFC 9112 §6.1: an HTTP/1.0 answer with a transfer coding ends its connection, even one
+    /// with no body to frame (a `HEAD`'s), however it asks to be kept.
+    #[test]
+    fn an_http10_answer_with_a_transfer_coding_is_never_kept() {
+        let head =
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut buf = BytesMut::from(&head[..]);
+        let Ok(Some(Parsed::Final(_, state, keep))) =
+            parse_head(&mut buf, &mut HeadScratch::default(), true)
+        else {
+            panic!("a HEAD's answer is parsed");
+        };
+        assert_eq!(state, State::Length(0));
+        assert!(!keep);
+        let mut buf = BytesMut::from(&head[..]);
+        assert!(parse_head(&mut buf, &mut HeadScratch::default(), false).is_err());
+        let kept = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
+        let mut buf = BytesMut::from(&kept[..]);
+        let Ok(Some(Parsed::Final(_, _, keep))) =
+            parse_head(&mut buf, &mut HeadScratch::default(), true)
+        else {
+            panic!("parsed");
+        };
+        assert!(keep, "HTTP/1.0 keep-alive with a length is kept");
     }
 }

@@ -257,7 +257,7 @@ enum Next {
 
 /// What the answer needs to know about the request.
 #[derive(Debug, Clone, Copy)]
-struct Info {
+pub(crate) struct Info {
     head: bool,
     http10: bool,
     /// The client lets the connection stay open.
@@ -312,7 +312,7 @@ fn poll_read_some<I: AsyncRead + Unpin>(
 }
 
 #[allow(clippy::large_enum_variant)]
-enum Parse {
+pub(crate) enum Parse {
     Done(Request<RequestBody>, Info),
     Partial,
     Hyper,
@@ -326,7 +326,7 @@ struct Field {
 }
 
 /// Parses a head at the front of `buf`; on success it is split off and becomes the request.
-fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
+pub(crate) fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
     let mut slots = [const { MaybeUninit::uninit() }; SLOTS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -364,13 +364,18 @@ fn parse(buf: &mut BytesMut, limits: &HeadLimits) -> Parse {
     let mut connection = ConnectionOptions::default();
     let mut fields = [Field::default(); SLOTS];
     let count = parsed.headers.len();
+    let mut length = false;
     for (h, field) in parsed.headers.iter().zip(fields.iter_mut()) {
         let name = h.name.as_bytes();
         let special = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+        // A `Content-Length` other than one `0`: hyper's (a body; or repeated lengths, which
+        // hyper folds into one field before the request goes on).
+        let repeated_or_body = special(&header::CONTENT_LENGTH)
+            && (std::mem::replace(&mut length, true) || h.value.trim_ascii() != b"0");
         if special(&header::TRANSFER_ENCODING)
             || special(&header::UPGRADE)
             || special(&header::EXPECT)
-            || (special(&header::CONTENT_LENGTH) && h.value.trim_ascii() != b"0")
+            || repeated_or_body
         {
             return Parse::Hyper;
         }

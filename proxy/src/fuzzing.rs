@@ -1,0 +1,442 @@
+//! The checks behind the fuzz targets `request_head` and `upstream_response` (`fuzz/`): each of
+//! our own HTTP/1 parsers is held to hyper's reading of the same bytes. hyper's server and client
+//! serve every request and answer these parsers do not take, so the two must never disagree on
+//! what a message says; where ours refuses what hyper accepts, hyper's path is the fallback (a
+//! request) or the upstream gets a 502 (an answer), and neither is a finding.
+//!
+//! - [`request_head`]: a head the server loop (`listen::h1`) serves itself is one hyper's server
+//!   accepts, with the same method, target, version and fields.
+//! - [`upstream_response`]: an answer the inline exchange (`forward::wire`) reads to its end is
+//!   one hyper's client reads to its end, with the same status, fields, body and trailers; and
+//!   its own framing holds: a length is the body's length, a bodiless answer has no body, and a
+//!   connection goes back for reuse only after an answer framed by length or by chunks over
+//!   HTTP/1.1 (RFC 9112 §6.1, §6.3).
+//!
+//! Compiled for tests (the committed corpus is replayed by this module's tests) and with the
+//! `fuzzing` feature.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::forward::wire::{Outgoing, Return, WireConn};
+use crate::listen::HeadLimits;
+use crate::listen::h1::{self, Parse};
+
+/// The limits the server loop checks a head against (hyper's server gets the same).
+fn limits() -> HeadLimits {
+    HeadLimits {
+        timeout: Duration::from_secs(10),
+        idle: Duration::from_secs(10),
+        max_requests: 1000,
+        max_bytes: 8 * 1024,
+        max_headers: 64,
+        park: None,
+    }
+}
+
+/// `data` as a client's first bytes on a connection.
+pub fn request_head(data: &[u8]) {
+    let limits = limits();
+    let mut buf = BytesMut::from(data);
+    let Parse::Done(ours, _) = h1::parse(&mut buf, &limits) else {
+        return;
+    };
+    let shown = String::from_utf8_lossy(data);
+    let Some(theirs) = hyper_reads_request(data, &limits) else {
+        panic!("the server loop serves a head hyper's server refuses: {shown:?}");
+    };
+    assert_eq!(ours.method(), theirs.method, "method of {shown:?}");
+    assert_eq!(ours.uri(), &theirs.uri, "target of {shown:?}");
+    assert_eq!(ours.version(), theirs.version, "version of {shown:?}");
+    assert_eq!(ours.headers(), &theirs.headers, "fields of {shown:?}");
+}
+
+/// The request hyper's server (configured as `listen::serve` configures it) reads from `data`.
+fn hyper_reads_request(data: &[u8], limits: &HeadLimits) -> Option<http::request::Parts> {
+    let seen = Arc::new(Mutex::new(None));
+    let service = {
+        let seen = seen.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            // The first request's (pipelined ones follow it).
+            seen.lock().expect("seen").get_or_insert(req.into_parts().0);
+            std::future::ready(Ok::<_, io::Error>(Response::new(Empty::<Bytes>::new())))
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_bytes.max(8 * 1024))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    // All of `data` at once, then nothing more (never the end: a head hyper still waits on
+    // stays unread).
+    let io = Script::client(data);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // The service is called within a poll once the head is in; a few polls cover hyper's
+    // internal turns.
+    for _ in 0..16 {
+        let done = conn.as_mut().poll(&mut cx).is_ready();
+        if done || seen.lock().expect("seen").is_some() {
+            break;
+        }
+    }
+    seen.lock().expect("seen").take()
+}
+
+/// What one side read of an answer, whole.
+#[derive(Debug)]
+struct Read {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    trailers: Option<HeaderMap>,
+    /// The connection went back for another exchange (ours only).
+    reused: bool,
+}
+
+/// `data`: its first byte chooses the request (`HEAD` if its low bit is set, else `GET`) and
+/// how many bytes each read of the connection gets (1 to 128), the rest is what the upstream
+/// sends before it closes.
+pub fn upstream_response(data: &[u8]) {
+    let Some((&choice, answer)) = data.split_first() else {
+        return;
+    };
+    let method = if choice & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let step = usize::from(choice >> 1) + 1;
+    let ours = RUNTIME.with(|rt| rt.block_on(wire_reads(&method, answer, step)));
+    let Ok(ours) = ours else {
+        return;
+    };
+    let shown = String::from_utf8_lossy(answer);
+    framing_holds(&method, &ours, &shown);
+    if !bodiless(&method, ours.status)
+        && ours.headers.contains_key(header::TRANSFER_ENCODING)
+        && !last_coding_is_chunked(&ours.headers)
+    {
+        // `chunked` followed by empty list elements (`chunked,`): a list may hold them
+        // (RFC 9110 §5.6.1), and ours reads chunks; hyper's client looks only at the last
+        // element and reads to the close. Not compared.
+        return;
+    }
+    let theirs = RUNTIME.with(|rt| rt.block_on(hyper_reads_response(&method, answer, step)));
+    let theirs = match theirs {
+        Ok(theirs) => theirs,
+        Err(e) => {
+            panic!("the inline exchange reads an answer hyper's client refuses ({e}): {shown:?}")
+        }
+    };
+    assert_eq!(ours.status, theirs.status, "status of {shown:?}");
+    assert_eq!(ours.version, theirs.version, "version of {shown:?}");
+    assert_eq!(
+        comparable(&ours.headers),
+        comparable(&theirs.headers),
+        "fields of {shown:?}"
+    );
+    assert_eq!(ours.body, theirs.body, "body of {shown:?}");
+    let no_trailers = |t: &Option<HeaderMap>| t.clone().filter(|t| !t.is_empty());
+    assert_eq!(
+        no_trailers(&ours.trailers),
+        no_trailers(&theirs.trailers),
+        "trailers of {shown:?}"
+    );
+}
+
+/// The answer's own framing, whatever hyper makes of it.
+fn framing_holds(method: &Method, read: &Read, shown: &str) {
+    assert!(
+        !read.status.is_informational(),
+        "an interim answer is never the answer: {shown:?}"
+    );
+    let chunked = read.headers.contains_key(header::TRANSFER_ENCODING);
+    let length = read.headers.get(header::CONTENT_LENGTH);
+    assert!(
+        !(read.reused && read.version == Version::HTTP_10 && chunked),
+        "an HTTP/1.0 answer with a transfer coding ends its connection: {shown:?}"
+    );
+    // A bodiless answer's fields say what a body would have been; they frame nothing.
+    if bodiless(method, read.status) {
+        assert!(
+            read.body.is_empty(),
+            "a bodiless answer has no body: {shown:?}"
+        );
+        return;
+    }
+    assert!(
+        !(chunked && length.is_some()),
+        "a chunked answer keeps no length: {shown:?}"
+    );
+    assert!(
+        !read.reused || chunked || length.is_some(),
+        "only a framed answer leaves its connection reusable: {shown:?}"
+    );
+    if let Some(length) = length {
+        let first = length
+            .as_bytes()
+            .split(|b| *b == b',')
+            .next()
+            .unwrap_or_default();
+        let declared: u64 = std::str::from_utf8(first)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("an accepted length is a number: {shown:?}"));
+        assert_eq!(
+            read.body.len() as u64,
+            declared,
+            "the length is the body's: {shown:?}"
+        );
+    }
+}
+
+fn bodiless(method: &Method, status: StatusCode) -> bool {
+    *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether the last element of the last `Transfer-Encoding` field is `chunked` (hyper's test).
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Fields as both sides keep them: ours leaves out a `Connection: keep-alive` (this hop's
+/// alone) and a chunked answer's `Content-Length` (it describes nothing forwarded); hyper keeps
+/// both.
+fn comparable(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    kept.remove(header::CONNECTION);
+    if kept.contains_key(header::TRANSFER_ENCODING) {
+        kept.remove(header::CONTENT_LENGTH);
+    }
+    kept
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+}
+
+/// Connections given back, counted.
+#[derive(Default)]
+struct Kept(Mutex<usize>);
+
+impl Return for Kept {
+    fn give_back(&self, _: Box<WireConn>) {
+        *self.0.lock().expect("kept") += 1;
+    }
+}
+
+async fn wire_reads(method: &Method, answer: &[u8], step: usize) -> io::Result<Read> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 80));
+    let conn = WireConn::new(Box::new(Script::upstream(answer, step)), addr);
+    let headers = HeaderMap::new();
+    let outgoing = Outgoing {
+        method,
+        target: "/",
+        headers: &headers,
+        body: &[],
+    };
+    let authority = Authority::from_static("origin.test");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let response = conn
+        .exchange(&outgoing, &authority, deadline)
+        .await
+        .map_err(|e| e.error)?;
+    let (parts, mut body) = response.into_parts();
+    let kept = Arc::new(Kept::default());
+    body.give_back_to(kept.clone());
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let reused = *kept.0.lock().expect("kept") == 1;
+    Ok(Read {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: collected.to_bytes().to_vec(),
+        trailers,
+        reused,
+    })
+}
+
+async fn hyper_reads_response(
+    method: &Method,
+    answer: &[u8],
+    step: usize,
+) -> Result<Read, hyper::Error> {
+    let io = TokioIo::new(Script::upstream(answer, step));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let request = Request::builder()
+        .method(method.clone())
+        .uri("/")
+        .header(header::HOST, "origin.test")
+        .body(Empty::<Bytes>::new())
+        .expect("a request");
+    let read = async {
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await?;
+        Ok(Read {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            trailers: collected.trailers().cloned(),
+            body: collected.to_bytes().to_vec(),
+            reused: false,
+        })
+    };
+    // The connection driven alongside the exchange, until the exchange is over.
+    let mut conn = pin!(conn);
+    let mut read = pin!(read);
+    let mut ended = None;
+    let read = std::future::poll_fn(|cx| {
+        if ended.is_none()
+            && let Poll::Ready(result) = conn.as_mut().poll(cx)
+        {
+            ended = Some(result);
+        }
+        read.as_mut().poll(cx)
+    })
+    .await;
+    read.map_err(|e| match ended {
+        // The connection's own error says more than the exchange's "canceled".
+        Some(Err(ended)) => ended,
+        _ => e,
+    })
+}
+
+/// A connection whose peer sends `data`, `step` bytes a read, and then closes (`close`) or
+/// falls silent; what is written to it is dropped. An upstream's (`answers`) sends nothing
+/// before something was written to it: hyper's client, idle, takes bytes that come before
+/// its request for an unasked message.
+struct Script {
+    data: Vec<u8>,
+    at: usize,
+    step: usize,
+    close: bool,
+    /// Nothing to read yet: waiting for a write, and who to wake then.
+    waiting: Option<Option<std::task::Waker>>,
+}
+
+impl Script {
+    fn client(data: &[u8]) -> Script {
+        Script {
+            data: data.to_vec(),
+            at: 0,
+            step: usize::MAX,
+            close: false,
+            waiting: None,
+        }
+    }
+
+    fn upstream(data: &[u8], step: usize) -> Script {
+        Script {
+            data: data.to_vec(),
+            at: 0,
+            step: step.max(1),
+            close: true,
+            waiting: Some(None),
+        }
+    }
+}
+
+impl AsyncRead for Script {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(waker) = &mut this.waiting {
+            *waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let left = &this.data[this.at..];
+        if left.is_empty() && !this.close {
+            return Poll::Pending;
+        }
+        let n = left.len().min(this.step).min(buf.remaining());
+        buf.put_slice(&left[..n]);
+        this.at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Script {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(Some(waker)) = self.get_mut().waiting.take() {
+            waker.wake();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every input of a committed corpus (`fuzz/corpus/NAME`), replayed through `check`.
+    fn replay(name: &str, check: fn(&[u8])) -> usize {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(name);
+        let mut seen = 0;
+        let mut failed = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the corpus") {
+            let path = entry.expect("an entry").path();
+            let data = std::fs::read(&path).expect("an input");
+            if std::panic::catch_unwind(|| check(&data)).is_err() {
+                failed.push(path.display().to_string());
+            }
+            seen += 1;
+        }
+        assert!(failed.is_empty(), "failing their check: {failed:?}");
+        seen
+    }
+
+    #[test]
+    fn the_request_head_corpus_passes() {
+        assert!(replay("request_head", request_head) >= 10);
+    }
+
+    #[test]
+    fn the_upstream_response_corpus_passes() {
+        assert!(replay("upstream_response", upstream_response) >= 10);
+    }
+}
