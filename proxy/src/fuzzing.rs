@@ -1,11 +1,15 @@
-//! The checks behind the fuzz targets `request_head` and `upstream_response` (`fuzz/`): each of
-//! our own HTTP/1 parsers is held to hyper's reading of the same bytes. hyper's server and client
+//! The checks behind the fuzz targets `request_head`, `client_response` and `upstream_response`
+//! (`fuzz/`): each of our own HTTP/1 parsers and writers is held to hyper's reading of the same
+//! bytes. hyper's server and client
 //! serve every request and answer these parsers do not take, so the two must never disagree on
 //! what a message says; where ours refuses what hyper accepts, hyper's path is the fallback (a
 //! request) or the upstream gets a 502 (an answer), and neither is a finding.
 //!
 //! - [`request_head`]: a head the server loop (`listen::h1`) serves itself is one hyper's server
 //!   accepts, with the same method, target, version and fields.
+//! - [`client_response`]: an answer the server loop writes is one hyper's client reads back
+//!   whole (status, fields, body), with nothing after it on a connection kept open; an answer
+//!   cut short (its body failed, or its length was wrong) ends the connection.
 //! - [`upstream_response`]: an answer the inline exchange (`forward::wire`) reads to its end is
 //!   one hyper's client reads to its end, with the same status, fields, body and trailers; and
 //!   its own framing holds: a length is the body's length, a bodiless answer has no body, and a
@@ -33,29 +37,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::forward::wire::{Outgoing, Return, WireConn};
 use crate::listen::HeadLimits;
-use crate::listen::h1::{self, Parse};
+use crate::listen::h1::{self, Info, Parse};
 
-/// The limits the server loop checks a head against (hyper's server gets the same).
-fn limits() -> HeadLimits {
-    HeadLimits {
-        timeout: Duration::from_secs(10),
-        idle: Duration::from_secs(10),
-        max_requests: 1000,
-        max_bytes: 8 * 1024,
-        max_headers: 64,
-        park: None,
-    }
-}
+/// The limits the server loop checks a head against by default (hyper's server gets the same).
+static LIMITS: std::sync::LazyLock<HeadLimits> = std::sync::LazyLock::new(|| {
+    let defaults = routes::load(
+        "[clusters.c]\nendpoints = [{ address = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"c\"\n",
+    )
+    .expect("a config of defaults");
+    HeadLimits::of(&defaults.server)
+});
 
 /// `data` as a client's first bytes on a connection.
 pub fn request_head(data: &[u8]) {
-    let limits = limits();
+    let limits = &*LIMITS;
     let mut buf = BytesMut::from(data);
-    let Parse::Done(ours, _) = h1::parse(&mut buf, &limits) else {
+    let Parse::Done(ours, _) = h1::parse(&mut buf, limits) else {
         return;
     };
     let shown = String::from_utf8_lossy(data);
-    let Some(theirs) = hyper_reads_request(data, &limits) else {
+    let Some(theirs) = hyper_reads_request(data, limits) else {
         panic!("the server loop serves a head hyper's server refuses: {shown:?}");
     };
     assert_eq!(ours.method(), theirs.method, "method of {shown:?}");
@@ -95,6 +96,208 @@ fn hyper_reads_request(data: &[u8], limits: &HeadLimits) -> Option<http::request
         }
     }
     seen.lock().expect("seen").take()
+}
+
+/// `data` as an answer the server loop writes to its client: the first byte chooses the
+/// request and the body (bit 0: `HEAD`; 1: an HTTP/1.0 client; 2: the client lets the
+/// connection stay open; 3: the body's length is known; 4: the body fails at its end; 5:
+/// trailers), the next two the status (200 to 999), the rest is `name: value` lines, an empty
+/// line, and the body, its frames split at each 0xff byte.
+///
+/// hyper's client, reading what was written, must find the status, the fields (but for the
+/// framing ones and a `Date` added) and the whole body; a connection kept open must hold
+/// nothing after the answer. When the body fails or its fields declare another length, the
+/// connection must end, and what hyper reads of the body is a part of it.
+pub fn client_response(data: &[u8]) {
+    let Some((&[choice, high, low], rest)) = data.split_first_chunk::<3>() else {
+        return;
+    };
+    let status = 200 + u16::from_be_bytes([high, low]) % 800;
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return;
+    };
+    let info = Info {
+        head: choice & 1 != 0,
+        http10: choice & 2 != 0,
+        keep: choice & 4 != 0,
+    };
+    let exact = choice & 8 != 0;
+    let fails = choice & 16 != 0;
+    let trailers = choice & 32 != 0;
+    let split = rest.windows(2).position(|w| w == b"\n\n");
+    let (fields, body) = match split {
+        Some(at) => (&rest[..at], &rest[at + 2..]),
+        None => (rest, &[][..]),
+    };
+    let mut headers = HeaderMap::new();
+    // Up to 64 fields: what an upstream's answer may hold (100) less room for ours, and within
+    // what hyper's client reads (100).
+    for line in fields.split(|b| *b == b'\n').take(64) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(&line[..colon]),
+            header::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let frames: Vec<Bytes> = body
+        .split(|b| *b == 0xff)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let whole: Vec<u8> = frames.concat();
+    let mut response = Response::new(Scripted {
+        exact: exact.then_some(whole.len() as u64),
+        frames: frames.into_iter().map(hyper::body::Frame::data).collect(),
+        trailers: trailers.then(|| {
+            let mut t = HeaderMap::new();
+            t.insert("x-check", header::HeaderValue::from_static("1"));
+            t
+        }),
+        fails,
+    });
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+
+    let mut sink = Sink(Vec::new());
+    let kept = RUNTIME
+        .with(|rt| rt.block_on(h1::write_response(&mut sink, response, info, info.keep)))
+        .expect("a write to memory");
+    let out = sink.0;
+    let shown = String::from_utf8_lossy(&out);
+    let method = if info.head { Method::HEAD } else { Method::GET };
+    let bodiless = bodiless(&method, status);
+    let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let declared = match lengths[..] {
+        [one] => std::str::from_utf8(one.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        _ => None,
+    };
+    // (A bodiless answer's body is never read: it cannot fail, nor its length be wrong.)
+    let short = !bodiless && (fails || declared.is_some_and(|n| n != whole.len() as u64));
+    let theirs = RUNTIME.with(|rt| rt.block_on(hyper_reads_response(&method, &out, usize::MAX)));
+    if short {
+        assert!(!kept, "an answer cut short ends its connection: {shown:?}");
+        if let Ok((theirs, _)) = theirs {
+            assert!(
+                whole.starts_with(&theirs.body),
+                "what the client reads is the body's start: {shown:?}"
+            );
+        }
+        return;
+    }
+    let (theirs, nothing_after) = match theirs {
+        Ok(theirs) => theirs,
+        Err(e) => panic!("hyper's client cannot read what the server loop wrote ({e}): {shown:?}"),
+    };
+    assert_eq!(theirs.status, status, "status in {shown:?}");
+    assert!(
+        !(theirs.headers.contains_key(header::TRANSFER_ENCODING)
+            && theirs.headers.contains_key(header::CONTENT_LENGTH)),
+        "never a length beside a transfer coding (RFC 9112 §6.2): {shown:?}"
+    );
+    let expected: &[u8] = if bodiless { &[] } else { &whole };
+    assert_eq!(theirs.body, expected, "body in {shown:?}");
+    let mut given = comparable(&headers);
+    given.remove(header::TRANSFER_ENCODING);
+    given.remove(header::CONTENT_LENGTH);
+    let mut read = comparable(&theirs.headers);
+    read.remove(header::TRANSFER_ENCODING);
+    read.remove(header::CONTENT_LENGTH);
+    if !headers.contains_key(header::DATE) {
+        read.remove(header::DATE);
+    }
+    assert_eq!(given, read, "fields in {shown:?}");
+    if kept {
+        assert!(
+            nothing_after,
+            "a kept connection holds nothing after the answer: {shown:?}"
+        );
+    }
+}
+
+/// An answer's body as the pipeline hands it over: frames one at a time, a known length or
+/// none, trailers, or a failure at its end.
+struct Scripted {
+    frames: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
+    exact: Option<u64>,
+    trailers: Option<HeaderMap>,
+    fails: bool,
+}
+
+impl hyper::body::Body for Scripted {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if std::mem::take(&mut this.fails) {
+            return Poll::Ready(Some(Err(io::Error::other("the upstream broke off"))));
+        }
+        Poll::Ready(
+            this.trailers
+                .take()
+                .map(|t| Ok(hyper::body::Frame::trailers(t))),
+        )
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.exact {
+            Some(n) => hyper::body::SizeHint::with_exact(n),
+            None => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// What the server loop writes to its client, kept.
+struct Sink(Vec<u8>);
+
+impl AsyncWrite for Sink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().0.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl crate::head_timer::ConnIo for Sink {
+    fn listener(&self) -> &Arc<crate::listen::Shared> {
+        static LISTENER: std::sync::LazyLock<Arc<crate::listen::Shared>> =
+            std::sync::LazyLock::new(|| {
+                Arc::new(crate::listen::Shared {
+                    name: "fuzz",
+                    head: *LIMITS,
+                    hyper: hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    ),
+                    lot: None,
+                })
+            });
+        &LISTENER
+    }
+
+    fn watch_heads(&mut self, _: &[u8]) {}
 }
 
 /// What one side read of an answer, whole.
@@ -139,7 +342,7 @@ pub fn upstream_response(data: &[u8]) {
     }
     let theirs = RUNTIME.with(|rt| rt.block_on(hyper_reads_response(&method, answer, step)));
     let theirs = match theirs {
-        Ok(theirs) => theirs,
+        Ok((theirs, _)) => theirs,
         Err(e) => {
             panic!("the inline exchange reads an answer hyper's client refuses ({e}): {shown:?}")
         }
@@ -283,11 +486,12 @@ async fn wire_reads(method: &Method, answer: &[u8], step: usize) -> io::Result<R
     })
 }
 
+/// What hyper's client reads of `answer`, and whether nothing followed it.
 async fn hyper_reads_response(
     method: &Method,
     answer: &[u8],
     step: usize,
-) -> Result<Read, hyper::Error> {
+) -> Result<(Read, bool), hyper::Error> {
     let io = TokioIo::new(Script::upstream(answer, step));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     let request = Request::builder()
@@ -322,11 +526,21 @@ async fn hyper_reads_response(
         read.as_mut().poll(cx)
     })
     .await;
-    read.map_err(|e| match ended {
+    match read {
+        Ok(read) => {
+            // What follows the answer: nothing, or the connection reports an unasked message.
+            let ended = match ended {
+                Some(ended) => ended,
+                None => conn.await,
+            };
+            Ok((read, ended.is_ok()))
+        }
         // The connection's own error says more than the exchange's "canceled".
-        Some(Err(ended)) => ended,
-        _ => e,
-    })
+        Err(e) => Err(match ended {
+            Some(Err(ended)) => ended,
+            _ => e,
+        }),
+    }
 }
 
 /// A connection whose peer sends `data`, `step` bytes a read, and then closes (`close`) or
@@ -433,6 +647,11 @@ mod tests {
     #[test]
     fn the_request_head_corpus_passes() {
         assert!(replay("request_head", request_head) >= 10);
+    }
+
+    #[test]
+    fn the_client_response_corpus_passes() {
+        assert!(replay("client_response", client_response) >= 10);
     }
 
     #[test]

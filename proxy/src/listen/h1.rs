@@ -258,10 +258,10 @@ enum Next {
 /// What the answer needs to know about the request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Info {
-    head: bool,
-    http10: bool,
+    pub(crate) head: bool,
+    pub(crate) http10: bool,
     /// The client lets the connection stay open.
-    keep: bool,
+    pub(crate) keep: bool,
 }
 
 fn poll_head<I: AsyncRead + ConnIo + Unpin>(
@@ -481,7 +481,7 @@ enum Framing {
     Close,
 }
 
-async fn write_response<I, B>(
+pub(crate) async fn write_response<I, B>(
     io: &mut I,
     resp: Response<B>,
     info: Info,
