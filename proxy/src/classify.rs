@@ -284,6 +284,31 @@ fn hop_bit(name: &HeaderName) -> u16 {
     }
 }
 
+/// Joins an HTTP/2 (or HTTP/3) request's cookie fields into one, "; " between them (RFC 9113
+/// §8.2.3, RFC 9114 §4.2.1): such clients may send each cookie as a field of its own (browsers
+/// do, for header compression), which must not reach an HTTP/1.1 hop as several `Cookie`
+/// fields. One field or none: nothing to do.
+pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if crumb.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each part was a valid value, and so is "; ".
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps
 /// `Upgrade` and a `Connection: upgrade` (WebSocket passthrough).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -495,6 +520,26 @@ cluster = "c"
             // Per-request keys: the text `Display` gives (the address as it came).
             assert_eq!(ip_text(addr.ip()), addr.ip().to_string(), "{addr}");
         }
+    }
+
+    #[test]
+    fn cookie_crumbs_join_into_one_field() {
+        let mut h = headers(&[
+            ("cookie", "a=1"),
+            ("x-other", "kept"),
+            ("cookie", ""),
+            ("cookie", "b=2; c=3"),
+        ]);
+        join_cookie_crumbs(&mut h);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        assert_eq!(h.get("x-other").map(|v| v.as_bytes()), Some(&b"kept"[..]));
+        let mut one = headers(&[("cookie", "a=1")]);
+        join_cookie_crumbs(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().count(), 1);
+        let mut none = headers(&[("x-other", "kept")]);
+        join_cookie_crumbs(&mut none);
+        assert!(!none.contains_key(header::COOKIE));
     }
 
     #[test]

@@ -317,6 +317,9 @@ async fn proxy_request(
         head.headers.insert(header::HOST, v);
     }
     classify::strip_hop_by_hop(&mut head.headers, websocket);
+    if head.version >= Version::HTTP_2 {
+        classify::join_cookie_crumbs(&mut head.headers);
+    }
     if !trusted {
         // Our own x-frontdoor-* headers (read above, e.g. the version override) stop here.
         let ours: Vec<header::HeaderName> = head

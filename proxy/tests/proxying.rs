@@ -393,6 +393,58 @@ async fn h2_upstream_cluster() {
     fd.shutdown().await;
 }
 
+/// RFC 9113 §8.2.3: an HTTP/2 client may send each cookie as a field of its own (browsers do,
+/// for HPACK); an HTTP/1.1 origin gets them as one `Cookie` field, joined with "; ". An
+/// HTTP/1.1 client's fields go as they came.
+#[tokio::test]
+async fn h2_cookie_crumbs_reach_an_http1_origin_as_one_field() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&one_route("", &[(origin.addr, "", "v")])).await;
+    let cookies = |echo: &loadtest::Echo| -> Vec<String> {
+        echo.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    for (client, expected) in [
+        (Client::h2c(), vec!["a=1; b=2; theme=dark".to_string()]),
+        (
+            Client::http1(),
+            vec![
+                "a=1".to_string(),
+                "b=2".to_string(),
+                "theme=dark".to_string(),
+            ],
+        ),
+    ] {
+        let req = Request::get(url(&fd, "/"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "theme=dark")
+            .body(Full::default())
+            .expect("req");
+        let resp = client.send(req).await.expect("response");
+        assert_eq!(resp.status, StatusCode::OK);
+        let echo = resp.echo().expect("echo");
+        assert_eq!(echo.version_http, "HTTP/1.1");
+        assert_eq!(cookies(&echo), expected, "{:?}", resp.version);
+    }
+    // One cookie field from HTTP/2 goes as it is.
+    let req = Request::get(url(&fd, "/"))
+        .header("cookie", "only=1")
+        .body(Full::default())
+        .expect("req");
+    let echo = Client::h2c()
+        .send(req)
+        .await
+        .expect("response")
+        .echo()
+        .expect("echo");
+    assert_eq!(cookies(&echo), ["only=1"]);
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn dns_endpoints_resolve() {
     let origin = Origin::builder().start().await.expect("origin");
