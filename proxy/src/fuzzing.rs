@@ -200,11 +200,11 @@ pub fn client_response(data: &[u8]) {
     *response.status_mut() = status;
     *response.headers_mut() = headers.clone();
 
-    let mut sink = Sink(Vec::new());
+    let mut client = Script::client(&[]);
     let kept = RUNTIME
-        .with(|rt| rt.block_on(h1::write_response(&mut sink, response, info, info.keep)))
+        .with(|rt| rt.block_on(h1::write_response(&mut client, response, info, info.keep)))
         .expect("a write to memory");
-    let out = sink.0;
+    let out = client.written;
     let shown = String::from_utf8_lossy(&out);
     let method = if info.head { Method::HEAD } else { Method::GET };
     let bodiless = bodiless(&method, status);
@@ -297,29 +297,8 @@ impl hyper::body::Body for Scripted {
     }
 }
 
-/// What the server loop writes to its client, kept.
-struct Sink(Vec<u8>);
-
-impl AsyncWrite for Sink {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().0.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl crate::head_timer::ConnIo for Sink {
+/// For the server loop's writes ([`client_response`]).
+impl crate::head_timer::ConnIo for Script {
     fn listener(&self) -> &Arc<crate::listen::Shared> {
         static LISTENER: std::sync::LazyLock<Arc<crate::listen::Shared>> =
             std::sync::LazyLock::new(|| {
@@ -582,7 +561,7 @@ async fn hyper_reads_response(
 }
 
 /// A connection whose peer sends `data`, `step` bytes a read, and then closes (`close`) or
-/// falls silent; what is written to it is dropped. An upstream's (`answers`) sends nothing
+/// falls silent; what is written to it is kept. An upstream's (`answers`) sends nothing
 /// before something was written to it: hyper's client, idle, takes bytes that come before
 /// its request for an unasked message.
 struct Script {
@@ -592,6 +571,7 @@ struct Script {
     close: bool,
     /// Nothing to read yet: waiting for a write, and who to wake then.
     waiting: Option<Option<std::task::Waker>>,
+    written: Vec<u8>,
 }
 
 impl Script {
@@ -602,6 +582,7 @@ impl Script {
             step: usize::MAX,
             close: false,
             waiting: None,
+            written: Vec::new(),
         }
     }
 
@@ -612,6 +593,7 @@ impl Script {
             step: step.max(1),
             close: true,
             waiting: Some(None),
+            written: Vec::new(),
         }
     }
 }
@@ -644,9 +626,11 @@ impl AsyncWrite for Script {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(Some(waker)) = self.get_mut().waiting.take() {
+        let this = self.get_mut();
+        if let Some(Some(waker)) = this.waiting.take() {
             waker.wake();
         }
+        this.written.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
