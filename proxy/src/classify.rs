@@ -284,6 +284,23 @@ fn hop_bit(name: &HeaderName) -> u16 {
     }
 }
 
+/// Takes out of a trailer section what it must not carry on (RFC 9110 §6.5.1): the
+/// connection's own fields, `Upgrade`, and framing and routing (`Content-Length`, `Host`). An
+/// HTTP/2 peer refuses trailers with a connection's fields (the stream is reset, the answer
+/// lost); an HTTP/1.1 one could take them for the next message's. Unlike a head's
+/// `Connection`, a trailer's names nothing: it is only dropped.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    if trailers.is_empty() {
+        return;
+    }
+    for name in HOP_BY_HOP
+        .iter()
+        .chain([&header::UPGRADE, &header::CONTENT_LENGTH, &header::HOST])
+    {
+        trailers.remove(name);
+    }
+}
+
 /// Joins an HTTP/2 (or HTTP/3) request's cookie fields into one, "; " between them (RFC 9113
 /// §8.2.3, RFC 9114 §4.2.1): such clients may send each cookie as a field of its own (browsers
 /// do, for header compression), which must not reach an HTTP/1.1 hop as several `Cookie`

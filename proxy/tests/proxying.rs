@@ -445,6 +445,51 @@ async fn h2_cookie_crumbs_reach_an_http1_origin_as_one_field() {
     fd.shutdown().await;
 }
 
+/// An upstream's trailer section may name fields that belong to a connection or to framing
+/// (RFC 9110 §6.5.1 forbids them there): they stop at frontdoor, the others pass. An HTTP/2
+/// client's stream refuses such trailers outright, so one of them cost it the whole answer.
+#[tokio::test]
+async fn trailers_lose_connection_and_framing_fields() {
+    let upstream = common::raw_upstream(|mut s| async move {
+        while common::read_head(&mut s).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+                          5\r\nhello\r\n0\r\nx-sum: 5\r\nconnection: x-sum\r\n\
+                          transfer-encoding: chunked\r\ncontent-length: 5\r\nkeep-alive: 1\r\n\r\n";
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let fd = start(&one_route("", &[(upstream, "", "v")])).await;
+    for client in [Client::h2c(), Client::http1()] {
+        let resp = client
+            .send(
+                Request::get(url(&fd, "/t"))
+                    .header("te", "trailers")
+                    .body(Full::default())
+                    .expect("req"),
+            )
+            .await
+            .expect("the whole answer");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(&resp.body[..], b"hello", "{:?}", resp.version);
+    }
+    // What an HTTP/1.1 client reads after the last chunk: the allowed trailer only.
+    let mut s = tokio::net::TcpStream::connect(fd.http.expect("http listener"))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /t HTTP/1.1\r\nhost: a\r\nte: trailers\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("answer");
+    let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let trailer = raw.rsplit("\r\n0\r\n").next().expect("a last chunk");
+    assert_eq!(trailer, "x-sum: 5\r\n\r\n", "{raw}");
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn dns_endpoints_resolve() {
     let origin = Origin::builder().start().await.expect("origin");

@@ -753,7 +753,7 @@ impl Body for UpstreamIncoming {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match &mut self.0 {
+        let mut polled = match &mut self.0 {
             Kind::Wire(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Hyper {
                 inner, done, back, ..
@@ -766,7 +766,14 @@ impl Body for UpstreamIncoming {
                 }
                 polled.map_err(Into::into)
             }
+        };
+        // The upstream's trailers, without what must not go on (either protocol's).
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            crate::classify::strip_trailers(trailers);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
