@@ -1,9 +1,9 @@
 //! The checks behind the fuzz targets `request_head`, `client_response` and `upstream_response`
 //! (`fuzz/`): each of our own HTTP/1 parsers and writers is held to hyper's reading of the same
-//! bytes. hyper's server and client
-//! serve every request and answer these parsers do not take, so the two must never disagree on
-//! what a message says; where ours refuses what hyper accepts, hyper's path is the fallback (a
-//! request) or the upstream gets a 502 (an answer), and neither is a finding.
+//! bytes. hyper's server and client serve every request and answer our parsers do not take, so
+//! the two must never disagree on what a message says; where ours refuses what hyper accepts,
+//! hyper's path is the fallback (a request) or the upstream gets a 502 (an answer), and neither
+//! is a finding.
 //!
 //! - [`request_head`]: a head the server loop (`listen::h1`) serves itself is one hyper's server
 //!   accepts, with the same method, target, version and fields.
