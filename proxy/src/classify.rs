@@ -159,12 +159,81 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), crate::respond::ProxyErr
             ));
         }
     }
-    if h.get_all(header::HOST).iter().count() > 1 {
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
         return Err(crate::respond::ProxyError::BadRequest(
             "more than one Host header",
         ));
     }
+    // RFC 9112 §3.2: a Host with an invalid value is a 400; so is a target's authority with
+    // userinfo (RFC 9110 §4.2.4; HTTP/2's `:authority` must not carry one, RFC 9113 §8.3.1).
+    if host.is_some_and(|v| !valid_authority(v.as_bytes())) {
+        return Err(crate::respond::ProxyError::BadRequest("invalid Host"));
+    }
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| !valid_authority(a.as_str().as_bytes()))
+    {
+        return Err(crate::respond::ProxyError::BadRequest(
+            "invalid authority in the request target",
+        ));
+    }
     Ok(())
+}
+
+/// Whether `value` is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IPv6 literal
+/// in brackets, or a name (an IPv4 address is one) of unreserved and sub-delim characters and
+/// percent escapes; then a port of digits, which may be empty. No userinfo, path, query,
+/// space or non-ASCII byte: an upstream that builds links from its `Host` gets none of them.
+/// (Empty is valid: HTTP/1.0 may send an empty `Host`; a missing one is judged elsewhere.)
+pub fn valid_authority(value: &[u8]) -> bool {
+    let (name, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&value[1..end]).ok();
+        if literal
+            .and_then(|l| l.parse::<std::net::Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        (&[][..], &value[end + 1..])
+    } else {
+        let colon = value.iter().position(|b| *b == b':').unwrap_or(value.len());
+        value.split_at(colon)
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && reg_name(name)
+}
+
+/// RFC 3986 `reg-name`: unreserved and sub-delim characters and `%` with two hex digits.
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                if !name
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Returns the request's id, adding a fresh one when absent or not a valid header value.
@@ -536,6 +605,48 @@ cluster = "c"
             );
             // Per-request keys: the text `Display` gives (the address as it came).
             assert_eq!(ip_text(addr.ip()), addr.ip().to_string(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for good in [
+            "",
+            "a",
+            "Shop.Example.COM.",
+            "a_b-c~d",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "a:",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "%61%2Eb",
+            "!$&'()*+,;=",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good:?} is valid");
+        }
+        for bad in [
+            "user@a",
+            "a b",
+            "a\tb",
+            "a/b",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "a:1:2",
+            "a:x",
+            ":1x",
+            "[::1",
+            "[::1]x",
+            "[::1]:a",
+            "[a::b::c]",
+            "[v1.x]",
+            "a%2",
+            "a%zz",
+            "caf\u{e9}",
+            "a\"b",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad:?} is invalid");
         }
     }
 

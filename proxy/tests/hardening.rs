@@ -83,6 +83,19 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
         ("bad chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
         ("missing Host", b"GET / HTTP/1.1\r\n\r\n"),
         ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        // A Host must be `uri-host [":" port]` (RFC 9112 §3.2: 400 for an invalid one): an
+        // upstream building URLs from it must not get a path, userinfo or a space in one.
+        ("Host with userinfo", b"GET / HTTP/1.1\r\nHost: evil@a\r\n\r\n"),
+        ("Host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        ("Host with a path", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+        ("Host with a query", b"GET / HTTP/1.1\r\nHost: a?b\r\n\r\n"),
+        ("Host with two ports", b"GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n"),
+        ("Host with a port not a number", b"GET / HTTP/1.1\r\nHost: a:http\r\n\r\n"),
+        ("Host with an open bracket", b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n"),
+        ("Host with a bad IPv6 literal", b"GET / HTTP/1.1\r\nHost: [a::b::c]\r\n\r\n"),
+        ("Host with a bad percent escape", b"GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n"),
+        ("Host of non-ASCII bytes", b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\n\r\n"),
+        ("absolute target with userinfo", b"GET http://evil@a/ HTTP/1.1\r\nHost: a\r\n\r\n"),
         ("Transfer-Encoding and Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"),
         ("Transfer-Encoding before content-length", b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n"),
         ("h2c upgrade", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
@@ -92,6 +105,13 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
         ("TE gzip, chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
         ("TE gzip in a field of its own", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
         ("TE chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", Want::Refused),
+        // Hosts of every valid shape pass.
+        ("Host name with a port", b"GET / HTTP/1.1\r\nHost: Shop-1.example_x.COM.:8443\r\nConnection: close\r\n\r\n", Want::Status(200)),
+        ("Host IPv4 with a port", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n", Want::Status(200)),
+        ("Host IPv6 literal with a port", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n", Want::Status(200)),
+        ("Host with an empty port", b"GET / HTTP/1.1\r\nHost: a:\r\nConnection: close\r\n\r\n", Want::Status(200)),
+        ("Host percent-encoded and sub-delims", b"GET / HTTP/1.1\r\nHost: %61~b!c\r\nConnection: close\r\n\r\n", Want::Status(200)),
+        ("absolute target", b"GET http://a:80/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Want::Status(200)),
     ];
     let failures = table_failures(
         addr,
