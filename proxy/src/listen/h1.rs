@@ -686,9 +686,13 @@ impl HeadFields {
                 fields.connection |= connection_options(value.as_bytes());
             } else if name == header::CONTENT_LENGTH {
                 lengths += 1;
-                fields.length = std::str::from_utf8(value.as_bytes())
+                // Digits only (RFC 9110 §8.6): `+5` parses as a number in Rust, and would go
+                // out as it came, a length the client cannot read.
+                let digits = value.as_bytes();
+                fields.length = std::str::from_utf8(digits)
                     .ok()
-                    .and_then(|v| v.trim().parse().ok());
+                    .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                    .and_then(|v| v.parse().ok());
             } else if name == header::DATE {
                 fields.date = true;
             }
