@@ -688,7 +688,7 @@ impl HeadFields {
                 lengths += 1;
                 // Digits only (RFC 9110 §8.6): `+5` parses as a number in Rust, and would go
                 // out as it came, a length the client cannot read.
-                let digits = value.as_bytes();
+                let digits = value.as_bytes().trim_ascii();
                 fields.length = std::str::from_utf8(digits)
                     .ok()
                     .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
@@ -1435,6 +1435,7 @@ mod tests {
                 false,
             ),
             (&[("content-length", "5x")], (false, false), None, false),
+            (&[("content-length", "+5")], (false, false), None, false),
             (
                 &[
                     ("connection", "keep-alive"),
