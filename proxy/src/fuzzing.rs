@@ -209,10 +209,11 @@ pub fn client_response(data: &[u8]) {
     let method = if info.head { Method::HEAD } else { Method::GET };
     let bodiless = bodiless(&method, status);
     let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    // One field of digits declares a length (RFC 9110 §8.6); anything else declares none.
     let declared = match lengths[..] {
-        [one] => std::str::from_utf8(one.as_bytes())
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok()),
+        [one] => Some(one.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()),
         _ => None,
     };
     // (A bodiless answer's body is never read: it cannot fail, nor its length be wrong.)
