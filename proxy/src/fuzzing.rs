@@ -211,9 +211,7 @@ pub fn client_response(data: &[u8]) {
     let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     // One field of digits declares a length (RFC 9110 §8.6); anything else declares none.
     let declared = match lengths[..] {
-        [one] => Some(one.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok()),
+        [one] => crate::forward::wire::length_value(one.as_bytes()),
         _ => None,
     };
     // (A bodiless answer's body is never read: it cannot fail, nor its length be wrong.)

@@ -317,6 +317,16 @@ pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
 }
 
 /// The items of a comma-separated field value, trimmed (empty ones included).
+/// A `Content-Length` value (RFC 9110 §8.6): digits only, surrounding whitespace aside (Rust's
+/// `parse` would also take a sign).
+pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }

@@ -46,7 +46,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::slots::Hold;
 use super::{BoxError, HeadLimits};
-use crate::forward::wire::{ConnectionOptions, connection_options, decimal, put_field};
+use crate::forward::wire::{
+    ConnectionOptions, connection_options, decimal, length_value, put_field,
+};
 use crate::head_timer::ConnIo;
 
 /// The body of a request as the pipeline sees it: none (this loop's requests), or hyper's.
@@ -686,13 +688,8 @@ impl HeadFields {
                 fields.connection |= connection_options(value.as_bytes());
             } else if name == header::CONTENT_LENGTH {
                 lengths += 1;
-                // Digits only (RFC 9110 §8.6): `+5` parses as a number in Rust, and would go
-                // out as it came, a length the client cannot read.
-                let digits = value.as_bytes().trim_ascii();
-                fields.length = std::str::from_utf8(digits)
-                    .ok()
-                    .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                    .and_then(|v| v.parse().ok());
+                // Digits only: `+5` would go out as it came, a length the client cannot read.
+                fields.length = length_value(value.as_bytes());
             } else if name == header::DATE {
                 fields.date = true;
             }
