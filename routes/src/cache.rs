@@ -473,6 +473,12 @@ fn parse_delta(v: &str) -> Option<u64> {
     Some(v.parse::<u64>().map_or(DELTA_MAX, |n| n.min(DELTA_MAX)))
 }
 
+/// An `Age` field value (RFC 9111 §5.1): its first list member, delta-seconds; anything else
+/// (a sign, a fraction, a word) is `None`, which a cache ignores.
+pub fn age_value(value: &str) -> Option<u64> {
+    parse_delta(value.split(',').next()?.trim())
+}
+
 /// Splits a list on commas outside quoted strings.
 fn split_items(line: &str) -> Vec<&str> {
     let mut items = Vec::new();

@@ -3,7 +3,7 @@
 
 use crate::cache::{
     CachePolicy, Directives, Heuristic, LifetimeSource, PathPattern, ResponseFacts, Usability,
-    parse_size,
+    age_value, parse_size,
 };
 use crate::{RequestFacts, RouteId, load};
 
@@ -92,6 +92,26 @@ fn rfc9111_1_2_2_delta_seconds_saturate_at_2_pow_31() {
         cc("max-age=99999999999999999999").max_age,
         Some(2_147_483_648)
     );
+}
+
+#[test]
+fn rfc9111_5_1_age_is_the_first_member_and_digits_only() {
+    for (text, want) in [
+        ("10", Some(10)),
+        (" 10 ", Some(10)),
+        ("10, 20", Some(10)),
+        ("0", Some(0)),
+        ("99999999999999999999", Some(2_147_483_648)),
+        // Invalid: the cache ignores the field.
+        ("+5", None),
+        ("-5", None),
+        ("5.0", None),
+        ("five", None),
+        ("", None),
+        (", 5", None),
+    ] {
+        assert_eq!(age_value(text), want, "Age: {text:?}");
+    }
 }
 
 #[test]

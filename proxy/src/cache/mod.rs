@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use metrics::{Counter, Gauge};
-use routes::cache::{CachePolicy, CacheRule, Directives, ResponseFacts, StoreLimits};
+use routes::cache::{CachePolicy, CacheRule, Directives, ResponseFacts, StoreLimits, age_value};
 use routes::{RegionId, RegionSet};
 use tokio::sync::watch;
 
@@ -719,7 +719,7 @@ pub fn facts_of(
         age: headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok()),
+            .and_then(age_value),
         request_time,
         response_time,
     }
@@ -834,7 +834,7 @@ pub fn refreshed(
     facts.age = not_modified
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+        .and_then(age_value);
     Entry {
         status: old.status,
         headers,

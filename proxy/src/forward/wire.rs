@@ -316,7 +316,6 @@ pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// The items of a comma-separated field value, trimmed (empty ones included).
 /// A `Content-Length` value (RFC 9110 §8.6): digits only, surrounding whitespace aside (Rust's
 /// `parse` would also take a sign).
 pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
@@ -327,6 +326,7 @@ pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+/// The items of a comma-separated field value, trimmed (empty ones included).
 pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
@@ -472,13 +472,10 @@ fn parse_head(
         let name = scratch.name(at, h.name.as_bytes())?;
         let start = h.value.as_ptr() as usize - base;
         if name == header::CONTENT_LENGTH {
+            // ASCII whitespace only around each: `str::trim` would also take Unicode spaces
+            // (a no-break space before the digits), which hyper's client refuses.
             for part in h.value.split(|b| *b == b',') {
-                let n = std::str::from_utf8(part)
-                    .ok()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| invalid("bad upstream content-length"))?;
+                let n = length_value(part).ok_or_else(|| invalid("bad upstream content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(invalid("conflicting upstream content-length"));
                 }
@@ -1089,6 +1086,16 @@ mod tests {
             ),
             (
                 &[&b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"[..]][..],
+                true,
+            ),
+            // Digits only, ASCII whitespace around them: a sign, or a no-break space before
+            // them (which `str::trim` took), is refused, as hyper's client refuses it.
+            (
+                &[&b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..]][..],
+                true,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ncontent-length: \xc2\xa02\r\n\r\nok"[..]][..],
                 true,
             ),
             (
