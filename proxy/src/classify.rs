@@ -29,6 +29,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Fields a `Connection` option does not remove (RFC 9110 §7.6.1: a sender must not name a
+/// field meant for every recipient). `Host` is what the request was routed and cached by: taken
+/// away, the upstream would answer for its default host, and the cache would keep that answer
+/// under the host the client named, for everyone who asks for it. The others are the proxy's
+/// own fields (a request id, the forwarding chain, `Via`), which a client must not be able to
+/// take off the request an upstream sees.
+const NOT_CONNECTION_OPTIONS: [HeaderName; 7] = [
+    header::HOST,
+    REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+    header::VIA,
+];
+
 /// Where the request came from and how.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -399,8 +415,9 @@ pub fn join_cookie_crumbs(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`. `keep_upgrade` keeps
-/// `Upgrade` and a `Connection: upgrade` (WebSocket passthrough).
+/// Removes hop-by-hop headers and every header named in `Connection` but those in
+/// [`NOT_CONNECTION_OPTIONS`]. `keep_upgrade` keeps `Upgrade` and a `Connection: upgrade`
+/// (WebSocket passthrough).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names notes which are here (most heads carry none, or only
     // `Connection`); only those are looked up again.
@@ -425,11 +442,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let first = headers.remove(header::CONNECTION);
         for value in first.iter().chain(&others) {
             for name in crate::forward::wire::list_items(value.as_bytes()) {
-                if name.is_empty()
-                    || name.eq_ignore_ascii_case(b"upgrade")
-                    || HOP_BY_HOP
+                let among = |names: &[HeaderName]| {
+                    names
                         .iter()
                         .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                };
+                if name.is_empty()
+                    || name.eq_ignore_ascii_case(b"upgrade")
+                    || among(&HOP_BY_HOP)
+                    || among(&NOT_CONNECTION_OPTIONS)
                 {
                     continue;
                 }
@@ -713,6 +734,36 @@ cluster = "c"
             strip_hop_by_hop(&mut h, false);
             assert_eq!(h.keys().collect::<Vec<_>>(), ["accept"], "{fields:?}");
         }
+        // `Host` and the proxy's own fields stay whatever `Connection` names (in any case).
+        let mut kept = headers(&[
+            (
+                "connection",
+                "Host, x-request-id, X-Forwarded-For, x-forwarded-proto, x-forwarded-host, forwarded, via, x-a",
+            ),
+            ("host", "shop.example"),
+            ("x-request-id", "r1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+            ("forwarded", "for=203.0.113.9"),
+            ("via", "1.1 cdn"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut kept, false);
+        let mut names: Vec<_> = kept.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "forwarded",
+                "host",
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-request-id",
+            ]
+        );
         // Each name's bit is its place in HOP_BY_HOP (what is removed for it).
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_bit(name), 1 << i, "{name}");

@@ -605,3 +605,29 @@ async fn explain_shows_the_effective_headers() {
         "{text}"
     );
 }
+
+/// A client's `Connection` field cannot take away the `Host` the answer is cached under: the
+/// origin would answer for another host (its default), and the entry would serve everyone
+/// who asks for this one.
+#[tokio::test]
+async fn a_connection_option_cannot_strip_the_host_an_entry_is_kept_under() {
+    let origin = Scripted::start(Duration::ZERO, |p, _| {
+        let host = p.headers.get("host").map(|h| h.to_str().unwrap_or("?"));
+        (200, vec![], format!("for {}", host.unwrap_or("no host")))
+    })
+    .await;
+    let fd = start(&config(origin.addr, "")).await;
+    let first = get(
+        &fd,
+        "/page",
+        &[("host", "shop.example"), ("connection", "host")],
+    )
+    .await;
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(first.text(), "for shop.example");
+    let next = get(&fd, "/page", &[("host", "shop.example")]).await;
+    assert_eq!(
+        (next.text().as_str(), next.header("x-cache")),
+        ("for shop.example", Some("HIT"))
+    );
+}

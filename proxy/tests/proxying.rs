@@ -116,6 +116,46 @@ async fn forwarding_headers_are_kept_from_trusted_proxies() {
     fd.shutdown().await;
 }
 
+/// A `Connection` field cannot take `Host` or the proxy's own fields off the request the
+/// upstream sees (a trusted proxy's forwarding chain included); any other field it names goes.
+#[tokio::test]
+async fn connection_options_cannot_take_the_proxys_fields_off_a_request() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin.addr, "", "stable")])
+    );
+    let fd = start(&config).await;
+    let req = Request::get(url(&fd, "/"))
+        .header("host", "shop.example")
+        .header(
+            "connection",
+            "host, x-request-id, x-forwarded-for, x-forwarded-proto, x-forwarded-host, via, x-secret",
+        )
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "shop.example:443")
+        .header("via", "1.1 cdn")
+        .header("x-secret", "must not pass")
+        .body(Full::default())
+        .expect("req");
+    let resp = Client::http1().send(req).await.expect("resp");
+    let rid = resp.header("x-request-id").expect("request id").to_string();
+    let echo = resp.echo().expect("echo");
+    assert_eq!(echo.header("host"), Some("shop.example"));
+    assert_eq!(echo.header("x-request-id"), Some(rid.as_str()));
+    assert_eq!(
+        echo.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(echo.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(echo.header("x-forwarded-host"), Some("shop.example:443"));
+    assert_eq!(echo.header("via"), Some("1.1 cdn, 1.1 frontdoor"));
+    assert_eq!(echo.header("x-secret"), None);
+    assert_eq!(echo.header("connection"), None);
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn routes_by_host_then_longest_prefix() {
     let a = Origin::builder().version("exact").start().await.expect("a");
