@@ -755,11 +755,12 @@ fn chunk_size(buf: &mut BytesMut) -> io::Result<Option<u64>> {
         _ => return Err(invalid("upstream chunk-size line not ended by CRLF")),
     }
     let line = &buf[..end];
-    let digits = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
+    // Whitespace after the size is BWS (RFC 9112 §7.1.1): spaces and tabs only. A form feed,
+    // which `trim_ascii_end` takes too, ends the line for no one else.
+    let mut digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    while let [rest @ .., b' ' | b'\t'] = digits {
+        digits = rest;
+    }
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(invalid("bad upstream chunk size"));
     }
@@ -959,6 +960,16 @@ mod tests {
                 trailer: Some(("x-sum", "9")),
                 kept: true,
             },
+            // Spaces and tabs after a size (BWS), before an extension or the line's end.
+            Case {
+                pieces: &[
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                    b"3 \t;a=b\r\nhel\r\n2\t\r\nlo\r\n0 \r\n\r\n",
+                ],
+                body: b"hello",
+                trailer: None,
+                kept: true,
+            },
             Case {
                 pieces: &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"],
                 body: b"",
@@ -1155,6 +1166,10 @@ mod tests {
             ),
             (
                 &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\n\r\n"[..]][..],
+                false,
+            ),
+            (
+                &[&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\x0c\r\nok\r\n0\r\n\r\n"[..]][..],
                 false,
             ),
             (
