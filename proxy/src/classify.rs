@@ -476,6 +476,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether a `TE` field names `trailers` (RFC 9110 §10.1.4): the client takes a trailer section.
+pub fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        crate::forward::wire::list_items(v.as_bytes())
+            .any(|item| item.eq_ignore_ascii_case(b"trailers"))
+    })
+}
+
 /// Appends our `Via` entry, e.g. `1.1 frontdoor`.
 pub fn add_via(headers: &mut HeaderMap, version: Version, via: &ViaValues) {
     let ours = via.for_version(version);
@@ -813,6 +821,21 @@ cluster = "c"
         strip_hop_by_hop(&mut ws, true);
         assert_eq!(ws["upgrade"], "websocket");
         assert_eq!(ws["connection"], "upgrade");
+    }
+
+    #[test]
+    fn te_says_whether_trailers_are_taken() {
+        for (fields, takes) in [
+            (&[("te", "trailers")][..], true),
+            (&[("te", "Trailers")][..], true),
+            (&[("te", "deflate;q=0.5, trailers")][..], true),
+            (&[("te", "gzip"), ("te", " trailers ")][..], true),
+            (&[("te", "gzip")][..], false),
+            (&[("te", "trailersx, x-trailers")][..], false),
+            (&[("accept", "trailers")][..], false),
+        ] {
+            assert_eq!(takes_trailers(&headers(fields)), takes, "{fields:?}");
+        }
     }
 
     #[test]

@@ -316,7 +316,17 @@ async fn proxy_request(
     {
         head.headers.insert(header::HOST, v);
     }
+    // `TE: trailers` (gRPC clients send it, and servers may refuse a call without it) says the
+    // client takes trailers, which the proxy passes on: an HTTP/2 upstream gets it again after
+    // the hop-by-hop fields go (the one `TE` RFC 9113 §8.2.2 allows there).
+    let te_trailers = active.upstreams.clusters[target.0.0].config.protocol
+        == routes::UpstreamProtocol::H2
+        && classify::takes_trailers(&head.headers);
     classify::strip_hop_by_hop(&mut head.headers, websocket);
+    if te_trailers {
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if head.version >= Version::HTTP_2 {
         classify::join_cookie_crumbs(&mut head.headers);
     }

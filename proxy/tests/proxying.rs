@@ -1345,3 +1345,149 @@ async fn a_reload_moves_the_cap_under_the_requests_at_the_endpoint() {
     assert_eq!(upstream.most.load(Ordering::SeqCst), 2);
     fd.shutdown().await;
 }
+
+/// An HTTP/2 upstream shaped as a gRPC server: it answers at once with
+/// `content-type: application/grpc`, sends back each request DATA frame as it arrives, and
+/// ends with a `grpc-status: 0` trailer once the request stream ends. It keeps the `te` field
+/// of each request.
+async fn grpc_echo_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use hyper::body::Frame;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let record = std::sync::Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let record = std::sync::Arc::clone(&record);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let te = req
+                    .headers()
+                    .get("te")
+                    .map(|v| v.to_str().unwrap_or("?").to_string());
+                record.lock().expect("seen").push(te);
+                let (tx, rx) =
+                    tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        if let Ok(data) = frame.into_data()
+                            && tx.send(Ok(Frame::data(data))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+                });
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(http_body_util::StreamBody::new(
+                        loadtest::origin::ReceiverStream(rx),
+                    ))
+                    .expect("response");
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+            });
+            let serve =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service);
+            tokio::spawn(serve);
+        }
+    });
+    (addr, seen)
+}
+
+/// gRPC through an `h2` cluster, as its clients and servers speak it: `te: trailers` reaches
+/// the server (gRPC sends it to find proxies that would drop trailers, and servers may refuse
+/// a call without it), a bidirectional stream flows message by message (each answer comes back
+/// before the next message is sent, so nothing may wait for the whole request), and the
+/// `grpc-status` trailer reaches the client. A `TE` without `trailers` does not pass.
+#[tokio::test]
+async fn grpc_streams_both_ways_through_an_h2_cluster() {
+    use hyper::body::Frame;
+    let (upstream, seen) = grpc_echo_upstream().await;
+    let fd = start(&one_route("protocol = \"h2\"", &[(upstream, "", "v")])).await;
+    let tcp = tokio::net::TcpStream::connect(fd.http.expect("http"))
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    let req = Request::post("http://a/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(
+            loadtest::origin::ReceiverStream(rx),
+        ))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("the head comes before the request stream ends")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let mut body = resp.into_body();
+    for i in 0..3u8 {
+        // A gRPC message: not compressed, its length, its bytes.
+        let text = format!("message {i}");
+        let mut message = vec![0u8];
+        message.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        message.extend_from_slice(text.as_bytes());
+        tx.send(Ok(Frame::data(Bytes::from(message.clone()))))
+            .await
+            .expect("send");
+        let mut echoed = Vec::new();
+        while echoed.len() < message.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("the answer to this message comes while the stream is open")
+                .expect("a frame")
+                .expect("data");
+            echoed.extend_from_slice(&frame.into_data().expect("data, not trailers"));
+        }
+        assert_eq!(echoed, message, "message {i}");
+    }
+    drop(tx);
+    let trailers = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the stream ends")
+            .expect("trailers")
+            .expect("frame");
+        if let Ok(trailers) = frame.into_trailers() {
+            break trailers;
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "0");
+
+    // A `TE` that does not name `trailers` is the connection's alone.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))))
+        .await
+        .expect("send");
+    drop(tx);
+    let req = Request::post("http://a/echo.Echo/Chat")
+        .header("content-type", "application/grpc")
+        .header("te", "gzip")
+        .body(http_body_util::StreamBody::new(
+            loadtest::origin::ReceiverStream(rx),
+        ))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    resp.into_body().collect().await.expect("body");
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        [Some("trailers".to_string()), None]
+    );
+    fd.shutdown().await;
+}
