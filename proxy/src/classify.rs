@@ -45,6 +45,29 @@ const NOT_CONNECTION_OPTIONS: [HeaderName; 7] = [
     header::VIA,
 ];
 
+/// Whether a field claims what an earlier proxy saw: the client's address, the scheme, port
+/// or path prefix it used, the URL it asked for. Frameworks take client addresses from these
+/// and build redirects and links from them (Rack reads `X-Forwarded-Scheme` and `-Ssl`, Spring
+/// `Forwarded` and `X-Forwarded-Prefix`; some route by `X-Original-URL`), and no cache key
+/// holds them, so one client's claim would reach others from the cache. Only a trusted proxy's
+/// pass; `X-Forwarded-For`, `-Proto` and `-Host` are set by [`set_forwarded`].
+pub fn forwarding_claim(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+            | "x-forwarded-server"
+            | "x-original-url"
+            | "x-rewrite-url"
+    )
+}
+
 /// Where the request came from and how.
 #[derive(Debug, Clone)]
 pub struct Peer {

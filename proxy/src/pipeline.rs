@@ -331,11 +331,12 @@ async fn proxy_request(
         classify::join_cookie_crumbs(&mut head.headers);
     }
     if !trusted {
-        // Our own x-frontdoor-* headers (read above, e.g. the version override) stop here.
+        // Our own x-frontdoor-* headers (read above, e.g. the version override) stop here, and
+        // so do claims of what an earlier proxy saw (`X-Forwarded-*` are replaced below).
         let ours: Vec<header::HeaderName> = head
             .headers
             .keys()
-            .filter(|k| k.as_str().starts_with("x-frontdoor-"))
+            .filter(|k| k.as_str().starts_with("x-frontdoor-") || classify::forwarding_claim(k))
             .cloned()
             .collect();
         for k in ours {

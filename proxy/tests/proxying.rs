@@ -156,6 +156,52 @@ async fn connection_options_cannot_take_the_proxys_fields_off_a_request() {
     fd.shutdown().await;
 }
 
+/// What a client claims an earlier proxy saw (its address, scheme, port, path prefix, the
+/// original URL) reaches the upstream only from a trusted proxy: frameworks build redirects
+/// and links from these fields and take client addresses from them, and none is part of a
+/// cache key, so one client's claim would be served to others from the cache.
+#[tokio::test]
+async fn forwarding_claims_pass_only_from_trusted_proxies() {
+    const CLAIMS: [(&str, &str); 11] = [
+        ("forwarded", "for=6.6.6.6;proto=http;host=evil.example"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-client-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-forwarded-scheme", "http"),
+        ("x-forwarded-ssl", "off"),
+        ("x-forwarded-server", "evil.example"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+    ];
+    let origin = Origin::builder().start().await.expect("origin");
+    for (trusted, kept) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
+        let config = format!(
+            "[server]\ntrusted_proxies = [\"{trusted}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+            cluster("app", "", &[(origin.addr, "", "stable")])
+        );
+        let fd = start(&config).await;
+        for client in [Client::http1(), Client::h2c()] {
+            let mut req = Request::get(url(&fd, "/")).header("x-other", "kept");
+            for (name, value) in CLAIMS {
+                req = req.header(name, value);
+            }
+            let resp = client
+                .send(req.body(Full::default()).expect("req"))
+                .await
+                .expect("resp");
+            let echo = resp.echo().expect("echo");
+            for (name, value) in CLAIMS {
+                let want = kept.then_some(value);
+                assert_eq!(echo.header(name), want, "{name} (trusted: {kept})");
+            }
+            assert_eq!(echo.header("x-other"), Some("kept"));
+        }
+        fd.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn routes_by_host_then_longest_prefix() {
     let a = Origin::builder().version("exact").start().await.expect("a");
