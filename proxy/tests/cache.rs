@@ -631,3 +631,60 @@ async fn a_connection_option_cannot_strip_the_host_an_entry_is_kept_under() {
         ("for shop.example", Some("HIT"))
     );
 }
+
+/// The scheme the upstream is told (`X-Forwarded-Proto`) is part of the key, as nginx's
+/// default key holds `$scheme`: an origin that redirects plain HTTP to HTTPS would otherwise
+/// have its redirect served from the cache to HTTPS clients, who would follow it forever.
+#[tokio::test]
+async fn entries_are_kept_apart_by_the_scheme_the_upstream_sees() {
+    let origin = Scripted::start(Duration::ZERO, |p, _| {
+        let proto = p.headers.get("x-forwarded-proto").map(|v| v.as_bytes());
+        if proto == Some(b"https") {
+            (200, vec![], "secure page".to_string())
+        } else {
+            let to = "https://shop.example/page".to_string();
+            let cc = "public, max-age=3600".to_string();
+            (
+                301,
+                vec![("location", to), ("cache-control", cc)],
+                String::new(),
+            )
+        }
+    })
+    .await;
+    let text = config(origin.addr, "").replacen(
+        "\n[[routes]]",
+        "\n[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[[routes]]",
+        1,
+    );
+    let fd = start(&text).await;
+    let plain = [("host", "shop.example"), ("x-forwarded-proto", "http")];
+    let secure = [("host", "shop.example"), ("x-forwarded-proto", "https")];
+    let first = get(&fd, "/page", &plain).await;
+    assert_eq!(first.status, StatusCode::MOVED_PERMANENTLY);
+    let again = get(&fd, "/page", &plain).await;
+    assert_eq!(
+        (again.status, again.header("x-cache")),
+        (StatusCode::MOVED_PERMANENTLY, Some("HIT"))
+    );
+    let over_tls = get(&fd, "/page", &secure).await;
+    assert_eq!(
+        (over_tls.status, over_tls.text().as_str()),
+        (StatusCode::OK, "secure page")
+    );
+    assert_eq!(origin.hits(), 2);
+    let hit = get(&fd, "/page", &secure).await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    // An unsafe method's success drops the URL under either scheme (RFC 9111 §4.4).
+    let req = Request::post(url(&fd, "/page"))
+        .header("host", "shop.example")
+        .header("x-forwarded-proto", "https")
+        .body(Full::default())
+        .expect("request");
+    let post = Client::http1().send(req).await.expect("response");
+    assert_eq!(post.status, StatusCode::OK);
+    for headers in [plain, secure] {
+        let after = get(&fd, "/page", &headers).await;
+        assert_eq!(after.header("x-cache"), Some("MISS"), "{headers:?}");
+    }
+}

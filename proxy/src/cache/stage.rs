@@ -69,16 +69,26 @@ const CONDITIONALS: [header::HeaderName; 5] = [
 ];
 
 /// Writes the request's key text into `out` ([`super::key_text`]): its scope (the residency
-/// jurisdiction when restricted, the serving cluster and version), host and target.
+/// jurisdiction when restricted, the serving cluster and version, the scheme the upstream is
+/// told), host and target.
+///
+/// The scheme is the `X-Forwarded-Proto` that goes upstream (the listener's, or a trusted
+/// proxy's), as nginx's default key holds `$scheme`: an origin answers a plain-HTTP request
+/// with a redirect to HTTPS, which served from the cache to HTTPS clients would send them
+/// round for ever.
 fn write_key(
     out: &mut String,
     active: &Active,
     decision: &Decision,
     cluster: ClusterId,
     version: Option<&str>,
+    head: &Parts,
     host: &str,
-    target: &str,
 ) {
+    let scheme = head
+        .headers
+        .get(&crate::classify::X_FORWARDED_PROTO)
+        .map_or(&b""[..], |v| v.as_bytes());
     let s = &active.snapshot;
     let jurisdiction = match (decision.restricted, decision.jurisdiction) {
         (true, Some(j)) => s.jurisdiction(j),
@@ -89,8 +99,9 @@ fn write_key(
         jurisdiction,
         s.cluster(cluster).name.as_str(),
         version.unwrap_or("-"),
+        std::str::from_utf8(scheme).unwrap_or("?"),
     ];
-    super::key_text(out, &scope, host, target);
+    super::key_text(out, &scope, host, target_of(head));
 }
 
 /// The plan of a request that goes upstream after its lookup: the client's own headers are
@@ -186,8 +197,8 @@ pub async fn lookup(
         decision,
         cluster,
         version,
+        head,
         host,
-        target_of(head),
     );
     // A key of its own only for a miss (to lead or wait for its fetch): one copy of the text.
     let key = |text: &str| super::Key::from(text);
