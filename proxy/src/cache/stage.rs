@@ -101,7 +101,10 @@ fn write_key(
         version.unwrap_or("-"),
         std::str::from_utf8(scheme).unwrap_or("?"),
     ];
-    super::key_text(out, &scope, host, target_of(head));
+    let target = target_of(head);
+    // Room for all of it at once (separators included), not grown part by part.
+    out.reserve(scope.iter().map(|p| p.len() + 1).sum::<usize>() + host.len() + target.len() + 1);
+    super::key_text(out, &scope, host, target);
 }
 
 /// The plan of a request that goes upstream after its lookup: the client's own headers are

@@ -320,10 +320,17 @@ pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
 /// `parse` would also take a sign).
 pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // Digit by digit: no UTF-8 check and no `parse` (a value past `u64` is none either way).
+    digits.iter().try_fold(0u64, |n, b| {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
 /// The items of a comma-separated field value, trimmed (empty ones included).
@@ -1086,6 +1093,32 @@ mod tests {
         assert!(!head.expect("head").headers().contains_key("content-length"));
         assert_eq!(&got.expect("body").0[..], b"ok");
         assert!(!back);
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        for (value, want) in [
+            (&b"0"[..], Some(0)),
+            (b" 12\t", Some(12)),
+            (b"007", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"+5", None),
+            (b"-1", None),
+            (b"", None),
+            (b" ", None),
+            (b"1 2", None),
+            (b"0x10", None),
+            ("\u{a0}5".as_bytes(), None),
+            ("\u{663}".as_bytes(), None),
+        ] {
+            assert_eq!(
+                length_value(value),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
     }
 
     #[tokio::test]
