@@ -346,9 +346,12 @@ async fn proxy_request(
     classify::set_forwarded(&mut head.headers, peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &active.via);
 
-    // cache: answer from the store, or plan the exchange (coalesced, maybe conditional)
+    // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
+    // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and
+    // an origin that reads it would have one client's answer stored for everyone.
+    let eligible = !websocket && hyper::body::Body::is_end_stream(&body);
     let mut plan = match crate::cache::stage::lookup(
-        active, &decision, target.0, target.1, host, &mut head, !websocket,
+        active, &decision, target.0, target.1, host, &mut head, eligible,
     )
     .await?
     {

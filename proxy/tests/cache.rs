@@ -688,3 +688,63 @@ async fn entries_are_kept_apart_by_the_scheme_the_upstream_sees() {
         assert_eq!(after.header("x-cache"), Some("MISS"), "{headers:?}");
     }
 }
+
+/// A `GET` with a body ("fat GET") goes to the origin but never into the cache, nor is it
+/// answered from it: the body is no part of the key, and an origin that reads it (some
+/// frameworks merge body parameters into a GET's) would have its answer to one client's body
+/// served to everyone who asks for the URL.
+#[tokio::test]
+async fn a_get_with_a_body_is_never_cached() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await?.to_bytes();
+                let text = if body.is_empty() {
+                    Bytes::from_static(b"page")
+                } else {
+                    body
+                };
+                let mut resp = Response::new(Full::new(text));
+                resp.headers_mut().insert(
+                    "cache-control",
+                    http::HeaderValue::from_static("public, max-age=600"),
+                );
+                Ok::<_, hyper::Error>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    let fd = start(&config(addr, "")).await;
+    let fat = |body: &'static str| {
+        Request::get(url(&fd, "/article"))
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("request")
+    };
+    let first = Client::http1().send(fat("injected")).await.expect("response");
+    assert_eq!(first.text(), "injected");
+    assert_eq!(first.header("x-cache"), Some("BYPASS"));
+    let plain = get(&fd, "/article", &[]).await;
+    assert_eq!(
+        (plain.text().as_str(), plain.header("x-cache")),
+        ("page", Some("MISS"))
+    );
+    let hit = get(&fd, "/article", &[]).await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    // An empty body said so is no body.
+    let empty = get(&fd, "/article", &[("content-length", "0")]).await;
+    assert_eq!(empty.header("x-cache"), Some("HIT"));
+    // Nor is a body answered from the store.
+    let again = Client::http1().send(fat("other")).await.expect("response");
+    assert_eq!(
+        (again.text().as_str(), again.header("x-cache")),
+        ("other", Some("BYPASS"))
+    );
+}
