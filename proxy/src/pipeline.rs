@@ -262,7 +262,18 @@ async fn proxy_request(
     if let Some(cfg) = &route.rollout {
         let table = rollouts.table();
         if let Some(rr) = table.by_route.get(&route.name) {
-            let assigned = rollout::assign(&route.name, &rr.state, req.headers(), client, trusted);
+            let https = peer.tls
+                || (trusted
+                    && req
+                        .headers()
+                        .get(&classify::X_FORWARDED_PROTO)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+            let who = rollout::Who {
+                client,
+                trusted,
+                https,
+            };
+            let assigned = rollout::assign(&route.name, &rr.state, req.headers(), who);
             set_cookie = assigned.set_cookie;
             let mut version = assigned.version;
             if version == RolloutVersion::Candidate {

@@ -728,7 +728,10 @@ async fn a_get_with_a_body_is_never_cached() {
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .expect("request")
     };
-    let first = Client::http1().send(fat("injected")).await.expect("response");
+    let first = Client::http1()
+        .send(fat("injected"))
+        .await
+        .expect("response");
     assert_eq!(first.text(), "injected");
     assert_eq!(first.header("x-cache"), Some("BYPASS"));
     let plain = get(&fd, "/article", &[]).await;

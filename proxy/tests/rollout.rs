@@ -90,13 +90,24 @@ gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 
     );
     let fd = start(&config).await;
 
-    // 0%: nobody on canary; a new user gets a sticky cookie.
+    // 0%: nobody on canary; a new user gets a sticky cookie, `Secure` only over HTTPS (here
+    // the listener is plain and the peer untrusted, so its `X-Forwarded-Proto` says nothing).
     let first = Client::http1().get(&url(&fd, "/")).await.expect("resp");
     assert_eq!(first.header("x-origin-version"), Some("stable"));
     assert!(
         first
             .header("set-cookie")
-            .is_some_and(|c| c.starts_with("fd-uid="))
+            .is_some_and(|c| c.starts_with("fd-uid=") && !c.contains("Secure"))
+    );
+    let req = http::Request::get(url(&fd, "/"))
+        .header("x-forwarded-proto", "https")
+        .body(http_body_util::Full::default())
+        .expect("request");
+    let claimed = Client::http1().send(req).await.expect("resp");
+    assert!(
+        claimed
+            .header("set-cookie")
+            .is_some_and(|c| !c.contains("Secure"))
     );
 
     let (s, v) = admin(
@@ -218,5 +229,42 @@ gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 
             .header("x-origin-version"),
         Some("canary")
     );
+    fd.shutdown().await;
+}
+
+/// A new user's sticky cookie is `Secure` when the client came over HTTPS: here as a trusted
+/// proxy says it did (`X-Forwarded-Proto`); over plain HTTP it is not.
+#[tokio::test]
+async fn the_sticky_cookie_is_secure_over_https() {
+    let origin = Origin::builder()
+        .version("stable")
+        .start()
+        .await
+        .expect("origin");
+    let config = format!(
+        r#"
+[server]
+trusted_proxies = ["127.0.0.0/8"]
+[clusters.app]
+endpoints = [{{ address = "{0}", version = "stable" }}, {{ address = "{0}", version = "canary" }}]
+[[routes]]
+name = "app"
+cluster = "app"
+version = "stable"
+[routes.rollout]
+candidate = "canary"
+"#,
+        origin.addr
+    );
+    let fd = start(&config).await;
+    for (proto, secure) in [("https", true), ("HTTPS", true), ("http", false)] {
+        let req = http::Request::get(url(&fd, "/"))
+            .header("x-forwarded-proto", proto)
+            .body(http_body_util::Full::default())
+            .expect("request");
+        let resp = Client::http1().send(req).await.expect("resp");
+        let cookie = resp.header("set-cookie").expect("a new user's cookie");
+        assert_eq!(cookie.ends_with("; Secure"), secure, "{proto}: {cookie}");
+    }
     fd.shutdown().await;
 }

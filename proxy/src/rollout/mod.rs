@@ -647,14 +647,29 @@ pub struct Assignment {
     pub set_cookie: Option<http::HeaderValue>,
 }
 
+/// Who sent a request, as far as version assignment cares.
+#[derive(Debug, Clone, Copy)]
+pub struct Who {
+    /// The client's address (the sticky key by IP, and without a header's).
+    pub client: std::net::IpAddr,
+    /// The peer is a trusted proxy (the override header may be limited to those).
+    pub trusted: bool,
+    /// The client reached us over HTTPS (the listener's TLS, or a trusted proxy's
+    /// `X-Forwarded-Proto`): a new user's cookie is then `Secure`.
+    pub https: bool,
+}
+
 /// Picks the version for a request: the override header (when allowed), else the sticky
 /// bucket against the current weight.
 pub fn assign(
     route_name: &str,
     state: &RolloutState,
     headers: &http::HeaderMap,
-    client: std::net::IpAddr,
-    trusted: bool,
+    Who {
+        client,
+        trusted,
+        https,
+    }: Who,
 ) -> Assignment {
     let cfg = &state.config;
     if let Some(name) = &state.override_name
@@ -683,14 +698,21 @@ pub fn assign(
         model::Sticky::Cookie(name) => match cookie(headers, name) {
             Some(v) => v,
             None => {
-                // A new user: a fresh id, sent back as the cookie (built in one buffer).
+                // A new user: a fresh id, sent back as the cookie (built in one buffer). Over
+                // HTTPS it is `Secure`: a browser then never sends it in the clear.
                 const ATTRIBUTES: &[u8] = b"; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax";
+                const SECURE: &[u8] = b"; Secure";
                 fresh = crate::classify::new_id_digits();
-                let mut value = Vec::with_capacity(name.len() + 1 + fresh.len() + ATTRIBUTES.len());
+                let mut value = Vec::with_capacity(
+                    name.len() + 1 + fresh.len() + ATTRIBUTES.len() + SECURE.len(),
+                );
                 value.extend_from_slice(name.as_bytes());
                 value.push(b'=');
                 value.extend_from_slice(&fresh);
                 value.extend_from_slice(ATTRIBUTES);
+                if https {
+                    value.extend_from_slice(SECURE);
+                }
                 set_cookie = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
                     .ok()
                     .map(crate::classify::unique);

@@ -32,6 +32,15 @@ fn rollouts(extra: &str) -> (Snapshot, Rollouts) {
     (s, r)
 }
 
+/// A plain-HTTP request from `client`, through a trusted proxy or not.
+fn who(client: std::net::IpAddr, trusted: bool) -> Who {
+    Who {
+        client,
+        trusted,
+        https: false,
+    }
+}
+
 fn state(r: &Rollouts) -> RolloutState {
     r.table().by_route["app"].state.clone()
 }
@@ -339,7 +348,7 @@ fn ip_stickiness_keys_on_the_address_text() {
             } else {
                 Version::Stable
             };
-            let got = assign("app", &st, &http::HeaderMap::new(), ip, false);
+            let got = assign("app", &st, &http::HeaderMap::new(), who(ip, false));
             assert_eq!(got.version, expected, "{sticky}: {ip}");
             assert!(got.set_cookie.is_none());
             sides[usize::from(got.version == Version::Candidate)] += 1;
@@ -356,7 +365,7 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     let mut st = state(&r);
     let ip: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
     let mut headers = http::HeaderMap::new();
-    let first = assign("app", &st, &headers, ip, false);
+    let first = assign("app", &st, &headers, who(ip, false));
     let set = first.set_cookie.expect("cookie set for a new user");
     assert!(
         set.is_sensitive(),
@@ -364,15 +373,30 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     );
     let value = set.to_str().expect("ascii");
     assert!(
-        value.starts_with("fd-uid=") && value.contains("HttpOnly"),
+        value.starts_with("fd-uid=") && value.contains("HttpOnly") && !value.contains("Secure"),
         "{value}"
+    );
+    // Over HTTPS a new user's cookie is `Secure` as well.
+    let https = Who {
+        https: true,
+        ..who(ip, false)
+    };
+    let secure = assign("app", &st, &headers, https)
+        .set_cookie
+        .expect("cookie");
+    assert!(
+        secure
+            .to_str()
+            .expect("ascii")
+            .ends_with("; HttpOnly; SameSite=Lax; Secure"),
+        "{secure:?}"
     );
     let cookie = value.split(';').next().expect("pair").to_string();
     headers.insert(
         http::header::COOKIE,
         http::HeaderValue::from_str(&format!("a=b; {cookie}")).expect("cookie"),
     );
-    let again = assign("app", &st, &headers, ip, false);
+    let again = assign("app", &st, &headers, who(ip, false));
     assert!(again.set_cookie.is_none());
     assert_eq!(again.version, first.version, "same cookie, same version");
 
@@ -383,7 +407,7 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
             http::header::COOKIE,
             http::HeaderValue::from_str(&format!("fd-uid=u{user}")).expect("cookie"),
         );
-        if assign("app", &st, &h, ip, false).version == Version::Candidate {
+        if assign("app", &st, &h, who(ip, false)).version == Version::Candidate {
             candidates_at_10.push(h);
         }
     }
@@ -393,7 +417,7 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     assert!(
         candidates_at_10
             .iter()
-            .all(|h| assign("app", &st, h, ip, false).version == Version::Candidate)
+            .all(|h| assign("app", &st, h, who(ip, false)).version == Version::Candidate)
     );
 
     let mut forced = http::HeaderMap::new();
@@ -403,17 +427,17 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     );
     st.weight = 0.0;
     assert_eq!(
-        assign("app", &st, &forced, ip, false).version,
+        assign("app", &st, &forced, who(ip, false)).version,
         Version::Candidate
     );
     st.config.override_trusted_only = true;
     assert_eq!(
-        assign("app", &st, &forced, ip, false).version,
+        assign("app", &st, &forced, who(ip, false)).version,
         Version::Stable,
         "untrusted override ignored"
     );
     assert_eq!(
-        assign("app", &st, &forced, ip, true).version,
+        assign("app", &st, &forced, who(ip, true)).version,
         Version::Candidate
     );
 }
