@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -168,6 +168,10 @@ async fn proxy_request(
         return Err(ProxyError::BadRequest("missing Host"));
     }
     classify::check_framing(&req)?;
+    let method = req.method();
+    if *method == Method::TRACE || *method == Method::CONNECT || method.as_str() == "TRACK" {
+        return Err(ProxyError::MethodNotAllowed);
+    }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target > snapshot.server.max_uri_bytes {
         return Err(ProxyError::UriTooLong);

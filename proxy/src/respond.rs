@@ -29,6 +29,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The request target is longer than `server.max_uri_bytes` (414).
     UriTooLong,
+    /// `TRACE` (and Microsoft's `TRACK`), which would reflect the request as the upstream got
+    /// it — cookies, credentials and every field the proxies on the way added — and `CONNECT`,
+    /// a tunnel a reverse proxy does not open (405 with `Allow`, as nginx refuses them).
+    MethodNotAllowed,
     /// The request body has a transfer coding other than `chunked` (501, RFC 9112 §6.1): the
     /// upstream would get the coded bytes with nothing to say so.
     UnsupportedCoding,
@@ -68,6 +72,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -86,6 +91,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::UriTooLong
+            | ProxyError::MethodNotAllowed
             | ProxyError::UnsupportedCoding
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
@@ -105,6 +111,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::UnsupportedCoding => "unsupported_transfer_coding",
             ProxyError::NoRoute => "no_route",
             ProxyError::RateLimited { .. } => "rate_limited",
@@ -123,6 +130,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => (*why).to_string(),
             ProxyError::UriTooLong => "the request target is too long".into(),
+            ProxyError::MethodNotAllowed => "TRACE, TRACK and CONNECT are not forwarded".into(),
             ProxyError::UnsupportedCoding => "only the chunked transfer coding is accepted".into(),
             ProxyError::NoRoute => "no route matches this host and path".into(),
             ProxyError::RateLimited { retry_after_secs } => {
@@ -181,6 +189,12 @@ impl ProxyError {
             h.insert(
                 http::header::RETRY_AFTER,
                 HeaderValue::from(*retry_after_secs),
+            );
+        }
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            h.insert(
+                http::header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
         }
         if matches!(self, ProxyError::UpstreamBusy { .. }) {
@@ -252,6 +266,7 @@ mod tests {
                 504,
                 Source::Upstream,
             ),
+            (ProxyError::MethodNotAllowed, 405, Source::Downstream),
         ];
         for (err, status, source) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");
@@ -264,6 +279,13 @@ mod tests {
                 ProxyError::UpstreamBusy { .. } | ProxyError::RateLimited { .. }
             );
             assert_eq!(resp.headers().contains_key("retry-after"), busy, "{err}");
+            // A 405 says which methods are (RFC 9110 §15.5.6).
+            let refused_method = matches!(err, ProxyError::MethodNotAllowed);
+            assert_eq!(
+                resp.headers().contains_key("allow"),
+                refused_method,
+                "{err}"
+            );
         }
     }
 }

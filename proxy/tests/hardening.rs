@@ -105,6 +105,11 @@ async fn ambiguous_or_malformed_requests_are_refused_before_the_upstream() {
         ("TE gzip, chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
         ("TE gzip in a field of its own", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Want::Status(501)),
         ("TE chunked twice", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", Want::Refused),
+        // Methods that reflect the request as the upstream got it, or open a tunnel: 405.
+        ("TRACE", b"TRACE / HTTP/1.1\r\nHost: a\r\nCookie: session=1\r\nConnection: close\r\n\r\n", Want::Status(405)),
+        ("TRACK", b"TRACK / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Want::Status(405)),
+        ("CONNECT", b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n", Want::Status(405)),
+        ("OPTIONS passes", b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Want::Status(200)),
         // Hosts of every valid shape pass.
         ("Host name with a port", b"GET / HTTP/1.1\r\nHost: Shop-1.example_x.COM.:8443\r\nConnection: close\r\n\r\n", Want::Status(200)),
         ("Host IPv4 with a port", b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n", Want::Status(200)),
