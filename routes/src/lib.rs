@@ -111,7 +111,7 @@ impl Snapshot {
             .and_then(|t| c.tenant_ids.get(t.trim()))
             .or_else(|| c.tenant_hosts.get(facts.host))
             .copied()
-            .or_else(|| c.tenant_prefixes.longest(facts.path));
+            .or_else(|| c.tenant_prefix(facts.path));
         if let Some(j) = tenant {
             return (Some(j), JurisdictionSource::Tenant);
         }

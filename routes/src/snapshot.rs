@@ -352,6 +352,21 @@ pub struct Classify {
 
 impl Classify {
     /// Jurisdiction of a country code, if the country maps to one.
+    /// The jurisdiction of the longest tenant path prefix of `path`, without regard to ASCII
+    /// case: an upstream that reads paths so (IIS, ASP.NET, many file systems) serves
+    /// `/EU/...` as the tenant's `/eu/...`, which must then be held to the tenant's regions.
+    /// A case-sensitive upstream only gets a request it will not find in the tenant's regions.
+    pub(crate) fn tenant_prefix(&self, path: &str) -> Option<JurisdictionId> {
+        if self.tenant_prefixes.is_empty() {
+            return None;
+        }
+        if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.tenant_prefixes.longest(&path.to_ascii_lowercase())
+        } else {
+            self.tenant_prefixes.longest(path)
+        }
+    }
+
     pub fn country(&self, code: &str) -> Option<JurisdictionId> {
         if code.len() != 2 {
             return None;

@@ -36,6 +36,10 @@ impl<T: Copy> PrefixMap<T> {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
+
     /// Longest prefix of `path` that has a route: `/a/b/c`, then `/a/b`, `/a`, `/`.
     pub(crate) fn longest(&self, path: &str) -> Option<T> {
         let mut candidate = path;

@@ -53,6 +53,46 @@ cluster = "app"
 default_jurisdiction = "apac"
 "#;
 
+/// Tenant path prefixes match without regard to ASCII case: an upstream that reads paths so
+/// would serve `/T/ACME/...` as the tenant's, from wherever the request went.
+#[test]
+fn tenant_path_prefixes_ignore_case() {
+    let s = load_ok(CLASSIFY);
+    for (path, want) in [
+        ("/t/acme/orders", "eu"),
+        ("/T/ACME/orders", "eu"),
+        ("/t/Acme", "eu"),
+        ("/t/acmex", "us"),
+        ("/T/ACMEX", "us"),
+    ] {
+        let facts = RequestFacts {
+            host: "a.test",
+            path,
+            tenant: None,
+            jurisdiction: None,
+            country: None,
+            geoip_country: None,
+        };
+        let d = s.decide(&facts).expect("routed");
+        assert_eq!(
+            d.jurisdiction.map(|j| s.jurisdiction(j)),
+            Some(want),
+            "{path}"
+        );
+    }
+    // Two prefixes the same but for case cannot name different jurisdictions.
+    let errors = load_err(&CLASSIFY.replace(
+        r#"path_prefixes = { "/t/acme" = "eu" }"#,
+        r#"path_prefixes = { "/t/acme" = "eu", "/T/Acme" = "us" }"#,
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("path_prefixes") && e.contains("differing only in case")),
+        "{errors:?}"
+    );
+}
+
 #[test]
 fn jurisdiction_sources_in_order() {
     let s = load_ok(CLASSIFY);

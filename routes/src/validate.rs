@@ -1060,7 +1060,18 @@ fn classify(raw: &RawClassify, jurisdictions: &mut Jurisdictions, errors: &mut E
             );
         }
         let id = jurisdictions.id(j);
-        tenant_prefixes.insert(&canonical_prefix(prefix), id);
+        // Kept in lower case: matched without regard to case (`Classify::tenant_prefix`).
+        let key = canonical_prefix(prefix).to_ascii_lowercase();
+        if tenant_prefixes
+            .insert(&key, id)
+            .is_some_and(|other| other != id)
+        {
+            errors.push(
+                format!("classify.tenants.path_prefixes.{prefix}"),
+                "another prefix differing only in case names another jurisdiction (prefixes \
+                 match without regard to case)",
+            );
+        }
     }
     Classify {
         country_header,
