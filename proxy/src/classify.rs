@@ -51,9 +51,9 @@ const NOT_CONNECTION_OPTIONS: [HeaderName; 7] = [
 /// `Forwarded` and `X-Forwarded-Prefix`; some route by `X-Original-URL`), and no cache key
 /// holds them, so one client's claim would reach others from the cache. Only a trusted proxy's
 /// pass; `X-Forwarded-For`, `-Proto` and `-Host` are set by [`set_forwarded`].
-pub fn forwarding_claim(name: &HeaderName) -> bool {
+pub fn forwarding_claim(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "forwarded"
             | "x-real-ip"
             | "x-client-ip"
@@ -66,6 +66,22 @@ pub fn forwarding_claim(name: &HeaderName) -> bool {
             | "x-original-url"
             | "x-rewrite-url"
     )
+}
+
+/// Whether `name` (with a `_`) reads as one of the proxy's own fields, a forwarding claim or a
+/// classification header once each `_` is a `-`: CGI, WSGI and Rack turn both into one
+/// variable (`HTTP_X_FORWARDED_FOR`), so an upstream behind them would take it for the real
+/// one. nginx drops every name with `_` by default; this drops only those.
+pub fn underscore_alias(name: &str, classify: &crate::state::ClassifyHeaders) -> bool {
+    let dashed = name.replace('_', "-");
+    let same = |n: &HeaderName| n.as_str() == dashed;
+    dashed.starts_with("x-forwarded-")
+        || dashed.starts_with("x-frontdoor-")
+        || forwarding_claim(&dashed)
+        || same(&REQUEST_ID)
+        || same(&classify.country)
+        || same(&classify.jurisdiction)
+        || classify.tenant.as_ref().is_some_and(same)
 }
 
 /// Where the request came from and how.

@@ -345,18 +345,23 @@ async fn proxy_request(
     if head.version >= Version::HTTP_2 {
         classify::join_cookie_crumbs(&mut head.headers);
     }
-    if !trusted {
-        // Our own x-frontdoor-* headers (read above, e.g. the version override) stop here, and
-        // so do claims of what an earlier proxy saw (`X-Forwarded-*` are replaced below).
-        let ours: Vec<header::HeaderName> = head
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-frontdoor-") || classify::forwarding_claim(k))
-            .cloned()
-            .collect();
-        for k in ours {
-            head.headers.remove(k);
-        }
+    // From an untrusted peer, our own x-frontdoor-* headers (read above, e.g. the version
+    // override) stop here, and so do claims of what an earlier proxy saw (`X-Forwarded-*` are
+    // replaced below). From any peer, so do those names spelled with `_` (`X_Forwarded_For`),
+    // which CGI, WSGI and Rack read as the real ones.
+    let c = &active.classify_headers;
+    let ours: Vec<header::HeaderName> = head
+        .headers
+        .keys()
+        .filter(|k| {
+            let name = k.as_str();
+            (!trusted && (name.starts_with("x-frontdoor-") || classify::forwarding_claim(name)))
+                || (name.contains('_') && classify::underscore_alias(name, c))
+        })
+        .cloned()
+        .collect();
+    for k in ours {
+        head.headers.remove(k);
     }
     classify::set_forwarded(&mut head.headers, peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &active.via);

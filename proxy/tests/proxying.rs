@@ -202,6 +202,46 @@ async fn forwarding_claims_pass_only_from_trusted_proxies() {
     }
 }
 
+/// CGI, WSGI and Rack read `X_Forwarded_For` and `X-Forwarded-For` as one variable
+/// (`HTTP_X_FORWARDED_FOR`): a field that is one of the proxy's own, a forwarding claim or a
+/// classification header once `_` reads as `-` never reaches the upstream, from any peer.
+/// Other names with `_` pass.
+#[tokio::test]
+async fn underscore_spellings_of_the_proxys_fields_are_dropped() {
+    const SPOOFS: [(&str, &str); 7] = [
+        ("x_forwarded_for", "6.6.6.6"),
+        ("X_Forwarded-Proto", "http"),
+        ("x-forwarded_host", "evil.example"),
+        ("x_real_ip", "6.6.6.6"),
+        ("x_client_country", "US"),
+        ("x_frontdoor_version", "canary"),
+        ("x_request_id", "chosen"),
+    ];
+    let origin = Origin::builder().start().await.expect("origin");
+    for trusted in ["10.0.0.0/8", "127.0.0.0/8"] {
+        let config = format!(
+            "[server]\ntrusted_proxies = [\"{trusted}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+            cluster("app", "", &[(origin.addr, "", "stable")])
+        );
+        let fd = start(&config).await;
+        let mut req = Request::get(url(&fd, "/")).header("api_key", "k1");
+        for (name, value) in SPOOFS {
+            req = req.header(name, value);
+        }
+        let resp = Client::http1()
+            .send(req.body(Full::default()).expect("req"))
+            .await
+            .expect("resp");
+        let echo = resp.echo().expect("echo");
+        for (name, _) in SPOOFS {
+            let name = name.to_ascii_lowercase();
+            assert_eq!(echo.header(&name), None, "{name} (trusted {trusted})");
+        }
+        assert_eq!(echo.header("api_key"), Some("k1"));
+        fd.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn routes_by_host_then_longest_prefix() {
     let a = Origin::builder().version("exact").start().await.expect("a");
