@@ -306,20 +306,26 @@ impl CertStore {
 
     /// The certificate for a server name: exact, then the longest wildcard, then the default.
     pub fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = server_name {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(k) = self.exact.get(&name) {
+        server_name
+            .and_then(|name| self.named(name))
+            .or_else(|| self.default.clone())
+    }
+
+    /// The certificate held for `name` itself (exactly, or by the most specific wildcard),
+    /// never the default: the one whose names cover it.
+    pub fn named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(Arc::clone(k));
+        }
+        let mut rest = name.as_str();
+        while let Some(dot) = rest.find('.') {
+            if let Some(k) = self.wildcard.get(&rest[dot..]) {
                 return Some(Arc::clone(k));
             }
-            let mut rest = name.as_str();
-            while let Some(dot) = rest.find('.') {
-                if let Some(k) = self.wildcard.get(&rest[dot..]) {
-                    return Some(Arc::clone(k));
-                }
-                rest = &rest[dot + 1..];
-            }
+            rest = &rest[dot + 1..];
         }
-        self.default.clone()
+        None
     }
 }
 

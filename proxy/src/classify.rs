@@ -93,6 +93,8 @@ pub struct Peer {
     pub tls: bool,
     /// The peer's IP as a header value (`X-Forwarded-For`), formatted once per connection.
     ip: HeaderValue,
+    /// The server name the TLS client asked for (SNI), if it named one.
+    pub sni: Option<std::sync::Arc<str>>,
 }
 
 impl Peer {
@@ -103,7 +105,18 @@ impl Peer {
         // vector's would take two).
         let ip =
             HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, tls, ip }
+        Peer {
+            addr,
+            tls,
+            ip,
+            sni: None,
+        }
+    }
+
+    /// The same peer, on a TLS connection whose client asked for `sni`.
+    pub fn with_sni(mut self, sni: Option<&str>) -> Peer {
+        self.sni = sni.map(std::sync::Arc::from);
+        self
     }
 
     /// `client` as text when it is this peer's address: formatted once per connection, for

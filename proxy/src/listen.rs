@@ -284,9 +284,8 @@ where
             ctx.plain(stream, addr, 0, slot);
             continue;
         };
-        let (service, exchanges) = ctx.counted(addr, true, 0);
         let stop = open.hold();
-        let shared = Arc::clone(&ctx.shared);
+        let this = Arc::clone(&ctx);
         tokio::spawn(async move {
             let _slot = slot;
             // The config is chosen from the ClientHello (certs::ServerTls: the suite by the
@@ -316,8 +315,12 @@ where
                     return;
                 }
             };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = HeadTimer::new(stream, exchanges, shared, stop.deadline());
+            let conn = stream.get_ref().1;
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            // The service is made once the handshake has said which name the client asked for.
+            let peer = Peer::new(addr, true).with_sni(conn.server_name());
+            let (service, exchanges) = this.counted(peer, 0);
+            let io = HeadTimer::new(stream, exchanges, Arc::clone(&this.shared), stop.deadline());
             if h2 {
                 let conn = h1::hand_over(io, bytes::Bytes::new(), service, stop);
                 Box::pin(conn).await;
@@ -367,25 +370,20 @@ impl<F> Listener<F> {
         S: ConnService<B>,
         B: ConnBody,
     {
-        let (service, exchanges) = self.counted(addr, false, served);
+        let (service, exchanges) = self.counted(Peer::new(addr, false), served);
         let stop = self.open.hold();
         let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline());
         tokio::spawn(h1::serve(io, service, stop, park::Keeper::new(slot)));
     }
 
     /// A connection's service, counting its requests from `served` on.
-    fn counted<S>(
-        &self,
-        addr: std::net::SocketAddr,
-        tls: bool,
-        served: u32,
-    ) -> (Counted<S>, Arc<Exchanges>)
+    fn counted<S>(&self, peer: Peer, served: u32) -> (Counted<S>, Arc<Exchanges>)
     where
         F: Fn(Peer) -> S,
     {
         let exchanges = Arc::new(Exchanges::after(served));
         let service = Counted::new(
-            (self.make_service)(Peer::new(addr, tls)),
+            (self.make_service)(peer),
             Arc::clone(&exchanges),
             self.shared.head.max_requests,
         );

@@ -80,19 +80,28 @@ pub async fn handle(
         decision: None,
         cache: None,
     };
-    // Boxed: the request's whole state machine is several KiB, and the service future (this
-    // one) is moved by value; a pointer is cheaper to move than the state.
-    let forward = pin_boxed!(proxy_request(
-        &active,
-        &proxy.rollouts,
-        &peer,
-        req,
-        &host,
-        client,
-        &request_id,
-        &mut outcome,
-    ));
-    let response = match forward.await {
+    let wrong_host = peer
+        .sni
+        .as_deref()
+        .is_some_and(|sni| misdirected(&proxy, sni, &host));
+    let result = if wrong_host {
+        Err(ProxyError::Misdirected)
+    } else {
+        // Boxed: the request's whole state machine is several KiB, and the service future
+        // (this one) is moved by value; a pointer is cheaper to move than the state.
+        let forward = pin_boxed!(proxy_request(
+            &active,
+            &proxy.rollouts,
+            &peer,
+            req,
+            &host,
+            client,
+            &request_id,
+            &mut outcome,
+        ));
+        forward.await
+    };
+    let response = match result {
         Ok(resp) => resp,
         Err(err) => {
             if let (
@@ -147,6 +156,24 @@ pub async fn handle(
         .emit();
     }
     Ok(response)
+}
+
+/// Whether a request for `host` came on a TLS connection whose certificate is not for it:
+/// the certificate shown for the name the client asked for (`sni`) is not the one held for
+/// `host` by name (a name no certificate is for is covered by none, the default included).
+/// The same name (the usual case) costs a comparison.
+fn misdirected(proxy: &Proxy, sni: &str, host: &str) -> bool {
+    if host.is_empty() || sni.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    let Some(resolver) = &proxy.tls else {
+        return false;
+    };
+    let store = resolver.current();
+    match (store.find(Some(sni)), store.named(host)) {
+        (Some(shown), Some(wanted)) => !Arc::ptr_eq(&shown, &wanted),
+        _ => true,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -29,6 +29,11 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The request target is longer than `server.max_uri_bytes` (414).
     UriTooLong,
+    /// A TLS connection's request for a host its certificate is not for (421, RFC 9110
+    /// §15.5.20): a client may reuse a connection only for the names it was shown a
+    /// certificate for; one that sends another (domain fronting) goes to a connection of that
+    /// name's own, and a browser does so on its own.
+    Misdirected,
     /// `TRACE` (and Microsoft's `TRACK`), which would reflect the request as the upstream got
     /// it — cookies, credentials and every field the proxies on the way added — and `CONNECT`,
     /// a tunnel a reverse proxy does not open (405 with `Allow`, as nginx refuses them).
@@ -73,6 +78,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -92,6 +98,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::UriTooLong
             | ProxyError::MethodNotAllowed
+            | ProxyError::Misdirected
             | ProxyError::UnsupportedCoding
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
@@ -112,6 +119,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::Misdirected => "misdirected_request",
             ProxyError::UnsupportedCoding => "unsupported_transfer_coding",
             ProxyError::NoRoute => "no_route",
             ProxyError::RateLimited { .. } => "rate_limited",
@@ -131,6 +139,10 @@ impl ProxyError {
             ProxyError::BadRequest(why) => (*why).to_string(),
             ProxyError::UriTooLong => "the request target is too long".into(),
             ProxyError::MethodNotAllowed => "TRACE, TRACK and CONNECT are not forwarded".into(),
+            ProxyError::Misdirected => {
+                "this connection's certificate is not for that host; connect to it by its name"
+                    .into()
+            }
             ProxyError::UnsupportedCoding => "only the chunked transfer coding is accepted".into(),
             ProxyError::NoRoute => "no route matches this host and path".into(),
             ProxyError::RateLimited { retry_after_secs } => {
@@ -267,6 +279,7 @@ mod tests {
                 Source::Upstream,
             ),
             (ProxyError::MethodNotAllowed, 405, Source::Downstream),
+            (ProxyError::Misdirected, 421, Source::Downstream),
         ];
         for (err, status, source) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -63,6 +63,16 @@ async fn tls_close_get(
     name: &str,
     config: &Arc<rustls::ClientConfig>,
 ) -> (rustls::CipherSuite, rustls::HandshakeKind, String) {
+    tls_close_get_host(https, name, name, config).await
+}
+
+/// [`tls_close_get`] with a `Host` of its own, not the name the handshake asked for.
+async fn tls_close_get_host(
+    https: std::net::SocketAddr,
+    name: &str,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> (rustls::CipherSuite, rustls::HandshakeKind, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(https)
         .await
@@ -75,7 +85,7 @@ async fn tls_close_get(
     let (_, conn) = tls.get_ref();
     let suite = conn.negotiated_cipher_suite().expect("suite").suite();
     let kind = conn.handshake_kind().expect("kind");
-    let request = format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n");
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.expect("request");
     let mut answer = Vec::new();
     tls.read_to_end(&mut answer).await.expect("answer");
@@ -470,6 +480,28 @@ async fn tls_sni_alpn_and_certificate_rotation() {
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         }
     }
+    // A request for a host the connection's certificate is not for: 421, and nothing reaches
+    // the upstream. The names one certificate serves (a wildcard's) share its connections.
+    let mut client = ca
+        .client_config(rustls::DEFAULT_VERSIONS, None)
+        .expect("client");
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client = Arc::new(client);
+    let before = origin.faults.requests();
+    for (name, host, status) in [
+        ("a.test", "x.b.test", 421),
+        ("x.b.test", "a.test", 421),
+        ("a.test", "c.test", 421),
+        ("x.b.test", "y.b.test", 200),
+        ("a.test", "A.TEST:443", 200),
+    ] {
+        let (_, _, answer) = tls_close_get_host(https, name, host, &client).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{name} asking for {host}: {answer}"
+        );
+    }
+    assert_eq!(origin.faults.requests() - before, 2);
     // A name no certificate covers gets the default (the first): verification fails.
     assert!(
         loadtest::client::tls_get(https, "c.test", &ca.cert_pem, &[b"http/1.1"], "/")
