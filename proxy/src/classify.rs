@@ -52,6 +52,10 @@ const NOT_CONNECTION_OPTIONS: [HeaderName; 7] = [
 /// holds them, so one client's claim would reach others from the cache. Only a trusted proxy's
 /// pass; `X-Forwarded-For`, `-Proto` and `-Host` are set by [`set_forwarded`].
 pub fn forwarding_claim(name: &str) -> bool {
+    // Most names are none of these by their first letter (`host`, `accept`, `user-agent`).
+    if !matches!(name.as_bytes().first(), Some(b'f' | b't' | b'x')) {
+        return false;
+    }
     matches!(
         name,
         "forwarded"
@@ -66,6 +70,15 @@ pub fn forwarding_claim(name: &str) -> bool {
             | "x-original-url"
             | "x-rewrite-url"
     )
+}
+
+/// Whether a request field named `name` stops at the proxy: from an untrusted peer, our own
+/// `x-frontdoor-*` fields and [`forwarding_claim`]s; from any peer, an [`underscore_alias`].
+pub fn stops_here(name: &str, trusted: bool, classify: &crate::state::ClassifyHeaders) -> bool {
+    if name.bytes().any(|b| b == b'_') {
+        return underscore_alias(name, classify);
+    }
+    !trusted && (name.starts_with("x-frontdoor-") || forwarding_claim(name))
 }
 
 /// Whether `name` (with a `_`) reads as one of the proxy's own fields, a forwarding claim or a

@@ -380,11 +380,7 @@ async fn proxy_request(
     let ours: Vec<header::HeaderName> = head
         .headers
         .keys()
-        .filter(|k| {
-            let name = k.as_str();
-            (!trusted && (name.starts_with("x-frontdoor-") || classify::forwarding_claim(name)))
-                || (name.contains('_') && classify::underscore_alias(name, c))
-        })
+        .filter(|k| classify::stops_here(k.as_str(), trusted, c))
         .cloned()
         .collect();
     for k in ours {
