@@ -695,33 +695,27 @@ async fn entries_are_kept_apart_by_the_scheme_the_upstream_sees() {
 /// served to everyone who asks for the URL.
 #[tokio::test]
 async fn a_get_with_a_body_is_never_cached() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                use http_body_util::BodyExt;
-                let body = req.into_body().collect().await?.to_bytes();
-                let text = if body.is_empty() {
-                    Bytes::from_static(b"page")
-                } else {
-                    body
-                };
-                let mut resp = Response::new(Full::new(text));
-                resp.headers_mut().insert(
-                    "cache-control",
-                    http::HeaderValue::from_static("public, max-age=600"),
-                );
-                Ok::<_, hyper::Error>(resp)
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+    let addr = common::raw_upstream(|stream| async move {
+        let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await?.to_bytes();
+            let text = if body.is_empty() {
+                Bytes::from_static(b"page")
+            } else {
+                body
+            };
+            let mut resp = Response::new(Full::new(text));
+            resp.headers_mut().insert(
+                "cache-control",
+                http::HeaderValue::from_static("public, max-age=600"),
             );
-        }
-    });
+            Ok::<_, hyper::Error>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await;
     let fd = start(&config(addr, "")).await;
     let fat = |body: &'static str| {
         Request::get(url(&fd, "/article"))

@@ -11,6 +11,32 @@ use http_body_util::{BodyExt, Full};
 use loadtest::{Client, FaultSpec, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// One route to `origin`, with `trusted` as the trusted proxies.
+fn trusting(trusted: &str, origin: std::net::SocketAddr) -> String {
+    format!(
+        "[server]\ntrusted_proxies = [\"{trusted}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
+        cluster("app", "", &[(origin, "", "stable")])
+    )
+}
+
+/// What the origin saw of a `GET /` with `headers`, sent by `client` through `fd`.
+async fn echoed(
+    fd: &frontdoor::server::Running,
+    client: &Client,
+    headers: &[(&str, &str)],
+) -> loadtest::Echo {
+    let mut req = Request::get(url(fd, "/"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    client
+        .send(req.body(Full::default()).expect("req"))
+        .await
+        .expect("resp")
+        .echo()
+        .expect("echo")
+}
+
 #[tokio::test]
 async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
     let origin = Origin::builder()
@@ -19,10 +45,7 @@ async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
         .start()
         .await
         .expect("origin");
-    let config = format!(
-        "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "stable")])
-    );
+    let config = trusting("10.0.0.0/8", origin.addr);
     let fd = start(&config).await;
 
     let authority = fd.http.expect("http listener").to_string();
@@ -92,22 +115,17 @@ async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
 #[tokio::test]
 async fn forwarding_headers_are_kept_from_trusted_proxies() {
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "stable")])
-    );
+    let config = trusting("127.0.0.0/8", origin.addr);
     let fd = start(&config).await;
-    let req = Request::get(url(&fd, "/"))
-        .header("x-forwarded-for", "203.0.113.9")
-        .header("x-forwarded-proto", "https")
-        .body(Full::default())
-        .expect("req");
-    let echo = Client::http1()
-        .send(req)
-        .await
-        .expect("resp")
-        .echo()
-        .expect("echo");
+    let echo = echoed(
+        &fd,
+        &Client::http1(),
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     assert_eq!(
         echo.header("x-forwarded-for"),
         Some("203.0.113.9, 127.0.0.1")
@@ -121,10 +139,7 @@ async fn forwarding_headers_are_kept_from_trusted_proxies() {
 #[tokio::test]
 async fn connection_options_cannot_take_the_proxys_fields_off_a_request() {
     let origin = Origin::builder().start().await.expect("origin");
-    let config = format!(
-        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
-        cluster("app", "", &[(origin.addr, "", "stable")])
-    );
+    let config = trusting("127.0.0.0/8", origin.addr);
     let fd = start(&config).await;
     let req = Request::get(url(&fd, "/"))
         .header("host", "shop.example")
@@ -177,21 +192,11 @@ async fn forwarding_claims_pass_only_from_trusted_proxies() {
     ];
     let origin = Origin::builder().start().await.expect("origin");
     for (trusted, kept) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
-        let config = format!(
-            "[server]\ntrusted_proxies = [\"{trusted}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
-            cluster("app", "", &[(origin.addr, "", "stable")])
-        );
+        let config = trusting(trusted, origin.addr);
         let fd = start(&config).await;
+        let headers: Vec<_> = CLAIMS.into_iter().chain([("x-other", "kept")]).collect();
         for client in [Client::http1(), Client::h2c()] {
-            let mut req = Request::get(url(&fd, "/")).header("x-other", "kept");
-            for (name, value) in CLAIMS {
-                req = req.header(name, value);
-            }
-            let resp = client
-                .send(req.body(Full::default()).expect("req"))
-                .await
-                .expect("resp");
-            let echo = resp.echo().expect("echo");
+            let echo = echoed(&fd, &client, &headers).await;
             for (name, value) in CLAIMS {
                 let want = kept.then_some(value);
                 assert_eq!(echo.header(name), want, "{name} (trusted: {kept})");
@@ -219,20 +224,10 @@ async fn underscore_spellings_of_the_proxys_fields_are_dropped() {
     ];
     let origin = Origin::builder().start().await.expect("origin");
     for trusted in ["10.0.0.0/8", "127.0.0.0/8"] {
-        let config = format!(
-            "[server]\ntrusted_proxies = [\"{trusted}\"]\n{}\n[[routes]]\ncluster = \"app\"\n",
-            cluster("app", "", &[(origin.addr, "", "stable")])
-        );
+        let config = trusting(trusted, origin.addr);
         let fd = start(&config).await;
-        let mut req = Request::get(url(&fd, "/")).header("api_key", "k1");
-        for (name, value) in SPOOFS {
-            req = req.header(name, value);
-        }
-        let resp = Client::http1()
-            .send(req.body(Full::default()).expect("req"))
-            .await
-            .expect("resp");
-        let echo = resp.echo().expect("echo");
+        let headers: Vec<_> = SPOOFS.into_iter().chain([("api_key", "k1")]).collect();
+        let echo = echoed(&fd, &Client::http1(), &headers).await;
         for (name, _) in SPOOFS {
             let name = name.to_ascii_lowercase();
             assert_eq!(echo.header(&name), None, "{name} (trusted {trusted})");
