@@ -1427,13 +1427,21 @@ async fn a_reload_moves_the_cap_under_the_requests_at_the_endpoint() {
     fd.shutdown().await;
 }
 
+/// What an HTTP/2 upstream saw of a request: its `te` field, `:authority` and `host` field.
+#[derive(Debug, Clone, PartialEq)]
+struct SeenH2 {
+    te: Option<String>,
+    authority: Option<String>,
+    host: Option<String>,
+}
+
 /// An HTTP/2 upstream shaped as a gRPC server: it answers at once with
 /// `content-type: application/grpc`, sends back each request DATA frame as it arrives, and
-/// ends with a `grpc-status: 0` trailer once the request stream ends. It keeps the `te` field
-/// of each request.
+/// ends with a `grpc-status: 0` trailer once the request stream ends. It keeps what it saw of
+/// each request.
 async fn grpc_echo_upstream() -> (
     std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    std::sync::Arc<std::sync::Mutex<Vec<SeenH2>>>,
 ) {
     use hyper::body::Frame;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1446,11 +1454,17 @@ async fn grpc_echo_upstream() -> (
         while let Ok((s, _)) = listener.accept().await {
             let record = std::sync::Arc::clone(&record);
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let te = req
-                    .headers()
-                    .get("te")
-                    .map(|v| v.to_str().unwrap_or("?").to_string());
-                record.lock().expect("seen").push(te);
+                let field = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .map(|v| v.to_str().unwrap_or("?").to_string())
+                };
+                let seen = SeenH2 {
+                    te: field("te"),
+                    authority: req.uri().authority().map(ToString::to_string),
+                    host: field("host"),
+                };
+                record.lock().expect("seen").push(seen);
                 let (tx, rx) =
                     tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
                 tokio::spawn(async move {
@@ -1566,9 +1580,40 @@ async fn grpc_streams_both_ways_through_an_h2_cluster() {
         .expect("request");
     let resp = send.send_request(req).await.expect("response");
     resp.into_body().collect().await.expect("body");
+    let te: Vec<_> = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .map(|s| s.te.clone())
+        .collect();
+    assert_eq!(te, [Some("trailers".to_string()), None]);
+    fd.shutdown().await;
+}
+
+/// An HTTP/2 upstream's `:authority` is the host the client asked for, as RFC 9113 §8.3.1 has
+/// it (from an HTTP/1.1 client's `Host`, an HTTP/2 client's `:authority`), not the endpoint's
+/// address: a server that picks its virtual host or gRPC service by it must see the client's.
+/// No `host` field goes beside it.
+#[tokio::test]
+async fn h2_upstreams_get_the_clients_authority() {
+    let (upstream, seen) = grpc_echo_upstream().await;
+    let fd = start(&one_route("protocol = \"h2\"", &[(upstream, "", "v")])).await;
+    let http = fd.http.expect("http").to_string();
+    for client in [Client::http1(), Client::h2c()] {
+        let req = Request::get(url(&fd, "/"))
+            .header("host", "shop.example:8443")
+            .body(Full::default())
+            .expect("request");
+        let resp = client.send(req).await.expect("response");
+        assert_eq!(resp.status, StatusCode::OK);
+    }
+    let seen = seen.lock().expect("seen").clone();
+    let authorities: Vec<_> = seen.iter().map(|s| s.authority.as_deref()).collect();
+    // HTTP/2 carries the host in :authority (the URL's), which wins over a Host field.
     assert_eq!(
-        *seen.lock().expect("seen"),
-        [Some("trailers".to_string()), None]
+        authorities,
+        [Some("shop.example:8443"), Some(http.as_str())]
     );
+    assert!(seen.iter().all(|s| s.host.is_none()), "{seen:?}");
     fd.shutdown().await;
 }

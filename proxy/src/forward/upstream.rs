@@ -253,13 +253,20 @@ impl UpstreamClient {
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            // `:authority` is the host the client asked for (RFC 9113 §8.3.1: an intermediary
+            // builds it from the original request's authority), the endpoint's only for a
+            // request that named none; the `Host` field it came from does not go beside it.
+            let asked = req
+                .headers_mut()
+                .remove(header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok());
             *req.uri_mut() = Uri::builder()
                 .scheme(if t.tls.is_some() {
                     Scheme::HTTPS
                 } else {
                     Scheme::HTTP
                 })
-                .authority(authority.clone())
+                .authority(asked.unwrap_or_else(|| authority.clone()))
                 .path_and_query(path)
                 .build()
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;
