@@ -106,12 +106,26 @@ impl Snapshot {
         route: &Route,
     ) -> (Option<JurisdictionId>, JurisdictionSource) {
         let c = &self.classify;
-        let tenant = facts
-            .tenant
-            .and_then(|t| c.tenant_ids.get(t.trim()))
-            .or_else(|| c.tenant_hosts.get(facts.host))
-            .copied()
-            .or_else(|| c.tenant_prefix(facts.path));
+        // The tenant map's three sources, in order (id header, host, path prefix). Fail
+        // closed: one that restricts residency wins over an earlier one that does not, so a
+        // tenant header (which any client may send) cannot lift the restriction the host or
+        // path puts on a request.
+        let tenant = {
+            let id = facts
+                .tenant
+                .and_then(|t| c.tenant_ids.get(t.trim()))
+                .copied();
+            let host = c.tenant_hosts.get(facts.host).copied();
+            let path = c.tenant_prefix(facts.path);
+            let sources = [id, host, path];
+            let restricted = sources
+                .iter()
+                .flatten()
+                .find(|j| self.allowed_regions(**j).is_some());
+            restricted
+                .or_else(|| sources.iter().flatten().next())
+                .copied()
+        };
         if let Some(j) = tenant {
             return (Some(j), JurisdictionSource::Tenant);
         }

@@ -93,6 +93,36 @@ fn tenant_path_prefixes_ignore_case() {
     );
 }
 
+/// Within the tenant map, a source that restricts residency wins over an earlier one that
+/// does not: a tenant header naming a US tenant does not lift the EU restriction of the EU
+/// tenant's host or path. Among unrestricted ones, the order holds.
+#[test]
+fn a_restricted_tenant_source_wins() {
+    let s = load_ok(CLASSIFY);
+    for (host, path, tenant, want) in [
+        ("a.test", "/t/acme/orders", Some("globex"), "eu"),
+        ("eu.shop.test", "/", Some("globex"), "eu"),
+        ("a.test", "/t/other", Some("globex"), "us"),
+        ("a.test", "/t/acme", Some("acme"), "eu"),
+    ] {
+        let facts = RequestFacts {
+            host,
+            path,
+            tenant,
+            jurisdiction: None,
+            country: None,
+            geoip_country: None,
+        };
+        let d = s.decide(&facts).expect("routed");
+        assert_eq!(
+            d.jurisdiction.map(|j| s.jurisdiction(j)),
+            Some(want),
+            "{facts:?}"
+        );
+        assert_eq!(d.jurisdiction_source, JurisdictionSource::Tenant);
+    }
+}
+
 #[test]
 fn jurisdiction_sources_in_order() {
     let s = load_ok(CLASSIFY);
