@@ -1617,3 +1617,47 @@ async fn h2_upstreams_get_the_clients_authority() {
     assert!(seen.iter().all(|s| s.host.is_none()), "{seen:?}");
     fd.shutdown().await;
 }
+
+/// An HTTP/2 upstream connection whose peer went silent (a host gone without a reset, a
+/// middlebox that dropped the flow) is not chosen again: the request that timed out on it gets
+/// its 504, and the next opens a connection of its own, where before every later request
+/// waited out its timeout on the dead one.
+#[tokio::test]
+async fn a_silent_h2_upstream_connection_is_not_chosen_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    // Reads whatever comes and never answers, not even the HTTP/2 preface.
+    let upstream = common::raw_upstream(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut sink = vec![0u8; 4096];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await;
+    let fd = start(&one_route(
+        "protocol = \"h2\"\nrequest_timeout = \"300ms\"",
+        &[(upstream, "", "v")],
+    ))
+    .await;
+    for _ in 0..2 {
+        let resp = Client::http1().get(&url(&fd, "/")).await.expect("response");
+        assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    fd.shutdown().await;
+
+    // With a long request timeout, the connection's unanswered PINGs end the wait: a 502
+    // once they give up (10 s + 5 s), not a 504 at the minute. (No retry, which would wait
+    // as long again on a new connection.)
+    let fd = start(&one_route(
+        "protocol = \"h2\"\nrequest_timeout = \"60s\"\nretries = { attempts = 0 }",
+        &[(upstream, "", "v")],
+    ))
+    .await;
+    let resp = Client::http1().get(&url(&fd, "/")).await.expect("response");
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    fd.shutdown().await;
+}

@@ -181,6 +181,11 @@ const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 type H2Send = http2::SendRequest<UpstreamBody>;
 
+/// How often an HTTP/2 upstream connection is PINGed, idle or busy, and how long an answer
+/// may take before the connection is given up.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One HTTP/2 connection to an address: the outcome of its handshake, awaited by every request
 /// that chose it while it was being opened (one connect for all of them), and its streams.
 #[derive(Debug)]
@@ -273,7 +278,7 @@ impl UpstreamClient {
             *req.version_mut() = http::Version::HTTP_2;
             // Boxed, like every connect below: rare paths with large futures (TLS, handshakes)
             // stay out of the per-request future, which hyper moves around whole.
-            return Box::pin(self.request_h2(addr, req)).await;
+            return Box::pin(self.request_h2(addr, req, deadline)).await;
         }
         // HTTP/1.1 sends the URI as given: callers pass the origin form.
         debug_assert!(
@@ -479,6 +484,7 @@ impl UpstreamClient {
         &self,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
+        deadline: Instant,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let (ready, stream) = {
             let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,8 +517,13 @@ impl UpstreamClient {
                     UpstreamError::Connect(why) => Arc::from(why),
                     other => Arc::from(other.to_string()),
                 })?;
+                // PINGs find a peer that went silent (gone without a reset): unanswered, the
+                // connection closes, its streams fail, and it is chosen no more.
                 let (send, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
+                    .keep_alive_interval(H2_PING_INTERVAL)
+                    .keep_alive_timeout(H2_PING_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .handshake(io)
                     .await
                     .map_err(|e| Arc::from(format!("{addr}: {e}")))?;
@@ -520,21 +531,36 @@ impl UpstreamClient {
                 Ok(send)
             })
             .await;
+        // Takes this connection out of the list: the next request opens another.
+        let forget = || {
+            let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = conns.get_mut(&addr) {
+                list.retain(|c| !Arc::ptr_eq(&c.ready, &ready));
+            }
+        };
         let mut send = match opened {
             Ok(send) => send.clone(),
             Err(e) => {
-                // Every request that waited for this connection gets its error; the next one
-                // opens another.
-                let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(list) = conns.get_mut(&addr) {
-                    list.retain(|c| !Arc::ptr_eq(&c.ready, &ready));
-                }
+                // Every request that waited for this connection gets its error.
+                forget();
                 return Err(UpstreamError::Connect(e.to_string()));
             }
         };
+        let exchange = async {
+            send.ready().await?;
+            send.send_request(req).await
+        };
+        // No answer by the deadline: the peer may be gone without a word, and the PINGs take
+        // seconds to tell; meanwhile the connection is not chosen again. Its other streams go
+        // on, and it closes when they are done.
+        let resp = match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(answered) => answered?,
+            Err(_) => {
+                forget();
+                return Err(UpstreamError::Timeout);
+            }
+        };
         drop(ready);
-        send.ready().await?;
-        let resp = send.send_request(req).await?;
         Ok(resp.map(|inner| {
             UpstreamIncoming(
                 Kind::Hyper {
