@@ -65,20 +65,8 @@ fn tenant_path_prefixes_ignore_case() {
         ("/t/acmex", "us"),
         ("/T/ACMEX", "us"),
     ] {
-        let facts = RequestFacts {
-            host: "a.test",
-            path,
-            tenant: None,
-            jurisdiction: None,
-            country: None,
-            geoip_country: None,
-        };
-        let d = s.decide(&facts).expect("routed");
-        assert_eq!(
-            d.jurisdiction.map(|j| s.jurisdiction(j)),
-            Some(want),
-            "{path}"
-        );
+        let (jurisdiction, _) = tenant_decision(&s, "a.test", path, None);
+        assert_eq!(jurisdiction, want, "{path}");
     }
     // Two prefixes the same but for case cannot name different jurisdictions.
     let errors = load_err(&CLASSIFY.replace(
@@ -105,22 +93,34 @@ fn a_restricted_tenant_source_wins() {
         ("a.test", "/t/other", Some("globex"), "us"),
         ("a.test", "/t/acme", Some("acme"), "eu"),
     ] {
-        let facts = RequestFacts {
-            host,
-            path,
-            tenant,
-            jurisdiction: None,
-            country: None,
-            geoip_country: None,
-        };
-        let d = s.decide(&facts).expect("routed");
+        let decided = tenant_decision(&s, host, path, tenant);
         assert_eq!(
-            d.jurisdiction.map(|j| s.jurisdiction(j)),
-            Some(want),
-            "{facts:?}"
+            decided,
+            (want, JurisdictionSource::Tenant),
+            "{host} {path} {tenant:?}"
         );
-        assert_eq!(d.jurisdiction_source, JurisdictionSource::Tenant);
     }
+}
+
+/// The jurisdiction (by name) and its source for a request with only a host, a path and a
+/// tenant header.
+fn tenant_decision<'a>(
+    s: &'a Snapshot,
+    host: &str,
+    path: &str,
+    tenant: Option<&str>,
+) -> (&'a str, JurisdictionSource) {
+    let facts = RequestFacts {
+        host,
+        path,
+        tenant,
+        jurisdiction: None,
+        country: None,
+        geoip_country: None,
+    };
+    let d = s.decide(&facts).expect("routed");
+    let name = d.jurisdiction.map_or("none", |j| s.jurisdiction(j));
+    (name, d.jurisdiction_source)
 }
 
 #[test]
