@@ -65,6 +65,8 @@ pub async fn handle(
     let method = req.method().clone();
     let protocol = req.version();
     let host = classify::host_of(&req).unwrap_or_default();
+    // A gRPC call gets the proxy's own failures as gRPC statuses (only HTTP/2 is looked at).
+    let grpc = crate::respond::is_grpc(protocol, req.headers());
     // Kept for the access log only (the request moves on): the target shares the head's
     // bytes, so this is no copy.
     let logged_target = active.snapshot.server.access_log.then(|| req.uri().clone());
@@ -120,16 +122,25 @@ pub async fn handle(
                     allowed,
                 );
             }
-            let resp = err.into_response(request_id.to_str().unwrap_or_default());
+            let id = request_id.to_str().unwrap_or_default();
+            let resp = if grpc {
+                err.into_grpc_response(id)
+            } else {
+                err.into_response(id)
+            };
             outcome.error = Some(err);
             resp.map(Either::Right)
         }
     };
 
-    // record
+    // record: a failure by its own status, also when a gRPC call got it as a gRPC status
     let total = started.elapsed();
+    let status = outcome
+        .error
+        .as_ref()
+        .map_or_else(|| response.status(), ProxyError::status);
     if let Some(i) = outcome.route {
-        active.route_metrics[i].record(response.status(), total.as_secs_f64());
+        active.route_metrics[i].record(status, total.as_secs_f64());
     }
     if active.snapshot.server.access_log {
         AccessRecord {
@@ -145,7 +156,7 @@ pub async fn handle(
                 .map(|i| active.snapshot.routes[i].name.as_str())
                 .unwrap_or("-"),
             upstream: outcome.upstream.as_ref().map_or("", |a| a.as_str()),
-            status: response.status().as_u16(),
+            status: status.as_u16(),
             error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
             attempts: outcome.attempts,
             upstream_time: outcome.upstream_time,

@@ -226,6 +226,67 @@ impl ProxyError {
     }
 }
 
+/// The gRPC status for an HTTP status the proxy answers with, as gRPC's clients map them
+/// (gRPC's "HTTP to gRPC Status Code Mapping"): 400 INTERNAL, 401 UNAUTHENTICATED, 403
+/// PERMISSION_DENIED, 404 UNIMPLEMENTED, 429, 502, 503 and 504 UNAVAILABLE, any other UNKNOWN.
+fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+impl ProxyError {
+    /// The same failure as a gRPC client reads one: a trailers-only answer (status 200,
+    /// `content-type: application/grpc`, `grpc-status`, `grpc-message` with the detail), with
+    /// the request id and the residency mark as on [`Self::into_response`]. A gRPC client
+    /// given an HTTP error status makes up a code and no message of its own.
+    pub fn into_grpc_response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(GRPC_STATUS, HeaderValue::from(grpc_status(self.status())));
+        // Percent-encoded as gRPC wants it: printable ASCII but `%` as it is.
+        let mut message = String::new();
+        for b in self.detail().bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                message.push(char::from(b));
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert(GRPC_MESSAGE, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(crate::classify::REQUEST_ID, v);
+        }
+        if matches!(self, ProxyError::ResidencyRefused { .. }) {
+            h.insert(REFUSED, HeaderValue::from_static("residency"));
+        }
+        resp
+    }
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
+/// Whether a request is a gRPC call: HTTP/2 with a `content-type` of `application/grpc`
+/// (`+proto`, `+json` and the like included).
+pub fn is_grpc(version: http::Version, headers: &http::HeaderMap) -> bool {
+    version == http::Version::HTTP_2
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({})", self.code(), self.detail())
@@ -235,6 +296,45 @@ impl std::fmt::Display for ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_answers_carry_the_mapped_status_and_the_detail() {
+        for (err, code) in [
+            (ProxyError::BadRequest("bad"), "13"),
+            (ProxyError::NoRoute, "12"),
+            (
+                ProxyError::RateLimited {
+                    retry_after_secs: 1,
+                },
+                "14",
+            ),
+            (
+                ProxyError::Timeout {
+                    endpoint: "a".into(),
+                },
+                "14",
+            ),
+            (ProxyError::MethodNotAllowed, "2"),
+            (
+                ProxyError::ResidencyRefused {
+                    jurisdiction: "eu".into(),
+                    allowed: "europe-west1".into(),
+                },
+                "14",
+            ),
+        ] {
+            let resp = err.into_grpc_response("rid-1");
+            assert_eq!(resp.status(), StatusCode::OK, "{err}");
+            assert_eq!(resp.headers()["grpc-status"], code, "{err}");
+            assert_eq!(resp.headers()["x-request-id"], "rid-1");
+            let message = resp.headers()["grpc-message"].to_str().expect("ascii");
+            assert!(!message.is_empty(), "{err}");
+        }
+        // `%` and bytes outside printable ASCII are percent-encoded.
+        let odd = ProxyError::BadRequest("100% bad\n");
+        let resp = odd.into_grpc_response("r");
+        assert_eq!(resp.headers()["grpc-message"], "100%25 bad%0A");
+    }
 
     #[test]
     fn statuses_and_sources() {

@@ -1661,3 +1661,41 @@ async fn a_silent_h2_upstream_connection_is_not_chosen_again() {
     assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
     fd.shutdown().await;
 }
+
+/// A gRPC call (HTTP/2, `content-type: application/grpc`) that the proxy itself fails gets a
+/// gRPC answer: status 200, `grpc-status` as gRPC's clients map the HTTP status (502 →
+/// UNAVAILABLE) and the detail as `grpc-message`, with nothing in the body. Other requests,
+/// HTTP/1.1 ones with that content type among them, get the JSON error.
+#[tokio::test]
+async fn grpc_calls_get_the_proxys_failures_as_grpc_statuses() {
+    let fd = start(&one_route("", &[(dead_addr().await, "", "v")])).await;
+    let call = |content_type: &'static str| {
+        Request::post(url(&fd, "/echo.Echo/Say"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .expect("request")
+    };
+    let grpc = Client::h2c()
+        .send(call("application/grpc+proto"))
+        .await
+        .expect("response");
+    assert_eq!(grpc.status, StatusCode::OK);
+    assert_eq!(grpc.header("content-type"), Some("application/grpc"));
+    assert_eq!(grpc.header("grpc-status"), Some("14"));
+    assert_eq!(
+        grpc.header("grpc-message"),
+        Some("could not connect to the upstream")
+    );
+    assert!(grpc.header("x-request-id").is_some());
+    assert!(grpc.body.is_empty());
+    for (client, content_type) in [
+        (Client::http1(), "application/grpc"),
+        (Client::h2c(), "application/json"),
+    ] {
+        let plain = client.send(call(content_type)).await.expect("response");
+        assert_eq!(plain.status, StatusCode::BAD_GATEWAY, "{content_type}");
+        assert_eq!(plain.header("grpc-status"), None);
+    }
+    fd.shutdown().await;
+}
