@@ -351,7 +351,6 @@ pub struct Classify {
 }
 
 impl Classify {
-    /// Jurisdiction of a country code, if the country maps to one.
     /// The jurisdiction of the longest tenant path prefix of `path`, without regard to ASCII
     /// case: an upstream that reads paths so (IIS, ASP.NET, many file systems) serves
     /// `/EU/...` as the tenant's `/eu/...`, which must then be held to the tenant's regions.
@@ -367,6 +366,7 @@ impl Classify {
         }
     }
 
+    /// Jurisdiction of a country code, if the country maps to one.
     pub fn country(&self, code: &str) -> Option<JurisdictionId> {
         if code.len() != 2 {
             return None;
