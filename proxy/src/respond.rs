@@ -194,9 +194,7 @@ impl ProxyError {
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::classify::REQUEST_ID, v);
-        }
+        self.mark(h, request_id);
         if let ProxyError::RateLimited { retry_after_secs } = self {
             h.insert(
                 http::header::RETRY_AFTER,
@@ -219,10 +217,18 @@ impl ProxyError {
             // After a request we refused to parse further, the connection's framing is suspect.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
+    }
+
+    /// The fields every answer of ours for this failure carries, JSON or gRPC: the request id,
+    /// and the residency mark on a residency refusal.
+    fn mark(&self, h: &mut http::HeaderMap, request_id: &str) {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(crate::classify::REQUEST_ID, v);
+        }
         if matches!(self, ProxyError::ResidencyRefused { .. }) {
             h.insert(REFUSED, HeaderValue::from_static("residency"));
         }
-        resp
     }
 }
 
@@ -265,12 +271,7 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(&message) {
             h.insert(GRPC_MESSAGE, v);
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::classify::REQUEST_ID, v);
-        }
-        if matches!(self, ProxyError::ResidencyRefused { .. }) {
-            h.insert(REFUSED, HeaderValue::from_static("residency"));
-        }
+        self.mark(h, request_id);
         resp
     }
 }
