@@ -304,16 +304,10 @@ async fn proxy_request(
     if let Some(cfg) = &route.rollout {
         let table = rollouts.table();
         if let Some(rr) = table.by_route.get(&route.name) {
-            let https = peer.tls
-                || (trusted
-                    && req
-                        .headers()
-                        .get(&classify::X_FORWARDED_PROTO)
-                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
             let who = rollout::Who {
                 client,
                 trusted,
-                https,
+                tls: peer.tls,
             };
             let assigned = rollout::assign(&route.name, &rr.state, req.headers(), who);
             set_cookie = assigned.set_cookie;

@@ -652,11 +652,11 @@ pub struct Assignment {
 pub struct Who {
     /// The client's address (the sticky key by IP, and without a header's).
     pub client: std::net::IpAddr,
-    /// The peer is a trusted proxy (the override header may be limited to those).
+    /// The peer is a trusted proxy (the override header may be limited to those, and its
+    /// `X-Forwarded-Proto` says whether the client came over HTTPS).
     pub trusted: bool,
-    /// The client reached us over HTTPS (the listener's TLS, or a trusted proxy's
-    /// `X-Forwarded-Proto`): a new user's cookie is then `Secure`.
-    pub https: bool,
+    /// The request came on the TLS listener.
+    pub tls: bool,
 }
 
 /// Picks the version for a request: the override header (when allowed), else the sticky
@@ -668,7 +668,7 @@ pub fn assign(
     Who {
         client,
         trusted,
-        https,
+        tls,
     }: Who,
 ) -> Assignment {
     let cfg = &state.config;
@@ -710,6 +710,13 @@ pub fn assign(
                 value.push(b'=');
                 value.extend_from_slice(&fresh);
                 value.extend_from_slice(ATTRIBUTES);
+                // The client came over HTTPS: to us, or to a trusted proxy that says so (looked
+                // up only here, for a new user).
+                let https = tls
+                    || (trusted
+                        && headers
+                            .get(&crate::classify::X_FORWARDED_PROTO)
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
                 if https {
                     value.extend_from_slice(SECURE);
                 }

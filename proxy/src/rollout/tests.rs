@@ -37,7 +37,7 @@ fn who(client: std::net::IpAddr, trusted: bool) -> Who {
     Who {
         client,
         trusted,
-        https: false,
+        tls: false,
     }
 }
 
@@ -378,7 +378,7 @@ fn assignment_is_sticky_and_monotonic_and_overridable() {
     );
     // Over HTTPS a new user's cookie is `Secure` as well.
     let https = Who {
-        https: true,
+        tls: true,
         ..who(ip, false)
     };
     let secure = assign("app", &st, &headers, https)
