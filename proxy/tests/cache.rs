@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use loadtest::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the origin answers: status, headers, body.
 type Reply = (u16, Vec<(&'static str, String)>, String);
@@ -744,4 +745,76 @@ async fn a_get_with_a_body_is_never_cached() {
         (again.text().as_str(), again.header("x-cache")),
         ("other", Some("BYPASS"))
     );
+}
+
+#[tokio::test]
+async fn a_slow_or_vanished_client_does_not_hold_back_a_fill() {
+    // Larger than the socket buffers between the proxy and a client that does not read.
+    const SIZE: usize = 24 << 20;
+    let origin = Scripted::start(Duration::ZERO, |_, _| (200, vec![], "x".repeat(SIZE))).await;
+    let config = format!(
+        r#"
+{}
+[[routes]]
+cluster = "app"
+
+[cache]
+max_bytes = "64MiB"
+max_object_bytes = "32MiB"
+
+[[cache.rules]]
+name = "site"
+paths = ["/**"]
+[cache.rules.default]
+Cache-Control = "public, max-age=3600"
+"#,
+        cluster(
+            "app",
+            "request_timeout = \"30s\"",
+            &[(origin.addr, "", "v1")]
+        )
+    );
+    let fd = start(&config).await;
+    let addr = fd.http.expect("http listener");
+    let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n\r\n");
+
+    // A client asks and never reads: the fill goes on at the origin's pace, and the next
+    // request for the key is answered from the stored entry, not held up behind the first.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stalled
+        .write_all(ask("/stalled").as_bytes())
+        .await
+        .expect("send");
+    eventually("the origin asked", || async { origin.hits() == 1 }).await;
+    let r = get_from(addr, "/stalled").await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("HIT"))
+    );
+    assert_eq!(r.body.len(), SIZE);
+    assert_eq!(origin.hits(), 1);
+
+    // A client goes away after the head: the fetch is not wasted.
+    let mut gone = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    gone.write_all(ask("/gone").as_bytes()).await.expect("send");
+    let mut head = [0u8; 12];
+    gone.read_exact(&mut head).await.expect("the answer starts");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(gone);
+    let r = get_from(addr, "/gone").await;
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (StatusCode::OK, Some("HIT"))
+    );
+    assert_eq!(r.body.len(), SIZE);
+    assert_eq!(origin.hits(), 2);
+    drop(stalled);
+}
+
+async fn get_from(addr: SocketAddr, path: &str) -> loadtest::Collected {
+    let req = Request::get(format!("http://{addr}{path}")).header("host", "site.test");
+    Client::http1()
+        .send(req.body(Full::default()).expect("request"))
+        .await
+        .expect("response")
 }

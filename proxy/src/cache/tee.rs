@@ -1,16 +1,32 @@
 //! The response body on its way to the client, copied into a cache entry as it passes.
-//! The entry is stored when the body ends cleanly within the size limit; on an error, trailers,
-//! too many bytes or a client gone, the copy is dropped, and with it the fill guard, which
-//! wakes the requests waiting for this key.
+//!
+//! A fill goes at the upstream's pace, not the client's: a task reads the upstream body into
+//! the entry and queues each frame for the client who asked. A slow client (or one that
+//! stops reading) does not hold back the requests waiting for the entry, and one that goes
+//! away does not waste the fetch: the entry is still stored. Once nothing is being stored (too
+//! many bytes, trailers), the task reads only as fast as the client takes the queued bytes.
+//!
+//! The entry is stored when the body ends cleanly within the size limit; on an error, trailers
+//! or too many bytes the copy is dropped, and with it the fill guard, which wakes the requests
+//! waiting for this key.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::{Entry, FillGuard};
 use crate::forward::IdleTimeoutBody;
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Once nothing is stored, the upstream is read only while the client has fewer bytes than
+/// this waiting for it.
+const QUEUE_LOW: usize = 64 * 1024;
 
 /// A copy in progress.
 struct Fill {
@@ -20,97 +36,293 @@ struct Fill {
     max: usize,
 }
 
-/// An upstream body, optionally filling a cache entry.
-pub struct TeeBody {
-    inner: IdleTimeoutBody,
-    fill: Option<Box<Fill>>,
+impl Fill {
+    /// Takes a frame into the copy; `false` when the copy must be given up (too large,
+    /// trailers).
+    fn take(&mut self, frame: &Frame<Bytes>) -> bool {
+        match frame.data_ref() {
+            Some(data) if self.buf.len() + data.len() <= self.max => {
+                self.buf.extend_from_slice(data);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn store(self) {
+        let Fill {
+            guard,
+            mut entry,
+            buf,
+            ..
+        } = self;
+        entry.body = buf.freeze();
+        guard.cache().insert(guard.key.clone(), entry);
+    }
 }
 
-impl std::fmt::Debug for TeeBody {
+/// An upstream body, or the client's end of a fill.
+pub struct TeeBody<B = IdleTimeoutBody> {
+    inner: Inner<B>,
+}
+
+enum Inner<B> {
+    Plain(B),
+    Filling(Reader),
+}
+
+impl<B> std::fmt::Debug for TeeBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TeeBody")
-            .field("filling", &self.fill.is_some())
+            .field("filling", &matches!(self.inner, Inner::Filling(_)))
             .finish()
     }
 }
 
-impl TeeBody {
-    pub fn plain(inner: IdleTimeoutBody) -> TeeBody {
-        TeeBody { inner, fill: None }
+impl<B> TeeBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    pub fn plain(inner: B) -> TeeBody<B> {
+        TeeBody {
+            inner: Inner::Plain(inner),
+        }
     }
 
     /// Streams `inner` and stores `entry` with its bytes when it ends (at most `max` bytes).
-    pub fn filling(inner: IdleTimeoutBody, guard: FillGuard, entry: Entry, max: u64) -> TeeBody {
+    pub fn filling(inner: B, guard: FillGuard, entry: Entry, max: u64) -> TeeBody<B> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let hint = inner.size_hint().lower() as usize;
+        let hint = inner.size_hint();
         let fill = Fill {
             guard,
             entry,
-            buf: BytesMut::with_capacity(hint.min(max)),
+            buf: BytesMut::with_capacity((hint.lower() as usize).min(max)),
             max,
         };
-        let mut body = TeeBody {
-            inner,
-            fill: Some(Box::new(fill)),
-        };
-        if body.inner.is_end_stream() {
-            body.finish();
+        if inner.is_end_stream() {
+            fill.store();
+            return TeeBody::plain(inner);
         }
-        body
-    }
-
-    fn finish(&mut self) {
-        if let Some(fill) = self.fill.take() {
-            let Fill {
-                guard,
-                mut entry,
-                buf,
-                ..
-            } = *fill;
-            entry.body = buf.freeze();
-            guard.cache().insert(guard.key.clone(), entry);
-            drop(guard);
+        let queue = Arc::new(Queue::default());
+        tokio::spawn(drive(inner, Some(Box::new(fill)), Arc::clone(&queue)));
+        TeeBody {
+            inner: Inner::Filling(Reader {
+                queue,
+                left: hint.exact(),
+                lower: hint.lower(),
+            }),
         }
     }
 }
 
-impl Body for TeeBody {
+impl<B> Body for TeeBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(fill) = this.fill.as_mut() {
-                    match frame.data_ref() {
-                        Some(data) if fill.buf.len() + data.len() <= fill.max => {
-                            fill.buf.extend_from_slice(data)
-                        }
-                        // Too large, or trailers: not stored.
-                        _ => this.fill = None,
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.fill = None,
-            Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
+        match &mut self.inner {
+            Inner::Plain(body) => Pin::new(body).poll_frame(cx),
+            Inner::Filling(reader) => reader.poll_frame(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Plain(body) => body.is_end_stream(),
+            Inner::Filling(reader) => {
+                let state = reader.queue.lock();
+                state.frames.is_empty() && matches!(state.end, End::Done)
+            }
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Plain(body) => body.size_hint(),
+            Inner::Filling(reader) => match reader.left {
+                Some(n) => SizeHint::with_exact(n),
+                None => {
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(reader.lower);
+                    hint
+                }
+            },
+        }
+    }
+}
+
+/// How the upstream body ended, as far as the fill task has read it.
+#[derive(Default)]
+enum End {
+    #[default]
+    Open,
+    Done,
+    Failed(Option<BoxError>),
+}
+
+#[derive(Default)]
+struct State {
+    /// Frames read and not yet taken by the client, and their data bytes.
+    frames: VecDeque<Frame<Bytes>>,
+    queued: usize,
+    end: End,
+    /// The client's body was dropped.
+    gone: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+/// Frames passed from the fill task to the client's body.
+#[derive(Default)]
+struct Queue(Mutex<State>);
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame (dropped when the client is gone); `end`: it was the last.
+    fn push(&self, frame: Frame<Bytes>, end: bool) {
+        let mut state = self.lock();
+        if !state.gone {
+            state.queued += frame.data_ref().map_or(0, Bytes::len);
+            state.frames.push_back(frame);
+        }
+        if end {
+            state.end = End::Done;
+        }
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    fn end(&self, end: End) {
+        let mut state = self.lock();
+        state.end = end;
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.lock().gone
+    }
+
+    /// Ready with `true` when the client has room for more, `false` when it is gone.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut state = self.lock();
+        if state.gone {
+            return Poll::Ready(false);
+        }
+        if state.queued < QUEUE_LOW {
+            return Poll::Ready(true);
+        }
+        state.writer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Reads `body` to its end (or until nothing is stored and the client has gone), filling the
+/// entry and queueing the frames for the client.
+async fn drive<B>(mut body: B, mut fill: Option<Box<Fill>>, queue: Arc<Queue>)
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    loop {
+        if fill.is_none() && !poll_fn(|cx| queue.poll_room(cx)).await {
+            return;
+        }
+        match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if fill.as_mut().is_some_and(|f| !f.take(&frame)) {
+                    fill = None;
+                }
+                let end = body.is_end_stream();
+                if end && let Some(f) = fill.take() {
+                    f.store();
+                }
+                queue.push(frame, end);
+                if end {
+                    return;
+                }
+                if fill.is_none() && queue.gone() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                queue.end(End::Failed(Some(e)));
+                return;
+            }
+            None => {
+                if let Some(f) = fill.take() {
+                    f.store();
+                }
+                queue.end(End::Done);
+                return;
+            }
+        }
+    }
+}
+
+/// The client's end: takes the queued frames.
+struct Reader {
+    queue: Arc<Queue>,
+    /// Bytes still to come, when the length is known.
+    left: Option<u64>,
+    lower: u64,
+}
+
+impl Reader {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut state = self.queue.lock();
+        if let Some(frame) = state.frames.pop_front() {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            state.queued -= n;
+            let writer = (state.queued < QUEUE_LOW)
+                .then(|| state.writer.take())
+                .flatten();
+            drop(state);
+            if let Some(w) = writer {
+                w.wake();
+            }
+            self.left = self.left.map(|l| l.saturating_sub(n as u64));
+            self.lower = self.lower.saturating_sub(n as u64);
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match &mut state.end {
+            End::Open => {
+                state.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            End::Done => Poll::Ready(None),
+            End::Failed(e) => {
+                let e = e.take().unwrap_or_else(|| "upstream body failed".into());
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.gone = true;
+        state.frames.clear();
+        state.queued = 0;
+        let writer = state.writer.take();
+        drop(state);
+        if let Some(w) = writer {
+            w.wake();
+        }
     }
 }

@@ -1,3 +1,10 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use super::tee::BoxError;
 use super::*;
 
 fn policy(text: &str) -> CachePolicy {
@@ -319,4 +326,162 @@ CDN-Cache-Control = "max-age=600"
         !rt.authenticated(&headers(&[("cookie", "session=1")])),
         "no auth cookies configured"
     );
+}
+
+/// A body fed by the test, frame by frame, counting the frames taken from it.
+struct Source {
+    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, BoxError>>,
+    taken: Arc<AtomicUsize>,
+}
+
+type Feed = mpsc::UnboundedSender<Result<Frame<Bytes>, BoxError>>;
+
+fn source() -> (Feed, Source, Arc<AtomicUsize>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let body = Source {
+        rx,
+        taken: Arc::clone(&taken),
+    };
+    (tx, body, taken)
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.taken.fetch_add(1, Ordering::SeqCst);
+        }
+        polled
+    }
+}
+
+fn data(text: &str) -> Result<Frame<Bytes>, BoxError> {
+    Ok(Frame::data(Bytes::from(text.to_string())))
+}
+
+/// Lets the spawned fill task run as far as it can (the test runtime has one thread).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn next_data(body: &mut TeeBody<Source>) -> Option<Bytes> {
+    let frame = body.frame().await?.expect("a frame, not an error");
+    Some(frame.into_data().expect("data"))
+}
+
+fn fill_of(cache: &Arc<Cache>, path: &str) -> (Key, FillGuard, Entry) {
+    let key = cache.key("*", "h", path);
+    let Turn::Leader(guard) = cache.join(&key) else {
+        panic!("the first caller leads");
+    };
+    let e = entry(&policy(STORE), &[], &[("cache-control", "max-age=60")], "");
+    (key, guard, e)
+}
+
+#[tokio::test]
+async fn a_fill_is_read_at_the_upstreams_pace_and_stored_without_the_client() {
+    let cache = Cache::new(policy(STORE).store.expect("store"));
+    let all = RegionSet::first(64);
+    let stored = |key: &Key| {
+        cache
+            .lookup(key, &HeaderMap::new(), all)
+            .map(|e| e.body.clone())
+    };
+
+    // The client reads nothing: the fill still completes and frees the key.
+    let (key, guard, e) = fill_of(&cache, "/slow-client");
+    let (feed, body, _) = source();
+    let mut tee = TeeBody::filling(body, guard, e, 1024);
+    for part in ["one ", "two ", "three"] {
+        feed.send(data(part)).expect("fed");
+    }
+    drop(feed);
+    settle().await;
+    assert_eq!(stored(&key), Some(Bytes::from("one two three")));
+    assert!(
+        matches!(cache.join(&key), Turn::Leader(_)),
+        "followers woken"
+    );
+    // ... and the client, when it reads, gets every frame in order, then the end.
+    let mut got = Vec::new();
+    while let Some(b) = next_data(&mut tee).await {
+        got.push(b);
+    }
+    assert_eq!(got, ["one ", "two ", "three"]);
+    assert!(tee.is_end_stream());
+
+    // The client goes away part way: the entry is still stored.
+    let (key, guard, e) = fill_of(&cache, "/client-gone");
+    let (feed, body, _) = source();
+    let mut tee = TeeBody::filling(body, guard, e, 1024);
+    feed.send(data("first ")).expect("fed");
+    assert_eq!(next_data(&mut tee).await, Some(Bytes::from("first ")));
+    drop(tee);
+    feed.send(data("second")).expect("fed");
+    drop(feed);
+    settle().await;
+    assert_eq!(stored(&key), Some(Bytes::from("first second")));
+
+    // An upstream failure reaches the client as an error, and nothing is stored.
+    let (key, guard, e) = fill_of(&cache, "/broken");
+    let (feed, body, _) = source();
+    let mut tee = TeeBody::filling(body, guard, e, 1024);
+    feed.send(data("part")).expect("fed");
+    feed.send(Err("upstream reset".into())).expect("fed");
+    assert_eq!(next_data(&mut tee).await, Some(Bytes::from("part")));
+    let failed = tee.frame().await.expect("an item");
+    assert_eq!(
+        failed.err().map(|e| e.to_string()).as_deref(),
+        Some("upstream reset")
+    );
+    settle().await;
+    assert_eq!(stored(&key), None);
+    assert!(
+        matches!(cache.join(&key), Turn::Leader(_)),
+        "followers woken"
+    );
+}
+
+#[tokio::test]
+async fn past_the_size_limit_the_upstream_is_read_at_the_clients_pace() {
+    let cache = Cache::new(policy(STORE).store.expect("store"));
+    let (key, guard, e) = fill_of(&cache, "/large");
+    let (feed, body, taken) = source();
+    let mut tee = TeeBody::filling(body, guard, e, 100);
+    let chunk = "x".repeat(16 * 1024);
+    for _ in 0..40 {
+        feed.send(data(&chunk)).expect("fed");
+    }
+    settle().await;
+    // Over the limit at once: nothing is stored, the waiters go their own way...
+    assert!(
+        matches!(cache.join(&key), Turn::Leader(_)),
+        "followers woken"
+    );
+    // ... and no more is read than the client's queue holds (64 KiB: four frames).
+    let read = taken.load(Ordering::SeqCst);
+    assert_eq!(read, 4, "frames read ahead of a client that reads nothing");
+    // Each frame the client takes makes room for one more.
+    for _ in 0..3 {
+        assert_eq!(
+            next_data(&mut tee).await.map(|b| b.len()),
+            Some(chunk.len())
+        );
+    }
+    settle().await;
+    assert_eq!(taken.load(Ordering::SeqCst), 7);
+    // The client goes: the upstream body is dropped, not read to its end.
+    drop(tee);
+    settle().await;
+    assert!(feed.is_closed(), "the upstream body was let go");
+    assert_eq!(taken.load(Ordering::SeqCst), 7);
 }
