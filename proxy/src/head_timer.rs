@@ -39,7 +39,7 @@ use std::task::{Context, Poll, ready};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::listen::slots::Deadline;
 use crate::listen::{RequestBody, Shared};
@@ -230,6 +230,10 @@ pub struct HeadTimer<T> {
     park_due: bool,
     /// The header names of the head being received.
     scan: HeadScan,
+    /// Armed when a write to the client has to wait; a write that makes no progress for the
+    /// listener's `send` ends the connection. Dropped once a write goes through: a client
+    /// that keeps up never has one.
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What our HTTP/1.1 loop (`listen::h1`) asks of a connection's IO besides reads and writes.
@@ -382,6 +386,7 @@ impl<T> HeadTimer<T> {
             parkable,
             park_due: false,
             scan: HeadScan::default(),
+            send_timer: None,
         }
     }
 
@@ -518,6 +523,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
     }
 }
 
+impl<T> HeadTimer<T> {
+    /// A write's outcome, with the send timeout: a wait arms it (or fails once it has run out),
+    /// progress disarms it.
+    fn sent<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Pending => {
+                let send = self.listener.head.send;
+                let timer = self
+                    .send_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+                ready!(timer.as_mut().poll(cx));
+                self.send_timer = None;
+                metrics::counter!(crate::telemetry::SEND_TIMEOUTS, crate::telemetry::L_LISTENER => self.listener.name).increment(1);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took none of the answer within server.send_timeout",
+                )))
+            }
+            done => {
+                self.send_timer = None;
+                done
+            }
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -528,7 +563,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
             // Our 408 was the answer; nothing after it.
             return Poll::Ready(Ok(data.len()));
         }
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, data);
+        this.sent(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -539,7 +576,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
         if self.ended {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sent(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -547,7 +586,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.sent(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

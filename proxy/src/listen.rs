@@ -35,6 +35,8 @@ pub struct HeadLimits {
     pub timeout: Duration,
     /// To sit idle after a request.
     pub idle: Duration,
+    /// For a write to the client to make progress (the connection ends after).
+    pub send: Duration,
     /// Requests per connection; the last answer says `Connection: close`.
     pub max_requests: u32,
     /// Request line and header fields, bytes (431 over it); at least 8 KiB.
@@ -73,6 +75,7 @@ impl HeadLimits {
         HeadLimits {
             timeout: server.header_timeout,
             idle: server.keepalive_timeout,
+            send: server.send_timeout,
             max_requests: u32::try_from(server.max_requests_per_connection).unwrap_or(u32::MAX),
             max_bytes: server.max_request_head_bytes,
             max_headers: server.max_request_headers,

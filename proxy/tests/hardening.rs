@@ -1156,3 +1156,50 @@ async fn h2_floods_end_the_connection_and_excess_streams_are_refused() {
     assert_eq!(ok.status, http::StatusCode::OK);
     fd.shutdown().await;
 }
+
+/// A client that takes none of an answer for `server.send_timeout` is closed (its upstream
+/// request goes with it); one that reads slowly but steadily gets every byte. (Paused clock:
+/// the timeouts elapse without waiting.)
+#[tokio::test(start_paused = true)]
+async fn a_client_that_takes_none_of_an_answer_is_closed_after_send_timeout() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    // More than the socket buffers between the proxy and its client hold.
+    const SIZE: usize = 32 << 20;
+    let (_origin, fd) = behind_one_route("send_timeout = \"20s\"").await;
+    let addr = fd.http.expect("http");
+    let ask = format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: a\r\n\r\n");
+
+    // Steady: 512 KiB every 2 s. (The proxy sees progress when the kernel has room in the
+    // socket buffer again: a third of it taken, several MiB on loopback.)
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(ask.as_bytes()).await.expect("write");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 512 << 10];
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut this_turn = 0;
+        while this_turn < buf.len() {
+            match s.read(&mut buf[this_turn..]).await.expect("read") {
+                0 => break,
+                n => this_turn += n,
+            }
+        }
+        got += this_turn;
+        if this_turn < buf.len() {
+            break;
+        }
+    }
+    assert!(got > SIZE, "every byte and the head: {got}");
+
+    // Stalled: after the send timeout the connection is closed with the answer unfinished.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(ask.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(600), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(out.len() < SIZE, "{} bytes", out.len());
+    common::metrics_with(&fd, &["frontdoor_send_timeouts_total{listener=\"http\"} 1"]).await;
+}

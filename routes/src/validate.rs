@@ -303,6 +303,11 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.keepalive_timeout.as_ref(),
             Duration::from_secs(60),
         ),
+        send_timeout: errors.duration(
+            "server.send_timeout".into(),
+            raw.send_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
         park_idle_after: match raw.park_idle_after.as_ref() {
             Some(v) if v == "off" => None,
             v => Some(errors.duration("server.park_idle_after".into(), v, Duration::from_secs(1))),
