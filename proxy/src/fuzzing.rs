@@ -308,6 +308,7 @@ impl crate::head_timer::ConnIo for Script {
                         hyper_util::rt::TokioExecutor::new(),
                     ),
                     lot: None,
+                    streams: crate::listen::streams::Streams::new("fuzz", LIMITS.send),
                 })
             });
         &LISTENER

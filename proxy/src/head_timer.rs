@@ -42,7 +42,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::listen::slots::Deadline;
-use crate::listen::{RequestBody, Shared};
+use crate::listen::streams::{Streams, Watched};
+use crate::listen::{BoxError, RequestBody, Shared};
 
 /// What a client that took too long over its request head reads before the connection ends.
 pub const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 34\r\n\r\nrequest head not received in time\n";
@@ -83,14 +84,22 @@ pub struct Counted<S> {
     exchanges: Arc<Exchanges>,
     /// HTTP/1.x requests the connection may carry; the last answer closes it.
     max_requests: u32,
+    /// The listener's HTTP/2 answers, watched for clients that take none of them.
+    streams: Arc<Streams>,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S, exchanges: Arc<Exchanges>, max_requests: u32) -> Counted<S> {
+    pub fn new(
+        inner: S,
+        exchanges: Arc<Exchanges>,
+        max_requests: u32,
+        streams: Arc<Streams>,
+    ) -> Counted<S> {
         Counted {
             inner,
             exchanges,
             max_requests,
+            streams,
         }
     }
 }
@@ -98,6 +107,7 @@ impl<S> Counted<S> {
 impl<S, B> hyper::service::Service<Request<RequestBody>> for Counted<S>
 where
     S: hyper::service::Service<Request<RequestBody>, Response = Response<B>>,
+    B: Body<Error: Into<BoxError>> + Send + Unpin + 'static,
 {
     type Response = Response<Finished<B>>;
     type Error = S::Error;
@@ -105,7 +115,8 @@ where
 
     fn call(&self, mut req: Request<RequestBody>) -> Self::Future {
         let n = self.exchanges.started.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = n >= self.max_requests && req.version() < http::Version::HTTP_2;
+        let h2 = req.version() == http::Version::HTTP_2;
+        let last = n >= self.max_requests && !h2;
         if self.exchanges.ambiguous.load(Ordering::Relaxed) {
             self.exchanges.ambiguous.store(false, Ordering::Relaxed);
             req.extensions_mut().insert(AmbiguousFraming);
@@ -114,6 +125,7 @@ where
             inner: self.inner.call(req),
             done: Done(Some(Arc::clone(&self.exchanges))),
             last,
+            streams: h2.then(|| Arc::clone(&self.streams)),
         }
     }
 }
@@ -139,12 +151,15 @@ pin_project_lite::pin_project! {
         done: Done,
         // The connection's last request: the answer says `Connection: close` (hyper closes).
         last: bool,
+        // HTTP/2: the answer is watched (`listen::streams`).
+        streams: Option<Arc<Streams>>,
     }
 }
 
 impl<F, B, E> Future for CountedFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Error: Into<BoxError>> + Send + Unpin + 'static,
 {
     type Output = Result<Response<Finished<B>>, E>;
 
@@ -153,6 +168,7 @@ where
         let out = ready!(this.inner.poll(cx));
         let done = Done(this.done.0.take());
         let last = *this.last;
+        let streams = this.streams.take();
         Poll::Ready(out.map(|mut resp| {
             // Not on a 101: the connection becomes the upgraded protocol's.
             if last && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -161,37 +177,67 @@ where
                     http::HeaderValue::from_static("close"),
                 );
             }
-            resp.map(|inner| Finished { inner, _done: done })
+            resp.map(|body| Finished {
+                inner: match &streams {
+                    Some(streams) => Answer::Watched(streams.watch(body)),
+                    None => Answer::Direct(body),
+                },
+                _done: done,
+            })
         }))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that counts its exchange finished when dropped.
-    pub struct Finished<B> {
-        #[pin]
-        inner: B,
-        _done: Done,
+/// A response body that counts its exchange finished when dropped.
+pub struct Finished<B> {
+    inner: Answer<B>,
+    _done: Done,
+}
+
+enum Answer<B> {
+    Direct(B),
+    Watched(Watched<B>),
+}
+
+impl<B> std::fmt::Debug for Finished<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Finished")
+            .field("watched", &matches!(self.inner, Answer::Watched(_)))
+            .finish()
     }
 }
 
-impl<B: Body> Body for Finished<B> {
+impl<B> Body for Finished<B>
+where
+    B: Body<Error: Into<BoxError>> + Unpin,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        match &mut self.inner {
+            Answer::Direct(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(Into::into))),
+            Answer::Watched(b) => Pin::new(b).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Answer::Direct(b) => b.is_end_stream(),
+            Answer::Watched(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Answer::Direct(b) => b.size_hint(),
+            Answer::Watched(b) => b.size_hint(),
+        }
     }
 }
 

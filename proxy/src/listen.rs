@@ -23,6 +23,7 @@ use crate::telemetry;
 pub(crate) mod h1;
 pub(crate) mod park;
 pub(crate) mod slots;
+pub(crate) mod streams;
 pub use h1::{ConnBody, ConnService, RequestBody};
 use slots::Slots;
 
@@ -57,6 +58,8 @@ pub struct Shared {
     /// Where idle plain connections are parked: plain listeners, unless `park_idle_after` is
     /// off.
     pub lot: Option<Arc<park::Lot>>,
+    /// HTTP/2 answers in flight, watched for clients that take none of them.
+    pub streams: Arc<streams::Streams>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -89,7 +92,7 @@ pub const H2_MAX_STREAMS: u32 = 256;
 /// Largest HTTP/2 header list (decoded), bytes.
 pub const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
-type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Caps on open client connections, shared by the data-plane listeners.
 #[derive(Debug)]
@@ -205,6 +208,8 @@ where
     // sweep wakes connections whose head or idle wait has run out.
     let open = Arc::new(Slots::default());
     tokio::spawn(slots::sweep(Arc::downgrade(&open)));
+    let streams = streams::Streams::new(name, head.send);
+    tokio::spawn(streams::sweep(Arc::downgrade(&streams)));
     let parks = tls.is_none() && head.park.is_some_and(|p| p < head.idle);
     let ctx = Arc::new_cyclic(|me: &std::sync::Weak<Listener<F>>| {
         let lot = if parks {
@@ -234,6 +239,7 @@ where
                 head,
                 hyper: builder,
                 lot,
+                streams,
             }),
         }
     });
@@ -389,6 +395,7 @@ impl<F> Listener<F> {
             (self.make_service)(peer),
             Arc::clone(&exchanges),
             self.shared.head.max_requests,
+            Arc::clone(&self.shared.streams),
         );
         (service, exchanges)
     }

@@ -55,8 +55,8 @@ pub const CONNECTIONS_PARKED: &str = "frontdoor_connections_parked";
 /// HTTP/1.1 connections answered 408 because a started request head was not finished within
 /// `server.header_timeout`, by listener.
 pub const HEADER_TIMEOUTS: &str = "frontdoor_header_timeouts_total";
-/// Client connections closed because a write made no progress for `server.send_timeout`, by
-/// listener.
+/// Answers cut because the client took none of them for `server.send_timeout` (an HTTP/1.1
+/// connection closed, an HTTP/2 stream's answer dropped), by listener.
 pub const SEND_TIMEOUTS: &str = "frontdoor_send_timeouts_total";
 
 /// Cacheable-path requests by what the cache did (`hit`, `miss`, `stale`, `revalidated`,

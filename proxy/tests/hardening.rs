@@ -1203,3 +1203,117 @@ async fn a_client_that_takes_none_of_an_answer_is_closed_after_send_timeout() {
     assert!(out.len() < SIZE, "{} bytes", out.len());
     common::metrics_with(&fd, &["frontdoor_send_timeouts_total{listener=\"http\"} 1"]).await;
 }
+
+/// An HTTP/2 client that keeps its connection alive but gives one stream no flow-control
+/// window has that stream's answer cut after `server.send_timeout` (the upstream let go; the
+/// stream reset when the client next asks), while a stream it grants window to every few
+/// seconds is served throughout. (Paused clock.)
+#[tokio::test(start_paused = true)]
+async fn an_h2_stream_given_no_window_is_cut_after_send_timeout() {
+    use h2raw::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const WINDOW_UPDATE: u8 = 0x8;
+    const DATA: u8 = 0x0;
+    const PING: u8 = 0x6;
+    let (_origin, fd) = behind_one_route("send_timeout = \"20s\"").await;
+    let addr = fd.http.expect("http");
+
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may be sent data until granted.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut hello, 0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    frame(
+        &mut hello,
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(64u32 << 20).to_be_bytes(),
+    );
+    // GET /bytes/8388608 (HPACK: :path as a literal), on streams 1 and 3.
+    let mut get = vec![0x82, 0x86, 0x04, 14];
+    get.extend_from_slice(b"/bytes/8388608");
+    get.extend_from_slice(&[0x01, 0x01, b'a']);
+    for id in [1, 3] {
+        frame(&mut hello, HEADERS, END_HEADERS | END_STREAM, id, &get);
+    }
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, wr) = s.into_split();
+    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+    wr.lock().await.write_all(&hello).await.expect("write");
+
+    // Reads frames, answering PINGs; DATA bytes and RST_STREAM codes per stream.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((
+        std::collections::HashMap::<u32, usize>::new(),
+        std::collections::HashMap::<u32, u32>::new(),
+    )));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        let wr = std::sync::Arc::clone(&wr);
+        tokio::spawn(async move {
+            loop {
+                let mut head = [0u8; 9];
+                if rd.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                let mut payload = vec![0u8; len];
+                if rd.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                match head[3] {
+                    DATA => *seen.lock().expect("lock").0.entry(stream).or_default() += len,
+                    RST_STREAM => {
+                        let code =
+                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        seen.lock().expect("lock").1.insert(stream, code);
+                    }
+                    PING if head[4] & 1 == 0 => {
+                        let mut pong = Vec::new();
+                        frame(&mut pong, PING, 1, 0, &payload);
+                        let _ = wr.lock().await.write_all(&pong).await;
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    // Stream 3 gets 64 KiB of window every 5 s for 60 s; stream 1 gets none.
+    for _ in 0..12 {
+        let mut grant = Vec::new();
+        frame(
+            &mut grant,
+            WINDOW_UPDATE,
+            0,
+            3,
+            &(64u32 << 10).to_be_bytes(),
+        );
+        wr.lock().await.write_all(&grant).await.expect("write");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    // Now stream 1 asks: its answer was cut, so the stream is reset rather than served.
+    let mut grant = Vec::new();
+    frame(
+        &mut grant,
+        WINDOW_UPDATE,
+        0,
+        1,
+        &(64u32 << 10).to_be_bytes(),
+    );
+    wr.lock().await.write_all(&grant).await.expect("write");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    {
+        let (data, resets) = &*seen.lock().expect("lock");
+        assert_eq!(
+            data.get(&3),
+            Some(&((12 * 64) << 10)),
+            "stream 3 served as granted"
+        );
+        assert_eq!(resets.get(&3), None, "stream 3 kept");
+        assert_eq!(data.get(&1), None, "stream 1 never sent data");
+        assert!(resets.contains_key(&1), "stream 1 reset: {resets:?}");
+    }
+    common::metrics_with(&fd, &["frontdoor_send_timeouts_total{listener=\"http\"} 1"]).await;
+    reader.abort();
+}

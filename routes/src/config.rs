@@ -133,8 +133,9 @@ pub struct RawServer {
     /// How long an HTTP/1.1 connection may sit idle after a request before it is closed (the
     /// wait for a first request is `header_timeout`). Default `"60s"`. Listener setting.
     pub keepalive_timeout: Option<String>,
-    /// Longest a client may go without taking any more of an answer (its receive window and
-    /// our socket buffer full); then the connection is closed. Default `"60s"` (nginx's
+    /// Longest a client may go without taking any more of an answer: on HTTP/1.1 (a write to
+    /// it cannot go on) the connection is then closed; on HTTP/2 (the stream's answer is not
+    /// asked for more) the answer is dropped and the stream reset. Default `"60s"` (nginx's
     /// `send_timeout`). Listener setting.
     pub send_timeout: Option<String>,
     /// How long an HTTP/1.1 connection (plain listener) may sit idle after a request before

@@ -130,9 +130,9 @@ impl<S, B> ConnService<B> for S where
 }
 
 /// What a response body must be, for this loop and for hyper's server alike.
-pub trait ConnBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+pub trait ConnBody: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
-impl<B> ConnBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+impl<B> ConnBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
 
 /// Header fields this loop parses in one head; more go to hyper (which answers 431 past the
 /// listener's limit).
@@ -953,6 +953,7 @@ mod tests {
                 head: limits(),
                 hyper,
                 lot: None,
+                streams: crate::listen::streams::Streams::new("test", limits().send),
             })
         });
         &LISTENER
@@ -1092,6 +1093,7 @@ mod tests {
             hyper::service::service_fn(move |req| answer(req, Arc::clone(&flag))),
             exchanges,
             limits().max_requests,
+            Arc::clone(&shared().streams),
         );
         (client, probe, tokio::spawn(serve(io, service, hold, ())))
     }
