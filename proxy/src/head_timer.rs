@@ -214,6 +214,7 @@ where
     type Data = B::Data;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -226,6 +227,7 @@ where
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Answer::Direct(b) => b.is_end_stream(),
@@ -233,6 +235,7 @@ where
         }
     }
 
+    #[inline]
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Answer::Direct(b) => b.size_hint(),
@@ -572,6 +575,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
 impl<T> HeadTimer<T> {
     /// A write's outcome, with the send timeout: a wait arms it (or fails once it has run out),
     /// progress disarms it.
+    #[inline]
     fn sent<R>(
         &mut self,
         cx: &mut Context<'_>,
