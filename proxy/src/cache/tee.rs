@@ -3,8 +3,10 @@
 //! A fill goes at the upstream's pace, not the client's: a task reads the upstream body into
 //! the entry and queues each frame for the client who asked. A slow client (or one that
 //! stops reading) does not hold back the requests waiting for the entry, and one that goes
-//! away does not waste the fetch: the entry is still stored. Once nothing is being stored (too
-//! many bytes, trailers), the task reads only as fast as the client takes the queued bytes.
+//! away does not waste the fetch: the entry is still stored. Once the entry is stored, what the
+//! client has not taken yet is a slice of it: a slow client holds no copy of its own. Once
+//! nothing is being stored (too many bytes, trailers), the task reads only as fast as the
+//! client takes the queued bytes.
 //!
 //! The entry is stored when the body ends cleanly within the size limit; on an error, trailers
 //! or too many bytes the copy is dropped, and with it the fill guard, which wakes the requests
@@ -49,7 +51,8 @@ impl Fill {
         }
     }
 
-    fn store(self) {
+    /// Stores the entry; returns its body.
+    fn store(self) -> Bytes {
         let Fill {
             guard,
             mut entry,
@@ -57,7 +60,9 @@ impl Fill {
             ..
         } = self;
         entry.body = buf.freeze();
+        let body = entry.body.clone();
         guard.cache().insert(guard.key.clone(), entry);
+        body
     }
 }
 
@@ -171,6 +176,8 @@ struct State {
     /// Frames read and not yet taken by the client, and their data bytes.
     frames: VecDeque<Frame<Bytes>>,
     queued: usize,
+    /// Data bytes the client has taken.
+    taken: usize,
     end: End,
     /// The client's body was dropped.
     gone: bool,
@@ -202,6 +209,23 @@ impl Queue {
         if let Some(w) = reader {
             w.wake();
         }
+    }
+
+    /// The body ended and was stored whole as `body`: what the client has not taken yet is
+    /// handed over as a slice of it, and the copies read from the upstream are let go (a slow
+    /// client holds no more than the cache does).
+    fn stored(&self, body: &Bytes) {
+        let mut state = self.lock();
+        if !state.gone {
+            let rest = body.slice(state.taken.min(body.len())..);
+            state.frames.clear();
+            state.queued = rest.len();
+            if !rest.is_empty() {
+                state.frames.push_back(Frame::data(rest));
+            }
+        }
+        drop(state);
+        self.end(End::Done);
     }
 
     fn end(&self, end: End) {
@@ -249,7 +273,8 @@ where
                 }
                 let end = body.is_end_stream();
                 if end && let Some(f) = fill.take() {
-                    f.store();
+                    queue.stored(&f.store());
+                    return;
                 }
                 queue.push(frame, end);
                 if end {
@@ -264,10 +289,10 @@ where
                 return;
             }
             None => {
-                if let Some(f) = fill.take() {
-                    f.store();
+                match fill.take() {
+                    Some(f) => queue.stored(&f.store()),
+                    None => queue.end(End::Done),
                 }
-                queue.end(End::Done);
                 return;
             }
         }
@@ -288,6 +313,7 @@ impl Reader {
         if let Some(frame) = state.frames.pop_front() {
             let n = frame.data_ref().map_or(0, Bytes::len);
             state.queued -= n;
+            state.taken += n;
             let writer = (state.queued < QUEUE_LOW)
                 .then(|| state.writer.take())
                 .flatten();
