@@ -19,6 +19,12 @@
 //! our loop hands it to the listener's lot (`listen::park`), which keeps the rest of its idle
 //! deadline.
 //!
+//! Writes to the client that cannot go on for `server.send_timeout` end the connection. After
+//! a `101 Switching Protocols` the connection is a WebSocket tunnel: the head and idle waits
+//! no longer apply (a client that sent a message and then listened was answered `408` inside
+//! its tunnel), and the tunnel ends once nothing has gone either way for
+//! `server.tunnel_idle_timeout`.
+//!
 //! Heads that hyper parses are watched for one smuggling shape hyper tolerates: a head with both
 //! `Transfer-Encoding` and `Content-Length` (hyper drops the length, reads chunked and closes
 //! afterwards; RFC 9112 §6.1 lets a server do that or refuse). [`HeadScan`] looks at the header
@@ -55,6 +61,8 @@ pub struct Exchanges {
     finished: AtomicU32,
     /// The head about to be dispatched carried both `Transfer-Encoding` and `Content-Length`.
     ambiguous: AtomicBool,
+    /// A request was answered `101 Switching Protocols`: the connection is a tunnel now.
+    upgraded: AtomicBool,
 }
 
 /// Request extension: the request's head carried both `Transfer-Encoding` and
@@ -69,6 +77,7 @@ impl Exchanges {
             started: AtomicU32::new(served),
             finished: AtomicU32::new(served),
             ambiguous: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
         }
     }
 
@@ -170,6 +179,11 @@ where
         let last = *this.last;
         let streams = this.streams.take();
         Poll::Ready(out.map(|mut resp| {
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(ex) = done.0.as_ref()
+            {
+                ex.upgraded.store(true, Ordering::Relaxed);
+            }
             // Not on a 101: the connection becomes the upgraded protocol's.
             if last && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut().insert(
@@ -283,6 +297,9 @@ pub struct HeadTimer<T> {
     /// listener's `send` ends the connection. Dropped once a write goes through: a client
     /// that keeps up never has one.
     send_timer: Option<Pin<Box<Sleep>>>,
+    /// A WebSocket tunnel since its `101`: when it last carried something either way. The
+    /// head and idle waits no longer apply; a tunnel silent for the listener's `tunnel` ends.
+    tunnel: Option<Instant>,
 }
 
 /// What our HTTP/1.1 loop (`listen::h1`) asks of a connection's IO besides reads and writes.
@@ -436,6 +453,7 @@ impl<T> HeadTimer<T> {
             park_due: false,
             scan: HeadScan::default(),
             send_timer: None,
+            tunnel: None,
         }
     }
 
@@ -477,6 +495,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if this.off {
             return read;
+        }
+        if this.tunnel.is_none() && this.exchanges.upgraded.load(Ordering::Relaxed) {
+            this.tunnel = Some(Instant::now());
+        }
+        if let Some(last) = this.tunnel.as_mut() {
+            return match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    *last = Instant::now();
+                    Poll::Ready(Ok(()))
+                }
+                // Silent both ways for `tunnel` (writes move `last` on too): the end.
+                Poll::Pending => {
+                    let at = *last + this.listener.head.tunnel;
+                    ready!(this.timer.poll_until(cx, at, None));
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle for server.tunnel_idle_timeout",
+                    )))
+                }
+                other => other,
+            };
         }
         let started = this.exchanges.started.load(Ordering::Relaxed);
         if started != this.seen {
@@ -615,7 +654,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
         }
         let this = &mut *self;
         let polled = Pin::new(&mut this.io).poll_write(cx, data);
-        this.sent(cx, polled)
+        let sent = this.sent(cx, polled);
+        if let (Some(last), Poll::Ready(Ok(1..))) = (this.tunnel.as_mut(), &sent) {
+            *last = Instant::now();
+        }
+        sent
     }
 
     fn poll_write_vectored(
@@ -628,7 +671,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
         }
         let this = &mut *self;
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.sent(cx, polled)
+        let sent = this.sent(cx, polled);
+        if let (Some(last), Poll::Ready(Ok(1..))) = (this.tunnel.as_mut(), &sent) {
+            *last = Instant::now();
+        }
+        sent
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -38,6 +38,8 @@ pub struct HeadLimits {
     pub idle: Duration,
     /// For a write to the client to make progress (the connection ends after).
     pub send: Duration,
+    /// For a WebSocket tunnel to carry something either way (it is closed after).
+    pub tunnel: Duration,
     /// Requests per connection; the last answer says `Connection: close`.
     pub max_requests: u32,
     /// Request line and header fields, bytes (431 over it); at least 8 KiB.
@@ -79,6 +81,7 @@ impl HeadLimits {
             timeout: server.header_timeout,
             idle: server.keepalive_timeout,
             send: server.send_timeout,
+            tunnel: server.tunnel_idle_timeout,
             max_requests: u32::try_from(server.max_requests_per_connection).unwrap_or(u32::MAX),
             max_bytes: server.max_request_head_bytes,
             max_headers: server.max_request_headers,

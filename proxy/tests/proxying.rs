@@ -1699,3 +1699,65 @@ async fn grpc_calls_get_the_proxys_failures_as_grpc_statuses() {
     }
     fd.shutdown().await;
 }
+
+/// A WebSocket tunnel lives as long as either side talks: a client that said something and
+/// then only listens is not taken for one stuck in a request head (no `408` written into the
+/// tunnel after `header_timeout`), an origin that only pushes keeps it open past
+/// `keepalive_timeout`, and a tunnel silent both ways is closed after
+/// `tunnel_idle_timeout`. Real time (a paused clock lost the origin's pushes once the client
+/// had written into the tunnel); the only bound on time asserted is a lower one.
+#[tokio::test]
+async fn a_websocket_tunnel_lives_while_either_side_talks() {
+    const PUSHES: usize = 5;
+    let origin = common::raw_upstream(|mut s| async move {
+        if common::read_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+        // Pushes a byte every second, then falls silent.
+        for _ in 0..PUSHES {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if s.write_all(b"!").await.is_err() {
+                return;
+            }
+        }
+        let mut sink = [0u8; 64];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    let config = format!(
+        "[server]\nheader_timeout = \"1s\"\nkeepalive_timeout = \"2s\"\ntunnel_idle_timeout = \"3s\"\n{}\n[[routes]]\ncluster = \"app\"\nwebsocket = true\n",
+        cluster("app", "", &[(origin, "", "v")])
+    );
+    let fd = start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(fd.http.expect("http"))
+        .await
+        .expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.expect("write");
+    let head = common::read_head(&mut s).await.expect("the 101");
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s.write_all(b"hello").await.expect("write");
+    let t0 = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    let read_all = async {
+        while let Ok(1) = s.read(&mut byte).await {
+            got.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("the tunnel was closed");
+    let lasted = t0.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "!".repeat(PUSHES),
+        "every push arrived, nothing else (the tunnel lasted {lasted:?})"
+    );
+    // Closed once silent both ways for tunnel_idle_timeout, not before.
+    assert!(lasted >= Duration::from_millis(7500), "{lasted:?}");
+}

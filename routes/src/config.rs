@@ -138,6 +138,9 @@ pub struct RawServer {
     /// asked for more) the answer is dropped and the stream reset. Default `"60s"` (nginx's
     /// `send_timeout`). Listener setting.
     pub send_timeout: Option<String>,
+    /// How long a WebSocket tunnel may carry nothing either way before it is closed. Default
+    /// `"1h"`. Listener setting.
+    pub tunnel_idle_timeout: Option<String>,
     /// How long an HTTP/1.1 connection (plain listener) may sit idle after a request before
     /// it is parked: its task and buffers are freed, one thread watches its socket, and the
     /// next request takes it back up. `"off"` keeps every connection a task. Default `"1s"`;

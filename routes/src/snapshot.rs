@@ -107,6 +107,8 @@ pub struct Server {
     pub keepalive_timeout: Duration,
     /// A write to a client that makes no progress for this long ends the connection.
     pub send_timeout: Duration,
+    /// A WebSocket tunnel silent both ways for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Idle this long after a request, a plain HTTP/1.1 connection is parked; `None`: never.
     pub park_idle_after: Option<Duration>,
     pub max_requests_per_connection: usize,

@@ -308,6 +308,11 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             raw.send_timeout.as_ref(),
             Duration::from_secs(60),
         ),
+        tunnel_idle_timeout: errors.duration(
+            "server.tunnel_idle_timeout".into(),
+            raw.tunnel_idle_timeout.as_ref(),
+            Duration::from_secs(3600),
+        ),
         park_idle_after: match raw.park_idle_after.as_ref() {
             Some(v) if v == "off" => None,
             v => Some(errors.duration("server.park_idle_after".into(), v, Duration::from_secs(1))),

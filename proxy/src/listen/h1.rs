@@ -990,6 +990,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             idle: Duration::from_secs(10),
             send: Duration::from_secs(10),
+            tunnel: Duration::from_secs(10),
             max_requests: 1000,
             max_bytes: 8 * 1024,
             max_headers: 32,
