@@ -13,8 +13,10 @@
 //! leaves a deadline with its listener (`listen::slots`), whose sweep wakes it once that has
 //! passed; it ends the connection only if no request is in flight by then. So the request path
 //! pays a clock read and a waker registration, not a timer insertion, and a timeout fires up to
-//! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `)
-//! are left to h2's own limits. On a plain listener, a connection on our loop that is idle
+//! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `) have no
+//! head to time; one without a stream for `server.keepalive_timeout` (PINGs do not count) is
+//! marked [`Exchanges::idle_out`], and `listen::h1::hand_over` closes it with a GOAWAY (it had
+//! lived for as long as its client answered PINGs). On a plain listener, a connection on our loop that is idle
 //! after a request for `server.park_idle_after` is first told to park (`ConnIo::park_due`):
 //! our loop hands it to the listener's lot (`listen::park`), which keeps the rest of its idle
 //! deadline.
@@ -63,6 +65,8 @@ pub struct Exchanges {
     ambiguous: AtomicBool,
     /// A request was answered `101 Switching Protocols`: the connection is a tunnel now.
     upgraded: AtomicBool,
+    /// HTTP/2: no stream for `keepalive_timeout`; the connection is to be closed (GOAWAY).
+    idle_out: AtomicBool,
 }
 
 /// Request extension: the request's head carried both `Transfer-Encoding` and
@@ -78,11 +82,17 @@ impl Exchanges {
             finished: AtomicU32::new(served),
             ambiguous: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            idle_out: AtomicBool::new(false),
         }
     }
 
     fn between_requests(&self) -> bool {
         self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/2 connection has had no stream for `keepalive_timeout` (see [`HeadTimer`]).
+    pub fn idle_out(&self) -> bool {
+        self.idle_out.load(Ordering::Relaxed)
     }
 }
 
@@ -320,6 +330,12 @@ pub trait ConnIo {
     /// The next write is the connection's last before its FIN (our loop shuts the write side
     /// down right after it): hold it, so that the FIN leaves in the same segment.
     fn last_write(&mut self) {}
+
+    /// The connection's request counts, where it keeps them (an HTTP/2 connection handed to
+    /// hyper is closed once [`Exchanges::idle_out`]).
+    fn exchanges(&self) -> Option<&Arc<Exchanges>> {
+        None
+    }
 }
 
 /// The TCP socket under a connection's IO (plain or TLS).
@@ -356,6 +372,10 @@ impl<T: TcpIo> ConnIo for HeadTimer<T> {
 
     fn park_due(&self) -> bool {
         self.park_due
+    }
+
+    fn exchanges(&self) -> Option<&Arc<Exchanges>> {
+        Some(&self.exchanges)
     }
 
     fn watch_heads(&mut self, head: &[u8]) {
@@ -494,6 +514,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if this.off {
+            if read.is_pending() {
+                this.h2_idle(cx);
+            }
             return read;
         }
         if this.tunnel.is_none() && this.exchanges.upgraded.load(Ordering::Relaxed) {
@@ -612,6 +635,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimer<T> {
 }
 
 impl<T> HeadTimer<T> {
+    /// HTTP/2, a read waits: with no stream in flight, the idle wait (`keepalive_timeout`,
+    /// from the last stream's end, PINGs or not) runs; once it is over, the connection is
+    /// marked [`Exchanges::idle_out`] and its task woken, to close it with a GOAWAY.
+    fn h2_idle(&mut self, cx: &mut Context<'_>) {
+        let ex = &self.exchanges;
+        let started = ex.started.load(Ordering::Relaxed);
+        if started != ex.finished.load(Ordering::Relaxed) || ex.idle_out() {
+            self.deadline = None;
+            return;
+        }
+        if started != self.seen {
+            self.seen = started;
+            self.deadline = None;
+        }
+        let at = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.listener.head.idle);
+        if self.timer.poll_until(cx, at, None).is_ready() {
+            ex.idle_out.store(true, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+        }
+    }
+
     /// A write's outcome, with the send timeout: a wait arms it (or fails once it has run out),
     /// progress disarms it.
     #[inline]

@@ -1317,3 +1317,98 @@ async fn an_h2_stream_given_no_window_is_cut_after_send_timeout() {
     common::metrics_with(&fd, &["frontdoor_send_timeouts_total{listener=\"http\"} 1"]).await;
     reader.abort();
 }
+
+/// An HTTP/2 connection is closed with a GOAWAY once it has had no stream for
+/// `keepalive_timeout` (PINGs answered or not), never while a stream is open. (Paused clock.)
+#[tokio::test(start_paused = true)]
+async fn an_idle_h2_connection_gets_goaway_after_keepalive_timeout() {
+    use h2raw::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+    const DATA: u8 = 0x0;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    // The echo answers at once and streams back what comes: nothing times the open stream
+    // out for the test's five minutes.
+    let origin = Origin::builder().start().await.expect("origin");
+    let fd = start(&format!(
+        "[server]\nkeepalive_timeout = \"20s\"\nclient_body_timeout = \"300s\"\n{}",
+        one_route("body_idle_timeout = \"300s\"", &[(origin.addr, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+
+    // POST /echo on stream 1, its body not ended: the stream stays open.
+    let mut hello = preface();
+    let mut post = vec![0x83, 0x86, 0x04, 5];
+    post.extend_from_slice(b"/echo");
+    post.extend_from_slice(&[0x01, 0x01, b'a']);
+    frame(&mut hello, HEADERS, END_HEADERS, 1, &post);
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, wr) = s.into_split();
+    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+    wr.lock().await.write_all(&hello).await.expect("write");
+
+    // (frame type, stream, when) of each frame read, until the connection closes; PINGs
+    // answered.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u8, u32, Instant)>::new()));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        let wr = std::sync::Arc::clone(&wr);
+        tokio::spawn(async move {
+            loop {
+                let mut head = [0u8; 9];
+                if rd.read_exact(&mut head).await.is_err() {
+                    return Instant::now();
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                let mut payload = vec![0u8; len];
+                if rd.read_exact(&mut payload).await.is_err() {
+                    return Instant::now();
+                }
+                seen.lock()
+                    .expect("lock")
+                    .push((head[3], stream, Instant::now()));
+                if head[3] == PING && head[4] & 1 == 0 {
+                    let mut pong = Vec::new();
+                    frame(&mut pong, PING, 1, 0, &payload);
+                    let _ = wr.lock().await.write_all(&pong).await;
+                }
+            }
+        })
+    };
+    let goaway = || {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .find(|f| f.0 == GOAWAY)
+            .map(|f| f.2)
+    };
+
+    // A minute with the stream open: no GOAWAY.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(goaway(), None, "closed while a stream was open");
+    // The body ends; the answer comes; then the connection idles.
+    let mut end = Vec::new();
+    frame(&mut end, DATA, END_STREAM, 1, b"x");
+    wr.lock().await.write_all(&end).await.expect("write");
+    let ended = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(300), reader)
+        .await
+        .expect("the connection was closed")
+        .expect("reader");
+    let frames = seen.lock().expect("lock").clone();
+    assert!(
+        frames.iter().any(|f| f.0 == DATA && f.1 == 1),
+        "stream 1 answered: {frames:?}"
+    );
+    let at = goaway().expect("a GOAWAY before the close");
+    let idle = at - ended;
+    assert!(
+        idle >= Duration::from_secs(20) && idle < Duration::from_secs(22),
+        "GOAWAY {idle:?} after the stream ended"
+    );
+    assert!(closed >= at);
+}

@@ -131,7 +131,8 @@ pub struct RawServer {
     /// then it is answered 408 and closed. Default `"10s"`. Listener setting: read at start.
     pub header_timeout: Option<String>,
     /// How long an HTTP/1.1 connection may sit idle after a request before it is closed (the
-    /// wait for a first request is `header_timeout`). Default `"60s"`. Listener setting.
+    /// wait for a first request is `header_timeout`), and an HTTP/2 connection without a
+    /// stream before it is closed with a GOAWAY. Default `"60s"`. Listener setting.
     pub keepalive_timeout: Option<String>,
     /// Longest a client may go without taking any more of an answer: on HTTP/1.1 (a write to
     /// it cannot go on) the connection is then closed; on HTTP/2 (the stream's answer is not

@@ -224,6 +224,7 @@ where
     B: ConnBody,
 {
     let listener = Arc::clone(io.listener());
+    let exchanges = io.exchanges().cloned();
     let io = Prefixed::new(prefix, io);
     let mut conn = pin!(
         listener
@@ -240,6 +241,11 @@ where
         biased;
         () = poll_fn(|cx| stop.poll(cx)) => conn.as_mut().graceful_shutdown(),
         _ = conn.as_mut() => return,
+        // An HTTP/2 connection without a stream for `keepalive_timeout` (`head_timer`).
+        () = poll_fn(|_| match &exchanges {
+            Some(ex) if ex.idle_out() => Poll::Ready(()),
+            _ => Poll::Pending,
+        }) => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
 }
