@@ -747,10 +747,11 @@ async fn a_get_with_a_body_is_never_cached() {
     );
 }
 
+/// Larger than the socket buffers between the proxy and a client that does not read.
+const SIZE: usize = 24 << 20;
+
 #[tokio::test]
 async fn a_slow_or_vanished_client_does_not_hold_back_a_fill() {
-    // Larger than the socket buffers between the proxy and a client that does not read.
-    const SIZE: usize = 24 << 20;
     let origin = Scripted::start(Duration::ZERO, |_, _| (200, vec![], "x".repeat(SIZE))).await;
     let config = format!(
         r#"
@@ -786,12 +787,7 @@ Cache-Control = "public, max-age=3600"
         .await
         .expect("send");
     eventually("the origin asked", || async { origin.hits() == 1 }).await;
-    let r = get_from(addr, "/stalled").await;
-    assert_eq!(
-        (r.status, r.header("x-cache")),
-        (StatusCode::OK, Some("HIT"))
-    );
-    assert_eq!(r.body.len(), SIZE);
+    whole_hit(addr, "/stalled").await;
     assert_eq!(origin.hits(), 1);
 
     // A client goes away after the head: the fetch is not wasted.
@@ -801,20 +797,21 @@ Cache-Control = "public, max-age=3600"
     gone.read_exact(&mut head).await.expect("the answer starts");
     assert_eq!(&head, b"HTTP/1.1 200");
     drop(gone);
-    let r = get_from(addr, "/gone").await;
+    whole_hit(addr, "/gone").await;
+    assert_eq!(origin.hits(), 2);
+    drop(stalled);
+}
+
+/// A `GET` for `path` on `site.test` is a hit with the whole `SIZE`-byte body.
+async fn whole_hit(addr: SocketAddr, path: &str) {
+    let req = Request::get(format!("http://{addr}{path}")).header("host", "site.test");
+    let r = Client::http1()
+        .send(req.body(Full::default()).expect("request"))
+        .await
+        .expect("response");
     assert_eq!(
         (r.status, r.header("x-cache")),
         (StatusCode::OK, Some("HIT"))
     );
     assert_eq!(r.body.len(), SIZE);
-    assert_eq!(origin.hits(), 2);
-    drop(stalled);
-}
-
-async fn get_from(addr: SocketAddr, path: &str) -> loadtest::Collected {
-    let req = Request::get(format!("http://{addr}{path}")).header("host", "site.test");
-    Client::http1()
-        .send(req.body(Full::default()).expect("request"))
-        .await
-        .expect("response")
 }

@@ -1072,6 +1072,74 @@ mod h2raw {
             .expect("the server answered or ended the connection")
     }
 
+    pub const DATA: u8 = 0x0;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+
+    /// One frame read: type, stream, payload, and when it came.
+    pub type Seen = (u8, u32, Vec<u8>, tokio::time::Instant);
+
+    /// A connection that keeps itself alive: every frame the server sends is recorded and its
+    /// PINGs answered, until the connection ends (the reader's result: when).
+    pub struct Live {
+        pub wr: std::sync::Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+        pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+        pub reader: tokio::task::JoinHandle<tokio::time::Instant>,
+    }
+
+    impl Live {
+        /// Connects and sends `bytes` (a preface first).
+        pub async fn open(addr: std::net::SocketAddr, bytes: &[u8]) -> Live {
+            let s = TcpStream::connect(addr).await.expect("connect");
+            let (mut rd, wr) = s.into_split();
+            let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+            wr.lock().await.write_all(bytes).await.expect("write");
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+            let reader = {
+                let seen = std::sync::Arc::clone(&seen);
+                let wr = std::sync::Arc::clone(&wr);
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = [0u8; 9];
+                        if rd.read_exact(&mut head).await.is_err() {
+                            return tokio::time::Instant::now();
+                        }
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let stream =
+                            u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                        let mut payload = vec![0u8; len];
+                        if rd.read_exact(&mut payload).await.is_err() {
+                            return tokio::time::Instant::now();
+                        }
+                        if head[3] == PING && head[4] & 1 == 0 {
+                            let mut pong = Vec::new();
+                            frame(&mut pong, PING, 1, 0, &payload);
+                            let _ = wr.lock().await.write_all(&pong).await;
+                        }
+                        let at = tokio::time::Instant::now();
+                        seen.lock()
+                            .expect("lock")
+                            .push((head[3], stream, payload, at));
+                    }
+                })
+            };
+            Live { wr, seen, reader }
+        }
+
+        pub async fn send(&self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+            let mut out = Vec::new();
+            frame(&mut out, kind, flags, stream, payload);
+            self.wr.lock().await.write_all(&out).await.expect("write");
+        }
+
+        /// The frames of `kind` read so far.
+        pub fn frames(&self, kind: u8) -> Vec<Seen> {
+            let seen = self.seen.lock().expect("lock");
+            seen.iter().filter(|f| f.0 == kind).cloned().collect()
+        }
+    }
+
     /// How the server ended the connection after `bytes`: `Some(code)` for a GOAWAY with that
     /// error code, `None` for a close without one.
     pub async fn ending(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<u32> {
@@ -1212,10 +1280,6 @@ async fn a_client_that_takes_none_of_an_answer_is_closed_after_send_timeout() {
 async fn an_h2_stream_given_no_window_is_cut_after_send_timeout() {
     use h2raw::*;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const WINDOW_UPDATE: u8 = 0x8;
-    const DATA: u8 = 0x0;
-    const PING: u8 = 0x6;
     let (_origin, fd) = behind_one_route("send_timeout = \"20s\"").await;
     let addr = fd.http.expect("http");
 
@@ -1236,86 +1300,31 @@ async fn an_h2_stream_given_no_window_is_cut_after_send_timeout() {
     for id in [1, 3] {
         frame(&mut hello, HEADERS, END_HEADERS | END_STREAM, id, &get);
     }
-    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut rd, wr) = s.into_split();
-    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
-    wr.lock().await.write_all(&hello).await.expect("write");
-
-    // Reads frames, answering PINGs; DATA bytes and RST_STREAM codes per stream.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new((
-        std::collections::HashMap::<u32, usize>::new(),
-        std::collections::HashMap::<u32, u32>::new(),
-    )));
-    let reader = {
-        let seen = std::sync::Arc::clone(&seen);
-        let wr = std::sync::Arc::clone(&wr);
-        tokio::spawn(async move {
-            loop {
-                let mut head = [0u8; 9];
-                if rd.read_exact(&mut head).await.is_err() {
-                    return;
-                }
-                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
-                let mut payload = vec![0u8; len];
-                if rd.read_exact(&mut payload).await.is_err() {
-                    return;
-                }
-                match head[3] {
-                    DATA => *seen.lock().expect("lock").0.entry(stream).or_default() += len,
-                    RST_STREAM => {
-                        let code =
-                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        seen.lock().expect("lock").1.insert(stream, code);
-                    }
-                    PING if head[4] & 1 == 0 => {
-                        let mut pong = Vec::new();
-                        frame(&mut pong, PING, 1, 0, &payload);
-                        let _ = wr.lock().await.write_all(&pong).await;
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
+    let live = Live::open(addr, &hello).await;
 
     // Stream 3 gets 64 KiB of window every 5 s for 60 s; stream 1 gets none.
+    let grant = (64u32 << 10).to_be_bytes();
     for _ in 0..12 {
-        let mut grant = Vec::new();
-        frame(
-            &mut grant,
-            WINDOW_UPDATE,
-            0,
-            3,
-            &(64u32 << 10).to_be_bytes(),
-        );
-        wr.lock().await.write_all(&grant).await.expect("write");
+        live.send(WINDOW_UPDATE, 0, 3, &grant).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     // Now stream 1 asks: its answer was cut, so the stream is reset rather than served.
-    let mut grant = Vec::new();
-    frame(
-        &mut grant,
-        WINDOW_UPDATE,
-        0,
-        1,
-        &(64u32 << 10).to_be_bytes(),
-    );
-    wr.lock().await.write_all(&grant).await.expect("write");
+    live.send(WINDOW_UPDATE, 0, 1, &grant).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    {
-        let (data, resets) = &*seen.lock().expect("lock");
-        assert_eq!(
-            data.get(&3),
-            Some(&((12 * 64) << 10)),
-            "stream 3 served as granted"
-        );
-        assert_eq!(resets.get(&3), None, "stream 3 kept");
-        assert_eq!(data.get(&1), None, "stream 1 never sent data");
-        assert!(resets.contains_key(&1), "stream 1 reset: {resets:?}");
-    }
+    let data = |stream: u32| -> usize {
+        live.frames(DATA)
+            .iter()
+            .filter(|f| f.1 == stream)
+            .map(|f| f.2.len())
+            .sum()
+    };
+    let reset = |stream: u32| live.frames(RST_STREAM).iter().any(|f| f.1 == stream);
+    assert_eq!(data(3), (12 * 64) << 10, "stream 3 served as granted");
+    assert!(!reset(3), "stream 3 kept");
+    assert_eq!(data(1), 0, "stream 1 never sent data");
+    assert!(reset(1), "stream 1 reset");
     common::metrics_with(&fd, &["frontdoor_send_timeouts_total{listener=\"http\"} 1"]).await;
-    reader.abort();
+    live.reader.abort();
 }
 
 /// An HTTP/2 connection is closed with a GOAWAY once it has had no stream for
@@ -1324,11 +1333,7 @@ async fn an_h2_stream_given_no_window_is_cut_after_send_timeout() {
 async fn an_idle_h2_connection_gets_goaway_after_keepalive_timeout() {
     use h2raw::*;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
-    const DATA: u8 = 0x0;
-    const PING: u8 = 0x6;
-    const GOAWAY: u8 = 0x7;
     // The echo answers at once and streams back what comes: nothing times the open stream
     // out for the test's five minutes.
     let origin = Origin::builder().start().await.expect("origin");
@@ -1345,66 +1350,37 @@ async fn an_idle_h2_connection_gets_goaway_after_keepalive_timeout() {
     post.extend_from_slice(b"/echo");
     post.extend_from_slice(&[0x01, 0x01, b'a']);
     frame(&mut hello, HEADERS, END_HEADERS, 1, &post);
-    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut rd, wr) = s.into_split();
-    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
-    wr.lock().await.write_all(&hello).await.expect("write");
+    let live = Live::open(addr, &hello).await;
 
-    // (frame type, stream, when) of each frame read, until the connection closes; PINGs
-    // answered.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u8, u32, Instant)>::new()));
-    let reader = {
-        let seen = std::sync::Arc::clone(&seen);
-        let wr = std::sync::Arc::clone(&wr);
-        tokio::spawn(async move {
-            loop {
-                let mut head = [0u8; 9];
-                if rd.read_exact(&mut head).await.is_err() {
-                    return Instant::now();
-                }
-                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
-                let mut payload = vec![0u8; len];
-                if rd.read_exact(&mut payload).await.is_err() {
-                    return Instant::now();
-                }
-                seen.lock()
-                    .expect("lock")
-                    .push((head[3], stream, Instant::now()));
-                if head[3] == PING && head[4] & 1 == 0 {
-                    let mut pong = Vec::new();
-                    frame(&mut pong, PING, 1, 0, &payload);
-                    let _ = wr.lock().await.write_all(&pong).await;
-                }
-            }
-        })
-    };
-    let goaway = || {
-        seen.lock()
-            .expect("lock")
-            .iter()
-            .find(|f| f.0 == GOAWAY)
-            .map(|f| f.2)
-    };
-
-    // A minute with the stream open: no GOAWAY.
+    // A minute with the stream open: PINGs, no GOAWAY.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(goaway(), None, "closed while a stream was open");
+    assert!(!live.frames(PING).is_empty(), "PINGs answered meanwhile");
+    assert!(
+        live.frames(GOAWAY).is_empty(),
+        "closed while a stream was open"
+    );
     // The body ends; the answer comes; then the connection idles.
-    let mut end = Vec::new();
-    frame(&mut end, DATA, END_STREAM, 1, b"x");
-    wr.lock().await.write_all(&end).await.expect("write");
+    live.send(DATA, END_STREAM, 1, b"x").await;
     let ended = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(300), reader)
+    let closed = tokio::time::timeout(Duration::from_secs(300), live.reader)
         .await
         .expect("the connection was closed")
         .expect("reader");
-    let frames = seen.lock().expect("lock").clone();
-    assert!(
-        frames.iter().any(|f| f.0 == DATA && f.1 == 1),
-        "stream 1 answered: {frames:?}"
-    );
-    let at = goaway().expect("a GOAWAY before the close");
+    let echoed: Vec<u8> = live
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|f| f.0 == DATA && f.1 == 1)
+        .flat_map(|f| f.2.clone())
+        .collect();
+    assert_eq!(echoed, b"x", "stream 1 answered");
+    let goaways = live.seen.lock().expect("lock").clone();
+    let at = goaways
+        .iter()
+        .find(|f| f.0 == GOAWAY)
+        .map(|f| f.3)
+        .expect("a GOAWAY before the close");
     let idle = at - ended;
     assert!(
         idle >= Duration::from_secs(20) && idle < Duration::from_secs(22),
