@@ -16,10 +16,10 @@
 //! `listen::slots::SWEEP_EVERY` late. HTTP/2 connections (client preface `PRI `) have no
 //! head to time; one without a stream for `server.keepalive_timeout` (PINGs do not count) is
 //! marked [`Exchanges::idle_out`], and `listen::h1::hand_over` closes it with a GOAWAY (it had
-//! lived for as long as its client answered PINGs). On a plain listener, a connection on our loop that is idle
-//! after a request for `server.park_idle_after` is first told to park (`ConnIo::park_due`):
-//! our loop hands it to the listener's lot (`listen::park`), which keeps the rest of its idle
-//! deadline.
+//! lived for as long as its client answered PINGs). On a plain listener, a connection on our
+//! loop that is idle after a request for `server.park_idle_after` is first told to park
+//! (`ConnIo::park_due`): our loop hands it to the listener's lot (`listen::park`), which keeps
+//! the rest of its idle deadline.
 //!
 //! Writes to the client that cannot go on for `server.send_timeout` end the connection. After
 //! a `101 Switching Protocols` the connection is a WebSocket tunnel: the head and idle waits
@@ -735,7 +735,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimer<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        // Over TLS the close_notify is a write too.
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.sent(cx, polled)
     }
 }
 
