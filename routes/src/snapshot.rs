@@ -105,7 +105,8 @@ pub struct Server {
     pub client_body_timeout: Duration,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
-    /// A write to a client that makes no progress for this long ends the connection.
+    /// A client that takes none of an answer for this long loses it: an HTTP/1.1 write that
+    /// cannot go on ends the connection, an HTTP/2 stream not asked for more is reset.
     pub send_timeout: Duration,
     /// A WebSocket tunnel silent both ways for this long is closed.
     pub tunnel_idle_timeout: Duration,

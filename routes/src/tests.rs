@@ -198,6 +198,8 @@ fn every_error_is_reported_with_its_path() {
 region = "mars-north1"
 trusted_proxies = ["10.0.0.0/8", "bogus"]
 drain_timeout = "ten seconds"
+send_timeout = "0s"
+tunnel_idle_timeout = "soon"
 park_idle_after = "0s"
 max_request_head_bytes = 4096
 max_request_headers = 0
@@ -236,6 +238,8 @@ cluster = "app"
         "server.region:",
         "server.trusted_proxies[1]:",
         "server.drain_timeout:",
+        "server.send_timeout:",
+        "server.tunnel_idle_timeout:",
         "server.park_idle_after:",
         "server.max_request_head_bytes:",
         "server.max_request_headers:",

@@ -109,7 +109,7 @@ where
             return TeeBody::plain(inner);
         }
         let queue = Arc::new(Queue::default());
-        tokio::spawn(drive(inner, Some(Box::new(fill)), Arc::clone(&queue)));
+        tokio::spawn(drive(inner, Some(fill), Arc::clone(&queue)));
         TeeBody {
             inner: Inner::Filling(Reader {
                 queue,
@@ -238,10 +238,6 @@ impl Queue {
         }
     }
 
-    fn gone(&self) -> bool {
-        self.lock().gone
-    }
-
     /// Ready with `true` when the client has room for more, `false` when it is gone.
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut state = self.lock();
@@ -258,7 +254,7 @@ impl Queue {
 
 /// Reads `body` to its end (or until nothing is stored and the client has gone), filling the
 /// entry and queueing the frames for the client.
-async fn drive<B>(mut body: B, mut fill: Option<Box<Fill>>, queue: Arc<Queue>)
+async fn drive<B>(mut body: B, mut fill: Option<Fill>, queue: Arc<Queue>)
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
@@ -278,9 +274,6 @@ where
                 }
                 queue.push(frame, end);
                 if end {
-                    return;
-                }
-                if fill.is_none() && queue.gone() {
                     return;
                 }
             }
