@@ -25,7 +25,7 @@ use crate::listen::RequestBody;
 use crate::respond::ProxyError;
 use crate::rollout::{self, Rollouts, Version as RolloutVersion, Windows};
 use crate::state::{Active, Proxy};
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, AnswerEnd, Ending, OpenLine};
 
 /// The region whose endpoint answered, on every proxied response.
 pub const SERVED_REGION: http::HeaderName = http::HeaderName::from_static("x-served-region");
@@ -52,40 +52,49 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     peer: Peer,
     mut req: Request<RequestBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     if req.uri().path().starts_with(certs::acme::CHALLENGE_PREFIX)
         && let Some(resp) = crate::acme::challenge_response(&proxy, req.uri().path())
     {
         // An ACME CA validating our HTTP-01 challenge; never routed.
-        return Ok(resp.map(Either::Right));
+        return Ok(resp.map(|body| LoggedBody {
+            body: Either::Right(body),
+            log: None,
+        }));
     }
     let active = proxy.active_full();
-    let request_id = classify::ensure_request_id(req.headers_mut());
-    let method = req.method().clone();
-    let protocol = req.version();
-    let host = classify::host_of(&req).unwrap_or_default();
-    // A gRPC call gets the proxy's own failures as gRPC statuses (only HTTP/2 is looked at).
-    let grpc = crate::respond::is_grpc(protocol, req.headers());
-    // Kept for the access log only (the request moves on): the target shares the head's
-    // bytes, so this is no copy.
-    let logged_target = active.snapshot.server.access_log.then(|| req.uri().clone());
-    let client = classify::client_ip(&active.snapshot, peer.addr.ip(), req.headers());
-
-    let mut outcome = Outcome {
-        route: None,
-        upstream: None,
-        attempts: 0,
-        upstream_time: std::time::Duration::ZERO,
-        queue_time: std::time::Duration::ZERO,
-        error: None,
-        decision: None,
-        cache: None,
+    let logs = active.snapshot.server.access_log;
+    let mut ex = Exchange {
+        active: &active,
+        peer: &peer,
+        started,
+        request_id: classify::ensure_request_id(req.headers_mut()),
+        method: req.method().clone(),
+        protocol: req.version(),
+        host: classify::host_of(&req).unwrap_or_default(),
+        // Kept for the access log only (the request moves on): the target shares the head's
+        // bytes, so this is no copy.
+        target: logs.then(|| req.uri().clone()),
+        client: classify::client_ip(&active.snapshot, peer.addr.ip(), req.headers()),
+        outcome: Outcome {
+            route: None,
+            upstream: None,
+            attempts: 0,
+            upstream_time: std::time::Duration::ZERO,
+            queue_time: std::time::Duration::ZERO,
+            error: None,
+            decision: None,
+            cache: None,
+        },
+        answered: false,
     };
+    // A gRPC call gets the proxy's own failures as gRPC statuses (only HTTP/2 is looked at).
+    let grpc = crate::respond::is_grpc(ex.protocol, req.headers());
     let wrong_host = peer
         .sni
         .as_deref()
-        .is_some_and(|sni| misdirected(&proxy, sni, &host));
+        .is_some_and(|sni| misdirected(&proxy, sni, &ex.host));
     let result = if wrong_host {
         Err(ProxyError::Misdirected)
     } else {
@@ -96,77 +105,225 @@ pub async fn handle(
             &proxy.rollouts,
             &peer,
             req,
-            &host,
-            client,
-            &request_id,
-            &mut outcome,
+            &ex.host,
+            ex.client,
+            &ex.request_id,
+            &mut ex.outcome,
         ));
         forward.await
     };
+    ex.answered = true;
     let response = match result {
         Ok(resp) => resp,
         Err(err) => {
+            let id = ex.request_id.to_str().unwrap_or_default();
             if let (
                 ProxyError::ResidencyRefused {
                     jurisdiction,
                     allowed,
                 },
                 Some(d),
-            ) = (&err, &outcome.decision)
+            ) = (&err, &ex.outcome.decision)
             {
                 crate::telemetry::audit_residency_refusal(
-                    request_id.to_str().unwrap_or_default(),
+                    id,
                     &active.snapshot.route(d.route).name,
                     jurisdiction,
                     d.jurisdiction_source.as_str(),
                     allowed,
                 );
             }
-            let id = request_id.to_str().unwrap_or_default();
             let resp = if grpc {
                 err.into_grpc_response(id)
             } else {
                 err.into_response(id)
             };
-            outcome.error = Some(err);
+            ex.outcome.error = Some(err);
             resp.map(Either::Right)
         }
     };
 
     // record: a failure by its own status, also when a gRPC call got it as a gRPC status
-    let total = started.elapsed();
-    let status = outcome
+    let head_time = started.elapsed();
+    let status = ex
+        .outcome
         .error
         .as_ref()
         .map_or_else(|| response.status(), ProxyError::status);
-    if let Some(i) = outcome.route {
-        active.route_metrics[i].record(status, total.as_secs_f64());
+    if let Some(i) = ex.outcome.route {
+        active.route_metrics[i].record(status, head_time.as_secs_f64());
     }
-    if active.snapshot.server.access_log {
+    // The access line is written when the answer's body ends (`LoggedBody`).
+    let log = if logs {
+        ex.record(status.as_u16(), head_time)
+            .open()
+            .map(|line| BodyLog {
+                line,
+                started,
+                bytes: 0,
+                end: None,
+                bodiless: ex.method == Method::HEAD
+                    || response.status().is_informational()
+                    || response.status() == StatusCode::NO_CONTENT
+                    || response.status() == StatusCode::NOT_MODIFIED,
+            })
+    } else {
+        None
+    };
+    Ok(response.map(|body| LoggedBody { body, log }))
+}
+
+/// One request as the record stage sees it. Dropped before its answer (the client went away
+/// while the request was routed, queued or forwarded), it writes its access line with status
+/// `499` (nginx's "client closed request") and `end` `client_gone`.
+struct Exchange<'a> {
+    active: &'a Active,
+    peer: &'a Peer,
+    started: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    protocol: Version,
+    host: String,
+    /// The request's target, when there is an access log.
+    target: Option<http::Uri>,
+    client: std::net::IpAddr,
+    outcome: Outcome,
+    answered: bool,
+}
+
+/// The access log's status for a client that went away before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Exchange<'_> {
+    fn record(&self, status: u16, head_time: std::time::Duration) -> AccessRecord<'_> {
+        let outcome = &self.outcome;
         AccessRecord {
-            request_id: request_id.to_str().unwrap_or_default(),
-            client,
-            client_text: peer.text_if(client),
-            method: method.as_str(),
-            host: &host,
-            path: logged_target.as_ref().map_or("", http::Uri::path),
-            protocol,
+            request_id: self.request_id.to_str().unwrap_or_default(),
+            client: self.client,
+            client_text: self.peer.text_if(self.client),
+            method: self.method.as_str(),
+            host: &self.host,
+            path: self.target.as_ref().map_or("", http::Uri::path),
+            protocol: self.protocol,
             route: outcome
                 .route
-                .map(|i| active.snapshot.routes[i].name.as_str())
+                .map(|i| self.active.snapshot.routes[i].name.as_str())
                 .unwrap_or("-"),
             upstream: outcome.upstream.as_ref().map_or("", |a| a.as_str()),
-            status: status.as_u16(),
+            status,
             error: outcome.error.as_ref().map(ProxyError::code).unwrap_or(""),
             attempts: outcome.attempts,
             upstream_time: outcome.upstream_time,
             queue_time: outcome.queue_time,
-            total_time: total,
+            head_time,
             cache: outcome.cache.map_or("-", crate::cache::Status::as_str),
         }
-        .emit();
     }
-    Ok(response)
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        if self.answered || self.target.is_none() {
+            return;
+        }
+        let waited = self.started.elapsed();
+        self.record(CLIENT_CLOSED, waited).emit(Ending {
+            bytes: 0,
+            end: AnswerEnd::ClientGone,
+            total: waited,
+        });
+    }
+}
+
+/// Every answer's body on its way to the client. When the request has an access line, the
+/// body counts the bytes it hands over and sees how it ends; the line is written when the body
+/// is done with (dropped by the connection): at its end, or when the connection gave it up.
+pub struct LoggedBody {
+    body: ProxyBody,
+    log: Option<BodyLog>,
+}
+
+struct BodyLog {
+    line: OpenLine,
+    started: Instant,
+    bytes: u64,
+    /// How the body ended, once it said so.
+    end: Option<AnswerEnd>,
+    /// An answer that sends no body (to `HEAD`; `1xx`, `204`, `304`): complete with its head.
+    bodiless: bool,
+}
+
+impl std::fmt::Debug for LoggedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedBody")
+            .field("logged", &self.log.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = crate::listen::BoxError;
+
+    #[inline]
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(log) = &mut this.log {
+            match &poll {
+                Poll::Ready(Some(Ok(frame))) => {
+                    log.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    log.end
+                        .get_or_insert(if e.is::<forward::BodyIdleTimeout>() {
+                            AnswerEnd::UpstreamTimeout
+                        } else {
+                            AnswerEnd::UpstreamFailed
+                        });
+                }
+                Poll::Ready(None) => {
+                    log.end.get_or_insert(AnswerEnd::Complete);
+                }
+                Poll::Pending => {}
+            }
+        }
+        poll
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        use hyper::body::Body;
+        let Some(log) = self.log.take() else { return };
+        // A server may stop polling at the last frame (`is_end_stream`) rather than at `None`.
+        let end = log
+            .end
+            .unwrap_or(if log.bodiless || self.body.is_end_stream() {
+                AnswerEnd::Complete
+            } else {
+                AnswerEnd::ClientGone
+            });
+        log.line.finish(Ending {
+            bytes: log.bytes,
+            end,
+            total: log.started.elapsed(),
+        });
+    }
 }
 
 /// Whether a request for `host` came on a TLS connection whose certificate is not for it:

@@ -180,49 +180,145 @@ pub struct AccessRecord<'a> {
     /// Of `upstream_time`, the wait for a slot under an endpoint's cap (`queue_ms`, written
     /// only for a request that waited).
     pub queue_time: std::time::Duration,
-    /// From the request's arrival in the pipeline to its response being ready (`total_ms`).
-    pub total_time: std::time::Duration,
+    /// From the request's arrival in the pipeline to its answer's head being ready
+    /// (`head_ms`).
+    pub head_time: std::time::Duration,
     /// What the cache did (`HIT`, `MISS`, ...), `-` when not consulted.
     pub cache: &'a str,
 }
 
+/// How an answer ended (`end` in the access line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerEnd {
+    /// All of its body was handed to the client's connection (or it had none to send).
+    Complete,
+    /// The client's connection or stream ended first: the client closed or reset it, or the
+    /// proxy cut it (`server.send_timeout`, the drain's deadline). Also a client that went
+    /// away before its answer's head (status 499).
+    ClientGone,
+    /// The upstream's body broke off (a reset, a close, bad framing).
+    UpstreamFailed,
+    /// The upstream's body went quiet for `body_idle_timeout`.
+    UpstreamTimeout,
+}
+
+impl AnswerEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerEnd::Complete => "complete",
+            AnswerEnd::ClientGone => "client_gone",
+            AnswerEnd::UpstreamFailed => "upstream_failed",
+            AnswerEnd::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+/// What an access line says of its answer's end: the line's last fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending {
+    /// Body bytes handed to the client's connection (`bytes`).
+    pub bytes: u64,
+    pub end: AnswerEnd,
+    /// From the request's arrival to its answer's end (`total_ms`).
+    pub total: std::time::Duration,
+}
+
+impl Ending {
+    /// `,"bytes":N,"end":"..","total_ms":X}` and the newline.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b",\"bytes\":");
+        push_decimal(out, self.bytes, 0);
+        out.extend_from_slice(b",\"end\":\"");
+        out.extend_from_slice(self.end.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"total_ms\":");
+        millis(out, self.total);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// An access line waiting for its answer's end: what was known at the head is written; the
+/// [`Ending`] is added by [`OpenLine::finish`], which hands the line over. Its buffer is one a
+/// thread keeps for reuse ([`OpenLine::KEEP`] of them).
+#[derive(Debug)]
+pub struct OpenLine {
+    buf: Vec<u8>,
+    sink: &'static LogSink,
+    /// The line's timestamp.
+    at: std::time::SystemTime,
+}
+
+thread_local! {
+    static OPEN_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl OpenLine {
+    /// Buffers a thread keeps: more than the answers a thread has in flight between two
+    /// returns, as a rule.
+    const KEEP: usize = 64;
+    /// Room for a typical line.
+    const ROOM: usize = 512;
+
+    /// Adds the end and hands the line to its thread's batch.
+    pub fn finish(mut self, ending: Ending) {
+        ending.write(&mut self.buf);
+        let buf = std::mem::take(&mut self.buf);
+        append_local(self.sink, self.at, |out| out.extend_from_slice(&buf));
+        if buf.capacity() <= 4 * Self::ROOM {
+            let _ = OPEN_BUFS.try_with(|bufs| {
+                if let Ok(mut bufs) = bufs.try_borrow_mut()
+                    && bufs.len() < Self::KEEP
+                {
+                    let mut buf = buf;
+                    buf.clear();
+                    bufs.push(buf);
+                }
+            });
+        }
+    }
+}
+
 impl AccessRecord<'_> {
-    /// Writes the line to the process's log sink (when there is one). The same JSON shape as
-    /// the other log lines, written directly: the tracing JSON layer cost about a tenth of a
-    /// request's CPU (benches/README.md).
-    pub fn emit(&self) {
+    /// Writes the whole line to the process's log sink (when there is one). The same JSON
+    /// shape as the other log lines, written directly: the tracing JSON layer cost about a
+    /// tenth of a request's CPU (benches/README.md).
+    pub fn emit(&self, ending: Ending) {
         if let Some(sink) = LogSink::installed() {
-            self.emit_to(sink, std::time::SystemTime::now());
+            self.emit_to(sink, std::time::SystemTime::now(), ending);
         }
     }
 
     /// Writes the line into this thread's batch for `sink` (see [`flush_local`]).
-    fn emit_to(&self, sink: &'static LogSink, now: std::time::SystemTime) {
-        let _ = LOCAL.try_with(|local| {
-            let Ok(mut local) = local.try_borrow_mut() else {
-                return;
-            };
-            if local.sink.is_some_and(|held| !std::ptr::eq(held, sink)) {
-                local.hand_over();
-            }
-            if local.lines.is_empty() {
-                local.sink = Some(sink);
-                local.since = now;
-            }
-            self.write_json(&mut local.lines, now);
-            let old = now
-                .duration_since(local.since)
-                .is_ok_and(|age| age >= LogSink::EVERY);
-            if local.lines.len() >= LocalLines::MAX || old {
-                local.hand_over();
-            }
-        });
+    fn emit_to(&self, sink: &'static LogSink, now: std::time::SystemTime, ending: Ending) {
+        append_local(sink, now, |out| self.write_json(out, now, ending));
+    }
+
+    /// The line up to its end, when there is a log sink: [`OpenLine::finish`] adds the
+    /// end once the answer's body is done.
+    pub fn open(&self) -> Option<OpenLine> {
+        let sink = LogSink::installed()?;
+        Some(self.open_to(sink, std::time::SystemTime::now()))
+    }
+
+    fn open_to(&self, sink: &'static LogSink, now: std::time::SystemTime) -> OpenLine {
+        let mut buf = OPEN_BUFS
+            .try_with(|bufs| bufs.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(OpenLine::ROOM));
+        self.write_head(&mut buf, now);
+        OpenLine { buf, sink, at: now }
     }
 
     /// `{"timestamp":...,"level":"INFO","target":"access",...}` and a newline, as UTF-8.
-    /// Numbers and addresses are written by hand, as bytes: `fmt` machinery was most of this
-    /// line's cost, and checking each number's digits as `str` a tenth of the rest.
-    pub fn write_json(&self, out: &mut Vec<u8>, now: std::time::SystemTime) {
+    pub fn write_json(&self, out: &mut Vec<u8>, now: std::time::SystemTime, ending: Ending) {
+        self.write_head(out, now);
+        ending.write(out);
+    }
+
+    /// The line without its [`Ending`]. Numbers and addresses are written by hand, as bytes:
+    /// `fmt` machinery was most of this line's cost, and checking each number's digits as
+    /// `str` a tenth of the rest.
+    fn write_head(&self, out: &mut Vec<u8>, now: std::time::SystemTime) {
         out.extend_from_slice(b"{\"timestamp\":\"");
         rfc3339_micros(out, now);
         out.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"access\"");
@@ -252,11 +348,38 @@ impl AccessRecord<'_> {
             out.extend_from_slice(b",\"queue_ms\":");
             millis(out, self.queue_time);
         }
-        out.extend_from_slice(b",\"total_ms\":");
-        millis(out, self.total_time);
+        out.extend_from_slice(b",\"head_ms\":");
+        millis(out, self.head_time);
         json_field(out, b",\"cache\":\"", self.cache);
-        out.extend_from_slice(b"}\n");
     }
+}
+
+/// Appends to this thread's batch of lines for `sink` (`write` writes whole lines), handing
+/// the batch over when it is full or old (see [`LocalLines`]).
+fn append_local(
+    sink: &'static LogSink,
+    now: std::time::SystemTime,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    let _ = LOCAL.try_with(|local| {
+        let Ok(mut local) = local.try_borrow_mut() else {
+            return;
+        };
+        if local.sink.is_some_and(|held| !std::ptr::eq(held, sink)) {
+            local.hand_over();
+        }
+        if local.lines.is_empty() {
+            local.sink = Some(sink);
+            local.since = now;
+        }
+        write(&mut local.lines);
+        let old = now
+            .duration_since(local.since)
+            .is_ok_and(|age| age >= LogSink::EVERY);
+        if local.lines.len() >= LocalLines::MAX || old {
+            local.hand_over();
+        }
+    });
 }
 
 /// One string field: `opening` is its `,"name":"`, written whole. Inlined, so each opening is a
@@ -490,10 +613,16 @@ mod tests {
             attempts: 1,
             upstream_time: std::time::Duration::ZERO,
             queue_time: std::time::Duration::ZERO,
-            total_time: std::time::Duration::ZERO,
+            head_time: std::time::Duration::ZERO,
             cache: "-",
         }
     }
+
+    const DONE: Ending = Ending {
+        bytes: 13,
+        end: AnswerEnd::Complete,
+        total: std::time::Duration::ZERO,
+    };
 
     fn paths(out: &Output) -> Vec<String> {
         out.lines()
@@ -517,11 +646,11 @@ mod tests {
         let sink: &'static LogSink = Box::leak(Box::new(LogSink::start(Box::new(out.clone()))));
         let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         for n in 0..3 {
-            record(&format!("/{n}")).emit_to(sink, t0);
+            record(&format!("/{n}")).emit_to(sink, t0, DONE);
         }
         assert!(local_len() > 0 && lock(&sink.shared.buf).is_empty());
         // The oldest line is EVERY old: all four go over.
-        record("/3").emit_to(sink, t0 + LogSink::EVERY);
+        record("/3").emit_to(sink, t0 + LogSink::EVERY, DONE);
         assert_eq!(local_len(), 0);
         assert_eq!(
             lock(&sink.shared.buf)
@@ -533,16 +662,16 @@ mod tests {
         // MAX bytes of lines go over at once, however young.
         let mut n = 4;
         while local_len() + 400 < LocalLines::MAX {
-            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY, DONE);
             n += 1;
             assert!(local_len() > 0, "handed over before MAX at line {n}");
         }
         while local_len() > 0 {
-            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+            record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY, DONE);
             n += 1;
         }
         // And whatever is left, on a flush.
-        record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY);
+        record(&format!("/{n}")).emit_to(sink, t0 + LogSink::EVERY, DONE);
         n += 1;
         sink.flush();
         assert_eq!(local_len(), 0);
@@ -560,7 +689,7 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            record("/busy").emit_to(sink, std::time::SystemTime::now());
+            record("/busy").emit_to(sink, std::time::SystemTime::now(), DONE);
             assert!(local_len() > 0);
             // Nothing to do: the thread parks, and the line goes over first.
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -568,6 +697,43 @@ mod tests {
         });
         sink.flush();
         assert_eq!(paths(&out), ["/busy"]);
+    }
+
+    /// An open line goes out when it is finished, with its end, after the lines finished
+    /// before it; its buffer is kept for the thread's next open line.
+    #[test]
+    fn an_open_line_goes_out_whole_when_its_answer_ends() {
+        let out = Output::default();
+        let sink: &'static LogSink = Box::leak(Box::new(LogSink::start(Box::new(out.clone()))));
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let long = record("/long").open_to(sink, t0);
+        record("/short").emit_to(sink, t0, DONE);
+        assert!(!long.buf.ends_with(b"\n"), "an open line has no end yet");
+        let kept = long.buf.as_ptr();
+        long.finish(Ending {
+            bytes: 7,
+            end: AnswerEnd::UpstreamTimeout,
+            total: std::time::Duration::from_micros(1_250_500),
+        });
+        let again = record("/next").open_to(sink, t0);
+        assert_eq!(
+            again.buf.as_ptr(),
+            kept,
+            "the finished line's buffer is reused"
+        );
+        again.finish(DONE);
+        sink.flush();
+        assert_eq!(paths(&out), ["/short", "/long", "/next"]);
+        let lines = out.lines();
+        let long: serde_json::Value = serde_json::from_str(&lines[1]).expect("JSON");
+        assert_eq!(long["timestamp"], "2027-01-15T08:00:00.000000Z");
+        assert_eq!(long["bytes"], 7);
+        assert_eq!(long["end"], "upstream_timeout");
+        assert_eq!(long["total_ms"], 1250.5);
+        assert_eq!(long["head_ms"], 0.0);
+        let next: serde_json::Value = serde_json::from_str(&lines[2]).expect("JSON");
+        assert_eq!(next["end"], "complete");
+        assert_eq!(next["bytes"], 13);
     }
 
     /// A stalled output does not stall the lines' writers: past the queue, whole batches are
@@ -673,13 +839,18 @@ mod tests {
             attempts: 2,
             upstream_time: std::time::Duration::from_micros(1500),
             queue_time: std::time::Duration::ZERO,
-            total_time: std::time::Duration::from_nanos(12_345_600),
+            head_time: std::time::Duration::from_nanos(12_345_600),
             cache: "-",
         };
         let mut line = Vec::new();
         // 2024-02-29T23:59:59.000042Z: a leap day, the last second of it.
         let at = std::time::UNIX_EPOCH + std::time::Duration::new(1_709_251_199, 42_000);
-        record.write_json(&mut line, at);
+        let ending = Ending {
+            bytes: 1_048_576,
+            end: AnswerEnd::ClientGone,
+            total: std::time::Duration::from_millis(2_500),
+        };
+        record.write_json(&mut line, at, ending);
         let line = String::from_utf8(line).expect("UTF-8");
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
@@ -692,8 +863,14 @@ mod tests {
         assert_eq!(v["status"], 503);
         assert_eq!(v["attempts"], 2);
         assert_eq!(v["upstream_ms"], 1.5);
-        assert_eq!(v["total_ms"], 12.346);
-        assert!(line.contains(",\"upstream_ms\":1.500,\"total_ms\":12.346,"));
+        assert_eq!(v["head_ms"], 12.346);
+        assert!(line.contains(",\"upstream_ms\":1.500,\"head_ms\":12.346,"));
+        assert_eq!(v["bytes"], 1_048_576);
+        assert_eq!(v["end"], "client_gone");
+        assert_eq!(v["total_ms"], 2500.0);
+        assert!(
+            line.ends_with(",\"bytes\":1048576,\"end\":\"client_gone\",\"total_ms\":2500.000}\n")
+        );
         assert_eq!(v["route"], "app");
         // The client as text the caller already has: the same line.
         let peer = crate::classify::Peer::new("192.0.2.7:5000".parse().expect("addr"), false);
@@ -703,7 +880,7 @@ mod tests {
         };
         assert!(with_text.client_text.is_some());
         let mut again = Vec::new();
-        with_text.write_json(&mut again, at);
+        with_text.write_json(&mut again, at, ending);
         assert_eq!(String::from_utf8(again).expect("UTF-8"), line);
         // A request that waited for a slot says how long, inside its upstream time.
         let waited = AccessRecord {
@@ -711,9 +888,9 @@ mod tests {
             ..record
         };
         let mut queued = Vec::new();
-        waited.write_json(&mut queued, at);
+        waited.write_json(&mut queued, at, ending);
         let queued = String::from_utf8(queued).expect("UTF-8");
-        assert!(queued.contains(",\"upstream_ms\":1.500,\"queue_ms\":0.250,\"total_ms\":"));
+        assert!(queued.contains(",\"upstream_ms\":1.500,\"queue_ms\":0.250,\"head_ms\":"));
         assert!(!line.contains("queue_ms"));
         let mut epoch = Vec::new();
         rfc3339_micros(&mut epoch, std::time::UNIX_EPOCH);
@@ -807,6 +984,12 @@ impl LogSink {
             .name("log-writer".into())
             .spawn(move || writer.write_out(&batches, out));
         LogSink { shared, queue }
+    }
+
+    /// Sets the process's sink up writing to `out` (an embedder's or a test's), unless there
+    /// is one already; the process's sink either way.
+    pub fn install(out: Box<dyn std::io::Write + Send>) -> &'static LogSink {
+        GLOBAL_SINK.get_or_init(|| LogSink::start(out))
     }
 
     /// The sink, when the binary set one up. Without one (tests, embedders) there is no access

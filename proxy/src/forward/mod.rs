@@ -29,7 +29,7 @@ use hyper::body::Body as _;
 use crate::listen::RequestBody;
 use routes::{Decision, Snapshot, UpstreamProtocol};
 
-pub use body::{ClientBody, IdleTimeoutBody};
+pub use body::{BodyIdleTimeout, ClientBody, IdleTimeoutBody};
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
 pub use upstream::UpstreamIncoming;
 use upstream::{Times, UpstreamError};

@@ -1,0 +1,256 @@
+//! The access log as an operator reads it: one line per request, written when its answer has
+//! ended, with the body bytes the client was handed and how the answer ended: complete, cut by
+//! the upstream, or given up by the client (before its head: status 499).
+//!
+//! The lines are captured by the process's log sink. These tests run on a current-thread
+//! runtime: the lines of a thread wait in it until handed over, and `LogSink::flush` hands over
+//! the calling thread's.
+
+mod common;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use frontdoor::telemetry::LogSink;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process's log sink, writing into a buffer this file reads.
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = Capture::default();
+        LogSink::install(Box::new(capture.clone()));
+        capture
+    })
+}
+
+/// The access lines written so far for `path`.
+fn lines_for(path: &str) -> Vec<serde_json::Value> {
+    let sink = LogSink::installed().expect("a sink");
+    sink.flush();
+    let text = String::from_utf8(capture().0.lock().expect("capture").clone()).expect("UTF-8");
+    text.lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter(|v| v["path"] == path)
+        .collect()
+}
+
+/// The one access line for `path`, once it is written (real network I/O: polled).
+async fn line_for(path: &str) -> serde_json::Value {
+    for _ in 0..500 {
+        let mut lines = lines_for(path);
+        assert!(lines.len() <= 1, "one line per request: {lines:?}");
+        if let Some(line) = lines.pop() {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no access line for {path}");
+}
+
+const WHOLE: usize = 100_000;
+const CUT_AT: usize = 65_536;
+const BIG: u64 = 64 << 20;
+
+/// An origin by path: `/whole` a 100,000-byte answer; `/cut` a head promising 1,000,000 bytes
+/// and 64 KiB of them before the connection closes; `/big` 64 MiB, written for as long as the
+/// proxy takes them; `/stall` a head promising 1,000 bytes, 10 of them, then silence; `/slow`
+/// never answers (its request is reported on `asked`).
+async fn origin(asked: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
+    common::raw_upstream(move |mut s| {
+        let asked = asked.clone();
+        async move {
+            while let Some(head) = common::read_head(&mut s).await {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let bodiless = head.starts_with("HEAD ");
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let _ = asked.send(path.clone());
+                let sent = match path.as_str() {
+                    p if p.starts_with("/whole") => {
+                        let mut answer =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {WHOLE}\r\n\r\n")
+                                .into_bytes();
+                        if !bodiless {
+                            answer.extend(std::iter::repeat_n(b'w', WHOLE));
+                        }
+                        s.write_all(&answer).await
+                    }
+                    "/cut" => {
+                        let mut answer =
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+                        answer.extend(std::iter::repeat_n(b'c', CUT_AT));
+                        let _ = s.write_all(&answer).await;
+                        return;
+                    }
+                    "/big" => {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                        if s.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'b'; 64 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
+                    "/stall" => {
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+                        let _ = s.write_all(answer).await;
+                        let _ = s.read(&mut [0; 1]).await;
+                        return;
+                    }
+                    _ => {
+                        // `/slow`: no answer; done when the proxy lets go.
+                        let _ = s.read(&mut [0; 1]).await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn ask(fd: std::net::SocketAddr, method: &str, path: &str) -> TcpStream {
+    let mut client = TcpStream::connect(fd).await.expect("connect");
+    client
+        .write_all(format!("{method} {path} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    client
+}
+
+/// Body bytes read until the connection closes, after the head.
+async fn read_to_close(client: &mut TcpStream) -> (String, usize) {
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got).await;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    (
+        String::from_utf8_lossy(&got[..end]).into_owned(),
+        got.len() - end,
+    )
+}
+
+#[tokio::test]
+async fn each_answer_is_logged_at_its_end_with_its_bytes_and_how_it_ended() {
+    capture();
+    let (asked, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = origin(asked).await;
+    let config = format!(
+        "{}\n[[routes]]\nname = \"shop\"\ncluster = \"app\"\n",
+        common::cluster(
+            "app",
+            "body_idle_timeout = \"300ms\"",
+            &[(upstream, "", "v1")]
+        )
+    );
+    let fd = common::start(&config).await;
+    let addr = fd.http.expect("http");
+
+    // Whole: every byte handed over, after the head.
+    let mut client = ask(addr, "GET", "/whole").await;
+    let answer = common::read_message(&mut client).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(client);
+    let line = line_for("/whole").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "shop");
+    assert_eq!(line["bytes"], WHOLE);
+    assert_eq!(line["end"], "complete");
+    let (head_ms, total_ms) = (line["head_ms"].as_f64(), line["total_ms"].as_f64());
+    assert!(head_ms.zip(total_ms).is_some_and(|(h, t)| h <= t), "{line}");
+
+    // A `HEAD` sends no body: complete with none.
+    let mut client = ask(addr, "HEAD", "/whole-head").await;
+    let head = common::read_head(&mut client).await.expect("head");
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let line = line_for("/whole-head").await;
+    assert_eq!(
+        (&line["bytes"], &line["end"]),
+        (&0.into(), &"complete".into())
+    );
+
+    // The upstream breaks off: the client has what came, and the line says whose fault.
+    let mut client = ask(addr, "GET", "/cut").await;
+    let (head, body) = read_to_close(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, CUT_AT);
+    let line = line_for("/cut").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], CUT_AT);
+    assert_eq!(line["end"], "upstream_failed");
+
+    // The upstream goes quiet inside its body for `body_idle_timeout`.
+    let mut client = ask(addr, "GET", "/stall").await;
+    let (_, body) = read_to_close(&mut client).await;
+    assert_eq!(body, 10);
+    let line = line_for("/stall").await;
+    assert_eq!(line["bytes"], 10);
+    assert_eq!(line["end"], "upstream_timeout");
+
+    // The client reads a little of a 64 MiB answer and goes.
+    let mut client = ask(addr, "GET", "/big").await;
+    let mut some = vec![0u8; 256 * 1024];
+    client.read_exact(&mut some).await.expect("some of it");
+    drop(client);
+    let line = line_for("/big").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["end"], "client_gone");
+    let bytes = line["bytes"].as_u64().expect("bytes");
+    assert!(
+        bytes > 0 && bytes < BIG,
+        "{bytes} of {BIG} bytes handed over"
+    );
+
+    // The client goes before the upstream answers: nginx's 499, with the route it asked.
+    let client = ask(addr, "GET", "/slow").await;
+    while requests.recv().await.expect("the origin is asked") != "/slow" {}
+    drop(client);
+    let line = line_for("/slow").await;
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["end"], "client_gone");
+    assert_eq!(line["route"], "shop");
+    assert_eq!(line["bytes"], 0);
+}
+
+/// HTTP/2: a stream's line is written at its end too.
+#[tokio::test]
+async fn an_h2_stream_is_logged_at_its_end() {
+    capture();
+    let (asked, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = origin(asked).await;
+    let fd = common::start(&common::one_route("", &[(upstream, "", "v1")])).await;
+    let r = loadtest::Client::h2c()
+        .get(&common::url(&fd, "/whole-h2"))
+        .await
+        .expect("answer");
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, WHOLE));
+    let line = line_for("/whole-h2").await;
+    assert_eq!(line["protocol"], "HTTP/2.0");
+    assert_eq!(line["bytes"], WHOLE);
+    assert_eq!(line["end"], "complete");
+}
