@@ -321,11 +321,14 @@ const REG_NAME: [bool; 256] = {
     table
 };
 
-/// Returns the request's id, adding a fresh one when absent or not a valid header value.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// Returns the request's id. One sent by a trusted proxy (`keep`: an earlier hop that named the
+/// request) is kept when it is not empty and at most 200 bytes; any other is replaced by a fresh
+/// one, as is a missing one. A client does not name its own request in our logs and the
+/// upstreams' traces: it could reuse another request's id, or give one id to many.
+pub fn ensure_request_id(headers: &mut HeaderMap, keep: bool) -> HeaderValue {
     // One lookup for the read and the write (the name is hashed once).
     match headers.entry(REQUEST_ID) {
-        header::Entry::Occupied(v) if !v.get().is_empty() && v.get().len() <= 200 => {
+        header::Entry::Occupied(v) if keep && !v.get().is_empty() && v.get().len() <= 200 => {
             v.get().clone()
         }
         header::Entry::Occupied(mut v) => {
@@ -915,17 +918,25 @@ cluster = "c"
         assert_eq!(all, ["1.0 a, 1.1 b, 1.1 c, 1.1 frontdoor"]);
         // An id present but empty is replaced by a fresh one.
         let mut e = headers(&[("x-request-id", "")]);
-        let id = ensure_request_id(&mut e);
+        let id = ensure_request_id(&mut e, true);
         assert_eq!(id.len(), 16);
         assert_eq!(e.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
         let mut a = HeaderMap::new();
-        let id = ensure_request_id(&mut a);
+        let id = ensure_request_id(&mut a, true);
         assert_eq!(id.len(), 16);
         assert_eq!(a["x-request-id"], id);
         // A fresh id is never repeated: HPACK must not index it.
         assert!(id.is_sensitive() && a["x-request-id"].is_sensitive());
+        // A trusted proxy's id is kept; any other peer's is replaced, every copy of it.
         let mut b = headers(&[("x-request-id", "given")]);
-        assert_eq!(ensure_request_id(&mut b), "given");
+        assert_eq!(ensure_request_id(&mut b, true), "given");
+        let mut c = headers(&[("x-request-id", "given"), ("x-request-id", "again")]);
+        let id = ensure_request_id(&mut c, false);
+        assert_eq!(id.len(), 16);
+        assert_eq!(c.get_all("x-request-id").iter().collect::<Vec<_>>(), [&id]);
+        let long = "x".repeat(201);
+        let mut d = headers(&[("x-request-id", long.as_str())]);
+        assert_eq!(ensure_request_id(&mut d, true).len(), 16);
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 10_000);
         for z in [

@@ -60,7 +60,7 @@ pub async fn handle(
         // An ACME CA validating our HTTP-01 challenge; never routed.
         return Ok(resp.map(|body| LoggedBody {
             body: Either::Right(body),
-            log: None,
+            line: None,
         }));
     }
     let active = proxy.active_full();
@@ -69,7 +69,10 @@ pub async fn handle(
         active: &active,
         peer: &peer,
         started,
-        request_id: classify::ensure_request_id(req.headers_mut()),
+        request_id: classify::ensure_request_id(
+            req.headers_mut(),
+            active.snapshot.is_trusted_proxy(peer.addr.ip()),
+        ),
         method: req.method().clone(),
         protocol: req.version(),
         host: classify::host_of(&req).unwrap_or_default(),
@@ -154,23 +157,23 @@ pub async fn handle(
         active.route_metrics[i].record(status, head_time.as_secs_f64());
     }
     // The access line is written when the answer's body ends (`LoggedBody`).
-    let log = if logs {
-        ex.record(status.as_u16(), head_time)
-            .open()
-            .map(|line| BodyLog {
-                line,
-                started,
-                bytes: 0,
-                end: None,
-                bodiless: ex.method == Method::HEAD
-                    || response.status().is_informational()
-                    || response.status() == StatusCode::NO_CONTENT
-                    || response.status() == StatusCode::NOT_MODIFIED,
-            })
+    let mut line = if logs {
+        ex.record(status.as_u16(), head_time).open(started)
     } else {
         None
     };
-    Ok(response.map(|body| LoggedBody { body, log }))
+    if let Some(line) = &mut line {
+        let s = response.status();
+        if ex.method == Method::HEAD
+            || s.is_informational()
+            || s == StatusCode::NO_CONTENT
+            || s == StatusCode::NOT_MODIFIED
+        {
+            // An answer that sends no body is complete with its head.
+            line.ended(AnswerEnd::Complete);
+        }
+    }
+    Ok(response.map(|body| LoggedBody { body, line }))
 }
 
 /// One request as the record stage sees it. Dropped before its answer (the client went away
@@ -236,27 +239,18 @@ impl Drop for Exchange<'_> {
 }
 
 /// Every answer's body on its way to the client. When the request has an access line, the
-/// body counts the bytes it hands over and sees how it ends; the line is written when the body
-/// is done with (dropped by the connection): at its end, or when the connection gave it up.
+/// body counts the bytes it hands over and notes how it ends; the line is written when the
+/// body is done with (dropped by the connection): at its end, or when the connection gave it
+/// up.
 pub struct LoggedBody {
     body: ProxyBody,
-    log: Option<BodyLog>,
-}
-
-struct BodyLog {
-    line: OpenLine,
-    started: Instant,
-    bytes: u64,
-    /// How the body ended, once it said so.
-    end: Option<AnswerEnd>,
-    /// An answer that sends no body (to `HEAD`; `1xx`, `204`, `304`): complete with its head.
-    bodiless: bool,
+    line: Option<OpenLine>,
 }
 
 impl std::fmt::Debug for LoggedBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoggedBody")
-            .field("logged", &self.log.is_some())
+            .field("logged", &self.line.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -273,22 +267,17 @@ impl hyper::body::Body for LoggedBody {
         use std::task::Poll;
         let this = &mut *self;
         let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(log) = &mut this.log {
+        if let Some(line) = &mut this.line {
             match &poll {
                 Poll::Ready(Some(Ok(frame))) => {
-                    log.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    line.sent(frame.data_ref().map_or(0, |d| d.len() as u64));
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    log.end
-                        .get_or_insert(if e.is::<forward::BodyIdleTimeout>() {
-                            AnswerEnd::UpstreamTimeout
-                        } else {
-                            AnswerEnd::UpstreamFailed
-                        });
-                }
-                Poll::Ready(None) => {
-                    log.end.get_or_insert(AnswerEnd::Complete);
-                }
+                Poll::Ready(Some(Err(e))) => line.ended(if e.is::<forward::BodyIdleTimeout>() {
+                    AnswerEnd::UpstreamTimeout
+                } else {
+                    AnswerEnd::UpstreamFailed
+                }),
+                Poll::Ready(None) => line.ended(AnswerEnd::Complete),
                 Poll::Pending => {}
             }
         }
@@ -309,19 +298,12 @@ impl hyper::body::Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         use hyper::body::Body;
-        let Some(log) = self.log.take() else { return };
+        let Some(line) = self.line.take() else { return };
         // A server may stop polling at the last frame (`is_end_stream`) rather than at `None`.
-        let end = log
-            .end
-            .unwrap_or(if log.bodiless || self.body.is_end_stream() {
-                AnswerEnd::Complete
-            } else {
-                AnswerEnd::ClientGone
-            });
-        log.line.finish(Ending {
-            bytes: log.bytes,
-            end,
-            total: log.started.elapsed(),
+        line.finish(if self.body.is_end_stream() {
+            AnswerEnd::Complete
+        } else {
+            AnswerEnd::ClientGone
         });
     }
 }

@@ -236,41 +236,68 @@ impl Ending {
     }
 }
 
-/// An access line waiting for its answer's end: what was known at the head is written; the
-/// [`Ending`] is added by [`OpenLine::finish`], which hands the line over. Its buffer is one a
-/// thread keeps for reuse ([`OpenLine::KEEP`] of them).
+/// An access line waiting for its answer's end: what was known at the head is written, and
+/// what comes after is counted here (the body bytes handed over, how the answer ended) until
+/// [`OpenLine::finish`] adds the [`Ending`] and hands the line over. One pointer: the answer's
+/// body carries it. Each thread keeps [`OpenLine::KEEP`] of them (with their buffers) for reuse.
 #[derive(Debug)]
-pub struct OpenLine {
+pub struct OpenLine(Box<Open>);
+
+#[derive(Debug)]
+struct Open {
     buf: Vec<u8>,
     sink: &'static LogSink,
     /// The line's timestamp.
     at: std::time::SystemTime,
+    /// The request's arrival.
+    started: tokio::time::Instant,
+    bytes: u64,
+    end: Option<AnswerEnd>,
 }
 
 thread_local! {
-    static OPEN_BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    // The boxes are what is kept: an `OpenLine` is one, handed out and back whole.
+    #[allow(clippy::vec_box)]
+    static OPEN_LINES: std::cell::RefCell<Vec<Box<Open>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl OpenLine {
-    /// Buffers a thread keeps: more than the answers a thread has in flight between two
+    /// Lines a thread keeps: more than the answers a thread has in flight between two
     /// returns, as a rule.
     const KEEP: usize = 64;
     /// Room for a typical line.
     const ROOM: usize = 512;
 
-    /// Adds the end and hands the line to its thread's batch.
-    pub fn finish(mut self, ending: Ending) {
-        ending.write(&mut self.buf);
-        let buf = std::mem::take(&mut self.buf);
-        append_local(self.sink, self.at, |out| out.extend_from_slice(&buf));
-        if buf.capacity() <= 4 * Self::ROOM {
-            let _ = OPEN_BUFS.try_with(|bufs| {
-                if let Ok(mut bufs) = bufs.try_borrow_mut()
-                    && bufs.len() < Self::KEEP
+    /// `n` more body bytes handed to the client.
+    #[inline]
+    pub fn sent(&mut self, n: u64) {
+        self.0.bytes += n;
+    }
+
+    /// Notes how the answer ended; the first word stands.
+    #[inline]
+    pub fn ended(&mut self, end: AnswerEnd) {
+        self.0.end.get_or_insert(end);
+    }
+
+    /// Adds the end (`otherwise`, when the answer said none) and hands the line to its
+    /// thread's batch.
+    pub fn finish(self, otherwise: AnswerEnd) {
+        let mut open = self.0;
+        Ending {
+            bytes: open.bytes,
+            end: open.end.unwrap_or(otherwise),
+            total: open.started.elapsed(),
+        }
+        .write(&mut open.buf);
+        append_local(open.sink, open.at, |out| out.extend_from_slice(&open.buf));
+        if open.buf.capacity() <= 4 * Self::ROOM {
+            let _ = OPEN_LINES.try_with(|kept| {
+                if let Ok(mut kept) = kept.try_borrow_mut()
+                    && kept.len() < Self::KEEP
                 {
-                    let mut buf = buf;
-                    buf.clear();
-                    bufs.push(buf);
+                    open.buf.clear();
+                    kept.push(open);
                 }
             });
         }
@@ -292,21 +319,43 @@ impl AccessRecord<'_> {
         append_local(sink, now, |out| self.write_json(out, now, ending));
     }
 
-    /// The line up to its end, when there is a log sink: [`OpenLine::finish`] adds the
-    /// end once the answer's body is done.
-    pub fn open(&self) -> Option<OpenLine> {
+    /// The line up to its end, when there is a log sink; `started` is the request's arrival.
+    /// [`OpenLine::finish`] adds the end once the answer is done.
+    pub fn open(&self, started: tokio::time::Instant) -> Option<OpenLine> {
         let sink = LogSink::installed()?;
-        Some(self.open_to(sink, std::time::SystemTime::now()))
+        Some(self.open_to(sink, std::time::SystemTime::now(), started))
     }
 
-    fn open_to(&self, sink: &'static LogSink, now: std::time::SystemTime) -> OpenLine {
-        let mut buf = OPEN_BUFS
-            .try_with(|bufs| bufs.try_borrow_mut().ok()?.pop())
+    fn open_to(
+        &self,
+        sink: &'static LogSink,
+        now: std::time::SystemTime,
+        started: tokio::time::Instant,
+    ) -> OpenLine {
+        let kept = OPEN_LINES
+            .try_with(|kept| kept.try_borrow_mut().ok()?.pop())
             .ok()
-            .flatten()
-            .unwrap_or_else(|| Vec::with_capacity(OpenLine::ROOM));
-        self.write_head(&mut buf, now);
-        OpenLine { buf, sink, at: now }
+            .flatten();
+        let mut open = match kept {
+            Some(mut open) => {
+                open.sink = sink;
+                open.at = now;
+                open.started = started;
+                open.bytes = 0;
+                open.end = None;
+                open
+            }
+            None => Box::new(Open {
+                buf: Vec::with_capacity(OpenLine::ROOM),
+                sink,
+                at: now,
+                started,
+                bytes: 0,
+                end: None,
+            }),
+        };
+        self.write_head(&mut open.buf, now);
+        OpenLine(open)
     }
 
     /// `{"timestamp":...,"level":"INFO","target":"access",...}` and a newline, as UTF-8.
@@ -402,12 +451,28 @@ fn push_decimal(out: &mut Vec<u8>, n: u64, width: usize) {
 }
 
 /// A duration in milliseconds with three decimals (`1.500`), to the nearest microsecond, from
-/// integers: float formatting and rounding were a visible part of a request's CPU.
+/// integers: float formatting and rounding were a visible part of a request's CPU. Written
+/// whole from a buffer of its own (one copy; a line has three of them).
 fn millis(out: &mut Vec<u8>, time: std::time::Duration) {
     let micros = time.as_secs() * 1_000_000 + u64::from(time.subsec_nanos() + 500) / 1000;
-    push_decimal(out, micros / 1000, 0);
-    out.push(b'.');
-    push_decimal(out, micros % 1000, 3);
+    let mut buf = [0u8; 24];
+    let mut fraction = micros % 1000;
+    for at in (21..24).rev() {
+        buf[at] = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
+    }
+    buf[20] = b'.';
+    let mut whole = micros / 1000;
+    let mut i = 20;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn version_name(v: http::Version) -> &'static str {
@@ -700,28 +765,31 @@ mod tests {
     }
 
     /// An open line goes out when it is finished, with its end, after the lines finished
-    /// before it; its buffer is kept for the thread's next open line.
-    #[test]
-    fn an_open_line_goes_out_whole_when_its_answer_ends() {
+    /// before it; it is kept, with its buffer, for the thread's next open line.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_line_goes_out_whole_when_its_answer_ends() {
         let out = Output::default();
         let sink: &'static LogSink = Box::leak(Box::new(LogSink::start(Box::new(out.clone()))));
         let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
-        let long = record("/long").open_to(sink, t0);
+        let started = tokio::time::Instant::now();
+        let mut long = record("/long").open_to(sink, t0, started);
         record("/short").emit_to(sink, t0, DONE);
-        assert!(!long.buf.ends_with(b"\n"), "an open line has no end yet");
-        let kept = long.buf.as_ptr();
-        long.finish(Ending {
-            bytes: 7,
-            end: AnswerEnd::UpstreamTimeout,
-            total: std::time::Duration::from_micros(1_250_500),
-        });
-        let again = record("/next").open_to(sink, t0);
+        assert!(!long.0.buf.ends_with(b"\n"), "an open line has no end yet");
+        let kept = long.0.buf.as_ptr();
+        long.sent(5);
+        long.sent(2);
+        tokio::time::advance(std::time::Duration::from_micros(1_250_500)).await;
+        long.ended(AnswerEnd::UpstreamTimeout);
+        long.ended(AnswerEnd::Complete);
+        long.finish(AnswerEnd::ClientGone);
+        let mut again = record("/next").open_to(sink, t0, tokio::time::Instant::now());
         assert_eq!(
-            again.buf.as_ptr(),
+            again.0.buf.as_ptr(),
             kept,
             "the finished line's buffer is reused"
         );
-        again.finish(DONE);
+        again.sent(13);
+        again.finish(AnswerEnd::ClientGone);
         sink.flush();
         assert_eq!(paths(&out), ["/short", "/long", "/next"]);
         let lines = out.lines();
@@ -732,8 +800,12 @@ mod tests {
         assert_eq!(long["total_ms"], 1250.5);
         assert_eq!(long["head_ms"], 0.0);
         let next: serde_json::Value = serde_json::from_str(&lines[2]).expect("JSON");
-        assert_eq!(next["end"], "complete");
+        assert_eq!(
+            next["end"], "client_gone",
+            "the end given at finish, when none was noted"
+        );
         assert_eq!(next["bytes"], 13);
+        assert_eq!(next["total_ms"], 0.0, "a kept line starts its clock anew");
     }
 
     /// A stalled output does not stall the lines' writers: past the queue, whole batches are
@@ -796,6 +868,27 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("no {UPKEEP_THREAD} thread among {:?}", names());
+    }
+
+    #[test]
+    fn durations_are_milliseconds_to_the_microsecond() {
+        let text = |d: std::time::Duration| {
+            let mut out = b"x".to_vec();
+            millis(&mut out, d);
+            String::from_utf8(out).expect("UTF-8")
+        };
+        assert_eq!(text(std::time::Duration::ZERO), "x0.000");
+        assert_eq!(text(std::time::Duration::from_nanos(499)), "x0.000");
+        assert_eq!(text(std::time::Duration::from_nanos(500)), "x0.001");
+        assert_eq!(text(std::time::Duration::from_micros(7_089)), "x7.089");
+        assert_eq!(
+            text(std::time::Duration::from_nanos(999_999_600)),
+            "x1000.000"
+        );
+        assert_eq!(
+            text(std::time::Duration::new(86_400 * 365, 123_456_789)),
+            "x31536000123.457"
+        );
     }
 
     #[test]

@@ -99,15 +99,18 @@ async fn http1_and_h2c_reach_the_origin_with_proxy_headers() {
             assert_eq!(via, "2 frontdoor");
         }
     }
-    // A request id the client sent is kept.
+    // A request id from a peer that is no trusted proxy is replaced: the client does not name
+    // its request in the logs and the upstream's traces.
     let req = Request::get(url(&fd, "/"))
         .header("x-request-id", "abc-123")
         .body(Full::default())
         .expect("req");
     let resp = Client::http1().send(req).await.expect("response");
+    let given = resp.header("x-request-id").expect("request id");
+    assert_eq!(given.len(), 16, "{given}");
     assert_eq!(
         resp.echo().expect("echo").header("x-request-id"),
-        Some("abc-123")
+        Some(given)
     );
     fd.shutdown().await;
 }
@@ -131,6 +134,9 @@ async fn forwarding_headers_are_kept_from_trusted_proxies() {
         Some("203.0.113.9, 127.0.0.1")
     );
     assert_eq!(echo.header("x-forwarded-proto"), Some("https"));
+    // So is the request id an earlier hop gave the request.
+    let echo = echoed(&fd, &Client::h2c(), &[("x-request-id", "cdn-7f3a")]).await;
+    assert_eq!(echo.header("x-request-id"), Some("cdn-7f3a"));
     fd.shutdown().await;
 }
 
