@@ -630,7 +630,12 @@ async fn proxy_request(
     let (mut parts, body) = response.into_parts();
     classify::strip_hop_by_hop(&mut parts.headers, switching);
     classify::add_via(&mut parts.headers, parts.version, &active.via);
-    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle);
+    let judged = arm.map(|(windows, version)| rollout::Judged {
+        windows,
+        version,
+        region: forwarded.member.region,
+    });
+    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle).judged(judged);
     let body = plan.respond(
         active,
         &mut parts,

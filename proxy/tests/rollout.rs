@@ -268,3 +268,92 @@ candidate = "canary"
     }
     fd.shutdown().await;
 }
+
+/// A candidate that answers `200` and then breaks off its bodies fails its users as surely as
+/// one answering `503`: the analysis counts each broken answer as the candidate's error, and
+/// the controller rolls it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_that_breaks_off_its_answers_rolls_back() {
+    let stable = Origin::builder()
+        .version("stable")
+        .start()
+        .await
+        .expect("stable");
+    let canary = common::raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        if common::read_head(&mut s).await.is_some() {
+            // A head promising 1,000 bytes, 100 of them, and the connection closes.
+            let mut answer =
+                b"HTTP/1.1 200 OK\r\nx-origin-version: canary\r\ncontent-length: 1000\r\n\r\n"
+                    .to_vec();
+            answer.extend([b'c'; 100]);
+            let _ = s.write_all(&answer).await;
+        }
+    })
+    .await;
+    let config = format!(
+        r#"
+[clusters.app]
+outlier = {{ consecutive_failures = 0 }}
+endpoints = [{{ address = "{}", version = "stable" }}, {{ address = "{}", version = "canary" }}]
+[[routes]]
+name = "app"
+cluster = "app"
+version = "stable"
+[routes.rollout]
+candidate = "canary"
+gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 }}
+"#,
+        stable.addr, canary
+    );
+    let fd = start(&config).await;
+    let (s, v) = admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/app/shift",
+        r#"{"weight":50}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..4u32 {
+        let (client, u, stop) = (Client::http1(), url(&fd, "/"), Arc::clone(&stop));
+        load.push(tokio::spawn(async move {
+            let (mut user, mut cut) = (t, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(&u)
+                    .header("cookie", format!("fd-uid=load{user}"))
+                    .body(Full::default())
+                    .expect("req");
+                // The head is a 200 either way; a canary's body never arrives whole.
+                if client.send(req).await.is_err() {
+                    cut += 1;
+                }
+                user += 4;
+            }
+            cut
+        }));
+    }
+    let fd_ref = &fd;
+    eventually("the canary is rolled back", || async move {
+        let (_, v) = admin(fd_ref, http::Method::GET, "/rollouts", "").await;
+        v[0]["phase"] == "rolled_back"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut cut = 0;
+    for l in load {
+        cut += l.await.expect("load");
+    }
+    assert!(cut > 0, "the canary's answers were cut");
+    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
+    assert!(
+        rollouts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error rate")),
+        "{rollouts}"
+    );
+    assert!(canary_users(&fd, 0..200).await.is_empty());
+    fd.shutdown().await;
+}

@@ -9,6 +9,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::upstream::UpstreamIncoming;
 use crate::listen::RequestBody;
+use crate::rollout::Judged;
 use tokio::time::{Instant, Sleep};
 
 /// Wraps an upstream body; if no frame arrives for `idle`, the body ends with an error, which
@@ -19,6 +20,8 @@ pub struct IdleTimeoutBody<B = UpstreamIncoming> {
     idle: Duration,
     /// Armed the first time the upstream makes us wait (most small bodies never do).
     timer: Option<Pin<Box<Sleep>>>,
+    /// A rollout's analysis, told when the body breaks off.
+    judged: Option<Judged>,
 }
 
 /// The body went quiet for longer than the idle timeout.
@@ -39,7 +42,15 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             idle,
             timer: None,
+            judged: None,
         }
+    }
+
+    /// The body of an exchange in a rollout's analysis: an error from it (the idle timeout's
+    /// too) is counted against the version that answered.
+    pub fn judged(mut self, judged: Option<Judged>) -> IdleTimeoutBody<B> {
+        self.judged = judged;
+        self
     }
 }
 
@@ -56,7 +67,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let poll = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(timer) = this.timer.as_mut() {
                     timer.as_mut().reset(Instant::now() + this.idle);
@@ -69,11 +80,17 @@ where
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout)))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout) as _))),
                     Poll::Pending => Poll::Pending,
                 }
             }
+        };
+        if let Poll::Ready(Some(Err(_))) = &poll
+            && let Some(judged) = this.judged.take()
+        {
+            judged.broke();
         }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {

@@ -100,6 +100,35 @@ impl Windows {
     }
 }
 
+impl Windows {
+    /// Counts an error for an exchange of `version` recorded earlier, whose answer broke off
+    /// after its head (see [`Window::broke`]).
+    pub fn broke(&self, version: Version, region: Option<routes::RegionId>, now: u64) {
+        self.all[version as usize].broke(now);
+        if let Some((_, w)) = region.and_then(|r| self.regions.get(r.0)) {
+            w[version as usize].broke(now);
+        }
+    }
+}
+
+/// An answer's exchange in a rollout's analysis: told when the upstream's body breaks off
+/// after the head (an upstream reset, close or stall past `body_idle_timeout`), which the
+/// analysis counts as the version's error. A candidate that crashes mid-answer is failing its
+/// users as surely as one answering 503.
+#[derive(Debug)]
+pub struct Judged {
+    pub windows: Arc<Windows>,
+    pub version: Version,
+    pub region: Option<routes::RegionId>,
+}
+
+impl Judged {
+    pub fn broke(self) {
+        self.windows
+            .broke(self.version, self.region, crate::clock::now_ms());
+    }
+}
+
 /// The controller's latest judgement, for status and for refusing shifts while red.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GateView {

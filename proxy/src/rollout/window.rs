@@ -1,6 +1,7 @@
-//! Sliding windows of requests, 5xx and latency per route × version, in 1 s buckets on
-//! tokio's clock. Latency goes into a log-scale histogram (10% wide buckets from 0.5 ms to
-//! ~2 min), so percentiles are within 10% without keeping samples.
+//! Sliding windows of requests, errors (5xx, failed exchanges, answers broken off after their
+//! head) and latency per route × version, in 1 s buckets on tokio's clock. Latency goes into a
+//! log-scale histogram (10% wide buckets from 0.5 ms to ~2 min), so percentiles are within 10%
+//! without keeping samples.
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -83,6 +84,20 @@ impl Window {
         b.hist[hist_index(latency)] += 1;
     }
 
+    /// Counts an error for an exchange recorded earlier (its answer broke off after its head):
+    /// in the second it broke, with no request of its own.
+    pub fn broke(&self, now_ms: u64) {
+        let sec = now_ms / 1000;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let n = buckets.len();
+        let b = &mut buckets[(sec % n as u64) as usize];
+        if b.sec != sec {
+            *b = Bucket::empty();
+            b.sec = sec;
+        }
+        b.errors += 1;
+    }
+
     /// Totals over the last `len` seconds up to `now_ms` (the current, partial second included).
     pub fn stats(&self, now_ms: u64) -> WindowStats {
         let now = now_ms / 1000;
@@ -105,6 +120,9 @@ impl Window {
                 seen >= rank
             })
         };
+        // An answer that broke off after its exchange left the window counts no more errors
+        // than there are exchanges.
+        out.errors = out.errors.min(out.requests);
         if out.requests > 0 {
             out.p95 = percentile(0.95).map(hist_upper);
             out.p99 = percentile(0.99).map(hist_upper);
@@ -130,6 +148,28 @@ mod tests {
         let s = w.stats(15_900);
         assert_eq!((s.requests, s.errors), (50, 5));
         assert_eq!(w.stats(40_000).requests, 0);
+    }
+
+    /// An answer that breaks off after its head is an error of the exchange counted at its
+    /// head, in the second it broke; never more errors than exchanges in the window.
+    #[test]
+    fn an_answer_broken_after_its_head_counts_as_an_error() {
+        let w = Window::new(Duration::from_secs(10));
+        for i in 0..10u64 {
+            w.record(1_000 + i * 100, false, Duration::from_millis(5));
+        }
+        w.broke(2_500);
+        let s = w.stats(2_500);
+        assert_eq!((s.requests, s.errors), (10, 1));
+        // The exchanges leave the window; the late breaks do not outnumber what is left.
+        for _ in 0..3 {
+            w.broke(11_500);
+        }
+        let s = w.stats(11_500);
+        assert_eq!((s.requests, s.errors), (0, 0));
+        w.record(11_600, false, Duration::from_millis(5));
+        let s = w.stats(11_600);
+        assert_eq!((s.requests, s.errors), (1, 1));
     }
 
     #[test]
