@@ -61,6 +61,8 @@ pub async fn handle(
         return Ok(resp.map(|body| LoggedBody {
             body: Either::Right(body),
             line: None,
+            route: None,
+            end: None,
         }));
     }
     let active = proxy.active_full();
@@ -156,24 +158,29 @@ pub async fn handle(
     if let Some(i) = ex.outcome.route {
         active.route_metrics[i].record(status, head_time.as_secs_f64());
     }
-    // The access line is written when the answer's body ends (`LoggedBody`).
-    let mut line = if logs {
+    // The access line is written, and a cut answer counted, when the body ends (`LoggedBody`).
+    let line = if logs {
         ex.record(status.as_u16(), head_time).open(started)
     } else {
         None
     };
-    if let Some(line) = &mut line {
-        let s = response.status();
-        if ex.method == Method::HEAD
-            || s.is_informational()
-            || s == StatusCode::NO_CONTENT
-            || s == StatusCode::NOT_MODIFIED
-        {
-            // An answer that sends no body is complete with its head.
-            line.ended(AnswerEnd::Complete);
-        }
-    }
-    Ok(response.map(|body| LoggedBody { body, line }))
+    let s = response.status();
+    // An answer that sends no body is complete with its head.
+    let end = (ex.method == Method::HEAD
+        || s.is_informational()
+        || s == StatusCode::NO_CONTENT
+        || s == StatusCode::NOT_MODIFIED)
+        .then_some(AnswerEnd::Complete);
+    let route = ex
+        .outcome
+        .route
+        .map(|i| Arc::clone(&active.route_metrics[i]));
+    Ok(response.map(|body| LoggedBody {
+        body,
+        line,
+        route,
+        end,
+    }))
 }
 
 /// One request as the record stage sees it. Dropped before its answer (the client went away
@@ -226,25 +233,34 @@ impl Exchange<'_> {
 
 impl Drop for Exchange<'_> {
     fn drop(&mut self) {
-        if self.answered || self.target.is_none() {
+        if self.answered {
             return;
         }
-        let waited = self.started.elapsed();
-        self.record(CLIENT_CLOSED, waited).emit(Ending {
-            bytes: 0,
-            end: AnswerEnd::ClientGone,
-            total: waited,
-        });
+        if let Some(i) = self.outcome.route {
+            self.active.route_metrics[i].ended(AnswerEnd::ClientGone);
+        }
+        if self.target.is_some() {
+            let waited = self.started.elapsed();
+            self.record(CLIENT_CLOSED, waited).emit(Ending {
+                bytes: 0,
+                end: AnswerEnd::ClientGone,
+                total: waited,
+            });
+        }
     }
 }
 
-/// Every answer's body on its way to the client. When the request has an access line, the
-/// body counts the bytes it hands over and notes how it ends; the line is written when the
-/// body is done with (dropped by the connection): at its end, or when the connection gave it
-/// up.
+/// Every answer's body on its way to the client. It notes how it ends, and, when the request
+/// has an access line, counts the bytes it hands over. When it is done with (dropped by the
+/// connection: at its end, or when the connection gave it up), the line is written and an
+/// answer that did not reach its client whole is counted in its route's
+/// `frontdoor_aborted_total`.
 pub struct LoggedBody {
     body: ProxyBody,
     line: Option<OpenLine>,
+    route: Option<Arc<crate::telemetry::RouteMetrics>>,
+    /// How the body ended, once it said so (the first word stands).
+    end: Option<AnswerEnd>,
 }
 
 impl std::fmt::Debug for LoggedBody {
@@ -267,19 +283,24 @@ impl hyper::body::Body for LoggedBody {
         use std::task::Poll;
         let this = &mut *self;
         let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(line) = &mut this.line {
-            match &poll {
-                Poll::Ready(Some(Ok(frame))) => {
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(line) = &mut this.line {
                     line.sent(frame.data_ref().map_or(0, |d| d.len() as u64));
                 }
-                Poll::Ready(Some(Err(e))) => line.ended(if e.is::<forward::BodyIdleTimeout>() {
-                    AnswerEnd::UpstreamTimeout
-                } else {
-                    AnswerEnd::UpstreamFailed
-                }),
-                Poll::Ready(None) => line.ended(AnswerEnd::Complete),
-                Poll::Pending => {}
             }
+            Poll::Ready(Some(Err(e))) => {
+                this.end
+                    .get_or_insert(if e.is::<forward::BodyIdleTimeout>() {
+                        AnswerEnd::UpstreamTimeout
+                    } else {
+                        AnswerEnd::UpstreamFailed
+                    });
+            }
+            Poll::Ready(None) => {
+                this.end.get_or_insert(AnswerEnd::Complete);
+            }
+            Poll::Pending => {}
         }
         poll
     }
@@ -298,13 +319,21 @@ impl hyper::body::Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         use hyper::body::Body;
-        let Some(line) = self.line.take() else { return };
+        if self.line.is_none() && self.route.is_none() {
+            return;
+        }
         // A server may stop polling at the last frame (`is_end_stream`) rather than at `None`.
-        line.finish(if self.body.is_end_stream() {
+        let end = self.end.unwrap_or(if self.body.is_end_stream() {
             AnswerEnd::Complete
         } else {
             AnswerEnd::ClientGone
         });
+        if let Some(route) = &self.route {
+            route.ended(end);
+        }
+        if let Some(line) = self.line.take() {
+            line.finish(end);
+        }
     }
 }
 

@@ -19,7 +19,8 @@ pub struct Active {
     pub snapshot: Snapshot,
     pub upstreams: Upstreams,
     /// Pre-registered metric handles by route index.
-    pub route_metrics: Vec<RouteMetrics>,
+    /// Shared with the answers in flight, which count how they end.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// The country database, when `classify.geoip_db` is set.
     pub geoip: Option<crate::geoip::GeoIp>,
     /// Rate limiters by route index.
@@ -395,7 +396,12 @@ async fn build_active(
     let route_metrics = snapshot
         .routes
         .iter()
-        .map(|r| RouteMetrics::new(&r.name, &snapshot.cluster(r.cluster).name))
+        .map(|r| {
+            Arc::new(RouteMetrics::new(
+                &r.name,
+                &snapshot.cluster(r.cluster).name,
+            ))
+        })
         .collect();
     // Limiters carry over a reload when the route keeps its name and limit, so a reload
     // does not hand every client a fresh burst.

@@ -11,6 +11,11 @@ pub const REQUESTS_TOTAL: &str = "frontdoor_requests_total";
 pub const REQUEST_DURATION: &str = "frontdoor_request_duration_seconds";
 /// 1 when an endpoint takes traffic (active check passing and not ejected), else 0.
 pub const UPSTREAM_HEALTHY: &str = "frontdoor_upstream_healthy";
+/// Answers that did not reach their client whole, by route, cluster and who ended them
+/// (`by`): `client` (gone before the head, the access log's 499, or during the body; or cut by
+/// `send_timeout` or the drain), `upstream` (its body broke off, or went quiet past
+/// `body_idle_timeout`, after the head).
+pub const ABORTED: &str = "frontdoor_aborted_total";
 /// Upstream attempts retried, by cluster.
 pub const UPSTREAM_RETRIES: &str = "frontdoor_upstream_retries_total";
 /// Passive ejections, by cluster.
@@ -90,6 +95,7 @@ pub const L_REGION: &str = "region";
 pub const L_JURISDICTION: &str = "jurisdiction";
 pub const L_NAME: &str = "name";
 pub const L_REASON: &str = "reason";
+pub const L_BY: &str = "by";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -133,6 +139,8 @@ pub struct RouteMetrics {
     /// Index 0 unused; 1..=5 are 1xx..5xx.
     by_class: [Counter; 6],
     pub latency: Histogram,
+    /// By the client, by the upstream.
+    aborted: [Counter; 2],
 }
 
 impl RouteMetrics {
@@ -149,6 +157,18 @@ impl RouteMetrics {
                 class("5xx"),
             ],
             latency: metrics::histogram!(REQUEST_DURATION, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string()),
+            aborted: ["client", "upstream"].map(|by| metrics::counter!(ABORTED, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string(), L_BY => by)),
+        }
+    }
+
+    /// Counts an answer that ended as `end`, when it did not reach its client whole.
+    pub fn ended(&self, end: AnswerEnd) {
+        match end {
+            AnswerEnd::Complete => {}
+            AnswerEnd::ClientGone => self.aborted[0].increment(1),
+            AnswerEnd::UpstreamFailed | AnswerEnd::UpstreamTimeout => {
+                self.aborted[1].increment(1);
+            }
         }
     }
 
@@ -237,9 +257,8 @@ impl Ending {
 }
 
 /// An access line waiting for its answer's end: what was known at the head is written, and
-/// what comes after is counted here (the body bytes handed over, how the answer ended) until
-/// [`OpenLine::finish`] adds the [`Ending`] and hands the line over. One pointer: the answer's
-/// body carries it. Each thread keeps [`OpenLine::KEEP`] of them (with their buffers) for reuse.
+/// the body bytes handed over are counted here until [`OpenLine::finish`] adds the [`Ending`]
+/// and hands the line over. One pointer: the answer's body carries it. Each thread keeps [`OpenLine::KEEP`] of them (with their buffers) for reuse.
 #[derive(Debug)]
 pub struct OpenLine(Box<Open>);
 
@@ -252,7 +271,6 @@ struct Open {
     /// The request's arrival.
     started: tokio::time::Instant,
     bytes: u64,
-    end: Option<AnswerEnd>,
 }
 
 thread_local! {
@@ -274,19 +292,12 @@ impl OpenLine {
         self.0.bytes += n;
     }
 
-    /// Notes how the answer ended; the first word stands.
-    #[inline]
-    pub fn ended(&mut self, end: AnswerEnd) {
-        self.0.end.get_or_insert(end);
-    }
-
-    /// Adds the end (`otherwise`, when the answer said none) and hands the line to its
-    /// thread's batch.
-    pub fn finish(self, otherwise: AnswerEnd) {
+    /// Adds how the answer ended and hands the line to its thread's batch.
+    pub fn finish(self, end: AnswerEnd) {
         let mut open = self.0;
         Ending {
             bytes: open.bytes,
-            end: open.end.unwrap_or(otherwise),
+            end,
             total: open.started.elapsed(),
         }
         .write(&mut open.buf);
@@ -342,7 +353,6 @@ impl AccessRecord<'_> {
                 open.at = now;
                 open.started = started;
                 open.bytes = 0;
-                open.end = None;
                 open
             }
             None => Box::new(Open {
@@ -351,7 +361,6 @@ impl AccessRecord<'_> {
                 at: now,
                 started,
                 bytes: 0,
-                end: None,
             }),
         };
         self.write_head(&mut open.buf, now);
@@ -779,15 +788,14 @@ mod tests {
         long.sent(5);
         long.sent(2);
         tokio::time::advance(std::time::Duration::from_micros(1_250_500)).await;
-        long.ended(AnswerEnd::UpstreamTimeout);
-        long.ended(AnswerEnd::Complete);
-        long.finish(AnswerEnd::ClientGone);
+        long.finish(AnswerEnd::UpstreamTimeout);
         let mut again = record("/next").open_to(sink, t0, tokio::time::Instant::now());
         assert_eq!(
             again.0.buf.as_ptr(),
             kept,
             "the finished line's buffer is reused"
         );
+        assert_eq!(again.0.bytes, 0, "a kept line counts anew");
         again.sent(13);
         again.finish(AnswerEnd::ClientGone);
         sink.flush();
@@ -800,10 +808,7 @@ mod tests {
         assert_eq!(long["total_ms"], 1250.5);
         assert_eq!(long["head_ms"], 0.0);
         let next: serde_json::Value = serde_json::from_str(&lines[2]).expect("JSON");
-        assert_eq!(
-            next["end"], "client_gone",
-            "the end given at finish, when none was noted"
-        );
+        assert_eq!(next["end"], "client_gone");
         assert_eq!(next["bytes"], 13);
         assert_eq!(next["total_ms"], 0.0, "a kept line starts its clock anew");
     }

@@ -235,6 +235,25 @@ async fn each_answer_is_logged_at_its_end_with_its_bytes_and_how_it_ended() {
     assert_eq!(line["end"], "client_gone");
     assert_eq!(line["route"], "shop");
     assert_eq!(line["bytes"], 0);
+
+    // The metrics count the answers that did not reach their client whole, by who cut them:
+    // `/big` and `/slow` by the client, `/cut` and `/stall` by the upstream.
+    let metrics = common::metrics_with(&fd, &[]).await;
+    let aborted = |by: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("frontdoor_aborted_total{")
+                    && l.contains("route=\"shop\"")
+                    && l.contains(&format!("by=\"{by}\""))
+            })?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert_eq!(aborted("client"), Some(2.0), "{metrics}");
+    assert_eq!(aborted("upstream"), Some(2.0), "{metrics}");
 }
 
 /// HTTP/2: a stream's line is written at its end too.
