@@ -61,6 +61,60 @@ async fn canary_users(fd: &Running, users: std::ops::Range<u32>) -> HashSet<u32>
     all
 }
 
+/// A cluster of a stable and a canary endpoint, and a route on stable with a rollout to canary
+/// (gates over 5 s: at most 5% errors, p95 under 2 s, 20 requests at least).
+fn rollout_config(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[clusters.app]
+outlier = {{ consecutive_failures = 0 }}
+endpoints = [{{ address = "{stable}", version = "stable" }}, {{ address = "{canary}", version = "canary" }}]
+[[routes]]
+name = "app"
+cluster = "app"
+version = "stable"
+[routes.rollout]
+candidate = "canary"
+gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 }}
+"#
+    )
+}
+
+/// Four clients send requests, each for a new user, until the controller has rolled the
+/// canary back; returns how many requests failed.
+async fn load_until_rolled_back(fd: &Running) -> u32 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..4u32 {
+        let (client, u, stop) = (Client::http1(), url(fd, "/"), Arc::clone(&stop));
+        load.push(tokio::spawn(async move {
+            let (mut user, mut failed) = (t, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(&u)
+                    .header("cookie", format!("fd-uid=load{user}"))
+                    .body(Full::default())
+                    .expect("req");
+                if client.send(req).await.is_err() {
+                    failed += 1;
+                }
+                user += 4;
+            }
+            failed
+        }));
+    }
+    eventually("the canary is rolled back", || async move {
+        let (_, v) = admin(fd, http::Method::GET, "/rollouts", "").await;
+        v[0]["phase"] == "rolled_back"
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = 0;
+    for l in load {
+        failed += l.await.expect("load");
+    }
+    failed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shift_is_sticky_and_monotonic_and_a_failing_canary_rolls_back() {
     let stable = Origin::builder()
@@ -73,22 +127,7 @@ async fn shift_is_sticky_and_monotonic_and_a_failing_canary_rolls_back() {
         .start()
         .await
         .expect("canary");
-    let config = format!(
-        r#"
-[clusters.app]
-outlier = {{ consecutive_failures = 0 }}
-endpoints = [{{ address = "{}", version = "stable" }}, {{ address = "{}", version = "canary" }}]
-[[routes]]
-name = "app"
-cluster = "app"
-version = "stable"
-[routes.rollout]
-candidate = "canary"
-gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 }}
-"#,
-        stable.addr, canary.addr
-    );
-    let fd = start(&config).await;
+    let fd = start(&rollout_config(stable.addr, canary.addr)).await;
 
     // 0%: nobody on canary; a new user gets a sticky cookie, `Secure` only over HTTPS (here
     // the listener is plain and the peer untrusted, so its `X-Forwarded-Proto` says nothing).
@@ -154,32 +193,7 @@ gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 
         error_rate: 0.2,
         ..Default::default()
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for t in 0..4u32 {
-        let (client, u, stop) = (Client::http1(), url(&fd, "/"), Arc::clone(&stop));
-        load.push(tokio::spawn(async move {
-            let mut user = t;
-            while !stop.load(Ordering::Relaxed) {
-                let req = Request::get(&u)
-                    .header("cookie", format!("fd-uid=load{user}"))
-                    .body(Full::default())
-                    .expect("req");
-                let _ = client.send(req).await;
-                user += 4;
-            }
-        }));
-    }
-    let fd_ref = &fd;
-    eventually("the canary is rolled back", || async move {
-        let (_, v) = admin(fd_ref, http::Method::GET, "/rollouts", "").await;
-        v[0]["phase"] == "rolled_back"
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.expect("load");
-    }
+    load_until_rolled_back(&fd).await;
     let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
     assert_eq!(rollouts[0]["weight"], 0.0);
     assert!(
@@ -291,22 +305,7 @@ async fn a_candidate_that_breaks_off_its_answers_rolls_back() {
         }
     })
     .await;
-    let config = format!(
-        r#"
-[clusters.app]
-outlier = {{ consecutive_failures = 0 }}
-endpoints = [{{ address = "{}", version = "stable" }}, {{ address = "{}", version = "canary" }}]
-[[routes]]
-name = "app"
-cluster = "app"
-version = "stable"
-[routes.rollout]
-candidate = "canary"
-gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 20 }}
-"#,
-        stable.addr, canary
-    );
-    let fd = start(&config).await;
+    let fd = start(&rollout_config(stable.addr, canary)).await;
     let (s, v) = admin(
         &fd,
         http::Method::POST,
@@ -315,38 +314,9 @@ gates = {{ window = "5s", max_error_rate = 0.05, max_p95 = "2s", min_requests = 
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for t in 0..4u32 {
-        let (client, u, stop) = (Client::http1(), url(&fd, "/"), Arc::clone(&stop));
-        load.push(tokio::spawn(async move {
-            let (mut user, mut cut) = (t, 0u32);
-            while !stop.load(Ordering::Relaxed) {
-                let req = Request::get(&u)
-                    .header("cookie", format!("fd-uid=load{user}"))
-                    .body(Full::default())
-                    .expect("req");
-                // The head is a 200 either way; a canary's body never arrives whole.
-                if client.send(req).await.is_err() {
-                    cut += 1;
-                }
-                user += 4;
-            }
-            cut
-        }));
-    }
-    let fd_ref = &fd;
-    eventually("the canary is rolled back", || async move {
-        let (_, v) = admin(fd_ref, http::Method::GET, "/rollouts", "").await;
-        v[0]["phase"] == "rolled_back"
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut cut = 0;
-    for l in load {
-        cut += l.await.expect("load");
-    }
-    assert!(cut > 0, "the canary's answers were cut");
+    // The heads are 200s either way; a canary's body never arrives whole.
+    let failed = load_until_rolled_back(&fd).await;
+    assert!(failed > 0, "the canary's answers were cut");
     let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
     assert!(
         rollouts[0]["reason"]

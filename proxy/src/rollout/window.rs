@@ -71,22 +71,21 @@ impl Window {
     }
 
     pub fn record(&self, now_ms: u64, error: bool, latency: Duration) {
-        let sec = now_ms / 1000;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let n = buckets.len();
-        let b = &mut buckets[(sec % n as u64) as usize];
-        if b.sec != sec {
-            *b = Bucket::empty();
-            b.sec = sec;
-        }
-        b.requests += 1;
-        b.errors += u64::from(error);
-        b.hist[hist_index(latency)] += 1;
+        self.at(now_ms, |b| {
+            b.requests += 1;
+            b.errors += u64::from(error);
+            b.hist[hist_index(latency)] += 1;
+        });
     }
 
     /// Counts an error for an exchange recorded earlier (its answer broke off after its head):
     /// in the second it broke, with no request of its own.
     pub fn broke(&self, now_ms: u64) {
+        self.at(now_ms, |b| b.errors += 1);
+    }
+
+    /// Changes the bucket of `now_ms`'s second (emptied first when it held an older one).
+    fn at(&self, now_ms: u64, change: impl FnOnce(&mut Bucket)) {
         let sec = now_ms / 1000;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let n = buckets.len();
@@ -95,7 +94,7 @@ impl Window {
             *b = Bucket::empty();
             b.sec = sec;
         }
-        b.errors += 1;
+        change(b);
     }
 
     /// Totals over the last `len` seconds up to `now_ms` (the current, partial second included).
