@@ -2,7 +2,8 @@
 //!
 //! classify (host, client, request id) → route (`Snapshot::decide`) → rewrite the head
 //! (hop-by-hop, `X-Forwarded-*`, `Via`) → forward (endpoint, pool, timeouts, retries) →
-//! respond (errors → statuses, in `respond`) → record (metrics, access log).
+//! respond (errors → statuses, in `respond`) → record (metrics, access log; the access line is
+//! finished, and a cut answer counted, when the answer's body ends: `LoggedBody`).
 //!
 //! Stages are plain functions over one `Arc<Active>` loaded once per request, so a reload
 //! mid-request never mixes two configs. (No tower layers on the hot path: each would box.)
@@ -184,8 +185,9 @@ pub async fn handle(
 }
 
 /// One request as the record stage sees it. Dropped before its answer (the client went away
-/// while the request was routed, queued or forwarded), it writes its access line with status
-/// `499` (nginx's "client closed request") and `end` `client_gone`.
+/// while the request was routed, queued or forwarded), it counts the request in its route's
+/// `frontdoor_aborted_total{by="client"}` and writes its access line with status `499`
+/// (nginx's "client closed request") and `end` `client_gone`.
 struct Exchange<'a> {
     active: &'a Active,
     peer: &'a Peer,

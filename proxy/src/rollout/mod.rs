@@ -98,9 +98,7 @@ impl Windows {
             w[version as usize].record(now, error, latency);
         }
     }
-}
 
-impl Windows {
     /// Counts an error for an exchange of `version` recorded earlier, whose answer broke off
     /// after its head (see [`Window::broke`]).
     pub fn broke(&self, version: Version, region: Option<routes::RegionId>, now: u64) {
