@@ -68,14 +68,13 @@ pub async fn handle(
     }
     let active = proxy.active_full();
     let logs = active.snapshot.server.access_log;
+    // A trusted proxy's claims are believed: its request id, forwarding and edge headers.
+    let trusted = active.snapshot.is_trusted_proxy(peer.addr.ip());
     let mut ex = Exchange {
         active: &active,
         peer: &peer,
         started,
-        request_id: classify::ensure_request_id(
-            req.headers_mut(),
-            active.snapshot.is_trusted_proxy(peer.addr.ip()),
-        ),
+        request_id: classify::ensure_request_id(req.headers_mut(), trusted),
         method: req.method().clone(),
         protocol: req.version(),
         host: classify::host_of(&req).unwrap_or_default(),
@@ -113,6 +112,7 @@ pub async fn handle(
             req,
             &ex.host,
             ex.client,
+            trusted,
             &ex.request_id,
             &mut ex.outcome,
         ));
@@ -365,6 +365,7 @@ async fn proxy_request(
     mut req: Request<RequestBody>,
     host: &str,
     client: std::net::IpAddr,
+    trusted: bool,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -408,7 +409,6 @@ async fn proxy_request(
     }
 
     // classify + route: jurisdiction facts (edge headers only from trusted peers), decision
-    let trusted = snapshot.is_trusted_proxy(peer.addr.ip());
     let geo = active.geoip.as_ref().and_then(|g| g.country(client));
     let geo_text = geo.as_ref().and_then(|c| std::str::from_utf8(c).ok());
     let decision = {
