@@ -295,6 +295,8 @@ impl hyper::body::Body for LoggedBody {
                 this.end
                     .get_or_insert(if e.is::<forward::BodyIdleTimeout>() {
                         AnswerEnd::UpstreamTimeout
+                    } else if e.is::<forward::ClientBodyBroke>() {
+                        AnswerEnd::ClientGone
                     } else {
                         AnswerEnd::UpstreamFailed
                     });
@@ -661,12 +663,13 @@ async fn proxy_request(
     let (mut parts, body) = response.into_parts();
     classify::strip_hop_by_hop(&mut parts.headers, switching);
     classify::add_via(&mut parts.headers, parts.version, &active.via);
-    let judged = arm.map(|(windows, version)| rollout::Judged {
+    let mut watch = forwarded.watch;
+    watch.judged = arm.map(|(windows, version)| rollout::Judged {
         windows,
         version,
         region: forwarded.member.region,
     });
-    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle).judged(judged);
+    let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle).watched(watch);
     let body = plan.respond(
         active,
         &mut parts,

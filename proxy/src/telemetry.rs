@@ -213,7 +213,8 @@ pub enum AnswerEnd {
     /// All of its body was handed to the client's connection (or it had none to send).
     Complete,
     /// The client's connection or stream ended first: the client closed or reset it, or the
-    /// proxy cut it (`server.send_timeout`, the drain's deadline). Also a client that went
+    /// proxy cut it (`server.send_timeout`, the drain's deadline); or the client's upload
+    /// broke the exchange (the upstream's answer broke off after it). Also a client that went
     /// away before its answer's head (status 499).
     ClientGone,
     /// The upstream's body broke off (a reset, a close, bad framing).

@@ -73,8 +73,9 @@ const BIG: u64 = 64 << 20;
 
 /// An origin by path: `/whole` a 100,000-byte answer; `/cut` a head promising 1,000,000 bytes
 /// and 64 KiB of them before the connection closes; `/big` 64 MiB, written for as long as the
-/// proxy takes them; `/stall` a head promising 1,000 bytes, 10 of them, then silence; `/slow`
-/// never answers (its request is reported on `asked`).
+/// proxy takes them; `/stall` a head promising 1,000 bytes, 10 of them, then silence;
+/// `/early` the same head and 10 bytes at once, then reads the request's body until it ends;
+/// `/slow` never answers (its request is reported on `asked`).
 async fn origin(asked: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::SocketAddr {
     common::raw_upstream(move |mut s| {
         let asked = asked.clone();
@@ -108,6 +109,14 @@ async fn origin(asked: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::
                         }
                         let chunk = vec![b'b'; 64 * 1024];
                         while s.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
+                    "/early" => {
+                        // Answers at once, then reads the upload until it ends.
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789";
+                        let _ = s.write_all(answer).await;
+                        let mut rest = [0u8; 4096];
+                        while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
                         return;
                     }
                     "/stall" => {
@@ -272,4 +281,59 @@ async fn an_h2_stream_is_logged_at_its_end() {
     assert_eq!(line["protocol"], "HTTP/2.0");
     assert_eq!(line["bytes"], WHOLE);
     assert_eq!(line["end"], "complete");
+}
+
+/// A client whose upload breaks (here a malformed chunk) after the upstream began its answer:
+/// the answer is cut, and that is the client's doing. The line says `client_gone`, the abort
+/// is the client's, and the endpoint is not failed for it (one failure would eject it).
+#[tokio::test]
+async fn an_upload_that_breaks_mid_answer_is_the_clients_doing() {
+    capture();
+    let (asked, _requests) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = origin(asked).await;
+    let config = format!(
+        "{}\n[[routes]]\nname = \"upload\"\ncluster = \"app\"\n",
+        common::cluster(
+            "app",
+            "retries = { attempts = 0 }\noutlier = { consecutive_failures = 1, ejection_time = \"1h\" }",
+            &[(upstream, "", "v1")]
+        )
+    );
+    let fd = common::start(&config).await;
+    let addr = fd.http.expect("http");
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(
+            b"POST /early HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await
+        .expect("head and a chunk");
+    let head = common::read_head(&mut client)
+        .await
+        .expect("the answer's head");
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    client.write_all(b"zz\r\n").await.expect("a bad chunk");
+    let _ = client.read_to_end(&mut Vec::new()).await;
+    let line = line_for("/early").await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["end"], "client_gone", "{line}");
+
+    // The endpoint still serves: not ejected.
+    let mut client = ask(addr, "GET", "/whole-after-upload").await;
+    let answer = common::read_message(&mut client).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = common::metrics_with(&fd, &[]).await;
+    assert!(
+        metrics.contains("frontdoor_upstream_ejections_total{cluster=\"app\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("frontdoor_aborted_total{")
+                && l.contains("route=\"upload\"")
+                && l.contains("by=\"client\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }

@@ -579,6 +579,9 @@ fn revalidate_in_background(
         let cache = Arc::clone(guard.cache());
         let policy = &active.snapshot.cache;
         let (mut parts, body) = forwarded.response.into_parts();
+        // Read with the exchange's own idle timeout, and judged at its end like any other.
+        let body =
+            IdleTimeoutBody::new(body, runtime.config.timeouts.body_idle).watched(forwarded.watch);
         crate::classify::strip_hop_by_hop(&mut parts.headers, false);
         crate::classify::add_via(&mut parts.headers, parts.version, &active.via);
         if parts.status == StatusCode::NOT_MODIFIED {

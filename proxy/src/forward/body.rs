@@ -7,6 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::pool::MemberHealth;
 use super::upstream::UpstreamIncoming;
 use crate::listen::RequestBody;
 use crate::rollout::Judged;
@@ -14,15 +18,77 @@ use tokio::time::{Instant, Sleep};
 
 /// Wraps an upstream body; if no frame arrives for `idle`, the body ends with an error, which
 /// makes hyper abort the client's response (reset stream / close connection) rather than hang.
+/// It tells its [`Watch`] how the body ended.
 #[derive(Debug)]
 pub struct IdleTimeoutBody<B = UpstreamIncoming> {
     inner: B,
     idle: Duration,
     /// Armed the first time the upstream makes us wait (most small bodies never do).
     timer: Option<Pin<Box<Sleep>>>,
-    /// A rollout's analysis, told when the body breaks off.
-    judged: Option<Judged>,
+    watch: Watch,
 }
+
+/// Who hears how an upstream answer's body ended. An exchange is judged at its head for a
+/// `5xx`; one whose head was fine is judged again at its body's end, since an upstream that
+/// answers `200` and breaks off (a reset, a close before its length, a stall past
+/// `body_idle_timeout`) is failing its users as surely as one answering `503`.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The endpoint whose live outcome waits for the body (see [`MemberHealth::record_live`]):
+    /// a body read whole is its success, one broken off its failure towards ejection. A body
+    /// given up by its client counts neither way.
+    pub endpoint: Option<(Arc<MemberHealth>, routes::Outlier)>,
+    /// A rollout's analysis: a broken body is the version's error.
+    pub judged: Option<Judged>,
+    /// How the client's request body ended, when it streamed through to the upstream: if it
+    /// broke first (the client left mid-upload, sent a bad chunk, went quiet), the upstream's
+    /// answer breaking is the client's doing, not the endpoint's or the version's.
+    pub client_body: Option<Arc<AtomicU8>>,
+}
+
+impl Watch {
+    /// The body broke off with an error. Returns the error to pass on instead when the
+    /// client's own body broke the exchange.
+    fn broke(&mut self) -> Option<ClientBodyBroke> {
+        let endpoint = self.endpoint.take();
+        let judged = self.judged.take();
+        if self
+            .client_body
+            .take()
+            .is_some_and(|how| client_body_failed(how.load(Ordering::Relaxed)))
+        {
+            return Some(ClientBodyBroke);
+        }
+        if let Some(judged) = judged {
+            judged.broke();
+        }
+        if let Some((health, outlier)) = endpoint {
+            health.record_live(false, &outlier);
+        }
+        None
+    }
+
+    /// The body was read whole.
+    fn whole(&mut self) {
+        self.judged = None;
+        if let Some((health, outlier)) = self.endpoint.take() {
+            health.record_live(true, &outlier);
+        }
+    }
+}
+
+/// An upstream's answer broke off because the client's request body broke the exchange
+/// first: the answer's end is the client's doing.
+#[derive(Debug)]
+pub struct ClientBodyBroke;
+
+impl std::fmt::Display for ClientBodyBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client's request body broke off the exchange")
+    }
+}
+
+impl std::error::Error for ClientBodyBroke {}
 
 /// The body went quiet for longer than the idle timeout.
 #[derive(Debug)]
@@ -42,14 +108,13 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             idle,
             timer: None,
-            judged: None,
+            watch: Watch::default(),
         }
     }
 
-    /// The body of an exchange in a rollout's analysis: an error from it (the idle timeout's
-    /// too) is counted against the version that answered.
-    pub fn judged(mut self, judged: Option<Judged>) -> IdleTimeoutBody<B> {
-        self.judged = judged;
+    /// The body of an exchange whose end someone waits for (see [`Watch`]).
+    pub fn watched(mut self, watch: Watch) -> IdleTimeoutBody<B> {
+        self.watch = watch;
         self
     }
 }
@@ -67,7 +132,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let poll = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let mut poll = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(timer) = this.timer.as_mut() {
                     timer.as_mut().reset(Instant::now() + this.idle);
@@ -85,10 +150,20 @@ where
                 }
             }
         };
-        if let Poll::Ready(Some(Err(_))) = &poll
-            && let Some(judged) = this.judged.take()
-        {
-            judged.broke();
+        match &poll {
+            // A server may stop polling at the last frame, not at `None`.
+            Poll::Ready(Some(Ok(_)))
+                if this.watch.endpoint.is_some() && this.inner.is_end_stream() =>
+            {
+                this.watch.whole();
+            }
+            Poll::Ready(None) => this.watch.whole(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(client) = this.watch.broke() {
+                    poll = Poll::Ready(Some(Err(Box::new(client))));
+                }
+            }
+            _ => {}
         }
         poll
     }
@@ -109,7 +184,7 @@ where
 #[derive(Debug)]
 pub struct ClientBody {
     inner: IdleTimeoutBody<RequestBody>,
-    ended: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    ended: Arc<AtomicU8>,
     rate: Option<RateState>,
 }
 
@@ -160,7 +235,7 @@ impl ClientBody {
     pub fn new(inner: RequestBody, idle: Duration, min_rate: Option<MinRate>) -> ClientBody {
         ClientBody {
             inner: IdleTimeoutBody::new(inner, idle),
-            ended: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(CLIENT_BODY_GOING)),
+            ended: Arc::new(AtomicU8::new(CLIENT_BODY_GOING)),
             rate: min_rate.map(|floor| RateState {
                 floor,
                 started: Instant::now(),
@@ -170,8 +245,8 @@ impl ClientBody {
     }
 
     /// How the body ended so far (`CLIENT_BODY_*`), shared.
-    pub fn ended(&self) -> std::sync::Arc<std::sync::atomic::AtomicU8> {
-        std::sync::Arc::clone(&self.ended)
+    pub fn ended(&self) -> Arc<AtomicU8> {
+        Arc::clone(&self.ended)
     }
 
     /// Notes that all of the body was read, unless it failed first.
@@ -179,8 +254,8 @@ impl ClientBody {
         let _ = self.ended.compare_exchange(
             CLIENT_BODY_GOING,
             CLIENT_BODY_ENDED,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
         );
     }
 }
@@ -211,7 +286,7 @@ impl Body for ClientBody {
                 } else {
                     CLIENT_BODY_MALFORMED
                 };
-                self.ended.store(how, std::sync::atomic::Ordering::Relaxed);
+                self.ended.store(how, Ordering::Relaxed);
             }
             Poll::Ready(None) => self.note_end(),
             _ => {}
@@ -229,5 +304,82 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    const OUTLIER: routes::Outlier = routes::Outlier {
+        consecutive_failures: 2,
+        ejection_time: Duration::from_secs(3600),
+    };
+
+    /// A body that sends `first`, then fails.
+    struct Breaks(Option<Bytes>);
+
+    impl Body for Breaks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(match self.0.take() {
+                Some(data) => Ok(Frame::data(data)),
+                None => Err(std::io::ErrorKind::ConnectionReset.into()),
+            }))
+        }
+    }
+
+    fn watching<B>(body: B, health: &Arc<MemberHealth>) -> IdleTimeoutBody<B> {
+        IdleTimeoutBody::new(body, Duration::from_secs(60)).watched(Watch {
+            endpoint: Some((Arc::clone(health), OUTLIER)),
+            ..Watch::default()
+        })
+    }
+
+    /// The endpoint's success is counted at its last frame (a server may not poll further),
+    /// its failure when the body breaks; a body given up unread counts neither way.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_counts_for_its_endpoint_when_its_body_ends() {
+        let health = MemberHealth::alone("watch", "127.0.0.1:1");
+        assert!(!health.record_live(false, &OUTLIER));
+        let mut whole = watching(Full::new(Bytes::from_static(b"abc")), &health);
+        whole.frame().await.expect("a frame").expect("data");
+        // One failure, then a success: the next failure is the first in a row again.
+        assert!(!health.record_live(false, &OUTLIER));
+
+        drop(watching(Full::new(Bytes::from_static(b"abc")), &health));
+        // Abandoned: the failure before it still counts, and this one ejects.
+        assert!(health.record_live(false, &OUTLIER));
+        assert!(health.ejected(crate::clock::now_ms()));
+    }
+
+    /// A body that breaks off is its endpoint's failure, unless the client's upload broke
+    /// first: then the error passed on says so, and the endpoint is not blamed.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_body_fails_its_endpoint_unless_the_client_broke_it() {
+        let health = MemberHealth::alone("watch", "127.0.0.1:2");
+        let client = Arc::new(AtomicU8::new(CLIENT_BODY_MALFORMED));
+        let mut body = watching(Breaks(Some(Bytes::from_static(b"abc"))), &health);
+        body.watch.client_body = Some(Arc::clone(&client));
+        body.frame().await.expect("a frame").expect("data");
+        let error = body.frame().await.expect("an end").expect_err("broken");
+        assert!(error.is::<ClientBodyBroke>(), "{error}");
+        assert!(!health.record_live(false, &OUTLIER), "not counted");
+
+        client.store(CLIENT_BODY_ENDED, Ordering::Relaxed);
+        let mut body = watching(Breaks(None), &health);
+        body.watch.client_body = Some(client);
+        let error = body.frame().await.expect("an end").expect_err("broken");
+        assert!(!error.is::<ClientBodyBroke>(), "{error}");
+        assert!(
+            health.ejected(crate::clock::now_ms()),
+            "the second in a row"
+        );
     }
 }

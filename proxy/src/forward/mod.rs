@@ -29,7 +29,7 @@ use hyper::body::Body as _;
 use crate::listen::RequestBody;
 use routes::{Decision, Snapshot, UpstreamProtocol};
 
-pub use body::{BodyIdleTimeout, ClientBody, IdleTimeoutBody};
+pub use body::{BodyIdleTimeout, ClientBody, ClientBodyBroke, IdleTimeoutBody, Watch};
 use pool::{ClientRegistry, ClusterRuntime, HealthRegistry, Member};
 pub use upstream::UpstreamIncoming;
 use upstream::{Times, UpstreamError};
@@ -122,6 +122,9 @@ pub struct Forwarded {
     pub attempts: u32,
     /// Time spent waiting for a slot under an endpoint's cap (zero when none was waited for).
     pub queued: std::time::Duration,
+    /// Who waits for the response body's end: for it, wrap the body in [`IdleTimeoutBody`]
+    /// with it. Dropped unheard, the exchange counts neither way.
+    pub watch: Watch,
 }
 
 /// The failed exchange, with the endpoint tried last (if any) and attempts made.
@@ -348,8 +351,15 @@ pub async fn send(
                     response.body_mut().hold(slot);
                 }
                 let ok = !response.status().is_server_error();
-                if member.health.record_live(ok, &cfg.outlier) {
-                    eject_metric(&cfg.name);
+                let mut watch = Watch {
+                    client_body: client_body_end,
+                    ..Watch::default()
+                };
+                // A good head with a body to come is judged at the body's end.
+                if ok && cfg.outlier.consecutive_failures > 0 && !response.body().is_end_stream() {
+                    watch.endpoint = Some((Arc::clone(&member.health), cfg.outlier));
+                } else {
+                    member.health.record_live(ok, &cfg.outlier);
                 }
                 if probe && ok {
                     member.health.restore();
@@ -363,6 +373,7 @@ pub async fn send(
                     member,
                     attempts,
                     queued,
+                    watch,
                 });
             }
             Err(UpstreamError::Timeout) => ProxyError::Timeout {
@@ -390,9 +401,7 @@ pub async fn send(
                 endpoint: endpoint(),
             },
         };
-        if member.health.record_live(false, &cfg.outlier) {
-            eject_metric(&cfg.name);
-        }
+        member.health.record_live(false, &cfg.outlier);
         let may_retry = bodiless
             && attempts <= cfg.retries.attempts
             && !matches!(error, ProxyError::Timeout { .. })
@@ -445,11 +454,6 @@ fn client_body_error(how: u8) -> ProxyError {
     } else {
         ProxyError::BadRequest("malformed or incomplete request body")
     }
-}
-
-fn eject_metric(cluster: &str) {
-    metrics::counter!(telemetry::UPSTREAM_EJECTIONS, telemetry::L_CLUSTER => cluster.to_string())
-        .increment(1);
 }
 
 struct Decrement<'a>(&'a std::sync::atomic::AtomicU64);

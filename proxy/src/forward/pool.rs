@@ -45,6 +45,8 @@ pub struct MemberHealth {
     next_probe: AtomicU64,
     pub in_flight: AtomicU64,
     gauge: Gauge,
+    /// `frontdoor_upstream_ejections_total` of the endpoint's cluster.
+    ejections: metrics::Counter,
     /// The cluster's cap on this endpoint's requests at once (`limits.max_requests_per_endpoint`);
     /// 0: none, and no gate.
     cap: AtomicU32,
@@ -62,6 +64,7 @@ impl MemberHealth {
         telemetry::prometheus();
         let gauge = metrics::gauge!(telemetry::UPSTREAM_HEALTHY, telemetry::L_CLUSTER => cluster.to_string(), telemetry::L_ENDPOINT => endpoint.to_string());
         gauge.set(1.0);
+        let ejections = metrics::counter!(telemetry::UPSTREAM_EJECTIONS, telemetry::L_CLUSTER => cluster.to_string());
         MemberHealth {
             active_ok: AtomicBool::new(true),
             streak: AtomicU32::new(0),
@@ -70,6 +73,7 @@ impl MemberHealth {
             next_probe: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             gauge,
+            ejections,
             cap: AtomicU32::new(0),
             gate: ArcSwapOption::empty(),
             waitlist,
@@ -244,7 +248,8 @@ impl MemberHealth {
         }
     }
 
-    /// Records a live-traffic outcome; returns true when this failure ejected the endpoint.
+    /// Records a live-traffic outcome; returns true when this failure ejected the endpoint
+    /// (counted in `frontdoor_upstream_ejections_total`).
     pub fn record_live(self: &Arc<Self>, ok: bool, outlier: &routes::Outlier) -> bool {
         self.clear_expired();
         if ok {
@@ -258,6 +263,7 @@ impl MemberHealth {
         self.live_failures.store(0, Ordering::Relaxed);
         let until = clock::now_ms() + outlier.ejection_time.as_millis() as u64;
         self.ejected_until.store(until, Ordering::Relaxed);
+        self.ejections.increment(1);
         self.refresh_gauge();
         self.end_ejection_after(outlier.ejection_time);
         true
@@ -283,6 +289,15 @@ impl MemberHealth {
                 health.waitlist.dispatch(endpoint_key(&health));
             }
         });
+    }
+}
+
+#[cfg(test)]
+impl MemberHealth {
+    /// An endpoint's health on its own (tests elsewhere in `forward`).
+    pub(super) fn alone(cluster: &str, endpoint: &str) -> Arc<MemberHealth> {
+        let waitlist = Arc::new(Waitlist::new(cluster));
+        Arc::new(MemberHealth::new(cluster, endpoint, waitlist))
     }
 }
 

@@ -111,7 +111,8 @@ impl Windows {
 
 /// An answer's exchange in a rollout's analysis: told when the upstream's body breaks off
 /// after the head (an upstream reset, close or stall past `body_idle_timeout`), which the
-/// analysis counts as the version's error. A candidate that crashes mid-answer is failing its
+/// analysis counts as the version's error, unless the client's upload broke the exchange
+/// first (see [`crate::forward::Watch`]). A candidate that crashes mid-answer is failing its
 /// users as surely as one answering 503.
 #[derive(Debug)]
 pub struct Judged {
