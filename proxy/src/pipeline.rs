@@ -664,11 +664,13 @@ async fn proxy_request(
     classify::strip_hop_by_hop(&mut parts.headers, switching);
     classify::add_via(&mut parts.headers, parts.version, &active.via);
     let mut watch = forwarded.watch;
-    watch.judged = arm.map(|(windows, version)| rollout::Judged {
-        windows,
-        version,
-        region: forwarded.member.region,
-    });
+    if let Some((windows, version)) = arm {
+        watch.get_or_insert_default().judged = Some(rollout::Judged {
+            windows,
+            version,
+            region: forwarded.member.region,
+        });
+    }
     let body = IdleTimeoutBody::new(body, cluster.config.timeouts.body_idle).watched(watch);
     let body = plan.respond(
         active,

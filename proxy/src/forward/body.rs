@@ -25,7 +25,8 @@ pub struct IdleTimeoutBody<B = UpstreamIncoming> {
     idle: Duration,
     /// Armed the first time the upstream makes us wait (most small bodies never do).
     timer: Option<Pin<Box<Sleep>>>,
-    watch: Watch,
+    /// Boxed: most answers have one, and the body moves several times on its way out.
+    watch: Option<Box<Watch>>,
 }
 
 /// Who hears how an upstream answer's body ended. An exchange is judged at its head for a
@@ -49,29 +50,25 @@ pub struct Watch {
 impl Watch {
     /// The body broke off with an error. Returns the error to pass on instead when the
     /// client's own body broke the exchange.
-    fn broke(&mut self) -> Option<ClientBodyBroke> {
-        let endpoint = self.endpoint.take();
-        let judged = self.judged.take();
+    fn broke(self) -> Option<ClientBodyBroke> {
         if self
             .client_body
-            .take()
             .is_some_and(|how| client_body_failed(how.load(Ordering::Relaxed)))
         {
             return Some(ClientBodyBroke);
         }
-        if let Some(judged) = judged {
+        if let Some(judged) = self.judged {
             judged.broke();
         }
-        if let Some((health, outlier)) = endpoint {
+        if let Some((health, outlier)) = self.endpoint {
             health.record_live(false, &outlier);
         }
         None
     }
 
     /// The body was read whole.
-    fn whole(&mut self) {
-        self.judged = None;
-        if let Some((health, outlier)) = self.endpoint.take() {
+    fn whole(self) {
+        if let Some((health, outlier)) = self.endpoint {
             health.record_live(true, &outlier);
         }
     }
@@ -108,12 +105,12 @@ impl<B> IdleTimeoutBody<B> {
             inner,
             idle,
             timer: None,
-            watch: Watch::default(),
+            watch: None,
         }
     }
 
     /// The body of an exchange whose end someone waits for (see [`Watch`]).
-    pub fn watched(mut self, watch: Watch) -> IdleTimeoutBody<B> {
+    pub fn watched(mut self, watch: Option<Box<Watch>>) -> IdleTimeoutBody<B> {
         self.watch = watch;
         self
     }
@@ -150,20 +147,23 @@ where
                 }
             }
         };
-        match &poll {
+        let whole = match &poll {
+            Poll::Ready(None) => true,
             // A server may stop polling at the last frame, not at `None`.
-            Poll::Ready(Some(Ok(_)))
-                if this.watch.endpoint.is_some() && this.inner.is_end_stream() =>
-            {
-                this.watch.whole();
+            Poll::Ready(Some(Ok(_))) => {
+                this.watch.as_ref().is_some_and(|w| w.endpoint.is_some())
+                    && this.inner.is_end_stream()
             }
-            Poll::Ready(None) => this.watch.whole(),
             Poll::Ready(Some(Err(_))) => {
-                if let Some(client) = this.watch.broke() {
+                if let Some(client) = this.watch.take().and_then(|w| w.broke()) {
                     poll = Poll::Ready(Some(Err(Box::new(client))));
                 }
+                false
             }
-            _ => {}
+            Poll::Pending => false,
+        };
+        if whole && let Some(watch) = this.watch.take() {
+            watch.whole();
         }
         poll
     }
@@ -335,11 +335,16 @@ mod tests {
         }
     }
 
-    fn watching<B>(body: B, health: &Arc<MemberHealth>) -> IdleTimeoutBody<B> {
-        IdleTimeoutBody::new(body, Duration::from_secs(60)).watched(Watch {
+    fn watching<B>(
+        body: B,
+        health: &Arc<MemberHealth>,
+        client_body: Option<Arc<AtomicU8>>,
+    ) -> IdleTimeoutBody<B> {
+        IdleTimeoutBody::new(body, Duration::from_secs(60)).watched(Some(Box::new(Watch {
             endpoint: Some((Arc::clone(health), OUTLIER)),
-            ..Watch::default()
-        })
+            judged: None,
+            client_body,
+        })))
     }
 
     /// The endpoint's success is counted at its last frame (a server may not poll further),
@@ -348,12 +353,16 @@ mod tests {
     async fn an_answer_counts_for_its_endpoint_when_its_body_ends() {
         let health = MemberHealth::alone("watch", "127.0.0.1:1");
         assert!(!health.record_live(false, &OUTLIER));
-        let mut whole = watching(Full::new(Bytes::from_static(b"abc")), &health);
+        let mut whole = watching(Full::new(Bytes::from_static(b"abc")), &health, None);
         whole.frame().await.expect("a frame").expect("data");
         // One failure, then a success: the next failure is the first in a row again.
         assert!(!health.record_live(false, &OUTLIER));
 
-        drop(watching(Full::new(Bytes::from_static(b"abc")), &health));
+        drop(watching(
+            Full::new(Bytes::from_static(b"abc")),
+            &health,
+            None,
+        ));
         // Abandoned: the failure before it still counts, and this one ejects.
         assert!(health.record_live(false, &OUTLIER));
         assert!(health.ejected(crate::clock::now_ms()));
@@ -365,16 +374,15 @@ mod tests {
     async fn a_broken_body_fails_its_endpoint_unless_the_client_broke_it() {
         let health = MemberHealth::alone("watch", "127.0.0.1:2");
         let client = Arc::new(AtomicU8::new(CLIENT_BODY_MALFORMED));
-        let mut body = watching(Breaks(Some(Bytes::from_static(b"abc"))), &health);
-        body.watch.client_body = Some(Arc::clone(&client));
+        let broken = Breaks(Some(Bytes::from_static(b"abc")));
+        let mut body = watching(broken, &health, Some(Arc::clone(&client)));
         body.frame().await.expect("a frame").expect("data");
         let error = body.frame().await.expect("an end").expect_err("broken");
         assert!(error.is::<ClientBodyBroke>(), "{error}");
         assert!(!health.record_live(false, &OUTLIER), "not counted");
 
         client.store(CLIENT_BODY_ENDED, Ordering::Relaxed);
-        let mut body = watching(Breaks(None), &health);
-        body.watch.client_body = Some(client);
+        let mut body = watching(Breaks(None), &health, Some(client));
         let error = body.frame().await.expect("an end").expect_err("broken");
         assert!(!error.is::<ClientBodyBroke>(), "{error}");
         assert!(

@@ -124,7 +124,7 @@ pub struct Forwarded {
     pub queued: std::time::Duration,
     /// Who waits for the response body's end: for it, wrap the body in [`IdleTimeoutBody`]
     /// with it. Dropped unheard, the exchange counts neither way.
-    pub watch: Watch,
+    pub watch: Option<Box<Watch>>,
 }
 
 /// The failed exchange, with the endpoint tried last (if any) and attempts made.
@@ -351,16 +351,21 @@ pub async fn send(
                     response.body_mut().hold(slot);
                 }
                 let ok = !response.status().is_server_error();
-                let mut watch = Watch {
-                    client_body: client_body_end,
-                    ..Watch::default()
-                };
                 // A good head with a body to come is judged at the body's end.
-                if ok && cfg.outlier.consecutive_failures > 0 && !response.body().is_end_stream() {
-                    watch.endpoint = Some((Arc::clone(&member.health), cfg.outlier));
-                } else {
+                let endpoint = (ok
+                    && cfg.outlier.consecutive_failures > 0
+                    && !response.body().is_end_stream())
+                .then(|| (Arc::clone(&member.health), cfg.outlier));
+                if endpoint.is_none() {
                     member.health.record_live(ok, &cfg.outlier);
                 }
+                let watch = (endpoint.is_some() || client_body_end.is_some()).then(|| {
+                    Box::new(Watch {
+                        endpoint,
+                        judged: None,
+                        client_body: client_body_end,
+                    })
+                });
                 if probe && ok {
                     member.health.restore();
                 }
