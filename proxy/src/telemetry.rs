@@ -20,6 +20,9 @@ pub const ABORTED: &str = "frontdoor_aborted_total";
 pub const UPSTREAM_RETRIES: &str = "frontdoor_upstream_retries_total";
 /// Passive ejections, by cluster.
 pub const UPSTREAM_EJECTIONS: &str = "frontdoor_upstream_ejections_total";
+/// Ejections not made because `outlier.max_ejection_percent` of the cluster's endpoints were
+/// out already, by cluster.
+pub const UPSTREAM_EJECTIONS_CAPPED: &str = "frontdoor_upstream_ejections_capped_total";
 /// Probes: requests sent to an ejected endpoint because every endpoint they may use was
 /// ejected (one per endpoint and second at most; an answered one ends the ejection), by cluster.
 pub const UPSTREAM_PROBES: &str = "frontdoor_upstream_probes_total";

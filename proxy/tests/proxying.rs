@@ -512,6 +512,48 @@ async fn an_endpoint_that_breaks_off_its_answers_is_ejected() {
     fd.shutdown().await;
 }
 
+/// A failure every endpoint shares (here both answer `500`) with `max_ejection_percent = 50`:
+/// one of the two is ejected, the other stays in, and clients get the upstream's `500`s
+/// rather than `503`s from a cluster with nothing left in it.
+#[tokio::test]
+async fn a_failure_every_endpoint_shares_ejects_no_more_than_the_cap() {
+    let failing = FaultSpec {
+        error_rate: 1.0,
+        ..Default::default()
+    };
+    let a = Origin::builder().start().await.expect("origin");
+    let b = Origin::builder().start().await.expect("origin");
+    a.faults.set(failing);
+    b.faults.set(failing);
+    let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\", max_ejection_percent = 50 }";
+    let fd = start(&one_route(extra, &[(a.addr, "", "v"), (b.addr, "", "v")])).await;
+    let client = Client::http1();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            client
+                .get(&url(&fd, "/"))
+                .await
+                .expect("resp")
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![500; 10]);
+    let metrics = common::metrics_with(
+        &fd,
+        &["frontdoor_upstream_ejections_total{cluster=\"app\"} 1"],
+    )
+    .await;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("frontdoor_upstream_ejections_capped_total{cluster=\"app\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn retries_only_what_is_safe() {
     let live = Origin::builder().start().await.expect("live");

@@ -320,6 +320,8 @@ pub struct RawHealthCheck {
 pub struct RawOutlier {
     pub consecutive_failures: Option<u32>,
     pub ejection_time: Option<String>,
+    /// The most of the cluster's endpoints out at once, in percent (default 100: no cap).
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// A cap on the requests at one endpoint at once (HTTP/1.1: the connections in use), with a

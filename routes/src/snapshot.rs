@@ -250,9 +250,16 @@ pub struct HealthCheck {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outlier {
-    /// Consecutive 5xx or connect failures that eject an endpoint; 0 disables ejection.
+    /// Consecutive failures that eject an endpoint (a failed exchange, a `5xx` head, a body
+    /// broken off after a good head); 0 disables ejection.
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
+    /// The most of the cluster's endpoints ejected at once, in percent of them (rounded down,
+    /// but one may always be): beyond it, an endpoint that reaches `consecutive_failures` stays
+    /// in. A failure every endpoint shares (a database they all need is down) then reaches
+    /// clients as it is, instead of as `503`s from a cluster with nothing left in it. 100: no
+    /// cap.
+    pub max_ejection_percent: u32,
 }
 
 /// Concurrency cap per endpoint (see `RawLimits`).

@@ -213,6 +213,7 @@ protocol = "h3"
 connect_timeout = "0s"
 retries = { attempts = 9 }
 health_check = { path = "healthz", healthy_threshold = 0 }
+outlier = { max_ejection_percent = 150 }
 endpoints = [
   { address = "127.0.0.1", region = "us-central1" },
   { address = "ok.internal:80", region = "eu-west9" },
@@ -249,6 +250,7 @@ cluster = "app"
         "clusters.app.retries.attempts:",
         "clusters.app.health_check.path:",
         "clusters.app.health_check.healthy_threshold:",
+        "clusters.app.outlier.max_ejection_percent:",
         "clusters.app.endpoints[0].address:",
         "clusters.app.endpoints[1].region:",
         "clusters.empty.endpoints:",

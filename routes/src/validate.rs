@@ -629,6 +629,7 @@ fn cluster(
         None => Outlier {
             consecutive_failures: 5,
             ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 100,
         },
         Some(o) => Outlier {
             consecutive_failures: o.consecutive_failures.unwrap_or(5),
@@ -637,6 +638,16 @@ fn cluster(
                 o.ejection_time.as_ref(),
                 Duration::from_secs(30),
             ),
+            max_ejection_percent: match o.max_ejection_percent.unwrap_or(100) {
+                pct @ 0..=100 => pct,
+                pct => {
+                    errors.push(
+                        at("outlier.max_ejection_percent"),
+                        format!("must be 0..=100, got {pct}"),
+                    );
+                    100
+                }
+            },
         },
     };
     let limits = match &raw.limits {

@@ -315,6 +315,7 @@ mod tests {
     const OUTLIER: routes::Outlier = routes::Outlier {
         consecutive_failures: 2,
         ejection_time: Duration::from_secs(3600),
+        max_ejection_percent: 100,
     };
 
     /// A body that sends `first`, then fails.

@@ -54,17 +54,27 @@ pub struct MemberHealth {
     gate: ArcSwapOption<Gate>,
     /// The cluster's requests waiting for a slot (at this endpoint or another it has).
     waitlist: Arc<Waitlist>,
+    /// The cluster's endpoints, for the cap on how many are ejected at once.
+    peers: Arc<Peers>,
+    /// `frontdoor_upstream_ejections_capped_total` of the endpoint's cluster.
+    capped: metrics::Counter,
     /// Held while the cap changes (a reload, a DNS answer): one change at a time; the
     /// generation of the cluster runtime that set it last (see [`Self::set_cap`]).
     resizing: Mutex<u64>,
 }
 
 impl MemberHealth {
-    fn new(cluster: &str, endpoint: &str, waitlist: Arc<Waitlist>) -> MemberHealth {
+    fn new(
+        cluster: &str,
+        endpoint: &str,
+        waitlist: Arc<Waitlist>,
+        peers: Arc<Peers>,
+    ) -> MemberHealth {
         telemetry::prometheus();
         let gauge = metrics::gauge!(telemetry::UPSTREAM_HEALTHY, telemetry::L_CLUSTER => cluster.to_string(), telemetry::L_ENDPOINT => endpoint.to_string());
         gauge.set(1.0);
         let ejections = metrics::counter!(telemetry::UPSTREAM_EJECTIONS, telemetry::L_CLUSTER => cluster.to_string());
+        let capped = metrics::counter!(telemetry::UPSTREAM_EJECTIONS_CAPPED, telemetry::L_CLUSTER => cluster.to_string());
         MemberHealth {
             active_ok: AtomicBool::new(true),
             streak: AtomicU32::new(0),
@@ -77,6 +87,8 @@ impl MemberHealth {
             cap: AtomicU32::new(0),
             gate: ArcSwapOption::empty(),
             waitlist,
+            peers,
+            capped,
             resizing: Mutex::new(0),
         }
     }
@@ -249,7 +261,9 @@ impl MemberHealth {
     }
 
     /// Records a live-traffic outcome; returns true when this failure ejected the endpoint
-    /// (counted in `frontdoor_upstream_ejections_total`).
+    /// (counted in `frontdoor_upstream_ejections_total`). A failure that would eject it while
+    /// `max_ejection_percent` of the cluster's endpoints are out leaves it in, and starts its
+    /// count again (`frontdoor_upstream_ejections_capped_total`).
     pub fn record_live(self: &Arc<Self>, ok: bool, outlier: &routes::Outlier) -> bool {
         self.clear_expired();
         if ok {
@@ -261,8 +275,15 @@ impl MemberHealth {
             return false;
         }
         self.live_failures.store(0, Ordering::Relaxed);
-        let until = clock::now_ms() + outlier.ejection_time.as_millis() as u64;
-        self.ejected_until.store(until, Ordering::Relaxed);
+        let now = clock::now_ms();
+        let until = now + outlier.ejection_time.as_millis() as u64;
+        if !self
+            .peers
+            .eject(self, until, outlier.max_ejection_percent, now)
+        {
+            self.capped.increment(1);
+            return false;
+        }
         self.ejections.increment(1);
         self.refresh_gauge();
         self.end_ejection_after(outlier.ejection_time);
@@ -297,7 +318,52 @@ impl MemberHealth {
     /// An endpoint's health on its own (tests elsewhere in `forward`).
     pub(super) fn alone(cluster: &str, endpoint: &str) -> Arc<MemberHealth> {
         let waitlist = Arc::new(Waitlist::new(cluster));
-        Arc::new(MemberHealth::new(cluster, endpoint, waitlist))
+        let health = Arc::new(MemberHealth::new(
+            cluster,
+            endpoint,
+            waitlist,
+            Arc::default(),
+        ));
+        health.peers.join(&health);
+        health
+    }
+}
+
+/// A cluster's endpoints (kept across reloads, like their health), for the cap on how many
+/// of them are ejected at once (`outlier.max_ejection_percent`).
+#[derive(Debug, Default)]
+pub struct Peers {
+    /// Every endpoint's health the registry keeps for the cluster; an address no config uses
+    /// any more is dropped from the registry, and from here once nothing holds it.
+    health: Mutex<Vec<Weak<MemberHealth>>>,
+}
+
+impl Peers {
+    fn join(&self, health: &Arc<MemberHealth>) {
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|h| h.strong_count() > 0);
+        all.push(Arc::downgrade(health));
+    }
+
+    /// Ejects `health` until `until` unless that would put more than `max_percent` of the
+    /// cluster's endpoints out at `now` (rounded down; one may always be); false when it
+    /// stays in. One ejection is decided at a time, so two at once cannot both take the last
+    /// room.
+    fn eject(&self, health: &MemberHealth, until: u64, max_percent: u32, now: u64) -> bool {
+        let all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if max_percent < 100 && !health.ejected(now) {
+            let (mut endpoints, mut out) = (0usize, 0usize);
+            for peer in all.iter().filter_map(Weak::upgrade) {
+                endpoints += 1;
+                out += usize::from(peer.ejected(now));
+            }
+            let room = (endpoints * max_percent as usize / 100).max(1);
+            if out >= room {
+                return false;
+            }
+        }
+        health.ejected_until.store(until, Ordering::Relaxed);
+        true
     }
 }
 
@@ -634,6 +700,23 @@ pub struct HealthRegistry {
     states: Mutex<HashMap<(String, SocketAddr), Arc<MemberHealth>>>,
     /// Held by the cluster's runtimes and its endpoints' health (and their slots).
     waitlists: Mutex<HashMap<String, Weak<Waitlist>>>,
+    /// Held by the cluster's endpoints' health.
+    peers: Mutex<HashMap<String, Weak<Peers>>>,
+}
+
+/// `cluster`'s entry of `map`, made by `make` when nothing holds one.
+fn shared<T>(
+    map: &Mutex<HashMap<String, Weak<T>>>,
+    cluster: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = map.get(cluster).and_then(Weak::upgrade) {
+        return t;
+    }
+    let t = Arc::new(make());
+    map.insert(cluster.to_string(), Arc::downgrade(&t));
+    t
 }
 
 impl HealthRegistry {
@@ -643,24 +726,22 @@ impl HealthRegistry {
             states
                 .entry((cluster.to_string(), addr))
                 .or_insert_with(|| {
-                    Arc::new(MemberHealth::new(
+                    let peers = shared(&self.peers, cluster, Peers::default);
+                    let health = Arc::new(MemberHealth::new(
                         cluster,
                         &addr.to_string(),
                         self.waitlist(cluster),
-                    ))
+                        Arc::clone(&peers),
+                    ));
+                    peers.join(&health);
+                    health
                 }),
         )
     }
 
     /// The requests of `cluster` waiting for a slot.
     pub fn waitlist(&self, cluster: &str) -> Arc<Waitlist> {
-        let mut lists = self.waitlists.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = lists.get(cluster).and_then(Weak::upgrade) {
-            return w;
-        }
-        let w = Arc::new(Waitlist::new(cluster));
-        lists.insert(cluster.to_string(), Arc::downgrade(&w));
-        w
+        shared(&self.waitlists, cluster, || Waitlist::new(cluster))
     }
 
     /// Forgets addresses no cluster uses any more (after a reload or a DNS change), and the
@@ -671,6 +752,9 @@ impl HealthRegistry {
         drop(states);
         let mut lists = self.waitlists.lock().unwrap_or_else(|p| p.into_inner());
         lists.retain(|_, w| w.strong_count() > 0);
+        drop(lists);
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|_, p| p.strong_count() > 0);
     }
 }
 
@@ -1132,6 +1216,49 @@ version = "canary"
         assert_eq!(port(&pick(&rt, &s, canary, all, None).expect("m")), 1004);
         // No canary in the EU: an EU-restricted canary request has nowhere to go.
         assert!(pick(&rt, &s, canary, eu_only(&s), None).is_none());
+    }
+
+    /// With `max_ejection_percent = 50`, two of the cluster's four endpoints may be out at
+    /// once: a third that fails as often stays in (and starts its count again), until one of
+    /// the two comes back. At 10 %, one may always be ejected.
+    #[tokio::test(start_paused = true)]
+    async fn ejections_stop_at_the_clusters_cap() {
+        let capped = CONFIG.replace(
+            r#"ejection_time = "10s" }"#,
+            r#"ejection_time = "10s", max_ejection_percent = 50 }"#,
+        );
+        let (_, rt) = runtime(&capped);
+        let outlier = rt.config.outlier;
+        assert_eq!(outlier.max_ejection_percent, 50);
+        let members = rt.members.load_full();
+        let fails = |m: &Member| fail_twice(m, &outlier);
+        assert!(fails(&members[0]));
+        // An ejected endpoint failing again (a request it took before) stays ejected.
+        assert!(fails(&members[0]));
+        assert!(fails(&members[1]));
+        assert!(!fails(&members[2]), "a third of four would be over 50 %");
+        assert!(!members[2].health.ejected(clock::now_ms()));
+        assert!(!fails(&members[3]));
+        // The first two come back when their time runs out; the third may go then.
+        tokio::time::advance(outlier.ejection_time).await;
+        assert!(fails(&members[2]));
+
+        let (_, rt) = runtime(&CONFIG.replace(
+            r#"ejection_time = "10s" }"#,
+            r#"ejection_time = "10s", max_ejection_percent = 10 }"#,
+        ));
+        let members = rt.members.load_full();
+        assert!(
+            fail_twice(&members[3], &rt.config.outlier),
+            "one always may"
+        );
+        assert!(!fail_twice(&members[0], &rt.config.outlier));
+    }
+
+    /// Two failures in a row at `m`: whether either ejected it.
+    fn fail_twice(m: &Member, outlier: &routes::Outlier) -> bool {
+        let first = m.health.record_live(false, outlier);
+        first || m.health.record_live(false, outlier)
     }
 
     #[tokio::test(start_paused = true)]
