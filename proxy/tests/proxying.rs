@@ -446,15 +446,11 @@ async fn the_healthy_gauge_comes_back_when_an_ejection_runs_out() {
     fd.shutdown().await;
 }
 
-/// An endpoint that answers `200` and breaks off every body fails its users as surely as one
-/// answering `503`: an answer counts as its success only once its body is read whole, so
-/// `consecutive_failures` broken answers eject it. A client that abandons its answer counts
-/// neither way.
-#[tokio::test]
-async fn an_endpoint_that_breaks_off_its_answers_is_ejected() {
-    // `/big`: 64 MiB, written for as long as the proxy takes them; anything else: a head
-    // promising 1,000 bytes, 100 of them, and the connection closed.
-    let breaker = common::raw_upstream(|mut s| async move {
+/// An upstream that breaks off its answers. `/big`: 64 MiB, written for as long as the proxy
+/// takes them; anything else: a head promising 1,000 bytes, 100 of them, and the connection
+/// closed.
+async fn breaker() -> std::net::SocketAddr {
+    common::raw_upstream(|mut s| async move {
         let Some(head) = common::read_head(&mut s).await else {
             return;
         };
@@ -470,7 +466,38 @@ async fn an_endpoint_that_breaks_off_its_answers_is_ejected() {
         answer.extend([b'x'; 100]);
         let _ = s.write_all(&answer).await;
     })
-    .await;
+    .await
+}
+
+/// A probe of an ejected endpoint ends the ejection only when its answer is read whole: one
+/// that breaks off leaves it out, and the next request (no probe due yet) is refused at once.
+#[tokio::test]
+async fn a_probe_that_breaks_off_leaves_the_endpoint_out() {
+    let breaker = breaker().await;
+    let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\" }";
+    let fd = start(&one_route(extra, &[(breaker, "", "v")])).await;
+    let client = Client::http1();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(match client.get(&url(&fd, "/")).await {
+            Ok(r) => r.status.to_string(),
+            Err(_) => "cut".to_string(),
+        });
+    }
+    // Two cut answers eject it; the probe is cut too; the next gets no upstream.
+    assert_eq!(got[..3], ["cut", "cut", "cut"]);
+    assert!(got[3].starts_with("503"), "{got:?}");
+    common::metrics_with(&fd, &["frontdoor_upstream_probes_total{cluster=\"app\"} 1"]).await;
+    fd.shutdown().await;
+}
+
+/// An endpoint that answers `200` and breaks off every body fails its users as surely as one
+/// answering `503`: an answer counts as its success only once its body is read whole, so
+/// `consecutive_failures` broken answers eject it. A client that abandons its answer counts
+/// neither way.
+#[tokio::test]
+async fn an_endpoint_that_breaks_off_its_answers_is_ejected() {
+    let breaker = breaker().await;
     let good = Origin::builder().start().await.expect("origin");
     let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\" }";
     let fd = start(&one_route(

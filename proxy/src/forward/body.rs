@@ -39,6 +39,9 @@ pub struct Watch {
     /// a body read whole is its success, one broken off its failure towards ejection. A body
     /// given up by its client counts neither way.
     pub endpoint: Option<(Arc<MemberHealth>, routes::Outlier)>,
+    /// The exchange probed the endpoint while it was ejected: a body read whole ends the
+    /// ejection.
+    pub probe: bool,
     /// A rollout's analysis: a broken body is the version's error.
     pub judged: Option<Judged>,
     /// How the client's request body ended, when it streamed through to the upstream: if it
@@ -68,8 +71,12 @@ impl Watch {
 
     /// The body was read whole.
     fn whole(self) {
-        if let Some((health, outlier)) = self.endpoint {
-            health.record_live(true, &outlier);
+        match self.endpoint {
+            Some((health, _)) if self.probe => health.restore(),
+            Some((health, outlier)) => {
+                health.record_live(true, &outlier);
+            }
+            None => {}
         }
     }
 }
@@ -343,6 +350,7 @@ mod tests {
     ) -> IdleTimeoutBody<B> {
         IdleTimeoutBody::new(body, Duration::from_secs(60)).watched(Some(Box::new(Watch {
             endpoint: Some((Arc::clone(health), OUTLIER)),
+            probe: false,
             judged: None,
             client_body,
         })))

@@ -359,16 +359,18 @@ pub async fn send(
                 if endpoint.is_none() {
                     member.health.record_live(ok, &cfg.outlier);
                 }
+                // An answered probe ends the ejection: at its head, or with its body read.
+                if probe && ok && endpoint.is_none() {
+                    member.health.restore();
+                }
                 let watch = (endpoint.is_some() || client_body_end.is_some()).then(|| {
                     Box::new(Watch {
+                        probe: probe && endpoint.is_some(),
                         endpoint,
                         judged: None,
                         client_body: client_body_end,
                     })
                 });
-                if probe && ok {
-                    member.health.restore();
-                }
                 // The request is sent: its header map is kept for a later head.
                 if let Some(head) = head {
                     crate::spare::keep(head.headers);
