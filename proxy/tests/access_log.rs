@@ -140,6 +140,25 @@ async fn origin(asked: tokio::sync::mpsc::UnboundedSender<String>) -> std::net::
     .await
 }
 
+/// A front door with the log captured, and one route, `route`, to [`origin`] in a cluster
+/// with `extra`; the paths the origin is asked come on the receiver.
+async fn front_door(
+    route: &str,
+    extra: &str,
+) -> (
+    frontdoor::server::Running,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    capture();
+    let (asked, requests) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = origin(asked).await;
+    let config = format!(
+        "{}\n[[routes]]\nname = \"{route}\"\ncluster = \"app\"\n",
+        common::cluster("app", extra, &[(upstream, "", "v1")])
+    );
+    (common::start(&config).await, requests)
+}
+
 async fn ask(fd: std::net::SocketAddr, method: &str, path: &str) -> TcpStream {
     let mut client = TcpStream::connect(fd).await.expect("connect");
     client
@@ -166,18 +185,7 @@ async fn read_to_close(client: &mut TcpStream) -> (String, usize) {
 
 #[tokio::test]
 async fn each_answer_is_logged_at_its_end_with_its_bytes_and_how_it_ended() {
-    capture();
-    let (asked, mut requests) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = origin(asked).await;
-    let config = format!(
-        "{}\n[[routes]]\nname = \"shop\"\ncluster = \"app\"\n",
-        common::cluster(
-            "app",
-            "body_idle_timeout = \"300ms\"",
-            &[(upstream, "", "v1")]
-        )
-    );
-    let fd = common::start(&config).await;
+    let (fd, mut requests) = front_door("shop", "body_idle_timeout = \"300ms\"").await;
     let addr = fd.http.expect("http");
 
     // Whole: every byte handed over, after the head.
@@ -288,18 +296,8 @@ async fn an_h2_stream_is_logged_at_its_end() {
 /// is the client's, and the endpoint is not failed for it (one failure would eject it).
 #[tokio::test]
 async fn an_upload_that_breaks_mid_answer_is_the_clients_doing() {
-    capture();
-    let (asked, _requests) = tokio::sync::mpsc::unbounded_channel();
-    let upstream = origin(asked).await;
-    let config = format!(
-        "{}\n[[routes]]\nname = \"upload\"\ncluster = \"app\"\n",
-        common::cluster(
-            "app",
-            "retries = { attempts = 0 }\noutlier = { consecutive_failures = 1, ejection_time = \"1h\" }",
-            &[(upstream, "", "v1")]
-        )
-    );
-    let fd = common::start(&config).await;
+    let ejects_at_once = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 1, ejection_time = \"1h\" }";
+    let (fd, _requests) = front_door("upload", ejects_at_once).await;
     let addr = fd.http.expect("http");
     let mut client = TcpStream::connect(addr).await.expect("connect");
     client
