@@ -18,7 +18,8 @@
 //! HTTP/2: multiplexed connections per address, each carrying up to
 //! [`H2_STREAMS_PER_CONNECTION`] streams before the next request opens another; requests that
 //! come while one is being opened wait for its handshake; spare connections are let go once
-//! their streams end, closed ones replaced.
+//! their streams end, closed ones replaced; a request a connection gives back unsent (the
+//! upstream sent GOAWAY on it) goes once more on a new one.
 //!
 //! An upstream may answer an upload before it has read all of it (a 413, a 401) and close,
 //! and a close with bytes unread is a reset. The answer reaches our socket before the reset,
@@ -480,12 +481,37 @@ impl UpstreamClient {
     /// while it is being opened wait for that one handshake rather than each opening its own.
     /// A connection that closed or failed to open is forgotten; one left with no stream, when
     /// its address has another, is let go (it closes once nothing holds it).
+    ///
+    /// A request the chosen connection gave back unsent goes once more, on a new connection:
+    /// the upstream sent GOAWAY on it (going away gracefully, as for a deploy), which the
+    /// connection's task finds only when the next request wakes it. Any request may go again
+    /// then, a POST with its body too: no byte of it went out.
     async fn request_h2(
         &self,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
         deadline: Instant,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        match self.request_h2_once(addr, req, deadline).await {
+            Err(H2Failure::Unsent(req)) => match self.request_h2_once(addr, *req, deadline).await {
+                Ok(resp) => Ok(resp),
+                Err(H2Failure::Unsent(_)) => Err(UpstreamError::Exchange(
+                    format!("{addr}: the connection closed before the request went").into(),
+                )),
+                Err(H2Failure::Failed(e)) => Err(e),
+            },
+            Ok(resp) => Ok(resp),
+            Err(H2Failure::Failed(e)) => Err(e),
+        }
+    }
+
+    /// One try of [`Self::request_h2`], on the connection the pool chooses.
+    async fn request_h2_once(
+        &self,
+        addr: SocketAddr,
+        req: Request<UpstreamBody>,
+        deadline: Instant,
+    ) -> Result<Response<UpstreamIncoming>, H2Failure> {
         let (ready, stream) = {
             let mut conns = self.shared.h2.lock().unwrap_or_else(|p| p.into_inner());
             let list = conns.entry(addr).or_default();
@@ -543,21 +569,34 @@ impl UpstreamClient {
             Err(e) => {
                 // Every request that waited for this connection gets its error.
                 forget();
-                return Err(UpstreamError::Connect(e.to_string()));
+                return Err(H2Failure::Failed(UpstreamError::Connect(e.to_string())));
             }
         };
         let exchange = async {
-            send.ready().await?;
-            send.send_request(req).await
+            if send.ready().await.is_err() {
+                return Err(H2Failure::Unsent(Box::new(req)));
+            }
+            send.try_send_request(req)
+                .await
+                .map_err(|mut e| match e.take_message() {
+                    Some(req) => H2Failure::Unsent(Box::new(req)),
+                    None => H2Failure::Failed(e.into_error().into()),
+                })
         };
         // No answer by the deadline: the peer may be gone without a word, and the PINGs take
         // seconds to tell; meanwhile the connection is not chosen again. Its other streams go
         // on, and it closes when they are done.
         let resp = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(answered) => answered?,
+            Ok(Ok(resp)) => resp,
+            Ok(Err(failure)) => {
+                if matches!(failure, H2Failure::Unsent(_)) {
+                    forget();
+                }
+                return Err(failure);
+            }
             Err(_) => {
                 forget();
-                return Err(UpstreamError::Timeout);
+                return Err(H2Failure::Failed(UpstreamError::Timeout));
             }
         };
         drop(ready);
@@ -573,6 +612,13 @@ impl UpstreamClient {
             )
         }))
     }
+}
+
+/// How one try of an HTTP/2 exchange failed: with the request given back unsent, or not.
+enum H2Failure {
+    /// Boxed: the rare case, kept out of every answer's size.
+    Unsent(Box<Request<UpstreamBody>>),
+    Failed(UpstreamError),
 }
 
 /// This thread's idle lists (see the module docs): one number for every thread of a
