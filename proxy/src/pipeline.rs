@@ -600,7 +600,7 @@ async fn proxy_request(
     if let Some((windows, version)) = &arm {
         // What the analysis judges: upstream-caused failures and 5xx, and time to the head.
         let failed = match &result {
-            Ok(f) => f.response.status().is_server_error(),
+            Ok(f) => f.failed,
             Err(e) => !matches!(
                 e.error,
                 ProxyError::ResidencyRefused { .. }

@@ -279,6 +279,19 @@ impl ProxyError {
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
+/// Whether an upstream's gRPC status (`grpc-status`, in an answer's trailers or in the head
+/// of a trailers-only answer) says the server failed: the codes gRPC's HTTP mapping (as Envoy
+/// applies it) puts at 5xx — UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+/// DATA_LOSS. A gRPC server answers `200` whatever the call's outcome; without this, a
+/// failing one looks healthy to outlier ejection and to a rollout's analysis. A caller's
+/// mistake (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) is not the server's failure.
+pub fn grpc_failed(fields: &http::HeaderMap) -> bool {
+    matches!(
+        fields.get(GRPC_STATUS).map(HeaderValue::as_bytes),
+        Some(b"2" | b"4" | b"12" | b"13" | b"14" | b"15")
+    )
+}
+
 /// Whether a request is a gRPC call: HTTP/2 with a `content-type` of `application/grpc`
 /// (`+proto`, `+json` and the like included).
 pub fn is_grpc(version: http::Version, headers: &http::HeaderMap) -> bool {
@@ -297,6 +310,22 @@ impl std::fmt::Display for ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_failures_are_the_codes_mapped_to_5xx() {
+        let with = |code: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-status", HeaderValue::from_static(code));
+            grpc_failed(&h)
+        };
+        for code in ["2", "4", "12", "13", "14", "15"] {
+            assert!(with(code), "{code}");
+        }
+        for code in ["0", "1", "3", "5", "7", "8", "16", "140", " 14", ""] {
+            assert!(!with(code), "{code:?}");
+        }
+        assert!(!grpc_failed(&http::HeaderMap::new()));
+    }
 
     #[test]
     fn grpc_answers_carry_the_mapped_status_and_the_detail() {

@@ -581,6 +581,52 @@ async fn a_failure_every_endpoint_shares_ejects_no_more_than_the_cap() {
     fd.shutdown().await;
 }
 
+/// A gRPC server answers `200` whatever a call's outcome; its `grpc-status` says how it went.
+/// One whose calls fail as a server's fault (here UNAVAILABLE in the trailers, and INTERNAL in
+/// a trailers-only head) is ejected like one answering `503`, and the healthy one serves the
+/// rest.
+#[tokio::test]
+async fn grpc_failures_under_a_200_eject_the_endpoint() {
+    let in_trailers = common::grpc_upstream("14", "failing", false).await;
+    let in_head = common::grpc_upstream("13", "failing", true).await;
+    let good = common::grpc_upstream("0", "good", false).await;
+    let extra = "protocol = \"h2\"\nretries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\" }";
+    let config = format!(
+        "{}\n{}\n[[routes]]\npath_prefix = \"/t\"\ncluster = \"t\"\n[[routes]]\npath_prefix = \"/h\"\ncluster = \"h\"\n",
+        cluster("t", extra, &[(in_trailers, "", "v"), (good, "", "v")]),
+        cluster("h", extra, &[(in_head, "", "v"), (good, "", "v")]),
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    for path in ["/t", "/h"] {
+        let mut versions = Vec::new();
+        for _ in 0..8 {
+            let r = client.get(&url(&fd, path)).await.expect("answer");
+            assert_eq!(r.status, StatusCode::OK);
+            versions.push(r.header("x-origin-version").unwrap_or("?").to_string());
+        }
+        // Round-robin: the failing endpoint's second call ejects it; the rest go to the other.
+        assert_eq!(
+            versions.iter().filter(|v| *v == "failing").count(),
+            2,
+            "{path}: {versions:?}"
+        );
+        assert!(
+            versions[4..].iter().all(|v| v == "good"),
+            "{path}: {versions:?}"
+        );
+    }
+    common::metrics_with(
+        &fd,
+        &[
+            "frontdoor_upstream_ejections_total{cluster=\"t\"} 1",
+            "frontdoor_upstream_ejections_total{cluster=\"h\"} 1",
+        ],
+    )
+    .await;
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn retries_only_what_is_safe() {
     let live = Origin::builder().start().await.expect("live");

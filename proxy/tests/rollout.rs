@@ -327,3 +327,37 @@ async fn a_candidate_that_breaks_off_its_answers_rolls_back() {
     assert!(canary_users(&fd, 0..200).await.is_empty());
     fd.shutdown().await;
 }
+
+/// A gRPC candidate fails its calls the way gRPC servers do: HTTP 200, and `grpc-status: 14`
+/// (UNAVAILABLE) in the trailers. The analysis counts those as the candidate's errors and
+/// rolls it back; a stable answering `grpc-status: 0` is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_candidate_failing_under_200s_rolls_back() {
+    let stable = common::grpc_upstream("0", "stable", false).await;
+    let canary = common::grpc_upstream("14", "canary", false).await;
+    let config = rollout_config(stable, canary)
+        .replace("[clusters.app]\n", "[clusters.app]\nprotocol = \"h2\"\n");
+    let fd = start(&config).await;
+    let (s, v) = admin(
+        &fd,
+        http::Method::POST,
+        "/rollouts/app/shift",
+        r#"{"weight":50}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        load_until_rolled_back(&fd).await,
+        0,
+        "every call answered 200"
+    );
+    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
+    assert!(
+        rollouts[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("error rate")),
+        "{rollouts}"
+    );
+    assert!(canary_users(&fd, 0..200).await.is_empty());
+    fd.shutdown().await;
+}

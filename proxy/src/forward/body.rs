@@ -32,7 +32,8 @@ pub struct IdleTimeoutBody<B = UpstreamIncoming> {
 /// Who hears how an upstream answer's body ended. An exchange is judged at its head for a
 /// `5xx`; one whose head was fine is judged again at its body's end, since an upstream that
 /// answers `200` and breaks off (a reset, a close before its length, a stall past
-/// `body_idle_timeout`) is failing its users as surely as one answering `503`.
+/// `body_idle_timeout`), or ends a gRPC call with a server's failure in its trailers, is
+/// failing its users as surely as one answering `503`.
 #[derive(Debug, Default)]
 pub struct Watch {
     /// The endpoint whose live outcome waits for the body (see [`MemberHealth::record_live`]):
@@ -56,17 +57,23 @@ impl Watch {
     fn broke(self) -> Option<ClientBodyBroke> {
         if self
             .client_body
+            .as_ref()
             .is_some_and(|how| client_body_failed(how.load(Ordering::Relaxed)))
         {
             return Some(ClientBodyBroke);
         }
+        self.failed();
+        None
+    }
+
+    /// The answer failed after its head: the version's error, the endpoint's failure.
+    fn failed(self) {
         if let Some(judged) = self.judged {
             judged.broke();
         }
         if let Some((health, outlier)) = self.endpoint {
             health.record_live(false, &outlier);
         }
-        None
     }
 
     /// The body was read whole.
@@ -156,6 +163,18 @@ where
         };
         let whole = match &poll {
             Poll::Ready(None) => true,
+            // Trailers whose gRPC status is a server's failure: the call failed, under a 200.
+            Poll::Ready(Some(Ok(frame)))
+                if this.watch.is_some()
+                    && frame
+                        .trailers_ref()
+                        .is_some_and(crate::respond::grpc_failed) =>
+            {
+                if let Some(watch) = this.watch.take() {
+                    watch.failed();
+                }
+                false
+            }
             // A server may stop polling at the last frame, not at `None`.
             Poll::Ready(Some(Ok(_))) => {
                 this.watch.as_ref().is_some_and(|w| w.endpoint.is_some())

@@ -125,6 +125,9 @@ pub struct Forwarded {
     /// Who waits for the response body's end: for it, wrap the body in [`IdleTimeoutBody`]
     /// with it. Dropped unheard, the exchange counts neither way.
     pub watch: Option<Box<Watch>>,
+    /// The head says the upstream failed: a 5xx, or (HTTP/2 clusters) a trailers-only gRPC
+    /// answer whose status is a server's failure ([`crate::respond::grpc_failed`]).
+    pub failed: bool,
 }
 
 /// The failed exchange, with the endpoint tried last (if any) and attempts made.
@@ -350,7 +353,12 @@ pub async fn send(
                 if let Some(slot) = slot {
                     response.body_mut().hold(slot);
                 }
-                let ok = !response.status().is_server_error();
+                // A gRPC server's trailers-only failure comes with a 200 (only HTTP/2
+                // clusters carry gRPC: others are spared the lookup).
+                let failed = response.status().is_server_error()
+                    || (cfg.protocol == UpstreamProtocol::H2
+                        && crate::respond::grpc_failed(response.headers()));
+                let ok = !failed;
                 // A good head with a body to come is judged at the body's end.
                 let endpoint = (ok
                     && cfg.outlier.consecutive_failures > 0
@@ -381,6 +389,7 @@ pub async fn send(
                     attempts,
                     queued,
                     watch,
+                    failed,
                 });
             }
             Err(UpstreamError::Timeout) => ProxyError::Timeout {
