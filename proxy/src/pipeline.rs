@@ -64,6 +64,8 @@ pub async fn handle(
             line: None,
             route: None,
             end: None,
+            grpc_call: false,
+            grpc: None,
         }));
     }
     let active = proxy.active_full();
@@ -176,11 +178,21 @@ pub async fn handle(
         .outcome
         .route
         .map(|i| Arc::clone(&active.route_metrics[i]));
+    // An upstream's answer to a gRPC call: its status is in its trailers, or in its head when
+    // it has no body (the proxy's own gRPC answers count by their HTTP status, above).
+    let grpc_call = grpc && ex.outcome.error.is_none() && ex.outcome.upstream.is_some();
+    let grpc = if grpc_call {
+        crate::respond::grpc_code(response.headers())
+    } else {
+        None
+    };
     Ok(response.map(|body| LoggedBody {
         body,
         line,
         route,
         end,
+        grpc_call,
+        grpc,
     }))
 }
 
@@ -247,6 +259,7 @@ impl Drop for Exchange<'_> {
                 bytes: 0,
                 end: AnswerEnd::ClientGone,
                 total: waited,
+                grpc: None,
             });
         }
     }
@@ -263,6 +276,10 @@ pub struct LoggedBody {
     route: Option<Arc<crate::telemetry::RouteMetrics>>,
     /// How the body ended, once it said so (the first word stands).
     end: Option<AnswerEnd>,
+    /// A gRPC call an upstream answered: its trailers are read for its status.
+    grpc_call: bool,
+    /// The call's status, from the upstream's trailers or trailers-only head.
+    grpc: Option<u8>,
 }
 
 impl std::fmt::Debug for LoggedBody {
@@ -289,6 +306,11 @@ impl hyper::body::Body for LoggedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(line) = &mut this.line {
                     line.sent(frame.data_ref().map_or(0, |d| d.len() as u64));
+                }
+                if this.grpc_call
+                    && let Some(trailers) = frame.trailers_ref()
+                {
+                    this.grpc = crate::respond::grpc_code(trailers);
                 }
             }
             Poll::Ready(Some(Err(e))) => {
@@ -334,9 +356,12 @@ impl Drop for LoggedBody {
         });
         if let Some(route) = &self.route {
             route.ended(end);
+            if let Some(code) = self.grpc {
+                route.grpc_answered(code);
+            }
         }
         if let Some(line) = self.line.take() {
-            line.finish(end);
+            line.finish(end, self.grpc);
         }
     }
 }

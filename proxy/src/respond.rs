@@ -286,10 +286,23 @@ const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-messa
 /// failing one looks healthy to outlier ejection and to a rollout's analysis. A caller's
 /// mistake (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) is not the server's failure.
 pub fn grpc_failed(fields: &http::HeaderMap) -> bool {
-    matches!(
-        fields.get(GRPC_STATUS).map(HeaderValue::as_bytes),
-        Some(b"2" | b"4" | b"12" | b"13" | b"14" | b"15")
-    )
+    grpc_code(fields).is_some_and(grpc_code_failed)
+}
+
+/// The `grpc-status` in `fields` (an answer's trailers, or a trailers-only head): its code,
+/// when it is a number gRPC defines (0 to 16).
+pub fn grpc_code(fields: &http::HeaderMap) -> Option<u8> {
+    let code = match fields.get(GRPC_STATUS)?.as_bytes() {
+        [d @ b'0'..=b'9'] => d - b'0',
+        [b'1', d @ b'0'..=b'6'] => 10 + (d - b'0'),
+        _ => return None,
+    };
+    Some(code)
+}
+
+/// See [`grpc_failed`].
+pub fn grpc_code_failed(code: u8) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
 /// Whether a request is a gRPC call: HTTP/2 with a `content-type` of `application/grpc`
@@ -321,9 +334,22 @@ mod tests {
         for code in ["2", "4", "12", "13", "14", "15"] {
             assert!(with(code), "{code}");
         }
-        for code in ["0", "1", "3", "5", "7", "8", "16", "140", " 14", ""] {
+        for code in [
+            "0", "1", "3", "5", "7", "8", "16", "140", " 14", "", "17", "02",
+        ] {
             assert!(!with(code), "{code:?}");
         }
+        let code = |text: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-status", HeaderValue::from_static(text));
+            grpc_code(&h)
+        };
+        assert_eq!(code("0"), Some(0));
+        assert_eq!(code("9"), Some(9));
+        assert_eq!(code("16"), Some(16));
+        assert_eq!(code("17"), None);
+        assert_eq!(code("02"), None);
+        assert_eq!(code("x"), None);
         assert!(!grpc_failed(&http::HeaderMap::new()));
     }
 

@@ -16,6 +16,11 @@ pub const UPSTREAM_HEALTHY: &str = "frontdoor_upstream_healthy";
 /// `send_timeout` or the drain), `upstream` (its body broke off, or went quiet past
 /// `body_idle_timeout`, after the head).
 pub const ABORTED: &str = "frontdoor_aborted_total";
+/// gRPC calls an upstream failed under an HTTP 200: their `grpc-status` (in the trailers, or a
+/// trailers-only head) is one gRPC's HTTP mapping puts at 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), by route and cluster. They are counted
+/// as `2xx` in `frontdoor_requests_total`; the error-ratio rule adds them.
+pub const GRPC_FAILURES: &str = "frontdoor_grpc_failures_total";
 /// Upstream attempts retried, by cluster.
 pub const UPSTREAM_RETRIES: &str = "frontdoor_upstream_retries_total";
 /// Passive ejections, by cluster.
@@ -144,6 +149,7 @@ pub struct RouteMetrics {
     pub latency: Histogram,
     /// By the client, by the upstream.
     aborted: [Counter; 2],
+    grpc_failures: Counter,
 }
 
 impl RouteMetrics {
@@ -161,6 +167,14 @@ impl RouteMetrics {
             ],
             latency: metrics::histogram!(REQUEST_DURATION, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string()),
             aborted: ["client", "upstream"].map(|by| metrics::counter!(ABORTED, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string(), L_BY => by)),
+            grpc_failures: metrics::counter!(GRPC_FAILURES, L_ROUTE => route.to_string(), L_CLUSTER => cluster.to_string()),
+        }
+    }
+
+    /// Counts a gRPC call the upstream answered with `code` (see [`GRPC_FAILURES`]).
+    pub fn grpc_answered(&self, code: u8) {
+        if crate::respond::grpc_code_failed(code) {
+            self.grpc_failures.increment(1);
         }
     }
 
@@ -245,16 +259,24 @@ pub struct Ending {
     pub end: AnswerEnd,
     /// From the request's arrival to its answer's end (`total_ms`).
     pub total: std::time::Duration,
+    /// A gRPC call's status as the upstream gave it (`grpc_status`; absent otherwise).
+    pub grpc: Option<u8>,
 }
 
 impl Ending {
-    /// `,"bytes":N,"end":"..","total_ms":X}` and the newline.
+    /// `,"bytes":N,"end":"..",["grpc_status":N,]"total_ms":X}` and the newline.
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"bytes\":");
         push_decimal(out, self.bytes, 0);
         out.extend_from_slice(b",\"end\":\"");
         out.extend_from_slice(self.end.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"total_ms\":");
+        if let Some(code) = self.grpc {
+            out.extend_from_slice(b"\",\"grpc_status\":");
+            push_decimal(out, u64::from(code), 0);
+            out.extend_from_slice(b",\"total_ms\":");
+        } else {
+            out.extend_from_slice(b"\",\"total_ms\":");
+        }
         millis(out, self.total);
         out.extend_from_slice(b"}\n");
     }
@@ -297,12 +319,13 @@ impl OpenLine {
     }
 
     /// Adds how the answer ended and hands the line to its thread's batch.
-    pub fn finish(self, end: AnswerEnd) {
+    pub fn finish(self, end: AnswerEnd, grpc: Option<u8>) {
         let mut open = self.0;
         Ending {
             bytes: open.bytes,
             end,
             total: open.started.elapsed(),
+            grpc,
         }
         .write(&mut open.buf);
         append_local(open.sink, open.at, |out| out.extend_from_slice(&open.buf));
@@ -700,6 +723,7 @@ mod tests {
         bytes: 13,
         end: AnswerEnd::Complete,
         total: std::time::Duration::ZERO,
+        grpc: None,
     };
 
     fn paths(out: &Output) -> Vec<String> {
@@ -792,7 +816,7 @@ mod tests {
         long.sent(5);
         long.sent(2);
         tokio::time::advance(std::time::Duration::from_micros(1_250_500)).await;
-        long.finish(AnswerEnd::UpstreamTimeout);
+        long.finish(AnswerEnd::UpstreamTimeout, None);
         let mut again = record("/next").open_to(sink, t0, tokio::time::Instant::now());
         assert_eq!(
             again.0.buf.as_ptr(),
@@ -801,7 +825,7 @@ mod tests {
         );
         assert_eq!(again.0.bytes, 0, "a kept line counts anew");
         again.sent(13);
-        again.finish(AnswerEnd::ClientGone);
+        again.finish(AnswerEnd::ClientGone, Some(14));
         sink.flush();
         assert_eq!(paths(&out), ["/short", "/long", "/next"]);
         let lines = out.lines();
@@ -811,8 +835,13 @@ mod tests {
         assert_eq!(long["end"], "upstream_timeout");
         assert_eq!(long["total_ms"], 1250.5);
         assert_eq!(long["head_ms"], 0.0);
+        assert!(
+            long.get("grpc_status").is_none(),
+            "no gRPC status, no field"
+        );
         let next: serde_json::Value = serde_json::from_str(&lines[2]).expect("JSON");
         assert_eq!(next["end"], "client_gone");
+        assert_eq!(next["grpc_status"], 14);
         assert_eq!(next["bytes"], 13);
         assert_eq!(next["total_ms"], 0.0, "a kept line starts its clock anew");
     }
@@ -951,6 +980,7 @@ mod tests {
             bytes: 1_048_576,
             end: AnswerEnd::ClientGone,
             total: std::time::Duration::from_millis(2_500),
+            grpc: None,
         };
         record.write_json(&mut line, at, ending);
         let line = String::from_utf8(line).expect("UTF-8");

@@ -335,3 +335,66 @@ async fn an_upload_that_breaks_mid_answer_is_the_clients_doing() {
         "{metrics}"
     );
 }
+
+/// gRPC calls: the status an upstream gave a call (in its trailers, or a trailers-only head)
+/// is in its line, and those a server failed under a 200 are counted by route in
+/// `frontdoor_grpc_failures_total`; a caller's mistake (NOT_FOUND) and OK are not.
+#[tokio::test]
+async fn grpc_statuses_are_logged_and_server_failures_counted() {
+    capture();
+    let mut config = String::new();
+    for (name, code, trailers_only) in [
+        ("unavailable", "14", false),
+        ("internal", "13", true),
+        ("ok", "0", false),
+        ("not-found", "5", false),
+    ] {
+        let upstream = common::grpc_upstream(code, "v1", trailers_only).await;
+        config.push_str(&common::cluster(
+            name,
+            "protocol = \"h2\"",
+            &[(upstream, "", "v1")],
+        ));
+        config.push_str(&format!(
+            "\n[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\ncluster = \"{name}\"\n"
+        ));
+    }
+    let fd = common::start(&config).await;
+    let client = loadtest::Client::h2c();
+    for (name, code) in [
+        ("unavailable", 14),
+        ("internal", 13),
+        ("ok", 0),
+        ("not-found", 5),
+    ] {
+        let path = format!("/{name}/echo.Echo/Say");
+        let call = http::Request::post(common::url(&fd, &path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\x02hi",
+            )))
+            .expect("call");
+        let answer = client.send(call).await.expect("answer");
+        assert_eq!(answer.status, 200, "{name}");
+        let line = line_for(&path).await;
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["grpc_status"], code, "{line}");
+        assert_eq!(line["end"], "complete", "{line}");
+    }
+    let metrics = common::metrics_with(&fd, &[]).await;
+    let failures = |route: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("frontdoor_grpc_failures_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(failures("unavailable").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(failures("internal").as_deref(), Some("1"), "{metrics}");
+    assert_eq!(failures("ok").as_deref(), Some("0"), "{metrics}");
+    assert_eq!(failures("not-found").as_deref(), Some("0"), "{metrics}");
+}
