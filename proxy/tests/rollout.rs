@@ -169,13 +169,7 @@ async fn shift_is_sticky_and_monotonic_and_a_failing_canary_rolls_back() {
         at10.iter().copied().filter(|u| *u < 2_000).collect()
     );
 
-    admin(
-        &fd,
-        http::Method::POST,
-        "/rollouts/app/shift",
-        r#"{"weight":50}"#,
-    )
-    .await;
+    shift_to_half(&fd).await;
     let at50 = canary_users(&fd, 0..10_000).await;
     assert!(
         at10.is_subset(&at50),
@@ -306,26 +300,36 @@ async fn a_candidate_that_breaks_off_its_answers_rolls_back() {
     })
     .await;
     let fd = start(&rollout_config(stable.addr, canary)).await;
+    shift_to_half(&fd).await;
+    // The heads are 200s either way; a canary's body never arrives whole.
+    let failed = load_until_rolled_back(&fd).await;
+    assert!(failed > 0, "the canary's answers were cut");
+    rolled_back_for_its_errors(&fd).await;
+    fd.shutdown().await;
+}
+
+/// Shifts half the users of route `app` to its canary.
+async fn shift_to_half(fd: &Running) {
     let (s, v) = admin(
-        &fd,
+        fd,
         http::Method::POST,
         "/rollouts/app/shift",
         r#"{"weight":50}"#,
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // The heads are 200s either way; a canary's body never arrives whole.
-    let failed = load_until_rolled_back(&fd).await;
-    assert!(failed > 0, "the canary's answers were cut");
-    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
+}
+
+/// The canary was rolled back for its error rate, and no user is on it any more.
+async fn rolled_back_for_its_errors(fd: &Running) {
+    let (_, rollouts) = admin(fd, http::Method::GET, "/rollouts", "").await;
     assert!(
         rollouts[0]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("error rate")),
         "{rollouts}"
     );
-    assert!(canary_users(&fd, 0..200).await.is_empty());
-    fd.shutdown().await;
+    assert!(canary_users(fd, 0..200).await.is_empty());
 }
 
 /// A gRPC candidate fails its calls the way gRPC servers do: HTTP 200, and `grpc-status: 14`
@@ -338,26 +342,12 @@ async fn a_grpc_candidate_failing_under_200s_rolls_back() {
     let config = rollout_config(stable, canary)
         .replace("[clusters.app]\n", "[clusters.app]\nprotocol = \"h2\"\n");
     let fd = start(&config).await;
-    let (s, v) = admin(
-        &fd,
-        http::Method::POST,
-        "/rollouts/app/shift",
-        r#"{"weight":50}"#,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    shift_to_half(&fd).await;
     assert_eq!(
         load_until_rolled_back(&fd).await,
         0,
         "every call answered 200"
     );
-    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
-    assert!(
-        rollouts[0]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("error rate")),
-        "{rollouts}"
-    );
-    assert!(canary_users(&fd, 0..200).await.is_empty());
+    rolled_back_for_its_errors(&fd).await;
     fd.shutdown().await;
 }

@@ -240,40 +240,35 @@ pub async fn grpc_upstream(
     use bytes::Bytes;
     use hyper::body::Frame;
     type Frames = Result<Frame<Bytes>, std::io::Error>;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let service = hyper::service::service_fn(move |_req| {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Frames>(2);
-                let mut answer = http::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .header("x-origin-version", version);
-                if trailers_only {
-                    answer = answer.header("grpc-status", status);
-                } else {
-                    // A message: not compressed, its length, its bytes.
-                    let message = Bytes::from_static(b"\0\0\0\0\x02hi");
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
-                    let _ = tx.try_send(Ok(Frame::data(message)));
-                    let _ = tx.try_send(Ok(Frame::trailers(trailers)));
-                }
-                drop(tx);
-                let body = http_body_util::StreamBody::new(loadtest::origin::ReceiverStream(rx));
-                std::future::ready(Ok::<_, std::convert::Infallible>(
-                    answer.body(body).expect("answer"),
-                ))
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), service),
-            );
+    raw_upstream(move |s| {
+        let service = hyper::service::service_fn(move |_req| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Frames>(2);
+            let mut answer = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("x-origin-version", version);
+            if trailers_only {
+                answer = answer.header("grpc-status", status);
+            } else {
+                // A message: not compressed, its length, its bytes.
+                let message = Bytes::from_static(b"\0\0\0\0\x02hi");
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+                let _ = tx.try_send(Ok(Frame::data(message)));
+                let _ = tx.try_send(Ok(Frame::trailers(trailers)));
+            }
+            drop(tx);
+            let body = http_body_util::StreamBody::new(loadtest::origin::ReceiverStream(rx));
+            std::future::ready(Ok::<_, std::convert::Infallible>(
+                answer.body(body).expect("answer"),
+            ))
+        });
+        let serve = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), service);
+        async move {
+            let _ = serve.await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Reads from `s` until a request head has ended; what was read (the head and any bytes after
