@@ -627,6 +627,61 @@ async fn grpc_failures_under_a_200_eject_the_endpoint() {
     fd.shutdown().await;
 }
 
+/// An endpoint failing often but never many times in a row is ejected on its failure rate
+/// (`failure_percentage`): here half its answers fail, alternately, so `consecutive_failures`
+/// would never reach 2; over an interval, 50 % does. The good endpoint serves the rest.
+#[tokio::test]
+async fn an_endpoint_failing_half_its_answers_is_ejected_on_its_failure_rate() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    // Every other answer a 500, the others whole.
+    let flaky = common::raw_upstream(move |mut s| {
+        let count = Arc::clone(&count);
+        async move {
+            while common::read_head(&mut s).await.is_some() {
+                let answer: &[u8] = if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nfail"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nx-flaky: 1\r\ncontent-length: 2\r\n\r\nok"
+                };
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let good = Origin::builder().start().await.expect("origin");
+    let extra = "retries = { attempts = 0 }\noutlier = { consecutive_failures = 2, ejection_time = \"1h\", failure_percentage = 50, failure_percentage_min_requests = 4, interval = \"100ms\" }";
+    let fd = start(&one_route(extra, &[(flaky, "", "v"), (good.addr, "", "v")])).await;
+    let client = Client::http1();
+    common::eventually("the flaky endpoint is ejected", || {
+        let (client, fd) = (&client, &fd);
+        async move {
+            client.get(&url(fd, "/")).await.expect("resp");
+            common::admin_call(fd, Method::GET, "/metrics", "")
+                .await
+                .text()
+                .contains("frontdoor_upstream_ejections_total{cluster=\"app\"} 1")
+        }
+    })
+    .await;
+    let before = answered.load(Ordering::SeqCst);
+    for _ in 0..6 {
+        let r = client.get(&url(&fd, "/")).await.expect("resp");
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.echo().is_some(), "the good endpoint answered");
+    }
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        before,
+        "the flaky one is out"
+    );
+    fd.shutdown().await;
+}
+
 #[tokio::test]
 async fn retries_only_what_is_safe() {
     let live = Origin::builder().start().await.expect("live");

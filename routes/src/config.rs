@@ -322,6 +322,11 @@ pub struct RawOutlier {
     pub ejection_time: Option<String>,
     /// The most of the cluster's endpoints out at once, in percent (default 100: no cap).
     pub max_ejection_percent: Option<u32>,
+    /// Ejects an endpoint whose failures reach this percent of its requests over an
+    /// `interval` (with at least `failure_percentage_min_requests` of them). Absent: off.
+    pub failure_percentage: Option<u32>,
+    pub failure_percentage_min_requests: Option<u32>,
+    pub interval: Option<String>,
 }
 
 /// A cap on the requests at one endpoint at once (HTTP/1.1: the connections in use), with a

@@ -19,9 +19,9 @@ pub use residency::{
     EU_EEA_COUNTRIES, JurisdictionId, JurisdictionSource, MAX_REGIONS, RegionPolicy, RegionSet, mix,
 };
 pub use snapshot::{
-    Acme, Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck,
-    LbPolicy, Limits, Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route, RouteId,
-    Server, Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
+    Acme, Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, FailurePercentage,
+    HealthCheck, LbPolicy, Limits, Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route,
+    RouteId, Server, Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};

@@ -260,6 +260,26 @@ pub struct Outlier {
     /// clients as it is, instead of as `503`s from a cluster with nothing left in it. 100: no
     /// cap.
     pub max_ejection_percent: u32,
+    /// Ejection on a failure rate, for an endpoint failing often but seldom many times in a
+    /// row (30 % of its answers fail: five in a row come once in ~600 requests).
+    pub failure_percentage: Option<FailurePercentage>,
+}
+
+impl Outlier {
+    /// Whether live outcomes can eject an endpoint at all.
+    pub fn ejects(&self) -> bool {
+        self.consecutive_failures > 0 || self.failure_percentage.is_some()
+    }
+}
+
+/// An endpoint is ejected when, over an `interval` in which it had at least `min_requests`,
+/// `percent` or more of them failed (failures as for `consecutive_failures`). Each endpoint's
+/// interval is judged at its first outcome after the interval ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePercentage {
+    pub percent: u32,
+    pub min_requests: u32,
+    pub interval: Duration,
 }
 
 /// Concurrency cap per endpoint (see `RawLimits`).

@@ -213,7 +213,7 @@ protocol = "h3"
 connect_timeout = "0s"
 retries = { attempts = 9 }
 health_check = { path = "healthz", healthy_threshold = 0 }
-outlier = { max_ejection_percent = 150 }
+outlier = { max_ejection_percent = 150, failure_percentage = 101, failure_percentage_min_requests = 0, interval = "0s" }
 endpoints = [
   { address = "127.0.0.1", region = "us-central1" },
   { address = "ok.internal:80", region = "eu-west9" },
@@ -251,6 +251,9 @@ cluster = "app"
         "clusters.app.health_check.path:",
         "clusters.app.health_check.healthy_threshold:",
         "clusters.app.outlier.max_ejection_percent:",
+        "clusters.app.outlier.failure_percentage:",
+        "clusters.app.outlier.failure_percentage_min_requests:",
+        "clusters.app.outlier.interval:",
         "clusters.app.endpoints[0].address:",
         "clusters.app.endpoints[1].region:",
         "clusters.empty.endpoints:",
@@ -498,4 +501,43 @@ renew_before = "soon"
     ] {
         assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
     }
+}
+
+#[test]
+fn failure_percentage_ejection_is_read_with_its_defaults() {
+    let base = r#"
+[clusters.app]
+endpoints = [{ address = "127.0.0.1:9000" }]
+[[routes]]
+cluster = "app"
+"#;
+    let with =
+        |outlier: &str| base.replace("[clusters.app]\n", &format!("[clusters.app]\n{outlier}\n"));
+    let s = crate::load(&with("outlier = { failure_percentage = 30 }")).expect("valid");
+    assert_eq!(
+        s.clusters[0].outlier.failure_percentage,
+        Some(crate::FailurePercentage {
+            percent: 30,
+            min_requests: 20,
+            interval: std::time::Duration::from_secs(10),
+        })
+    );
+    assert_eq!(
+        s.clusters[0].outlier.consecutive_failures, 5,
+        "kept beside it"
+    );
+    assert_eq!(
+        crate::load(base).expect("valid").clusters[0]
+            .outlier
+            .failure_percentage,
+        None
+    );
+    // Its settings without it are a mistake, said as one.
+    let got = errors_of(&with("outlier = { interval = \"5s\" }"));
+    assert!(
+        got.iter()
+            .any(|e| e.starts_with("clusters.app.outlier.interval:")
+                && e.contains("go with failure_percentage")),
+        "{got:?}"
+    );
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use crate::config::{RawClassify, RawCluster, RawConfig, RawEndpoint, RawRoute, RawServer};
 use crate::residency::{EU_EEA_COUNTRIES, JurisdictionId, MAX_REGIONS, RegionPolicy, RegionSet};
 use crate::snapshot::{
-    Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, HealthCheck, LbPolicy,
-    Limits, Outlier, Region, RegionId, Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls,
-    UpstreamProtocol,
+    Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, FailurePercentage,
+    HealthCheck, LbPolicy, Limits, Outlier, Region, RegionId, Retries, Route, RouteId, Server,
+    Snapshot, Timeouts, Tls, UpstreamProtocol,
 };
 use crate::table::{PrefixMap, RouteTable, canonical_prefix};
 use crate::units::{Cidr, parse_duration};
@@ -630,6 +630,7 @@ fn cluster(
             consecutive_failures: 5,
             ejection_time: Duration::from_secs(30),
             max_ejection_percent: 100,
+            failure_percentage: None,
         },
         Some(o) => Outlier {
             consecutive_failures: o.consecutive_failures.unwrap_or(5),
@@ -648,8 +649,41 @@ fn cluster(
                     100
                 }
             },
+            failure_percentage: o.failure_percentage.map(|percent| {
+                if !(1..=100).contains(&percent) {
+                    errors.push(
+                        at("outlier.failure_percentage"),
+                        format!("must be 1..=100, got {percent}"),
+                    );
+                }
+                let min_requests = o.failure_percentage_min_requests.unwrap_or(20);
+                if min_requests == 0 {
+                    errors.push(
+                        at("outlier.failure_percentage_min_requests"),
+                        "must be at least 1",
+                    );
+                }
+                FailurePercentage {
+                    percent,
+                    min_requests,
+                    interval: errors.duration(
+                        at("outlier.interval"),
+                        o.interval.as_ref(),
+                        Duration::from_secs(10),
+                    ),
+                }
+            }),
         },
     };
+    if let Some(o) = &raw.outlier
+        && o.failure_percentage.is_none()
+        && (o.failure_percentage_min_requests.is_some() || o.interval.is_some())
+    {
+        errors.push(
+            at("outlier.interval"),
+            "failure_percentage_min_requests and interval go with failure_percentage",
+        );
+    }
     let limits = match &raw.limits {
         None => Limits::default(),
         Some(l) => {

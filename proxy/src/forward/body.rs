@@ -342,6 +342,7 @@ mod tests {
         consecutive_failures: 2,
         ejection_time: Duration::from_secs(3600),
         max_ejection_percent: 100,
+        failure_percentage: None,
     };
 
     /// A body that sends `first`, then fails.

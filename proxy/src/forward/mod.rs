@@ -360,10 +360,8 @@ pub async fn send(
                         && crate::respond::grpc_failed(response.headers()));
                 let ok = !failed;
                 // A good head with a body to come is judged at the body's end.
-                let endpoint = (ok
-                    && cfg.outlier.consecutive_failures > 0
-                    && !response.body().is_end_stream())
-                .then(|| (Arc::clone(&member.health), cfg.outlier));
+                let endpoint = (ok && cfg.outlier.ejects() && !response.body().is_end_stream())
+                    .then(|| (Arc::clone(&member.health), cfg.outlier));
                 if endpoint.is_none() {
                     member.health.record_live(ok, &cfg.outlier);
                 }

@@ -39,6 +39,11 @@ pub struct MemberHealth {
     streak: AtomicU32,
     /// Consecutive failures seen in live traffic (5xx, connect errors, timeouts).
     live_failures: AtomicU32,
+    /// `outlier.failure_percentage`'s interval: when it began (clock millis; 0: not yet), and
+    /// the outcomes and failures in it so far.
+    rate_since: AtomicU64,
+    rate_outcomes: AtomicU32,
+    rate_failures: AtomicU32,
     /// Clock millis until which the endpoint is ejected; 0 = not ejected.
     ejected_until: AtomicU64,
     /// Clock millis before which no probe of the ejected endpoint is sent.
@@ -79,6 +84,9 @@ impl MemberHealth {
             active_ok: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             live_failures: AtomicU32::new(0),
+            rate_since: AtomicU64::new(0),
+            rate_outcomes: AtomicU32::new(0),
+            rate_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -209,6 +217,9 @@ impl MemberHealth {
     pub fn restore(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
         self.live_failures.store(0, Ordering::Relaxed);
+        self.rate_since.store(0, Ordering::Relaxed);
+        self.rate_outcomes.store(0, Ordering::Relaxed);
+        self.rate_failures.store(0, Ordering::Relaxed);
         self.refresh_gauge();
         // Its free slots were kept from the requests waiting for it while it was out.
         self.waitlist.dispatch(endpoint_key(self));
@@ -263,9 +274,17 @@ impl MemberHealth {
     /// Records a live-traffic outcome; returns true when this failure ejected the endpoint
     /// (counted in `frontdoor_upstream_ejections_total`). A failure that would eject it while
     /// `max_ejection_percent` of the cluster's endpoints are out leaves it in, and starts its
-    /// count again (`frontdoor_upstream_ejections_capped_total`).
+    /// count again (`frontdoor_upstream_ejections_capped_total`). With
+    /// `outlier.failure_percentage`, an outcome that ends an interval in which the endpoint
+    /// failed too often ejects it too.
     pub fn record_live(self: &Arc<Self>, ok: bool, outlier: &routes::Outlier) -> bool {
         self.clear_expired();
+        if let Some(rate) = &outlier.failure_percentage
+            && self.failed_too_often(ok, rate)
+        {
+            self.live_failures.store(0, Ordering::Relaxed);
+            return self.eject(outlier);
+        }
         if ok {
             self.live_failures.store(0, Ordering::Relaxed);
             return false;
@@ -275,6 +294,41 @@ impl MemberHealth {
             return false;
         }
         self.live_failures.store(0, Ordering::Relaxed);
+        self.eject(outlier)
+    }
+
+    /// Counts an outcome in the endpoint's failure-rate interval. The first outcome after the
+    /// interval's end judges it (one caller does, and starts the next): true when at least
+    /// `min_requests` came and `percent` of them or more failed.
+    fn failed_too_often(&self, ok: bool, rate: &routes::FailurePercentage) -> bool {
+        self.rate_outcomes.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.rate_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = clock::now_ms();
+        let since = self.rate_since.load(Ordering::Relaxed);
+        if since == 0 {
+            let _ = self
+                .rate_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            return false;
+        }
+        if now < since + rate.interval.as_millis() as u64
+            || self
+                .rate_since
+                .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let outcomes = self.rate_outcomes.swap(0, Ordering::Relaxed);
+        let failures = self.rate_failures.swap(0, Ordering::Relaxed);
+        outcomes >= rate.min_requests
+            && u64::from(failures) * 100 >= u64::from(rate.percent) * u64::from(outcomes)
+    }
+
+    /// Ejects the endpoint for `outlier.ejection_time`, unless the cluster's cap says not.
+    fn eject(self: &Arc<Self>, outlier: &routes::Outlier) -> bool {
         let now = clock::now_ms();
         let until = now + outlier.ejection_time.as_millis() as u64;
         if !self
@@ -1253,6 +1307,49 @@ version = "canary"
             "one always may"
         );
         assert!(!fail_twice(&members[0], &rt.config.outlier));
+    }
+
+    /// `failure_percentage = 50` over 10 s intervals with 10 requests at least, and no
+    /// ejection on failures in a row: an endpoint failing 12 of 20 is ejected by the first
+    /// outcome after the interval; one failing 8 of 20, or 5 of 5 (too few to judge), is not.
+    /// The next interval starts afresh.
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_failing_too_often_is_ejected_at_its_intervals_end() {
+        let (_, rt) = runtime(&CONFIG.replace(
+            r#"outlier = { consecutive_failures = 2, ejection_time = "10s" }"#,
+            r#"outlier = { consecutive_failures = 0, ejection_time = "10s", failure_percentage = 50, failure_percentage_min_requests = 10 }"#,
+        ));
+        let outlier = rt.config.outlier;
+        let members = rt.members.load_full();
+        let (often, seldom, few) = (&members[0].health, &members[1].health, &members[2].health);
+        for i in 0..20 {
+            assert!(
+                !often.record_live(i >= 12, &outlier),
+                "not before the interval ends"
+            );
+            assert!(!seldom.record_live(i >= 8, &outlier));
+        }
+        for _ in 0..5 {
+            assert!(!few.record_live(false, &outlier));
+        }
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert!(often.record_live(true, &outlier), "12 of 21 failed");
+        assert!(!seldom.record_live(true, &outlier), "8 of 21");
+        assert!(
+            !few.record_live(true, &outlier),
+            "6 outcomes are too few to judge"
+        );
+        assert!(often.ejected(clock::now_ms()));
+        // The next interval counts only its own outcomes: 9 failures and the success that
+        // judges them.
+        for _ in 0..9 {
+            assert!(!seldom.record_live(false, &outlier));
+        }
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert!(
+            seldom.record_live(true, &outlier),
+            "9 of 10 in its second interval"
+        );
     }
 
     /// Two failures in a row at `m`: whether either ejected it.
