@@ -1,14 +1,14 @@
-//! A response body that fails instead of hanging when the upstream goes quiet mid-stream.
+//! A response body that fails instead of hanging when the upstream goes quiet mid-stream, and
+//! tells who waits for it how it ended ([`Watch`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::pool::MemberHealth;
 use super::upstream::UpstreamIncoming;
