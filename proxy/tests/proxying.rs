@@ -641,7 +641,7 @@ async fn an_endpoint_failing_half_its_answers_is_ejected_on_its_failure_rate() {
         let count = Arc::clone(&count);
         async move {
             while common::read_head(&mut s).await.is_some() {
-                let answer: &[u8] = if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                let answer: &[u8] = if count.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                     b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\r\nfail"
                 } else {
                     b"HTTP/1.1 200 OK\r\nx-flaky: 1\r\ncontent-length: 2\r\n\r\nok"
