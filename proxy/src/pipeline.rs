@@ -689,7 +689,10 @@ async fn proxy_request(
     classify::strip_hop_by_hop(&mut parts.headers, switching);
     classify::add_via(&mut parts.headers, parts.version, &active.via);
     let mut watch = forwarded.watch;
-    if let Some((windows, version)) = arm {
+    // A failed head was counted as the version's error already; its body is not judged again.
+    if let Some((windows, version)) = arm
+        && !forwarded.failed
+    {
         watch.get_or_insert_default().judged = Some(rollout::Judged {
             windows,
             version,
