@@ -63,6 +63,8 @@ pub struct MemberHealth {
     peers: Arc<Peers>,
     /// `frontdoor_upstream_ejections_capped_total` of the endpoint's cluster.
     capped: metrics::Counter,
+    /// The cluster's name and the endpoint's address, for the line logged at an ejection.
+    names: Box<(String, String)>,
     /// Held while the cap changes (a reload, a DNS answer): one change at a time; the
     /// generation of the cluster runtime that set it last (see [`Self::set_cap`]).
     resizing: Mutex<u64>,
@@ -97,6 +99,7 @@ impl MemberHealth {
             waitlist,
             peers,
             capped,
+            names: Box::new((cluster.to_string(), endpoint.to_string())),
             resizing: Mutex::new(0),
         }
     }
@@ -280,10 +283,10 @@ impl MemberHealth {
     pub fn record_live(self: &Arc<Self>, ok: bool, outlier: &routes::Outlier) -> bool {
         self.clear_expired();
         if let Some(rate) = &outlier.failure_percentage
-            && self.failed_too_often(ok, rate)
+            && let Some(seen) = self.failed_too_often(ok, rate)
         {
             self.live_failures.store(0, Ordering::Relaxed);
-            return self.eject(outlier);
+            return self.eject(outlier, seen);
         }
         if ok {
             self.live_failures.store(0, Ordering::Relaxed);
@@ -294,13 +297,13 @@ impl MemberHealth {
             return false;
         }
         self.live_failures.store(0, Ordering::Relaxed);
-        self.eject(outlier)
+        self.eject(outlier, Seen::InARow(n))
     }
 
     /// Counts an outcome in the endpoint's failure-rate interval. The first outcome after the
     /// interval's end judges it (one caller does, and starts the next): true when at least
-    /// `min_requests` came and `percent` of them or more failed.
-    fn failed_too_often(&self, ok: bool, rate: &routes::FailurePercentage) -> bool {
+    /// `min_requests` came and `percent` of them or more failed: what was seen then.
+    fn failed_too_often(&self, ok: bool, rate: &routes::FailurePercentage) -> Option<Seen> {
         self.rate_outcomes.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.rate_failures.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +314,7 @@ impl MemberHealth {
             let _ = self
                 .rate_since
                 .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-            return false;
+            return None;
         }
         if now < since + rate.interval.as_millis() as u64
             || self
@@ -319,16 +322,18 @@ impl MemberHealth {
                 .compare_exchange(since, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return false;
+            return None;
         }
         let outcomes = self.rate_outcomes.swap(0, Ordering::Relaxed);
         let failures = self.rate_failures.swap(0, Ordering::Relaxed);
-        outcomes >= rate.min_requests
-            && u64::from(failures) * 100 >= u64::from(rate.percent) * u64::from(outcomes)
+        (outcomes >= rate.min_requests
+            && u64::from(failures) * 100 >= u64::from(rate.percent) * u64::from(outcomes))
+        .then_some(Seen::Rate { failures, outcomes })
     }
 
-    /// Ejects the endpoint for `outlier.ejection_time`, unless the cluster's cap says not.
-    fn eject(self: &Arc<Self>, outlier: &routes::Outlier) -> bool {
+    /// Ejects the endpoint for `outlier.ejection_time`, unless the cluster's cap says not,
+    /// and logs why (a warning: once per ejection, not per request).
+    fn eject(self: &Arc<Self>, outlier: &routes::Outlier, seen: Seen) -> bool {
         let now = clock::now_ms();
         let until = now + outlier.ejection_time.as_millis() as u64;
         if !self
@@ -341,6 +346,19 @@ impl MemberHealth {
         self.ejections.increment(1);
         self.refresh_gauge();
         self.end_ejection_after(outlier.ejection_time);
+        let (reason, failures, outcomes) = match seen {
+            Seen::InARow(n) => ("failures in a row", n, n),
+            Seen::Rate { failures, outcomes } => ("failure rate", failures, outcomes),
+        };
+        tracing::warn!(
+            cluster = %self.names.0,
+            endpoint = %self.names.1,
+            reason,
+            failures,
+            outcomes,
+            ejection_s = outlier.ejection_time.as_secs_f64(),
+            "endpoint ejected"
+        );
         true
     }
 
@@ -381,6 +399,14 @@ impl MemberHealth {
         health.peers.join(&health);
         health
     }
+}
+
+/// What ejected an endpoint: its last `n` outcomes failed, or `failures` of the `outcomes` in
+/// its failure-rate interval.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    InARow(u32),
+    Rate { failures: u32, outcomes: u32 },
 }
 
 /// A cluster's endpoints (kept across reloads, like their health), for the cap on how many
@@ -1350,6 +1376,55 @@ version = "canary"
             seldom.record_live(true, &outlier),
             "9 of 10 in its second interval"
         );
+    }
+
+    /// An ejection is logged once, as a warning, with what it was for: the cluster, the
+    /// endpoint, the reason and its numbers.
+    #[test]
+    fn an_ejection_is_logged_with_its_reason() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lines").extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let outlier = routes::Outlier {
+            consecutive_failures: 2,
+            ejection_time: std::time::Duration::from_secs(30),
+            max_ejection_percent: 100,
+            failure_percentage: None,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let health = MemberHealth::alone("app", "127.0.0.1:7");
+            assert!(!health.record_live(false, &outlier));
+            assert!(health.record_live(false, &outlier));
+        });
+        let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("UTF-8");
+        let logged: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .filter(|v: &serde_json::Value| v["message"] == "endpoint ejected")
+            .collect();
+        assert_eq!(logged.len(), 1, "{text}");
+        let line = &logged[0];
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["cluster"], "app");
+        assert_eq!(line["endpoint"], "127.0.0.1:7");
+        assert_eq!(line["reason"], "failures in a row");
+        assert_eq!(line["failures"], 2);
+        assert_eq!(line["ejection_s"], 30.0);
     }
 
     /// Two failures in a row at `m`: whether either ejected it.
