@@ -2084,3 +2084,49 @@ async fn a_request_after_an_h2_upstreams_goaway_goes_on_a_new_connection() {
     );
     fd.shutdown().await;
 }
+
+/// An HTTP/2 upstream that refuses a stream (`REFUSED_STREAM`: RFC 9113 §8.7, it did not
+/// process the request) may have it again, whatever its method: a bodiless POST is retried
+/// like a GET. Here the upstream refuses every other stream.
+#[tokio::test]
+async fn a_stream_an_h2_upstream_refused_goes_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&streams);
+    let upstream = common::raw_upstream(move |s| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let Ok(mut conn) = h2::server::handshake(s).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
+                if let Ok(mut body) = respond.send_response(http::Response::new(()), false) {
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            }
+        }
+    })
+    .await;
+    let extra = "protocol = \"h2\"\nretries = { attempts = 1 }";
+    let fd = start(&one_route(extra, &[(upstream, "", "v")])).await;
+    let client = Client::http1();
+    for i in 0..3 {
+        let post = Request::post(url(&fd, "/orders/confirm"))
+            .body(Full::default())
+            .expect("req");
+        let r = client.send(post).await.expect("resp");
+        assert_eq!(r.status, StatusCode::OK, "POST {i}: {}", r.text());
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        6,
+        "each refused once, then answered"
+    );
+    fd.shutdown().await;
+}

@@ -348,6 +348,8 @@ pub async fn send(
         drop(in_flight);
 
         let endpoint = || member.addr.to_string();
+        // An HTTP/2 upstream said it never processed the request: safe to send again.
+        let unprocessed = matches!(&outcome, Err(e) if e.unprocessed());
         let error = match outcome {
             Ok(mut response) => {
                 if let Some(slot) = slot {
@@ -419,7 +421,7 @@ pub async fn send(
         let may_retry = bodiless
             && attempts <= cfg.retries.attempts
             && !matches!(error, ProxyError::Timeout { .. })
-            && (idempotent(&method) || error.nothing_sent())
+            && (idempotent(&method) || error.nothing_sent() || unprocessed)
             && cluster.retry_allowed();
         if !may_retry {
             return Err(ForwardError {

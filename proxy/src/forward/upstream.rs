@@ -87,6 +87,24 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
     }
+
+    /// An HTTP/2 upstream said it did not process the request (RFC 9113 §8.7): it refused
+    /// the stream (`REFUSED_STREAM`), or its GOAWAY's last stream came before it. Any
+    /// request may then go again, as one never sent may.
+    pub fn unprocessed(&self) -> bool {
+        let UpstreamError::Exchange(e) = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(c) = cause {
+            if let Some(h2) = c.downcast_ref::<h2::Error>() {
+                return h2.is_remote()
+                    && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            }
+            cause = c.source();
+        }
+        false
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
