@@ -282,8 +282,8 @@ const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-messa
 /// Whether an upstream's gRPC status (`grpc-status`, in an answer's trailers or in the head
 /// of a trailers-only answer) says the server failed: the codes the usual gRPC-to-HTTP
 /// mapping (google.rpc.Code's) puts at 5xx — UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
-/// INTERNAL, UNAVAILABLE, DATA_LOSS. A gRPC server answers `200` whatever the call's outcome; without this, a
-/// failing one looks healthy to outlier ejection and to a rollout's analysis. A caller's
+/// INTERNAL, UNAVAILABLE, DATA_LOSS. A gRPC server answers `200` whatever the call's outcome;
+/// without this, a failing one looks healthy to outlier ejection and to a rollout's analysis. A caller's
 /// mistake (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) is not the server's failure.
 pub fn grpc_failed(fields: &http::HeaderMap) -> bool {
     grpc_code(fields).is_some_and(grpc_code_failed)

@@ -270,13 +270,12 @@ impl Ending {
         push_decimal(out, self.bytes, 0);
         out.extend_from_slice(b",\"end\":\"");
         out.extend_from_slice(self.end.as_str().as_bytes());
+        out.push(b'"');
         if let Some(code) = self.grpc {
-            out.extend_from_slice(b"\",\"grpc_status\":");
+            out.extend_from_slice(b",\"grpc_status\":");
             push_decimal(out, u64::from(code), 0);
-            out.extend_from_slice(b",\"total_ms\":");
-        } else {
-            out.extend_from_slice(b"\",\"total_ms\":");
         }
+        out.extend_from_slice(b",\"total_ms\":");
         millis(out, self.total);
         out.extend_from_slice(b"}\n");
     }

@@ -250,19 +250,8 @@ async fn the_sticky_cookie_is_secure_over_https() {
         .await
         .expect("origin");
     let config = format!(
-        r#"
-[server]
-trusted_proxies = ["127.0.0.0/8"]
-[clusters.app]
-endpoints = [{{ address = "{0}", version = "stable" }}, {{ address = "{0}", version = "canary" }}]
-[[routes]]
-name = "app"
-cluster = "app"
-version = "stable"
-[routes.rollout]
-candidate = "canary"
-"#,
-        origin.addr
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        rollout_config(origin.addr, origin.addr)
     );
     let fd = start(&config).await;
     for (proto, secure) in [("https", true), ("HTTPS", true), ("http", false)] {

@@ -301,8 +301,8 @@ impl MemberHealth {
     }
 
     /// Counts an outcome in the endpoint's failure-rate interval. The first outcome after the
-    /// interval's end judges it (one caller does, and starts the next): true when at least
-    /// `min_requests` came and `percent` of them or more failed: what was seen then.
+    /// interval's end judges it (one caller does, and starts the next): what was seen, when at
+    /// least `min_requests` came and `percent` of them or more failed.
     fn failed_too_often(&self, ok: bool, rate: &routes::FailurePercentage) -> Option<Seen> {
         self.rate_outcomes.fetch_add(1, Ordering::Relaxed);
         if !ok {

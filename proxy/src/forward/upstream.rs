@@ -510,17 +510,13 @@ impl UpstreamClient {
         req: Request<UpstreamBody>,
         deadline: Instant,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        match self.request_h2_once(addr, req, deadline).await {
-            Err(H2Failure::Unsent(req)) => match self.request_h2_once(addr, *req, deadline).await {
-                Ok(resp) => Ok(resp),
-                Err(H2Failure::Unsent(_)) => Err(UpstreamError::Exchange(
-                    format!("{addr}: the connection closed before the request went").into(),
-                )),
-                Err(H2Failure::Failed(e)) => Err(e),
-            },
-            Ok(resp) => Ok(resp),
-            Err(H2Failure::Failed(e)) => Err(e),
-        }
+        let again = match self.request_h2_once(addr, req, deadline).await {
+            Err(H2Failure::Unsent(req)) => *req,
+            first => return first.map_err(|f| f.into_error(addr)),
+        };
+        self.request_h2_once(addr, again, deadline)
+            .await
+            .map_err(|f| f.into_error(addr))
     }
 
     /// One try of [`Self::request_h2`], on the connection the pool chooses.
@@ -637,6 +633,19 @@ enum H2Failure {
     /// Boxed: the rare case, kept out of every answer's size.
     Unsent(Box<Request<UpstreamBody>>),
     Failed(UpstreamError),
+}
+
+impl H2Failure {
+    /// The error the exchange with `addr` ends with: one given back unsent again (after the
+    /// try on a new connection) is the connection's failure.
+    fn into_error(self, addr: SocketAddr) -> UpstreamError {
+        match self {
+            H2Failure::Unsent(_) => UpstreamError::Exchange(
+                format!("{addr}: the connection closed before the request went").into(),
+            ),
+            H2Failure::Failed(e) => e,
+        }
+    }
 }
 
 /// This thread's idle lists (see the module docs): one number for every thread of a

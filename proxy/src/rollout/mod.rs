@@ -93,18 +93,20 @@ impl Windows {
         latency: std::time::Duration,
         now: u64,
     ) {
-        self.all[version as usize].record(now, error, latency);
-        if let Some((_, w)) = region.and_then(|r| self.regions.get(r.0)) {
-            w[version as usize].record(now, error, latency);
-        }
+        self.each(version, region, |w| w.record(now, error, latency));
     }
 
     /// Counts an error for an exchange of `version` recorded earlier, whose answer broke off
     /// after its head (see [`Window::broke`]).
     pub fn broke(&self, version: Version, region: Option<routes::RegionId>, now: u64) {
-        self.all[version as usize].broke(now);
+        self.each(version, region, |w| w.broke(now));
+    }
+
+    /// `change` on `version`'s window over all regions, then on its window for `region`.
+    fn each(&self, version: Version, region: Option<routes::RegionId>, change: impl Fn(&Window)) {
+        change(&self.all[version as usize]);
         if let Some((_, w)) = region.and_then(|r| self.regions.get(r.0)) {
-            w[version as usize].broke(now);
+            change(&w[version as usize]);
         }
     }
 }
