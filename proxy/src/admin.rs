@@ -189,6 +189,16 @@ impl Admin {
             let cluster = &active.upstreams.clusters[d.cluster.0];
             // Never a probe: explaining a request must not take one from a real request.
             let route = s.route(d.route);
+            if route.https_redirect && uri.scheme_str() == Some("http") {
+                let port = match self.proxy.https_redirect_port(&s.server) {
+                    443 => String::new(),
+                    port => format!(":{port}"),
+                };
+                let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                text.push_str(&format!(
+                    "  plain HTTP:   redirected to https://{host}{port}{target} (301 for GET and HEAD, 308 otherwise); the rest is what HTTPS gets\n"
+                ));
+            }
             let ask = crate::forward::pool::Ask {
                 snapshot: s,
                 route,

@@ -601,6 +601,21 @@ impl ViaValues {
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
 /// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced (and
 /// `X-Forwarded-Host` removed when there is no host: HTTP/1.0 without `Host`).
+/// Whether the client's request came over HTTPS: to this front door, or — said by a trusted
+/// proxy in front of it, in the first entry of `X-Forwarded-Proto` — to that proxy.
+pub fn came_over_https(peer: &Peer, trusted: bool, headers: &HeaderMap) -> bool {
+    peer.tls
+        || (trusted
+            && headers.get(&X_FORWARDED_PROTO).is_some_and(|v| {
+                let first = v
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .next()
+                    .unwrap_or_default();
+                first.trim_ascii().eq_ignore_ascii_case(b"https")
+            }))
+}
+
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
     // An untrusted peer's own `X-Forwarded-For` is replaced without being read.
     let prev = if trusted {

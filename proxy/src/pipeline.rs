@@ -24,7 +24,7 @@ use crate::classify::{self, Peer};
 use crate::forward::{self, IdleTimeoutBody};
 use crate::listen::RequestBody;
 use crate::respond::ProxyError;
-use crate::rollout::{self, Rollouts, Version as RolloutVersion, Windows};
+use crate::rollout::{self, Version as RolloutVersion, Windows};
 use crate::state::{Active, Proxy};
 use crate::telemetry::{AccessRecord, AnswerEnd, Ending, OpenLine};
 
@@ -98,6 +98,11 @@ pub async fn handle(
     };
     // A gRPC call gets the proxy's own failures as gRPC statuses (only HTTP/2 is looked at).
     let grpc = crate::respond::is_grpc(ex.protocol, req.headers());
+    // Every answer over HTTPS carries the HSTS policy, when there is one.
+    let hsts = active
+        .hsts
+        .as_ref()
+        .filter(|_| classify::came_over_https(&peer, trusted, req.headers()));
     let wrong_host = peer
         .sni
         .as_deref()
@@ -109,7 +114,7 @@ pub async fn handle(
         // (this one) is moved by value; a pointer is cheaper to move than the state.
         let forward = pin_boxed!(proxy_request(
             &active,
-            &proxy.rollouts,
+            &proxy,
             &peer,
             req,
             &ex.host,
@@ -121,7 +126,7 @@ pub async fn handle(
         forward.await
     };
     ex.answered = true;
-    let response = match result {
+    let mut response = match result {
         Ok(resp) => resp,
         Err(err) => {
             let id = ex.request_id.to_str().unwrap_or_default();
@@ -150,6 +155,16 @@ pub async fn handle(
             resp.map(Either::Right)
         }
     };
+    // An upstream's own policy for its host stands.
+    if let Some(hsts) = hsts
+        && !response
+            .headers()
+            .contains_key(header::STRICT_TRANSPORT_SECURITY)
+    {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
 
     // record: a failure by its own status, also when a gRPC call got it as a gRPC status
     let head_time = started.elapsed();
@@ -387,7 +402,7 @@ fn misdirected(proxy: &Proxy, sni: &str, host: &str) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn proxy_request(
     active: &Arc<Active>,
-    rollouts: &Rollouts,
+    proxy: &Proxy,
     peer: &Peer,
     mut req: Request<RequestBody>,
     host: &str,
@@ -455,6 +470,11 @@ async fn proxy_request(
     outcome.route = Some(decision.route.0);
     outcome.decision = Some(decision);
     let route = snapshot.route(decision.route);
+    // Plain HTTP where the route wants HTTPS: the same URL there, and nothing goes upstream.
+    if route.https_redirect && !classify::came_over_https(peer, trusted, req.headers()) {
+        let port = proxy.https_redirect_port(&snapshot.server);
+        return to_https(&req, host, port, request_id);
+    }
     if !trusted {
         // Edge classification headers from anyone else are ignored and not passed on. Rarely
         // sent: one look over the names (no hashing) finds whether there is anything to remove.
@@ -499,7 +519,7 @@ async fn proxy_request(
     let mut set_cookie = None;
     let mut arm: Option<(Arc<Windows>, RolloutVersion)> = None;
     if let Some(cfg) = &route.rollout {
-        let table = rollouts.table();
+        let table = proxy.rollouts.table();
         if let Some(rr) = table.by_route.get(&route.name) {
             let who = rollout::Who {
                 client,
@@ -719,6 +739,44 @@ async fn proxy_request(
         parts.headers.append(header::SET_COOKIE, cookie);
     }
     Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The redirect of a plain-HTTP request to the same URL over HTTPS (`host` is the request's,
+/// in routing's form: lower case, without its port): 301 for `GET` and `HEAD`, 308 for other
+/// methods, which a client repeats with their body (RFC 9110 §15.4.9).
+fn to_https<B>(
+    req: &Request<B>,
+    host: &str,
+    port: u16,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if host.is_empty() {
+        // HTTP/1.0 without `Host`: there is no name to send the client to.
+        return Err(ProxyError::BadRequest("a redirect to HTTPS needs a Host"));
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    // `OPTIONS *` has no resource of its own: the redirect names the host's root.
+    let target = if target.starts_with('/') { target } else { "/" };
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(classify::REQUEST_ID, request_id.clone());
+    Ok(resp)
 }
 
 /// A stored response on its way out: the same per-request headers as a proxied one.

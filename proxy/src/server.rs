@@ -145,6 +145,9 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         }
     }
     let [bound_http, bound_https] = bound;
+    if let Some(https) = bound_https {
+        proxy.set_https_port(https.port());
+    }
 
     let admin_listener = TcpListener::bind(admin_addr)
         .await

@@ -34,6 +34,8 @@ pub struct Active {
     /// The classification headers' names, parsed once per snapshot: a lookup by text parses
     /// the name each time.
     pub classify_headers: ClassifyHeaders,
+    /// `Strict-Transport-Security` for answers over HTTPS (`server.hsts`).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// `classify.country_header`, `jurisdiction_header` and the tenant header as header names.
@@ -111,6 +113,8 @@ pub struct Proxy {
     pub fleet_status: Mutex<Option<serde_json::Value>>,
     /// HTTP-01 answers while an ACME order is being validated.
     pub acme_challenges: Arc<certs::acme::Challenges>,
+    /// The HTTPS listener's port once bound (0: none), named by redirects to HTTPS.
+    https_port: std::sync::atomic::AtomicU16,
 }
 
 fn unix_now() -> u64 {
@@ -176,6 +180,7 @@ impl Proxy {
             rollouts: crate::rollout::Rollouts::default(),
             fleet_status: Mutex::new(None),
             acme_challenges,
+            https_port: std::sync::atomic::AtomicU16::new(0),
         };
         proxy.rollouts.sync(&proxy.active().snapshot);
         Ok(Arc::new(proxy))
@@ -188,6 +193,23 @@ impl Proxy {
 
     pub fn active_full(&self) -> Arc<Active> {
         self.active.load_full()
+    }
+
+    /// Notes the port the HTTPS listener was bound to.
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The port a redirect to HTTPS names: `server.https_redirect_port`, else the HTTPS
+    /// listener's, else 443.
+    pub fn https_redirect_port(&self, server: &routes::Server) -> u16 {
+        server.https_redirect_port.unwrap_or_else(|| {
+            match self.https_port.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => 443,
+                port => port,
+            }
+        })
     }
 
     /// Rebuilds the certificate store from the current config's files (new ACME certificate,
@@ -438,6 +460,13 @@ async fn build_active(
         .collect();
     let via = crate::classify::ViaValues::new(&snapshot.server.via);
     let classify_headers = ClassifyHeaders::new(&snapshot.classify)?;
+    let hsts = match &snapshot.server.hsts {
+        // Built by validation from digits and fixed words; an error here would be its gap.
+        Some(v) => {
+            Some(http::HeaderValue::from_str(v).map_err(|_| vec![format!("server.hsts: {v:?}")])?)
+        }
+        None => None,
+    };
     // Nothing after this rejects the config: the endpoints take its caps now.
     upstreams.apply_limits();
     Ok(Active {
@@ -450,6 +479,7 @@ async fn build_active(
         region_headers,
         via,
         classify_headers,
+        hsts,
     })
 }
 

@@ -845,3 +845,182 @@ async fn reuseport_workers_all_serve_and_drain() {
         "all listeners closed after shutdown"
     );
 }
+
+/// Sends `request` from `from` (a loopback address) to `to` and reads the one answer.
+async fn exchange_from(from: &str, to: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut s = socket.connect(to).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("request");
+    common::read_message(&mut s).await.expect("an answer")
+}
+
+fn field<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    answer.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_whose_answers_carry_hsts() {
+    let origin = Origin::builder().start().await.expect("origin");
+    // An upstream with an HSTS policy of its own for its host.
+    let own = common::raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        while common::read_message(&mut s).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\nstrict-transport-security: max-age=5\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let dead = common::dead_addr().await;
+    let dir = temp_dir("https-redirect");
+    let ca = certs::dev::DevCa::new("test CA").expect("ca");
+    let leaf = ca.issue(&["a.test"]).expect("leaf");
+    let (cert, key) = (dir.join("a.pem"), dir.join("a.key"));
+    std::fs::write(&cert, &leaf.cert_pem).expect("write");
+    std::fs::write(&key, &leaf.key_pem).expect("write");
+    let config = format!(
+        "[server]\nhttps_redirect = true\ntrusted_proxies = [\"127.0.0.2\"]\nhsts = {{ max_age = 31536000, include_subdomains = true }}\n[[tls.certificates]]\nhosts = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n{}{}{}\n[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/hook\"\ncluster = \"app\"\nhttps_redirect = false\n[[routes]]\npath_prefix = \"/own\"\ncluster = \"own\"\n[[routes]]\npath_prefix = \"/gone\"\ncluster = \"gone\"\n",
+        cert.display(),
+        key.display(),
+        cluster("app", "", &[(origin.addr, "", "v")]),
+        cluster("own", "", &[(own, "", "v")]),
+        cluster("gone", "", &[(dead, "", "v")]),
+    );
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let (http, https) = (fd.http.expect("http"), fd.https.expect("https"));
+    let port = https.port();
+
+    // GET and HEAD: 301 to the same URL over HTTPS, the host in routing's form, at the
+    // HTTPS listener's port; nothing reaches the upstream, and no HSTS over plain HTTP.
+    for method in ["GET", "HEAD"] {
+        let answer = exchange_from(
+            "127.0.0.1",
+            http,
+            &format!("{method} /a/b?x=1&y=%20 HTTP/1.1\r\nHost: Shop.Example:8080\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 301 "), "{answer}");
+        assert_eq!(
+            field(&answer, "location"),
+            Some(format!("https://shop.example:{port}/a/b?x=1&y=%20").as_str()),
+            "{answer}"
+        );
+        assert!(field(&answer, "x-request-id").is_some(), "{answer}");
+        assert_eq!(field(&answer, "strict-transport-security"), None);
+    }
+    // Other methods: 308, which a client repeats with its method and body.
+    let answer = exchange_from(
+        "127.0.0.1",
+        http,
+        "POST /form HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 3\r\n\r\na=1",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 308 "), "{answer}");
+    assert_eq!(
+        field(&answer, "location"),
+        Some(format!("https://shop.example:{port}/form").as_str())
+    );
+    // An IPv6 literal keeps its brackets.
+    let answer = exchange_from(
+        "127.0.0.1",
+        http,
+        "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        field(&answer, "location"),
+        Some(format!("https://[::1]:{port}/").as_str()),
+        "{answer}"
+    );
+    // A client's own `X-Forwarded-Proto` is no proof of HTTPS.
+    let answer = exchange_from(
+        "127.0.0.1",
+        http,
+        "GET / HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-Proto: https\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 301 "), "{answer}");
+    // HTTP/1.0 without `Host` has no name to be sent to.
+    let answer = exchange_from("127.0.0.1", http, "GET / HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(origin.faults.requests(), 0, "nothing was forwarded");
+
+    // A route that says otherwise is served over plain HTTP (without HSTS).
+    let answer = exchange_from(
+        "127.0.0.1",
+        http,
+        "GET /hook/x HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(field(&answer, "strict-transport-security"), None);
+    // A trusted proxy that took the request over HTTPS is believed: served, with HSTS, and no
+    // redirect loop behind a TLS-terminating balancer.
+    let answer = exchange_from(
+        "127.0.0.2",
+        http,
+        "GET / HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-Proto: https\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(
+        field(&answer, "strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(origin.faults.requests(), 2);
+
+    // Over HTTPS: served, with the policy on the proxy's own answers too; an upstream's own
+    // policy stands.
+    for (path, status, hsts) in [
+        ("/", StatusCode::OK, "max-age=31536000; includeSubDomains"),
+        ("/own", StatusCode::OK, "max-age=5"),
+        (
+            "/gone",
+            StatusCode::BAD_GATEWAY,
+            "max-age=31536000; includeSubDomains",
+        ),
+    ] {
+        for alpn in [&b"h2"[..], b"http/1.1"] {
+            let (_, resp) = loadtest::client::tls_get(https, "a.test", &ca.cert_pem, &[alpn], path)
+                .await
+                .expect("TLS request");
+            assert_eq!(resp.status, status, "{path}");
+            assert_eq!(
+                resp.header("strict-transport-security"),
+                Some(hsts),
+                "{path}"
+            );
+        }
+    }
+
+    // `proxyctl explain` says what a plain-HTTP URL gets.
+    let fd = &fd;
+    let explain = |url: &str| {
+        let path = format!("/explain?url={url}");
+        async move { admin(fd, Method::GET, &path, Some(TOKEN)).await.2 }
+    };
+    let plain = explain("http://shop.example/a?x=1").await;
+    assert!(
+        plain.contains(&format!(
+            "plain HTTP:   redirected to https://shop.example:{port}/a?x=1"
+        )),
+        "{plain}"
+    );
+    let secure = explain("https://shop.example/a").await;
+    assert!(!secure.contains("plain HTTP"), "{secure}");
+    let hook = explain("http://shop.example/hook").await;
+    assert!(!hook.contains("plain HTTP"), "{hook}");
+}

@@ -164,6 +164,31 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     /// Open client connections at most per client address (default 1,000).
     pub max_connections_per_ip: Option<usize>,
+    /// Answer a request that came over plain HTTP with a redirect to the same URL over HTTPS
+    /// (301 for `GET` and `HEAD`, 308 for other methods, which keeps the method and body),
+    /// on every route that does not say otherwise (`routes[].https_redirect`). A request a
+    /// trusted proxy forwarded with `X-Forwarded-Proto: https` came over HTTPS. Default false.
+    pub https_redirect: Option<bool>,
+    /// The port the redirect names. Default: the port of this front door's HTTPS listener,
+    /// 443 without one (443 is not written in the URL).
+    pub https_redirect_port: Option<u16>,
+    /// `Strict-Transport-Security` on every answer sent over HTTPS (never over plain HTTP)
+    /// that does not carry its own.
+    pub hsts: Option<RawHsts>,
+}
+
+/// `hsts = { max_age = 31536000, include_subdomains = true, preload = false }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    /// Seconds a browser keeps to HTTPS for the host, as in the header; 0 tells it to forget.
+    pub max_age: u64,
+    /// The policy covers the host's subdomains too. Default false.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Consent to browsers' preload lists; needs `include_subdomains` and a year or more.
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// A region and the jurisdiction its data falls under.
@@ -385,6 +410,9 @@ pub struct RawRoute {
     pub rollout: Option<RawRollout>,
     /// Token-bucket request rate limit, per client key.
     pub rate_limit: Option<RawRateLimit>,
+    /// Redirect this route's plain-HTTP requests to HTTPS (see `server.https_redirect`, whose
+    /// value it overrides).
+    pub https_redirect: Option<bool>,
 }
 
 /// `tls = { ca = "...", server_name = "...", cert = "...", key = "..." }` on a cluster.

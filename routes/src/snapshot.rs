@@ -121,6 +121,10 @@ pub struct Server {
     pub max_request_head_bytes: usize,
     pub max_request_headers: usize,
     pub max_uri_bytes: usize,
+    /// The port a redirect to HTTPS names, when set; otherwise the HTTPS listener's.
+    pub https_redirect_port: Option<u16>,
+    /// The `Strict-Transport-Security` value for answers over HTTPS, when set.
+    pub hsts: Option<String>,
 }
 
 /// A region and its jurisdiction (`us`, `eu`, `apac`, ...).
@@ -345,6 +349,8 @@ pub struct Route {
     pub residency: Option<JurisdictionId>,
     pub rollout: Option<crate::rollout::Rollout>,
     pub rate_limit: Option<RateLimit>,
+    /// Plain-HTTP requests get a redirect to HTTPS (the route's setting, or the server's).
+    pub https_redirect: bool,
 }
 
 /// A validated rate limit.

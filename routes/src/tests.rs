@@ -541,3 +541,50 @@ cluster = "app"
         "{got:?}"
     );
 }
+
+#[test]
+fn https_redirects_and_hsts_are_read_with_their_defaults() {
+    let routes = "[[routes]]\nname = \"web\"\ncluster = \"app\"\n[[routes]]\nname = \"hook\"\npath_prefix = \"/hook\"\ncluster = \"app\"\nhttps_redirect = false\n[[routes]]\nname = \"only\"\npath_prefix = \"/only\"\ncluster = \"app\"\nhttps_redirect = true\n";
+    let redirects =
+        |s: &Snapshot| -> Vec<bool> { s.routes.iter().map(|r| r.https_redirect).collect() };
+    // Off unless said; a route's own word beats the server's either way.
+    let plain = snapshot(routes);
+    assert_eq!(redirects(&plain), [false, false, true]);
+    assert_eq!(plain.server.https_redirect_port, None);
+    assert_eq!(plain.server.hsts, None);
+    let on = load(&format!(
+        "[server]\nhttps_redirect = true\nhttps_redirect_port = 8443\nhsts = {{ max_age = 31536000, include_subdomains = true, preload = true }}\n{BASE}\n{routes}"
+    ))
+    .expect("valid");
+    assert_eq!(redirects(&on), [true, false, true]);
+    assert_eq!(on.server.https_redirect_port, Some(8443));
+    assert_eq!(
+        on.server.hsts.as_deref(),
+        Some("max-age=31536000; includeSubDomains; preload")
+    );
+    // Zero is how a policy is withdrawn (RFC 6797 §6.1.1).
+    let forget = load(&format!(
+        "[server]\nhsts = {{ max_age = 0 }}\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(forget.server.hsts.as_deref(), Some("max-age=0"));
+}
+
+#[test]
+fn https_redirect_and_hsts_mistakes_are_errors_with_their_paths() {
+    let got = errors_of(&format!(
+        "[server]\nhttps_redirect_port = 0\nhsts = {{ max_age = 86400, preload = true }}\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ));
+    assert_eq!(
+        got,
+        [
+            "server.https_redirect_port: must be a port, 1 to 65535",
+            "server.hsts.preload: needs include_subdomains = true: a preloaded policy covers every subdomain",
+            "server.hsts.preload: needs max_age of a year (31536000) or more",
+        ],
+    );
+    let got = errors_of(&format!(
+        "[server]\nhsts = {{ include_subdomains = true }}\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+    ));
+    assert!(got[0].contains("missing field `max_age`"), "{got:?}");
+}

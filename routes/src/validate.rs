@@ -176,6 +176,10 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
             continue;
         };
         route.regions = region_policy(i, r, &region_ids, &mut errors);
+        route.https_redirect = r
+            .https_redirect
+            .or(raw.server.https_redirect)
+            .unwrap_or(false);
         route.rollout = r
             .rollout
             .as_ref()
@@ -358,7 +362,45 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             8 * 1024,
             16..=64 * 1024,
         ),
+        https_redirect_port: match raw.https_redirect_port {
+            Some(0) => {
+                errors.push("server.https_redirect_port", "must be a port, 1 to 65535");
+                None
+            }
+            port => port,
+        },
+        hsts: raw.hsts.as_ref().and_then(|h| hsts(h, errors)),
     }
+}
+
+/// The `Strict-Transport-Security` value, or the errors that keep it from being one.
+fn hsts(raw: &crate::config::RawHsts, errors: &mut Errors) -> Option<String> {
+    // What browsers' preload lists take (hstspreload.org): a year at least, subdomains too.
+    const PRELOAD_MIN_AGE: u64 = 365 * 86_400;
+    let before = errors.0.len();
+    if raw.preload && !raw.include_subdomains {
+        errors.push(
+            "server.hsts.preload",
+            "needs include_subdomains = true: a preloaded policy covers every subdomain",
+        );
+    }
+    if raw.preload && raw.max_age < PRELOAD_MIN_AGE {
+        errors.push(
+            "server.hsts.preload",
+            format!("needs max_age of a year ({PRELOAD_MIN_AGE}) or more"),
+        );
+    }
+    if errors.0.len() > before {
+        return None;
+    }
+    let mut value = format!("max-age={}", raw.max_age);
+    if raw.include_subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if raw.preload {
+        value.push_str("; preload");
+    }
+    Some(value)
 }
 
 fn within(
@@ -942,6 +984,7 @@ fn route(
             .rate_limit
             .as_ref()
             .and_then(|r| rate_limit(i, r, errors)),
+        https_redirect: false,
     })
 }
 
