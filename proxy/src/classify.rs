@@ -601,6 +601,51 @@ impl ViaValues {
 /// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
 /// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced (and
 /// `X-Forwarded-Host` removed when there is no host: HTTP/1.0 without `Host`).
+/// A route's changes to a message's header fields (`routes::HeaderOps`), parsed once per
+/// snapshot.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    default: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdits {
+    /// `None` when there is nothing to change; an error names a field validation let through.
+    pub fn of(ops: &routes::HeaderOps) -> Result<Option<HeaderEdits>, String> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| n.to_string());
+        let field = |(n, v): &(String, String)| {
+            Ok::<_, String>((name(n)?, HeaderValue::from_str(v).map_err(|_| n.clone())?))
+        };
+        Ok(Some(HeaderEdits {
+            remove: ops
+                .remove
+                .iter()
+                .map(|n| name(n))
+                .collect::<Result<_, _>>()?,
+            set: ops.set.iter().map(field).collect::<Result<_, _>>()?,
+            default: ops.default.iter().map(field).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.default {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
 /// Whether the client's request came over HTTPS: to this front door, or — said by a trusted
 /// proxy in front of it, in the first entry of `X-Forwarded-Proto` — to that proxy.
 pub fn came_over_https(peer: &Peer, trusted: bool, headers: &HeaderMap) -> bool {

@@ -155,6 +155,14 @@ pub async fn handle(
             resp.map(Either::Right)
         }
     };
+    // The route's changes to its answers: upstream's, the cache's and the proxy's own alike.
+    if let Some(edits) = ex
+        .outcome
+        .route
+        .and_then(|i| active.route_headers[i].response.as_ref())
+    {
+        edits.apply(response.headers_mut());
+    }
     // An upstream's own policy for its host stands.
     if let Some(hsts) = hsts
         && !response
@@ -610,6 +618,10 @@ async fn proxy_request(
     }
     classify::set_forwarded(&mut head.headers, peer, trusted, host);
     classify::add_via(&mut head.headers, head.version, &active.via);
+    // The route's own changes, before the cache: a stored answer varies on what upstream saw.
+    if let Some(edits) = &active.route_headers[decision.route.0].request {
+        edits.apply(&mut head.headers);
+    }
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
     // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and

@@ -36,6 +36,15 @@ pub struct Active {
     pub classify_headers: ClassifyHeaders,
     /// `Strict-Transport-Security` for answers over HTTPS (`server.hsts`).
     pub hsts: Option<http::HeaderValue>,
+    /// Each route's changes to its requests' and answers' header fields, by route index.
+    pub route_headers: Vec<RouteHeaders>,
+}
+
+/// A route's `request_headers` and `response_headers`, when it has any.
+#[derive(Debug, Default)]
+pub struct RouteHeaders {
+    pub request: Option<crate::classify::HeaderEdits>,
+    pub response: Option<crate::classify::HeaderEdits>,
 }
 
 /// `classify.country_header`, `jurisdiction_header` and the tenant header as header names.
@@ -460,6 +469,22 @@ async fn build_active(
         .collect();
     let via = crate::classify::ViaValues::new(&snapshot.server.via);
     let classify_headers = ClassifyHeaders::new(&snapshot.classify)?;
+    let route_headers = snapshot
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // Validated when the config loaded; an error here would be a validation gap.
+            let edits = |ops, which| {
+                crate::classify::HeaderEdits::of(ops)
+                    .map_err(|field| vec![format!("routes[{i}].{which}: {field:?}")])
+            };
+            Ok(RouteHeaders {
+                request: edits(&r.request_headers, "request_headers")?,
+                response: edits(&r.response_headers, "response_headers")?,
+            })
+        })
+        .collect::<Result<Vec<_>, Vec<String>>>()?;
     let hsts = match &snapshot.server.hsts {
         // Built by validation from digits and fixed words; an error here would be its gap.
         Some(v) => {
@@ -480,6 +505,7 @@ async fn build_active(
         via,
         classify_headers,
         hsts,
+        route_headers,
     })
 }
 

@@ -2130,3 +2130,104 @@ async fn a_stream_an_h2_upstream_refused_goes_again() {
     );
     fd.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_route_rewrites_its_prefix_and_edits_header_fields_both_ways() {
+    let origin = Origin::builder().start().await.expect("origin");
+    let dead = dead_addr().await;
+    let config = format!(
+        r#"
+[cache]
+max_bytes = "1MiB"
+max_object_bytes = "64KiB"
+[[cache.rules]]
+paths = ["/api/cached/**"]
+[cache.rules.default]
+Cache-Control = "public, max-age=600"
+{}{}
+[[routes]]
+cluster = "app"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+cluster = "app"
+rewrite_prefix = "/"
+request_headers = {{ set = {{ "X-Internal" = "yes" }}, default = {{ "x-tenant" = "public" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ "x-frame-options" = "DENY" }}, default = {{ "x-content-type-options" = "nosniff" }}, remove = ["x-origin-version"] }}
+[[routes]]
+path_prefix = "/old"
+cluster = "app"
+rewrite_prefix = "/new/"
+[[routes]]
+path_prefix = "/gone"
+cluster = "dead"
+response_headers = {{ set = {{ "x-frame-options" = "DENY" }} }}
+"#,
+        cluster("app", "", &[(origin.addr, "", "v")]),
+        cluster("dead", "", &[(dead, "", "v")]),
+    );
+    let fd = start(&config).await;
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::get(url(&fd, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::<Bytes>::default()).expect("request");
+        async move { Client::http1().send(req).await.expect("response") }
+    };
+
+    // The prefix gives way to the rewrite, the rest and the query kept; the request's fields
+    // are set, defaulted (a client's own value kept) and removed; so are the answer's.
+    let resp = get(
+        "/api/users/7?full=1",
+        &[("x-debug", "1"), ("x-tenant", "acme")],
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let echo = resp.echo().expect("echo");
+    assert_eq!(echo.path, "/users/7?full=1");
+    assert_eq!(echo.header("x-internal"), Some("yes"));
+    assert_eq!(echo.header("x-tenant"), Some("acme"));
+    assert_eq!(echo.header("x-debug"), None);
+    assert_eq!(resp.header("x-frame-options"), Some("DENY"));
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(resp.header("x-origin-version"), None);
+    assert_eq!(resp.header("x-origin-region"), Some("local"));
+    let resp = get("/api", &[]).await;
+    let echo = resp.echo().expect("echo");
+    assert_eq!(echo.path, "/");
+    assert_eq!(echo.header("x-tenant"), Some("public"));
+    for (path, upstream) in [
+        ("/old", "/new/"),
+        ("/old/a/b", "/new/a/b"),
+        ("/older", "/older"),
+    ] {
+        let echo = get(path, &[]).await.echo().expect("echo");
+        assert_eq!(echo.path, upstream, "{path}");
+    }
+    // Another route's requests and answers are left alone.
+    let resp = get("/x", &[("x-debug", "1")]).await;
+    let echo = resp.echo().expect("echo");
+    assert_eq!(echo.path, "/x");
+    assert_eq!(echo.header("x-debug"), Some("1"));
+    assert_eq!(echo.header("x-internal"), None);
+    assert_eq!(resp.header("x-frame-options"), None);
+    assert_eq!(resp.header("x-origin-version"), Some("stable"));
+
+    // The cache keys and stores by the client's URL and the upstream's answer; a hit gets the
+    // route's edits as a miss does.
+    let seen = origin.faults.requests();
+    for status in ["MISS", "HIT"] {
+        let resp = get("/api/cached/page", &[]).await;
+        assert_eq!(resp.header("x-cache"), Some(status));
+        assert_eq!(resp.echo().expect("echo").path, "/cached/page");
+        assert_eq!(resp.header("x-frame-options"), Some("DENY"), "{status}");
+        assert_eq!(resp.header("x-origin-version"), None, "{status}");
+    }
+    assert_eq!(origin.faults.requests(), seen + 1, "the second was a hit");
+
+    // The proxy's own answers on the route get them too.
+    let resp = get("/gone/x", &[]).await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.header("x-frame-options"), Some("DENY"));
+}

@@ -8,7 +8,7 @@ use crate::snapshot::{Route, RouteId};
 use crate::units::parse_duration;
 
 /// Header names a rule may set, default or remove (lower case).
-const RULE_HEADERS: [&str; 4] = [
+pub(crate) const RULE_HEADERS: [&str; 4] = [
     "cache-control",
     "cdn-cache-control",
     "surrogate-control",

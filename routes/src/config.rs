@@ -413,6 +413,28 @@ pub struct RawRoute {
     /// Redirect this route's plain-HTTP requests to HTTPS (see `server.https_redirect`, whose
     /// value it overrides).
     pub https_redirect: Option<bool>,
+    /// The upstream gets the path with the route's `path_prefix` replaced by this (`"/"` with
+    /// `path_prefix = "/api"`: `/api/users` goes up as `/users`). The query is kept.
+    pub rewrite_prefix: Option<String>,
+    /// Header fields set, defaulted or removed on the request as it goes upstream.
+    pub request_headers: Option<RawHeaderOps>,
+    /// Header fields set, defaulted or removed on every answer of the route to its client.
+    pub response_headers: Option<RawHeaderOps>,
+}
+
+/// `{ set = { "x-frame-options" = "DENY" }, default = { ... }, remove = ["server"] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    /// Field → value, replacing any the message has.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Field → value, only where the message has none.
+    #[serde(default)]
+    pub default: BTreeMap<String, String>,
+    /// Fields removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `tls = { ca = "...", server_name = "...", cert = "...", key = "..." }` on a cluster.

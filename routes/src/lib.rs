@@ -20,8 +20,8 @@ pub use residency::{
 };
 pub use snapshot::{
     Acme, Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, FailurePercentage,
-    HealthCheck, LbPolicy, Limits, Outlier, RateKey, RateLimit, Region, RegionId, Retries, Route,
-    RouteId, Server, Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
+    HeaderOps, HealthCheck, LbPolicy, Limits, Outlier, RateKey, RateLimit, Region, RegionId,
+    Retries, Route, RouteId, Server, Snapshot, Timeouts, Tls, UpstreamProtocol, UpstreamTls,
 };
 pub use table::{normalize_host, normalize_path};
 pub use units::{Cidr, parse_duration};
@@ -179,6 +179,11 @@ impl Snapshot {
             r.path_prefix,
             self.cluster(d.cluster).name,
         );
+        if let Some(upstream) = r.rewritten(facts.path) {
+            out.push_str(&format!(
+                "  rewritten:    upstream gets path {upstream:?}\n"
+            ));
+        }
         let jurisdiction = d.jurisdiction.map_or("none", |j| self.jurisdiction(j));
         out.push_str(&format!(
             "  jurisdiction: {jurisdiction} (from {})\n",

@@ -351,6 +351,47 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Plain-HTTP requests get a redirect to HTTPS (the route's setting, or the server's).
     pub https_redirect: bool,
+    /// What replaces `path_prefix` in the path sent upstream.
+    pub rewrite_prefix: Option<String>,
+    /// Changes to the request's header fields as it goes upstream.
+    pub request_headers: HeaderOps,
+    /// Changes to the header fields of every answer to the client.
+    pub response_headers: HeaderOps,
+}
+
+impl Route {
+    /// The path the upstream gets for `path` (a path this route matched, in normal form):
+    /// `rewrite_prefix` in place of `path_prefix`, what follows it kept. `None` without a
+    /// rewrite.
+    pub fn rewritten(&self, path: &str) -> Option<String> {
+        let to = self.rewrite_prefix.as_deref()?;
+        // The prefix matched segment-wise: what is left is empty or starts with '/'. `/`
+        // matches every path, all of which is left.
+        let rest = if self.path_prefix == "/" {
+            path
+        } else {
+            path.get(self.path_prefix.len()..).unwrap_or_default()
+        };
+        Some(match (to.ends_with('/'), rest.strip_prefix('/')) {
+            (true, Some(rest)) => format!("{to}{rest}"),
+            _ => format!("{to}{rest}"),
+        })
+    }
+}
+
+/// Header fields a route changes on a message, lower-case names: removed, then set (replacing
+/// any), then defaulted (only where absent). Validation keeps a name in one list only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderOps {
+    pub set: Vec<(String, String)>,
+    pub default: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.default.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// A validated rate limit.

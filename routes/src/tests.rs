@@ -588,3 +588,67 @@ fn https_redirect_and_hsts_mistakes_are_errors_with_their_paths() {
     ));
     assert!(got[0].contains("missing field `max_age`"), "{got:?}");
 }
+
+#[test]
+fn a_rewrite_replaces_the_matched_prefix() {
+    let s = snapshot(
+        "[[routes]]\ncluster = \"app\"\nrewrite_prefix = \"/v1\"\n[[routes]]\npath_prefix = \"/api/\"\ncluster = \"app\"\nrewrite_prefix = \"/\"\n[[routes]]\npath_prefix = \"/old\"\ncluster = \"app\"\nrewrite_prefix = \"/new/\"\n[[routes]]\npath_prefix = \"/same\"\ncluster = \"app\"\n",
+    );
+    let upstream = |path: &str| {
+        let d = s.decide(&RequestFacts::new("h", path)).expect("routed");
+        s.route(d.route).rewritten(path)
+    };
+    for (path, want) in [
+        ("/", "/v1/"),
+        ("/x/y", "/v1/x/y"),
+        ("/api", "/"),
+        ("/api/", "/"),
+        ("/api/users/7", "/users/7"),
+        ("/old", "/new/"),
+        ("/old/a", "/new/a"),
+        ("/older", "/v1/older"),
+    ] {
+        assert_eq!(upstream(path).as_deref(), Some(want), "{path}");
+    }
+    assert_eq!(
+        upstream("/same/x"),
+        None,
+        "no rewrite: the path goes as it came"
+    );
+    let explained = s.explain(&RequestFacts::new("h", "/api/users"));
+    assert!(
+        explained.contains("rewritten:    upstream gets path \"/users\""),
+        "{explained}"
+    );
+}
+
+#[test]
+fn route_header_edits_are_checked_with_their_paths() {
+    let ok = snapshot(
+        "[[routes]]\ncluster = \"app\"\nrequest_headers = { set = { \"X-Internal\" = \" yes \" }, remove = [\"X-Debug\"] }\nresponse_headers = { default = { \"x-frame-options\" = \"DENY\" } }\n",
+    );
+    let r = &ok.routes[0];
+    assert_eq!(r.request_headers.set, [("x-internal".into(), "yes".into())]);
+    assert_eq!(r.request_headers.remove, ["x-debug"]);
+    assert_eq!(
+        r.response_headers.default,
+        [("x-frame-options".into(), "DENY".into())]
+    );
+    assert!(ok.routes[0].response_headers.remove.is_empty());
+    let got = errors_of(&format!(
+        "{BASE}\n[[routes]]\ncluster = \"app\"\nrewrite_prefix = \"v2?x\"\nrequest_headers = {{ set = {{ \"x-forwarded-for\" = \"1.2.3.4\", \"bad name\" = \"v\", \"x-ok\" = \"caf\u{e9}\" }}, remove = [\"Host\", \"x-a\"], default = {{ \"X-A\" = \"1\" }} }}\nresponse_headers = {{ set = {{ \"cache-control\" = \"no-store\", \"transfer-encoding\" = \"chunked\" }}, remove = [\"x-forwarded-for\"] }}\n"
+    ));
+    assert_eq!(
+        got,
+        [
+            "routes[0].rewrite_prefix: \"v2?x\" must be a path: starting with '/', visible ASCII, no ? or #",
+            "routes[0].request_headers.set.bad name: \"bad name\" is not a header name",
+            "routes[0].request_headers.set.x-forwarded-for: x-forwarded-for records the forwarding; the proxy sets it",
+            "routes[0].request_headers.set.x-ok: must be a header value of visible ASCII",
+            "routes[0].request_headers.remove[0]: Host is set by the proxy for each connection",
+            "routes[0].request_headers: x-a is named more than once",
+            "routes[0].response_headers.set.cache-control: cache-control is cache policy: set it in a [[cache.rules]] set or default",
+            "routes[0].response_headers.set.transfer-encoding: transfer-encoding is set by the proxy for each connection",
+        ],
+    );
+}

@@ -12,8 +12,8 @@ use crate::config::{RawClassify, RawCluster, RawConfig, RawEndpoint, RawRoute, R
 use crate::residency::{EU_EEA_COUNTRIES, JurisdictionId, MAX_REGIONS, RegionPolicy, RegionSet};
 use crate::snapshot::{
     Address, CertificateSource, Classify, Cluster, ClusterId, Endpoint, FailurePercentage,
-    HealthCheck, LbPolicy, Limits, Outlier, Region, RegionId, Retries, Route, RouteId, Server,
-    Snapshot, Timeouts, Tls, UpstreamProtocol,
+    HeaderOps, HealthCheck, LbPolicy, Limits, Outlier, Region, RegionId, Retries, Route, RouteId,
+    Server, Snapshot, Timeouts, Tls, UpstreamProtocol,
 };
 use crate::table::{PrefixMap, RouteTable, canonical_prefix};
 use crate::units::{Cidr, parse_duration};
@@ -985,7 +985,138 @@ fn route(
             .as_ref()
             .and_then(|r| rate_limit(i, r, errors)),
         https_redirect: false,
+        rewrite_prefix: raw.rewrite_prefix.as_ref().and_then(|to| {
+            let plain = to.starts_with('/')
+                && !to.contains(['?', '#'])
+                && to.bytes().all(|b| b.is_ascii_graphic());
+            if !plain {
+                errors.push(
+                    at("rewrite_prefix"),
+                    format!("{to:?} must be a path: starting with '/', visible ASCII, no ? or #"),
+                );
+            }
+            plain.then(|| to.clone())
+        }),
+        request_headers: raw
+            .request_headers
+            .as_ref()
+            .map_or_else(HeaderOps::default, |r| {
+                header_ops(&at("request_headers"), r, true, errors)
+            }),
+        response_headers: raw
+            .response_headers
+            .as_ref()
+            .map_or_else(HeaderOps::default, |r| {
+                header_ops(&at("response_headers"), r, false, errors)
+            }),
     })
+}
+
+/// Fields no route may change: the message's framing and hop-by-hop fields, which the proxy
+/// sets for each connection.
+const FRAMING_FIELDS: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request fields that record the forwarding (the proxy's own, and what trusted hops said).
+const FORWARDING_FIELDS: [&str; 6] = [
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+/// A route's `request_headers` or `response_headers` (`path` names it), checked.
+fn header_ops(
+    path: &str,
+    raw: &crate::config::RawHeaderOps,
+    request: bool,
+    errors: &mut Errors,
+) -> HeaderOps {
+    let mut ops = HeaderOps::default();
+    let name = |errors: &mut Errors, at: String, name: &str| -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        let token = !lower.is_empty()
+            && lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let why = if !token {
+            Some(format!("{name:?} is not a header name"))
+        } else if FRAMING_FIELDS.contains(&lower.as_str()) {
+            Some(format!("{name} is set by the proxy for each connection"))
+        } else if request && FORWARDING_FIELDS.contains(&lower.as_str()) {
+            Some(format!("{name} records the forwarding; the proxy sets it"))
+        } else if !request
+            && (crate::cache::RULE_HEADERS.contains(&lower.as_str())
+                || lower == "expires"
+                || lower == "age")
+        {
+            Some(format!(
+                "{name} is cache policy: set it in a [[cache.rules]] set or default"
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                errors.push(at, why);
+                None
+            }
+            None => Some(lower),
+        }
+    };
+    for (key, table) in [("set", &raw.set), ("default", &raw.default)] {
+        for (field, value) in table {
+            let at = format!("{path}.{key}.{field}");
+            let Some(lower) = name(errors, at.clone(), field) else {
+                continue;
+            };
+            if !value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
+                errors.push(at, "must be a header value of visible ASCII");
+                continue;
+            }
+            let list = if key == "set" {
+                &mut ops.set
+            } else {
+                &mut ops.default
+            };
+            list.push((lower, value.trim().to_string()));
+        }
+    }
+    for (j, field) in raw.remove.iter().enumerate() {
+        if let Some(lower) = name(errors, format!("{path}.remove[{j}]"), field) {
+            ops.remove.push(lower);
+        }
+    }
+    // A name in two lists (or twice in one, spelled in two cases) has no one meaning.
+    let mut seen: Vec<&str> = Vec::new();
+    let names = ops
+        .set
+        .iter()
+        .map(|(n, _)| n)
+        .chain(ops.default.iter().map(|(n, _)| n))
+        .chain(ops.remove.iter());
+    for n in names {
+        if seen.contains(&n.as_str()) {
+            errors.push(path, format!("{n} is named more than once"));
+        } else {
+            seen.push(n);
+        }
+    }
+    ops
 }
 
 fn rate_limit(

@@ -140,6 +140,26 @@ pub struct ForwardError {
     pub queued: std::time::Duration,
 }
 
+/// The request target for a rewritten path, the query kept. Validation let only visible
+/// ASCII into `rewrite_prefix`, and the rest of the path came from a valid target.
+fn upstream_target(
+    path: &str,
+    query: Option<&str>,
+) -> Result<http::uri::PathAndQuery, ForwardError> {
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).map_err(|_| {
+        ForwardError {
+            error: ProxyError::BadRequest("invalid request path"),
+            member: None,
+            attempts: 0,
+            queued: std::time::Duration::ZERO,
+        }
+    })
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -165,11 +185,14 @@ pub async fn send(
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2 => Version::HTTP_2,
     };
-    let path = head
+    let mut path = head
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if let Some(rewritten) = route.rewritten(path.path()) {
+        path = upstream_target(&rewritten, path.query())?;
+    }
     let bodiless = body.as_ref().is_none_or(RequestBody::is_end_stream);
     // A small body of declared length is read whole first (nginx buffers request bodies by
     // default) and goes inline, in the head's write: no client task and channel per exchange.
