@@ -245,6 +245,7 @@ impl Admin {
                     "phase": s.phase,
                     "reason": s.reason,
                     "steps": s.config.steps,
+                    "mirror_percent": s.config.mirror_percent,
                     "gate": gate,
                 })
             })

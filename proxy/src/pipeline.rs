@@ -526,6 +526,8 @@ async fn proxy_request(
     let mut target = (route.cluster, route.version.as_deref());
     let mut set_cookie = None;
     let mut arm: Option<(Arc<Windows>, RolloutVersion)> = None;
+    // Stable serves this one, and a copy goes to the candidate (`mirror_percent`).
+    let mut mirrored = false;
     if let Some(cfg) = &route.rollout {
         let table = proxy.rollouts.table();
         if let Some(rr) = table.by_route.get(&route.name) {
@@ -563,6 +565,22 @@ async fn proxy_request(
                 }
                 RolloutVersion::Stable => (cfg.stable_cluster, cfg.stable_version.as_deref()),
             };
+            mirrored = version == RolloutVersion::Stable
+                && cfg.mirror_percent > 0.0
+                && matches!(
+                    rr.state.phase,
+                    rollout::Phase::Progressing | rollout::Phase::Paused
+                )
+                && rollout::mirror::copyable(
+                    req.method(),
+                    hyper::body::Body::is_end_stream(req.body()),
+                )
+                && active.upstreams.clusters[cfg.candidate_cluster.0].can_serve(
+                    cfg.candidate_version.as_deref(),
+                    decision.allowed,
+                    !snapshot.regions.is_empty(),
+                )
+                && rr.windows.mirror.turn(cfg.mirror_percent);
             arm = Some((Arc::clone(&rr.windows), version));
         }
     }
@@ -623,6 +641,10 @@ async fn proxy_request(
         edits.apply(&mut head.headers);
     }
 
+    // The candidate's copy, as stable gets the request (before the cache may make it
+    // conditional); sent only if the request goes upstream.
+    let copy = mirrored.then(|| head.clone());
+
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
     // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and
     // an origin that reads it would have one client's answer stored for everyone.
@@ -637,6 +659,9 @@ async fn proxy_request(
         }
         Lookup::Forward(plan) => plan,
     };
+    if let (Some(copy), Some((windows, _))) = (copy, &arm) {
+        rollout::mirror::send(active, windows, route, decision, copy);
+    }
 
     // forward
     let cluster = &active.upstreams.clusters[target.0.0];
@@ -656,26 +681,7 @@ async fn proxy_request(
     outcome.upstream_time = upstream_time;
     if let Some((windows, version)) = &arm {
         // What the analysis judges: upstream-caused failures and 5xx, and time to the head.
-        let failed = match &result {
-            Ok(f) => f.failed,
-            Err(e) => !matches!(
-                e.error,
-                ProxyError::ResidencyRefused { .. }
-                    | ProxyError::BadRequest(_)
-                    | ProxyError::ClientTimeout
-            ),
-        };
-        let region = match &result {
-            Ok(f) => f.member.region,
-            Err(e) => e.member.as_ref().and_then(|m| m.region),
-        };
-        windows.record(
-            *version,
-            region,
-            failed,
-            upstream_time,
-            crate::clock::ms_at(answered),
-        );
+        windows.judge(*version, &result, upstream_time, answered);
     }
     let forwarded = match result {
         Ok(f) => f,

@@ -51,6 +51,9 @@ pub const REGION_REQUESTS: &str = "frontdoor_region_requests_total";
 pub const ROLLOUT_WEIGHT: &str = "frontdoor_rollout_weight_percent";
 /// Automatic rollbacks, by route.
 pub const ROLLBACKS: &str = "frontdoor_rollbacks_total";
+/// Counter {route, result = answered|failed|dropped}: copies of stable's requests sent to a
+/// rollout's candidate (`mirror_percent`).
+pub const MIRRORED: &str = "frontdoor_rollout_mirrored_total";
 /// 1 while fleet mode cannot reach etcd (serving the last known state), else 0.
 pub const FLEET_DEGRADED: &str = "frontdoor_fleet_degraded";
 /// Each served certificate's `notAfter` (Unix seconds), by one of its names.

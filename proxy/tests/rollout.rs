@@ -340,3 +340,158 @@ async fn a_grpc_candidate_failing_under_200s_rolls_back() {
     rolled_back_for_its_errors(&fd).await;
     fd.shutdown().await;
 }
+
+/// `rollout_config` as a blue-green rollout at 0 whose candidate gets copies of every request
+/// stable serves, and goes to 100 after a second of green gates.
+fn mirrored_config(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
+    rollout_config(stable, canary).replace(
+        "candidate = \"canary\"\n",
+        "candidate = \"canary\"\nmode = \"blue-green\"\nmirror_percent = 100\nsteps = [100]\nstep_hold = \"1s\"\n",
+    )
+}
+
+/// One request of a new user (a `POST` with a body); the version that answered.
+async fn version_of(client: &Client, fd: &Running, method: http::Method, user: u32) -> String {
+    let body = if method == http::Method::POST {
+        bytes::Bytes::from_static(b"form")
+    } else {
+        bytes::Bytes::new()
+    };
+    let req = Request::builder()
+        .method(method)
+        .uri(url(fd, "/"))
+        .header("cookie", format!("fd-uid=m{user}"))
+        .body(Full::new(body))
+        .expect("req");
+    let r = client.send(req).await.expect("resp");
+    assert_eq!(r.status, StatusCode::OK);
+    r.header("x-origin-version").unwrap_or_default().to_string()
+}
+
+/// A candidate failing every request is rolled back on copies of stable's requests alone:
+/// no user ever got it. A request that could act twice (a `POST` with a body) is not copied,
+/// and nothing is copied once the rollout is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_candidate_failing_is_rolled_back_before_any_user_gets_it() {
+    let stable = Origin::builder()
+        .version("stable")
+        .start()
+        .await
+        .expect("stable");
+    let canary = Origin::builder()
+        .version("canary")
+        .start()
+        .await
+        .expect("canary");
+    canary.faults.set(FaultSpec {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    let fd = start(&mirrored_config(stable.addr, canary.addr)).await;
+    let client = Client::http1();
+    for user in 0..10 {
+        assert_eq!(
+            version_of(&client, &fd, http::Method::POST, user).await,
+            "stable"
+        );
+    }
+    for user in 10..20 {
+        assert_eq!(
+            version_of(&client, &fd, http::Method::GET, user).await,
+            "stable"
+        );
+    }
+    let copies = &canary.faults;
+    eventually("ten copies answered", || async { copies.requests() >= 10 }).await;
+    assert_eq!(copies.requests(), 10, "the GETs' copies, not the POSTs'");
+    let mut user = 20;
+    while admin(&fd, http::Method::GET, "/rollouts", "").await.1[0]["phase"] != "rolled_back" {
+        for _ in 0..10 {
+            assert_eq!(
+                version_of(&client, &fd, http::Method::GET, user).await,
+                "stable"
+            );
+            user += 1;
+        }
+        assert!(user < 100_000, "never rolled back");
+    }
+    rolled_back_for_its_errors(&fd).await;
+    let metrics = common::metrics_with(
+        &fd,
+        &["frontdoor_rollout_mirrored_total{route=\"app\",result=\"failed\"}"],
+    )
+    .await;
+    assert!(
+        !metrics.contains("frontdoor_rollout_mirrored_total{route=\"app\",result=\"answered\"}"),
+        "{metrics}"
+    );
+    let after = copies.requests();
+    for u in 0..20 {
+        assert_eq!(
+            version_of(&client, &fd, http::Method::GET, 1000 + u).await,
+            "stable"
+        );
+    }
+    assert_eq!(copies.requests(), after, "no copies once rolled back");
+    fd.shutdown().await;
+}
+
+/// A healthy candidate is judged green on copies (marked `x-frontdoor-mirror: 1`) while every
+/// user gets stable, and the controller then switches users over: blue-green with shadow
+/// traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_candidate_green_on_copies_is_promoted() {
+    use std::sync::atomic::AtomicU32;
+    let stable = Origin::builder()
+        .version("stable")
+        .start()
+        .await
+        .expect("stable");
+    let seen = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+    let counts = Arc::clone(&seen);
+    let canary = common::raw_upstream(move |mut s| {
+        let counts = Arc::clone(&counts);
+        async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(head) = common::read_message(&mut s).await {
+                let copy = head
+                    .to_ascii_lowercase()
+                    .contains("\r\nx-frontdoor-mirror: 1\r\n");
+                counts[usize::from(copy)].fetch_add(1, Ordering::Relaxed);
+                let answer =
+                    "HTTP/1.1 200 OK\r\nx-origin-version: canary\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let fd = start(&mirrored_config(stable.addr, canary)).await;
+    let client = Client::http1();
+    let mut user = 0;
+    let mut versions = Vec::new();
+    while versions.last().is_none_or(|v| v == "stable") {
+        versions.push(version_of(&client, &fd, http::Method::GET, user).await);
+        user += 1;
+        assert!(
+            user < 100_000,
+            "never promoted: {:?}",
+            admin(&fd, http::Method::GET, "/rollouts", "").await.1
+        );
+    }
+    let (_, rollouts) = admin(&fd, http::Method::GET, "/rollouts", "").await;
+    assert_eq!(rollouts[0]["weight"], 100.0, "{rollouts}");
+    assert_eq!(
+        seen[0].load(Ordering::Relaxed),
+        1,
+        "one user request, the last"
+    );
+    assert!(
+        seen[1].load(Ordering::Relaxed) >= 20,
+        "judged on copies: {}",
+        seen[1].load(Ordering::Relaxed)
+    );
+    assert!(versions[..versions.len() - 1].iter().all(|v| v == "stable"));
+    fd.shutdown().await;
+}

@@ -492,6 +492,11 @@ pub struct RawRollout {
     pub step_hold: Option<String>,
     /// After reaching 100%, keep judging this long and revert on breach. Default `"10m"`.
     pub post_promotion_watch: Option<String>,
+    /// Percent of the requests stable serves that are also sent to the candidate, whose
+    /// answers are judged and dropped (shadow traffic): a candidate at weight 0 is judged, and
+    /// advanced through the steps, on copies of real requests before any user gets it. Only
+    /// `GET`, `HEAD` and `OPTIONS` without a body are copied. Default 0 (off).
+    pub mirror_percent: Option<f64>,
     #[serde(default)]
     pub gates: RawGates,
 }

@@ -52,6 +52,9 @@ pub struct Rollout {
     pub step_hold: Duration,
     pub post_promotion_watch: Duration,
     pub gates: Gates,
+    /// Percent of stable's requests copied to the candidate while the rollout is judged
+    /// (0: none).
+    pub mirror_percent: f64,
 }
 
 /// Number of sticky buckets; a weight of w% sends buckets below `w × 100` to the candidate.

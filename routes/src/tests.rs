@@ -390,6 +390,7 @@ rollout = { candidate = "canary", weight = 0.5, steps = [1, 10, 50, 100], gates 
     assert_eq!(r.sticky, rollout::Sticky::Cookie("fd-uid".into()));
     assert_eq!(r.override_header, "x-frontdoor-version");
     assert_eq!(r.gates.max_p95, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(r.mirror_percent, 0.0, "no copies unless asked");
 
     let got = errors_of(&format!(
         r#"{BASE}
@@ -412,6 +413,11 @@ path_prefix = "/same"
 cluster = "app"
 version = "stable"
 rollout = {{ candidate = "stable", gates = {{ max_error_rate = 5 }} }}
+[[routes]]
+path_prefix = "/shadow"
+cluster = "app"
+version = "stable"
+rollout = {{ candidate = "canary", mirror_percent = 150 }}
 "#
     ));
     for p in [
@@ -421,6 +427,7 @@ rollout = {{ candidate = "stable", gates = {{ max_error_rate = 5 }} }}
         "routes[2].rollout.header:",
         "routes[3].rollout.candidate:",
         "routes[3].rollout.gates.max_error_rate:",
+        "routes[4].rollout.mirror_percent: must be 0..=100, got 150",
     ] {
         assert!(
             got.iter().any(|e| e.starts_with(p)),

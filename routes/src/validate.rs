@@ -1634,6 +1634,13 @@ fn rollout(
         raw.post_promotion_watch.as_ref(),
         Duration::from_secs(600),
     );
+    let mirror_percent = raw.mirror_percent.unwrap_or(0.0);
+    if !(0.0..=100.0).contains(&mirror_percent) {
+        errors.push(
+            at("mirror_percent"),
+            format!("must be 0..=100, got {mirror_percent}"),
+        );
+    }
     if errors.0.len() > before {
         return None;
     }
@@ -1651,5 +1658,6 @@ fn rollout(
         step_hold,
         post_promotion_watch,
         gates,
+        mirror_percent,
     })
 }

@@ -810,7 +810,12 @@ fn print_status(v: &Value) {
                     } else {
                         String::new()
                     },
-                    format!("{label} ({})", s(name)),
+                    match r["mirror_percent"].as_f64() {
+                        Some(m) if m > 0.0 && !first => {
+                            format!("{label} ({}; + copies of {m}% of stable's)", s(name))
+                        }
+                        _ => format!("{label} ({})", s(name)),
+                    },
                     st["rps"].as_f64().map_or("-".into(), |f| format!("{f:.1}")),
                     pct(&st["error_rate"]),
                     ms(&st["p95_ms"]),

@@ -7,6 +7,7 @@
 //! snapshot, per DESIGN.md): every change — operator or controller — builds a new table and
 //! swaps it in one store, under one writer lock. A request reads the table once.
 
+pub mod mirror;
 mod window;
 
 use std::collections::VecDeque;
@@ -70,6 +71,8 @@ pub struct Windows {
     pub all: [Window; 2],
     /// By region index of the snapshot: (region name, windows).
     pub regions: Vec<(String, [Window; 2])>,
+    /// The route's copies to the candidate (`mirror_percent`), which feed these windows.
+    pub mirror: mirror::Mirror,
 }
 
 impl Windows {
@@ -80,7 +83,34 @@ impl Windows {
                 .iter()
                 .map(|r| (r.clone(), [Window::new(len), Window::new(len)]))
                 .collect(),
+            mirror: mirror::Mirror::default(),
         }
+    }
+
+    /// Records the exchange of `version` that ended with `outcome` at `answered`, its head
+    /// `latency` after it was sent: a failure when the upstream failed (a 5xx, or no answer for
+    /// a reason of its own: not the request's, nor residency's).
+    pub fn judge(
+        &self,
+        version: Version,
+        outcome: &Result<crate::forward::Forwarded, crate::forward::ForwardError>,
+        latency: std::time::Duration,
+        answered: tokio::time::Instant,
+    ) {
+        use crate::respond::ProxyError;
+        let (failed, region) = match outcome {
+            Ok(f) => (f.failed, f.member.region),
+            Err(e) => (
+                !matches!(
+                    e.error,
+                    ProxyError::ResidencyRefused { .. }
+                        | ProxyError::BadRequest(_)
+                        | ProxyError::ClientTimeout
+                ),
+                e.member.as_ref().and_then(|m| m.region),
+            ),
+        };
+        self.record(version, region, failed, latency, clock::ms_at(answered));
     }
 
     /// Records one exchange of `version`, served from `region` (when known), at `now`
@@ -532,10 +562,13 @@ impl Rollouts {
         for (name, rr) in &table.by_route {
             let s = &rr.state;
             let cfg = &s.config;
-            let judged = matches!(
-                s.phase,
-                Phase::Progressing | Phase::Paused | Phase::Promoted
-            ) && s.weight > 0.0;
+            // A candidate gets traffic to judge at a weight, or from copies of stable's requests
+            // until it is promoted.
+            let judged = match s.phase {
+                Phase::Progressing | Phase::Paused => s.weight > 0.0 || cfg.mirror_percent > 0.0,
+                Phase::Promoted => s.weight > 0.0,
+                Phase::Complete | Phase::RolledBack => false,
+            };
             let cand = rr.windows.all[1].stats(now);
             let stable = rr.windows.all[0].stats(now);
             let secs = cfg.gates.window.as_secs_f64();
