@@ -528,6 +528,7 @@ impl Admin {
                             "address": m.addr.to_string(),
                             "region": region_name(m.region),
                             "version": m.version.as_deref(),
+                            "weight": m.weight,
                             "healthy": m.health.available(now),
                             "active_check_ok": m.health.active_ok(),
                             "ejected": m.health.ejected(now),

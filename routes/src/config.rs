@@ -378,6 +378,10 @@ pub struct RawEndpoint {
     pub region: Option<String>,
     /// Version label (for example `"stable"`, `"canary"`), selected by a route's `version`.
     pub version: Option<String>,
+    /// Share of its region's requests relative to the other endpoints there (1..=1000,
+    /// default 1): an instance twice the size takes `weight = 2`. A DNS name's addresses
+    /// each have it.
+    pub weight: Option<u32>,
 }
 
 /// One route: which requests (host, path prefix) go to which cluster.

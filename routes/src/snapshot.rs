@@ -331,6 +331,8 @@ pub struct Endpoint {
     pub address: Address,
     pub region: Option<RegionId>,
     pub version: Option<String>,
+    /// Relative share of requests, 1..=1000.
+    pub weight: u32,
 }
 
 /// A validated route.

@@ -217,6 +217,7 @@ outlier = { max_ejection_percent = 150, failure_percentage = 101, failure_percen
 endpoints = [
   { address = "127.0.0.1", region = "us-central1" },
   { address = "ok.internal:80", region = "eu-west9" },
+  { address = "127.0.0.1:81", region = "us-central1", weight = 0 },
 ]
 [clusters.empty]
 
@@ -256,6 +257,7 @@ cluster = "app"
         "clusters.app.outlier.interval:",
         "clusters.app.endpoints[0].address:",
         "clusters.app.endpoints[1].region:",
+        "clusters.app.endpoints[2].weight:",
         "clusters.empty.endpoints:",
         "routes[0].cluster:",
         "routes[0].path_prefix:",

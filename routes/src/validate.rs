@@ -835,10 +835,15 @@ fn endpoint(
             id
         }
     };
+    let weight = raw.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        errors.push(format!("{path}.weight"), "must be 1..=1000");
+    }
     Some(Endpoint {
         address: address?,
         region,
         version: raw.version.clone(),
+        weight,
     })
 }
 

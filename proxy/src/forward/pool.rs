@@ -749,6 +749,8 @@ pub struct Member {
     pub region: Option<RegionId>,
     pub version: Option<Arc<str>>,
     pub health: Arc<MemberHealth>,
+    /// Relative share of requests (`endpoints[].weight`).
+    pub weight: u32,
 }
 
 impl Member {
@@ -758,6 +760,15 @@ impl Member {
         version.is_none_or(|v| self.version.as_deref() == Some(v))
             && regions.is_none_or(|set| self.region.is_some_and(|r| set.contains(r)))
     }
+}
+
+/// The `i`-th point of a low-discrepancy sequence over `0..total` (`i` times the golden ratio,
+/// modulo 1, scaled): each value's share of the first `n` points is within a few of its share
+/// of `total`, and consecutive points land far apart, so a member of weight 3 among weights
+/// summing to 4 gets three requests in four, interleaved with the others', not in bursts.
+fn spread(i: u64, total: u64) -> u64 {
+    const PHI_FRACTION: u64 = 0x9E37_79B9_7F4A_7C15;
+    ((u128::from(i.wrapping_mul(PHI_FRACTION)) * u128::from(total)) >> 64) as u64
 }
 
 /// What a request asks of its cluster's members ([`ClusterRuntime::pick`],
@@ -973,6 +984,8 @@ pub struct ClusterRuntime {
     pub waitlist: Arc<Waitlist>,
     /// Orders runtimes by creation, newest highest (see [`MemberHealth::set_cap`]).
     generation: u64,
+    /// Some endpoint's weight is not 1: members are chosen by weight.
+    weighted: bool,
 }
 
 impl ClusterRuntime {
@@ -985,6 +998,7 @@ impl ClusterRuntime {
         static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         ClusterRuntime {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            weighted: config.endpoints.iter().any(|e| e.weight != 1),
             config,
             client,
             members: ArcSwap::from_pointee(members),
@@ -1023,6 +1037,7 @@ impl ClusterRuntime {
                     region: endpoint.region,
                     version: version.clone(),
                     health: health.get(&cluster.name, *addr),
+                    weight: endpoint.weight,
                 }))
             })
             .collect()
@@ -1113,6 +1128,41 @@ impl ClusterRuntime {
                 continue;
             }
             let nth = |i: usize| members.iter().filter(|m| tier(m)).nth(i % count);
+            if self.weighted {
+                let total: u64 = members
+                    .iter()
+                    .filter(|m| tier(m))
+                    .map(|m| u64::from(m.weight))
+                    .sum();
+                let by_weight = |i: usize| {
+                    let mut at = spread(i as u64, total);
+                    members.iter().filter(|m| tier(m)).find(|m| {
+                        let w = u64::from(m.weight);
+                        let here = at < w;
+                        at = at.saturating_sub(w);
+                        here
+                    })
+                };
+                let chosen = match self.config.lb {
+                    LbPolicy::RoundRobin => by_weight(n),
+                    LbPolicy::LeastRequest => {
+                        // Power of two choices, each by weight, compared by requests per weight.
+                        let (a, b) = (by_weight(n), by_weight(n.wrapping_add(count)));
+                        match (a, b) {
+                            (Some(a), Some(b))
+                                if b.health.in_flight.load(Ordering::Relaxed)
+                                    * u64::from(a.weight)
+                                    < a.health.in_flight.load(Ordering::Relaxed)
+                                        * u64::from(b.weight) =>
+                            {
+                                Some(b)
+                            }
+                            (a, _) => a,
+                        }
+                    }
+                };
+                return chosen.map(Arc::clone);
+            }
             let chosen = match self.config.lb {
                 LbPolicy::RoundRobin => nth(n),
                 LbPolicy::LeastRequest => {
@@ -1272,6 +1322,48 @@ version = "canary"
 
     fn port(m: &Member) -> u16 {
         m.addr.port()
+    }
+
+    #[tokio::test]
+    async fn members_take_requests_in_proportion_to_their_weight_interleaved() {
+        for lb in ["round_robin", "least_request"] {
+            let (s, rt) = runtime(&format!(
+                "[clusters.app]\nlb = \"{lb}\"\nendpoints = [{{ address = \"127.0.0.1:1001\" }}, {{ address = \"127.0.0.1:1002\", weight = 3 }}, {{ address = \"127.0.0.1:1003\", weight = 6 }}]\n[[routes]]\ncluster = \"app\"\n"
+            ));
+            let route = &s.routes[0];
+            let picks: Vec<u16> = (0..1000)
+                .map(|_| port(&pick(&rt, &s, route, s.all_regions(), None).expect("pick")))
+                .collect();
+            let share = |p: u16, of: &[u16]| of.iter().filter(|x| **x == p).count();
+            // 1 : 3 : 6, to within a few requests over a thousand.
+            for (p, want) in [(1001, 100), (1002, 300), (1003, 600)] {
+                let got = share(p, &picks);
+                assert!(
+                    got.abs_diff(want) <= 3,
+                    "{lb}: {p} took {got} of 1000, not ~{want}"
+                );
+            }
+            // Interleaved: every ten consecutive requests hold each member's share, near enough.
+            for (i, ten) in picks.windows(10).enumerate() {
+                assert!(share(1003, ten).abs_diff(6) <= 2, "{lb}: {ten:?} at {i}");
+                assert!(share(1001, ten) <= 2, "{lb}: {ten:?} at {i}");
+            }
+        }
+        // Least request still prefers the less loaded of its two choices, per weight: the
+        // heavy member with 60 requests in flight (10 per weight) loses to the idle light one
+        // whenever that is one of the two, ~27 in 100 (1 - (6/7)²), above its weight's 1/7.
+        let (s, rt) = runtime(
+            "[clusters.app]\nlb = \"least_request\"\nendpoints = [{ address = \"127.0.0.1:1001\" }, { address = \"127.0.0.1:1002\", weight = 6 }]\n[[routes]]\ncluster = \"app\"\n",
+        );
+        let heavy = rt.members.load()[1].clone();
+        heavy.health.in_flight.store(60, Ordering::Relaxed);
+        let picks: Vec<u16> = (0..100)
+            .map(|_| port(&pick(&rt, &s, &s.routes[0], s.all_regions(), None).expect("pick")))
+            .collect();
+        assert!(
+            picks.iter().filter(|p| **p == 1001).count() > 20,
+            "the idle light member takes more than its weight's 1/7: {picks:?}"
+        );
     }
 
     fn eu_only(s: &Snapshot) -> RegionSet {
