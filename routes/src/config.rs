@@ -300,6 +300,10 @@ pub struct RawCluster {
     pub protocol: Option<String>,
     /// `"round_robin"` (default) or `"least_request"`.
     pub lb: Option<String>,
+    /// An endpoint back in service (its ejection over, or its health checks passing again)
+    /// takes a share of requests growing from a tenth of its weight to all of it over this
+    /// long, so a cold instance is not handed its whole load at once. Default: none.
+    pub slow_start: Option<String>,
     pub connect_timeout: Option<String>,
     /// Time allowed from sending the request until the response head arrives.
     pub request_timeout: Option<String>,

@@ -216,6 +216,8 @@ pub struct Cluster {
     pub limits: Limits,
     pub endpoints: Vec<Endpoint>,
     pub tls: Option<UpstreamTls>,
+    /// How long an endpoint back in service takes to reach its whole weight (zero: at once).
+    pub slow_start: Duration,
 }
 
 /// TLS towards a cluster's endpoints.

@@ -211,6 +211,7 @@ us-central1 = { jurisdiction = "us" }
 [clusters.app]
 protocol = "h3"
 connect_timeout = "0s"
+slow_start = "soon"
 retries = { attempts = 9 }
 health_check = { path = "healthz", healthy_threshold = 0 }
 outlier = { max_ejection_percent = 150, failure_percentage = 101, failure_percentage_min_requests = 0, interval = "0s" }
@@ -248,6 +249,7 @@ cluster = "app"
         "server.max_uri_bytes:",
         "clusters.app.protocol:",
         "clusters.app.connect_timeout:",
+        "clusters.app.slow_start:",
         "clusters.app.retries.attempts:",
         "clusters.app.health_check.path:",
         "clusters.app.health_check.healthy_threshold:",

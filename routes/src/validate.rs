@@ -798,6 +798,9 @@ fn cluster(
         limits,
         endpoints,
         tls,
+        slow_start: raw.slow_start.as_ref().map_or(Duration::ZERO, |v| {
+            errors.duration(at("slow_start"), Some(v), Duration::ZERO)
+        }),
     }
 }
 

@@ -48,6 +48,9 @@ pub struct MemberHealth {
     ejected_until: AtomicU64,
     /// Clock millis before which no probe of the ejected endpoint is sent.
     next_probe: AtomicU64,
+    /// Clock millis when it came back into service (an ejection ended, its checks passed
+    /// again); 0: never out. The start of its `slow_start`.
+    back_at: AtomicU64,
     pub in_flight: AtomicU64,
     gauge: Gauge,
     /// `frontdoor_upstream_ejections_total` of the endpoint's cluster.
@@ -91,6 +94,7 @@ impl MemberHealth {
             rate_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
+            back_at: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             gauge,
             ejections,
@@ -195,6 +199,25 @@ impl MemberHealth {
         self.active_ok() && !self.ejected(now_ms)
     }
 
+    /// `weight` as it counts at `now_ms`, in thousandths: all of it, or — within `slow_start`
+    /// of the endpoint's coming back into service — a share growing in a straight line from a
+    /// tenth to all of it.
+    fn weight_now(&self, weight: u32, slow_start_ms: u64, now_ms: u64) -> u64 {
+        let whole = u64::from(weight) * 1000;
+        if slow_start_ms == 0 {
+            return whole;
+        }
+        // An ejection that ran out but is not cleared yet ended at its recorded time.
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let ran_out = if until <= now_ms { until } else { 0 };
+        let back = self.back_at.load(Ordering::Relaxed).max(ran_out);
+        let since = now_ms.saturating_sub(back);
+        if back == 0 || since >= slow_start_ms {
+            return whole;
+        }
+        u64::from(weight) * (100 + 900 * since / slow_start_ms)
+    }
+
     /// Whether a probe of this endpoint may go at `now_ms` (see [`ClusterRuntime::pick`]).
     fn probe_due(&self, now_ms: u64) -> bool {
         self.next_probe.load(Ordering::Relaxed) <= now_ms
@@ -218,6 +241,7 @@ impl MemberHealth {
     /// The ejection ends and the failure streak starts over: a probe was answered, or the
     /// active checks found the endpoint recovered.
     pub fn restore(&self) {
+        self.back_at.store(clock::now_ms(), Ordering::Relaxed);
         self.ejected_until.store(0, Ordering::Relaxed);
         self.live_failures.store(0, Ordering::Relaxed);
         self.rate_since.store(0, Ordering::Relaxed);
@@ -238,14 +262,17 @@ impl MemberHealth {
     /// outcome, whichever comes first. Reads the clock only while an ejection is recorded.
     fn clear_expired(&self) {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        if until != 0
-            && until <= clock::now_ms()
-            && self
+        if until != 0 && until <= clock::now_ms() {
+            // Back when the ejection ran out (kept before the ejection's end is cleared, so
+            // [`Self::weight_now`] sees one or the other).
+            self.back_at.fetch_max(until, Ordering::Relaxed);
+            if self
                 .ejected_until
                 .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-        {
-            self.refresh_gauge();
+            {
+                self.refresh_gauge();
+            }
         }
     }
 
@@ -998,7 +1025,8 @@ impl ClusterRuntime {
         static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         ClusterRuntime {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
-            weighted: config.endpoints.iter().any(|e| e.weight != 1),
+            weighted: config.endpoints.iter().any(|e| e.weight != 1)
+                || !config.slow_start.is_zero(),
             config,
             client,
             members: ArcSwap::from_pointee(members),
@@ -1096,7 +1124,7 @@ impl ClusterRuntime {
             version,
             allowed,
             avoid,
-            ..
+            now,
         } = *ask;
         let members = self.members.load();
         let eligible = |m: &Member| {
@@ -1129,19 +1157,22 @@ impl ClusterRuntime {
             }
             let nth = |i: usize| members.iter().filter(|m| tier(m)).nth(i % count);
             if self.weighted {
-                let total: u64 = members
-                    .iter()
-                    .filter(|m| tier(m))
-                    .map(|m| u64::from(m.weight))
-                    .sum();
+                let slow_start_ms = self.config.slow_start.as_millis() as u64;
+                let weight = |m: &Member| m.health.weight_now(m.weight, slow_start_ms, now);
+                let total: u64 = members.iter().filter(|m| tier(m)).map(|m| weight(m)).sum();
                 let by_weight = |i: usize| {
                     let mut at = spread(i as u64, total);
-                    members.iter().filter(|m| tier(m)).find(|m| {
-                        let w = u64::from(m.weight);
-                        let here = at < w;
-                        at = at.saturating_sub(w);
-                        here
-                    })
+                    members
+                        .iter()
+                        .filter(|m| tier(m))
+                        .find(|m| {
+                            let w = weight(m);
+                            let here = at < w;
+                            at = at.saturating_sub(w);
+                            here
+                        })
+                        // A weight that grew since the sum: the plain turn.
+                        .or_else(|| nth(i))
                 };
                 let chosen = match self.config.lb {
                     LbPolicy::RoundRobin => by_weight(n),
@@ -1150,10 +1181,8 @@ impl ClusterRuntime {
                         let (a, b) = (by_weight(n), by_weight(n.wrapping_add(count)));
                         match (a, b) {
                             (Some(a), Some(b))
-                                if b.health.in_flight.load(Ordering::Relaxed)
-                                    * u64::from(a.weight)
-                                    < a.health.in_flight.load(Ordering::Relaxed)
-                                        * u64::from(b.weight) =>
+                                if b.health.in_flight.load(Ordering::Relaxed) * weight(a)
+                                    < a.health.in_flight.load(Ordering::Relaxed) * weight(b) =>
                             {
                                 Some(b)
                             }
@@ -1364,6 +1393,45 @@ version = "canary"
             picks.iter().filter(|p| **p == 1001).count() > 20,
             "the idle light member takes more than its weight's 1/7: {picks:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_back_in_service_takes_a_growing_share_over_its_slow_start() {
+        let (s, rt) = runtime(
+            "[clusters.app]\nslow_start = \"10s\"\noutlier = { consecutive_failures = 1, ejection_time = \"5s\" }\nhealth_check = { path = \"/h\", healthy_threshold = 1, unhealthy_threshold = 1 }\nendpoints = [{ address = \"127.0.0.1:1001\" }, { address = \"127.0.0.1:1002\" }]\n[[routes]]\ncluster = \"app\"\n",
+        );
+        let route = &s.routes[0];
+        // The share of 1001 over a thousand picks now.
+        let share = || {
+            (0..1000)
+                .filter(|_| {
+                    port(&pick(&rt, &s, route, s.all_regions(), None).expect("pick")) == 1001
+                })
+                .count()
+        };
+        assert!(share().abs_diff(500) <= 3, "never out: its whole weight");
+        let back = rt.members.load()[0].clone();
+        let outlier = rt.config.outlier;
+        assert!(back.health.record_live(false, &outlier), "ejected");
+        assert_eq!(share(), 0);
+        // Its ejection runs out: a tenth of its weight (0.1 / 1.1 of the picks), then a share
+        // growing with the time since — half way, 0.55 / 1.55 — and all of it at the end.
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        // An outcome clears the ejection run out (the ramp is kept from its end).
+        assert!(!back.health.record_live(true, &outlier));
+        assert!(share().abs_diff(91) <= 3, "{}", share());
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert!(share().abs_diff(355) <= 3, "{}", share());
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        assert!(share().abs_diff(500) <= 3, "{}", share());
+        // Failing its health checks and passing them again starts it over, from the pass.
+        back.health.record_check(false, 1, 1);
+        assert_eq!(share(), 0);
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        back.health.record_check(true, 1, 1);
+        assert!(share().abs_diff(91) <= 3, "{}", share());
+        tokio::time::advance(std::time::Duration::from_secs(10)).await;
+        assert!(share().abs_diff(500) <= 3, "{}", share());
     }
 
     fn eu_only(s: &Snapshot) -> RegionSet {
