@@ -642,8 +642,8 @@ async fn proxy_request(
     }
 
     // The candidate's copy, as stable gets the request (before the cache may make it
-    // conditional); sent only if the request goes upstream.
-    let copy = mirrored.then(|| head.clone());
+    // conditional); sent only if the request goes upstream, and never of a tunnel.
+    let copy = (mirrored && !websocket).then(|| head.clone());
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
     // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and
