@@ -646,6 +646,18 @@ impl HeaderEdits {
     }
 }
 
+/// The request's `Content-Length`, when it declares one (framing was checked before: one
+/// value, digits only).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether the client's request came over HTTPS: to this front door, or — said by a trusted
 /// proxy in front of it, in the first entry of `X-Forwarded-Proto` — to that proxy.
 pub fn came_over_https(peer: &Peer, trusted: bool, headers: &HeaderMap) -> bool {

@@ -483,6 +483,13 @@ async fn proxy_request(
         let port = proxy.https_redirect_port(&snapshot.server);
         return to_https(&req, host, port, request_id);
     }
+    // A body declared larger than the route takes never goes upstream; one without a length
+    // is counted as it streams (`forward::body::ClientBody`).
+    if let Some(limit) = route.max_request_body
+        && classify::declared_length(req.headers()).is_some_and(|n| n > limit)
+    {
+        return Err(ProxyError::PayloadTooLarge { limit });
+    }
     if !trusted {
         // Edge classification headers from anyone else are ignored and not passed on. Rarely
         // sent: one look over the names (no hashing) finds whether there is anything to remove.

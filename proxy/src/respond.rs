@@ -70,6 +70,9 @@ pub enum ProxyError {
     NotCached,
     /// The client went quiet inside its request body (408, connection closed).
     ClientTimeout,
+    /// The request body is larger than the route's `max_request_body` (413, connection
+    /// closed): by its `Content-Length`, before anything went upstream, or as it streamed.
+    PayloadTooLarge { limit: u64 },
 }
 
 impl ProxyError {
@@ -81,6 +84,7 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoHealthyUpstream { .. }
@@ -103,7 +107,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::RateLimited { .. }
             | ProxyError::NotCached
-            | ProxyError::ClientTimeout => Source::Downstream,
+            | ProxyError::ClientTimeout
+            | ProxyError::PayloadTooLarge { .. } => Source::Downstream,
             _ => Source::Upstream,
         }
     }
@@ -131,6 +136,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::NotCached => "not_cached",
             ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::PayloadTooLarge { .. } => "payload_too_large",
         }
     }
 
@@ -170,6 +176,9 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "the upstream did not answer in time".into(),
             ProxyError::NotCached => "only-if-cached, and no stored response can answer".into(),
             ProxyError::ClientTimeout => "the request body stalled; send it faster".into(),
+            ProxyError::PayloadTooLarge { limit } => {
+                format!("the request body is larger than this route's limit of {limit} bytes")
+            }
         }
     }
 
@@ -212,7 +221,10 @@ impl ProxyError {
         }
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::UnsupportedCoding | ProxyError::ClientTimeout
+            ProxyError::BadRequest(_)
+                | ProxyError::UnsupportedCoding
+                | ProxyError::ClientTimeout
+                | ProxyError::PayloadTooLarge { .. }
         ) {
             // After a request we refused to parse further, the connection's framing is suspect.
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));

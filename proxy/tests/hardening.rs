@@ -1388,3 +1388,98 @@ async fn an_idle_h2_connection_gets_goaway_after_keepalive_timeout() {
     );
     assert!(closed >= at);
 }
+
+/// A body larger than its route takes gets 413: at once, unread, when its `Content-Length`
+/// says so (nothing goes upstream); when it streams without one, as it passes the limit (the
+/// upstream's copy is cut off). A route may take more than the server's limit.
+#[tokio::test]
+async fn a_body_over_its_routes_limit_gets_413() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Reads each request whole (to its length, or its last chunk) before answering, as an
+    // application server reading a form does: a body cut off gets no answer.
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let whole = Arc::clone(&bodies);
+    let upstream = common::raw_upstream(move |mut s| {
+        let whole = Arc::clone(&whole);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end].lines().find_map(|l| {
+                        l.strip_prefix("content-length:")?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    });
+                    let done = match length {
+                        Some(n) => buf.len() >= end + 4 + n,
+                        None => text[end..].contains("\r\n0\r\n\r\n"),
+                    };
+                    if done {
+                        whole.fetch_add(1, Ordering::Relaxed);
+                        let answer =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                        let _ = s.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                }
+                match s.read(&mut chunk).await {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+        }
+    })
+    .await;
+    let fd = start(&format!(
+        "[server]\nmax_request_body = \"1KiB\"\n{}\n[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/big\"\ncluster = \"app\"\nmax_request_body = \"1MiB\"\n",
+        cluster("app", "", &[(upstream, "", "v")])
+    ))
+    .await;
+    let addr = fd.http.expect("http");
+    // Declared too large: answered without the body being sent at all, the connection closed.
+    let answer = exchange(
+        addr,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // At the limit, and over it on a route that takes more: forwarded whole.
+    for (path, size) in [("/x", 1024), ("/big", 4096)] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n{}",
+            "a".repeat(size)
+        );
+        let answer = exchange(addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{path}: {answer}");
+    }
+    assert_eq!(bodies.load(Ordering::Relaxed), 2);
+    // Chunked, no length: 413 once it passes the limit, and the upstream never got all of it.
+    let mut chunked = String::from(
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        chunked.push_str(&format!("200\r\n{}\r\n", "b".repeat(512)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let answer = exchange(addr, chunked.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert_eq!(
+        bodies.load(Ordering::Relaxed),
+        2,
+        "the cut body never arrived whole"
+    );
+    // The same under the route's larger limit passes.
+    let answer = exchange(addr, chunked.replacen("/x", "/big/x", 1).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(bodies.load(Ordering::Relaxed), 3);
+}

@@ -175,6 +175,11 @@ pub struct RawServer {
     /// `Strict-Transport-Security` on every answer sent over HTTPS (never over plain HTTP)
     /// that does not carry its own.
     pub hsts: Option<RawHsts>,
+    /// Largest request body (bytes, or `"10MiB"`) on every route that does not say otherwise
+    /// (`routes[].max_request_body`): a larger declared `Content-Length` gets 413 before
+    /// anything goes upstream; a body without one that grows past it is cut off upstream and
+    /// answered 413. Default: no limit.
+    pub max_request_body: Option<RawSize>,
 }
 
 /// `hsts = { max_age = 31536000, include_subdomains = true, preload = false }`.
@@ -428,6 +433,8 @@ pub struct RawRoute {
     pub request_headers: Option<RawHeaderOps>,
     /// Header fields set, defaulted or removed on every answer of the route to its client.
     pub response_headers: Option<RawHeaderOps>,
+    /// This route's largest request body (see `server.max_request_body`, which it overrides).
+    pub max_request_body: Option<RawSize>,
 }
 
 /// `{ set = { "x-frame-options" = "DENY" }, default = { ... }, remove = ["server"] }`.

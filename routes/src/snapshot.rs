@@ -361,6 +361,8 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Changes to the header fields of every answer to the client.
     pub response_headers: HeaderOps,
+    /// Largest request body in bytes (the route's, or the server's); `None`: no limit.
+    pub max_request_body: Option<u64>,
 }
 
 impl Route {

@@ -663,3 +663,26 @@ fn route_header_edits_are_checked_with_their_paths() {
         ],
     );
 }
+
+#[test]
+fn body_limits_are_the_routes_or_the_servers() {
+    let routes = "[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/up\"\ncluster = \"app\"\nmax_request_body = \"64MiB\"\n";
+    let none = snapshot(routes);
+    assert_eq!(none.routes[0].max_request_body, None, "no limit unless set");
+    assert_eq!(none.routes[1].max_request_body, Some(64 << 20));
+    let server = load(&format!(
+        "[server]\nmax_request_body = 1048576\n{BASE}\n{routes}"
+    ))
+    .expect("valid");
+    assert_eq!(server.routes[0].max_request_body, Some(1 << 20));
+    assert_eq!(server.routes[1].max_request_body, Some(64 << 20));
+    let got = errors_of(&format!(
+        "[server]\nmax_request_body = 0\n{BASE}\n[[routes]]\ncluster = \"app\"\nmax_request_body = \"lots\"\n"
+    ));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("server.max_request_body: must be at least 1 byte"),
+        "{got:?}"
+    );
+    assert!(got[1].starts_with("routes[0].max_request_body:"), "{got:?}");
+}

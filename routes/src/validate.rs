@@ -169,6 +169,11 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         .map(|(name, c)| cluster(name, c, &region_ids, &mut errors))
         .collect();
 
+    let server_body_limit = raw
+        .server
+        .max_request_body
+        .as_ref()
+        .and_then(|v| body_limit("server.max_request_body", v, &mut errors));
     let mut table = RouteTable::default();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
@@ -180,6 +185,13 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
             .https_redirect
             .or(raw.server.https_redirect)
             .unwrap_or(false);
+        route.max_request_body = match (&r.max_request_body, &raw.server.max_request_body) {
+            (Some(own), _) => {
+                body_limit(&format!("routes[{i}].max_request_body"), own, &mut errors)
+            }
+            (None, Some(_)) => server_body_limit,
+            (None, None) => None,
+        };
         route.rollout = r
             .rollout
             .as_ref()
@@ -370,6 +382,25 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             port => port,
         },
         hsts: raw.hsts.as_ref().and_then(|h| hsts(h, errors)),
+    }
+}
+
+/// A request body limit in bytes: at least 1.
+fn body_limit(path: &str, raw: &crate::config::RawSize, errors: &mut Errors) -> Option<u64> {
+    let bytes = match raw {
+        crate::config::RawSize::Bytes(n) => Ok(*n),
+        crate::config::RawSize::Text(t) => crate::cache::parse_size(t),
+    };
+    match bytes {
+        Ok(0) => {
+            errors.push(path, "must be at least 1 byte (leave it out for no limit)");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(e) => {
+            errors.push(path, e);
+            None
+        }
     }
 }
 
@@ -993,6 +1024,7 @@ fn route(
             .as_ref()
             .and_then(|r| rate_limit(i, r, errors)),
         https_redirect: false,
+        max_request_body: None,
         rewrite_prefix: raw.rewrite_prefix.as_ref().and_then(|to| {
             let plain = to.starts_with('/')
                 && !to.contains(['?', '#'])

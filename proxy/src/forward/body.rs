@@ -212,6 +212,8 @@ pub struct ClientBody {
     inner: IdleTimeoutBody<RequestBody>,
     ended: Arc<AtomicU8>,
     rate: Option<RateState>,
+    /// The route's `max_request_body`, and the bytes read against it.
+    limit: Option<(u64, u64)>,
 }
 
 /// A floor on the body's average rate: after `grace`, fewer than `bytes_per_sec` × elapsed
@@ -251,14 +253,36 @@ pub const CLIENT_BODY_MALFORMED: u8 = 1;
 pub const CLIENT_BODY_TIMED_OUT: u8 = 2;
 /// All of it was read.
 pub const CLIENT_BODY_ENDED: u8 = 3;
+/// It grew past the route's `max_request_body`.
+pub const CLIENT_BODY_TOO_LARGE: u8 = 4;
 
 /// Whether a body that ended `how` broke the exchange (the client is to blame).
 pub fn client_body_failed(how: u8) -> bool {
-    matches!(how, CLIENT_BODY_MALFORMED | CLIENT_BODY_TIMED_OUT)
+    matches!(
+        how,
+        CLIENT_BODY_MALFORMED | CLIENT_BODY_TIMED_OUT | CLIENT_BODY_TOO_LARGE
+    )
 }
 
+/// The client's body grew past the route's `max_request_body`.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than the route's limit")
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
 impl ClientBody {
-    pub fn new(inner: RequestBody, idle: Duration, min_rate: Option<MinRate>) -> ClientBody {
+    pub fn new(
+        inner: RequestBody,
+        idle: Duration,
+        min_rate: Option<MinRate>,
+        limit: Option<u64>,
+    ) -> ClientBody {
         ClientBody {
             inner: IdleTimeoutBody::new(inner, idle),
             ended: Arc::new(AtomicU8::new(CLIENT_BODY_GOING)),
@@ -267,6 +291,7 @@ impl ClientBody {
                 started: Instant::now(),
                 received: 0,
             }),
+            limit: limit.map(|l| (l, 0)),
         }
     }
 
@@ -305,10 +330,18 @@ impl Body for ClientBody {
                 poll = Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
             }
         }
+        if let (Poll::Ready(Some(Ok(frame))), Some((limit, read))) = (&poll, self.limit.as_mut()) {
+            *read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if *read > *limit {
+                poll = Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            }
+        }
         match &poll {
             Poll::Ready(Some(Err(e))) => {
                 let how = if e.is::<BodyIdleTimeout>() || e.is::<BodyTooSlow>() {
                     CLIENT_BODY_TIMED_OUT
+                } else if e.is::<BodyTooLarge>() {
+                    CLIENT_BODY_TOO_LARGE
                 } else {
                     CLIENT_BODY_MALFORMED
                 };

@@ -202,13 +202,13 @@ pub async fn send(
         && cluster.client.inline(&head.headers)
         && let Some(b) = body.take()
     {
-        let b = client_body(b, snapshot);
+        let b = client_body(b, snapshot, route);
         let ended = b.ended();
         match http_body_util::BodyExt::collect(b).await {
             Ok(all) => Some(all.to_bytes()),
             Err(_) => {
                 return Err(ForwardError {
-                    error: client_body_error(ended.load(Ordering::Relaxed)),
+                    error: client_body_error(ended.load(Ordering::Relaxed), route),
                     member: None,
                     attempts: 0,
                     queued: std::time::Duration::ZERO,
@@ -331,7 +331,7 @@ pub async fn send(
                 // bodiless request.
                 let upstream_body = match body.take() {
                     Some(b) if !bodiless => {
-                        let body = client_body(b, snapshot);
+                        let body = client_body(b, snapshot, route);
                         client_body_end = Some(body.ended());
                         Either::Left(body)
                     }
@@ -427,7 +427,7 @@ pub async fn send(
                 let how =
                     client_body_end.map_or(body::CLIENT_BODY_GOING, |f| f.load(Ordering::Relaxed));
                 return Err(ForwardError {
-                    error: client_body_error(how),
+                    error: client_body_error(how, route),
                     member: Some(member),
                     attempts,
                     queued,
@@ -476,22 +476,30 @@ fn small_declared(headers: &http::HeaderMap) -> bool {
             .is_some_and(|n| n <= SMALL_BODY)
 }
 
-/// The client's body, bounded by the server's body timeout and minimum rate.
-fn client_body(b: RequestBody, snapshot: &Snapshot) -> ClientBody {
+/// The client's body, bounded by the server's body timeout and minimum rate, and the route's
+/// size limit.
+fn client_body(b: RequestBody, snapshot: &Snapshot, route: &routes::Route) -> ClientBody {
     let (bytes_per_sec, grace) = snapshot.server.client_body_min_rate;
     let min_rate = (bytes_per_sec > 0).then_some(body::MinRate {
         bytes_per_sec,
         grace,
     });
-    ClientBody::new(b, snapshot.server.client_body_timeout, min_rate)
+    ClientBody::new(
+        b,
+        snapshot.server.client_body_timeout,
+        min_rate,
+        route.max_request_body,
+    )
 }
 
 /// What a client's failed body is answered with, by how it ended (`CLIENT_BODY_*`).
-fn client_body_error(how: u8) -> ProxyError {
-    if how == body::CLIENT_BODY_TIMED_OUT {
-        ProxyError::ClientTimeout
-    } else {
-        ProxyError::BadRequest("malformed or incomplete request body")
+fn client_body_error(how: u8, route: &routes::Route) -> ProxyError {
+    match how {
+        body::CLIENT_BODY_TIMED_OUT => ProxyError::ClientTimeout,
+        body::CLIENT_BODY_TOO_LARGE => ProxyError::PayloadTooLarge {
+            limit: route.max_request_body.unwrap_or_default(),
+        },
+        _ => ProxyError::BadRequest("malformed or incomplete request body"),
     }
 }
 
