@@ -46,6 +46,8 @@ struct Outcome {
     decision: Option<routes::Decision>,
     /// What the cache did, when it was consulted.
     cache: Option<crate::cache::Status>,
+    /// The request came over HTTPS and the answer carries `server.hsts`.
+    hsts: bool,
 }
 
 /// Serves one request. Never fails: every error becomes a response here.
@@ -93,21 +95,18 @@ pub async fn handle(
             error: None,
             decision: None,
             cache: None,
+            hsts: false,
         },
         answered: false,
     };
     // A gRPC call gets the proxy's own failures as gRPC statuses (only HTTP/2 is looked at).
     let grpc = crate::respond::is_grpc(ex.protocol, req.headers());
-    // Every answer over HTTPS carries the HSTS policy, when there is one.
-    let hsts = active
-        .hsts
-        .as_ref()
-        .filter(|_| classify::came_over_https(&peer, trusted, req.headers()));
     let wrong_host = peer
         .sni
         .as_deref()
         .is_some_and(|sni| misdirected(&proxy, sni, &ex.host));
     let result = if wrong_host {
+        ex.outcome.hsts = active.hsts.is_some();
         Err(ProxyError::Misdirected)
     } else {
         // Boxed: the request's whole state machine is several KiB, and the service future
@@ -164,7 +163,7 @@ pub async fn handle(
         edits.apply(response.headers_mut());
     }
     // An upstream's own policy for its host stands.
-    if let Some(hsts) = hsts
+    if let Some(hsts) = active.hsts.as_ref().filter(|_| ex.outcome.hsts)
         && !response
             .headers()
             .contains_key(header::STRICT_TRANSPORT_SECURITY)
@@ -420,6 +419,9 @@ async fn proxy_request(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let snapshot = &active.snapshot;
+    // Every answer over HTTPS carries the HSTS policy, when there is one (noted here, where
+    // the request is at hand, for the answer `handle` makes of any outcome).
+    outcome.hsts = active.hsts.is_some() && classify::came_over_https(peer, trusted, req.headers());
     // HTTP/1.1 must send `Host` (RFC 9112 §3.2); HTTP/1.0 may not, and is then routed among the
     // routes for any host, as a default server would take it (the upstream gets its endpoint's
     // authority as `Host`). A health check that sends `OPTIONS / HTTP/1.0` is one such client.
@@ -649,8 +651,9 @@ async fn proxy_request(
     }
 
     // The candidate's copy, as stable gets the request (before the cache may make it
-    // conditional); sent only if the request goes upstream, and never of a tunnel.
-    let copy = (mirrored && !websocket).then(|| head.clone());
+    // conditional); sent only if the request goes upstream, and never of a tunnel. Boxed: the
+    // future holds a pointer across the lookup, not a head's room.
+    let copy = (mirrored && !websocket).then(|| Box::new(head.clone()));
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
     // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and
@@ -667,7 +670,7 @@ async fn proxy_request(
         Lookup::Forward(plan) => plan,
     };
     if let (Some(copy), Some((windows, _))) = (copy, &arm) {
-        rollout::mirror::send(active, windows, route, decision, copy);
+        rollout::mirror::send(active, windows, route, decision, *copy);
     }
 
     // forward

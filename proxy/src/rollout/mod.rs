@@ -90,6 +90,7 @@ impl Windows {
     /// Records the exchange of `version` that ended with `outcome` at `answered`, its head
     /// `latency` after it was sent: a failure when the upstream failed (a 5xx, or no answer for
     /// a reason of its own: not the request's, nor residency's).
+    #[inline]
     pub fn judge(
         &self,
         version: Version,
