@@ -2231,3 +2231,99 @@ response_headers = {{ set = {{ "x-frame-options" = "DENY" }} }}
     assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
     assert_eq!(resp.header("x-frame-options"), Some("DENY"));
 }
+
+/// `retries.on_status`: an idempotent, bodiless request answered with one of those statuses
+/// goes to another endpoint; anything else gets the answer as it was. With nowhere else to
+/// go, the upstream's own answer stands (not a 502 of the proxy's).
+#[tokio::test]
+async fn an_answer_the_cluster_retries_goes_to_another_endpoint() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let refused = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&refused);
+    let unavailable = common::raw_upstream(move |mut s| {
+        let count = Arc::clone(&count);
+        async move {
+            while common::read_message(&mut s).await.is_some() {
+                count.fetch_add(1, Ordering::Relaxed);
+                let answer = "HTTP/1.1 503 Service Unavailable\r\nx-from: down\r\ncontent-length: 4\r\n\r\ndown";
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let origin = Origin::builder().start().await.expect("origin");
+    let dead = dead_addr().await;
+    let retrying = "outlier = { consecutive_failures = 0 }\nretries = { attempts = 1, on_status = [502, 503] }";
+    let config = format!(
+        "{}{}{}{}\n[[routes]]\ncluster = \"app\"\n[[routes]]\npath_prefix = \"/down\"\ncluster = \"down\"\n[[routes]]\npath_prefix = \"/alone\"\ncluster = \"alone\"\n[[routes]]\npath_prefix = \"/plain\"\ncluster = \"plain\"\n",
+        cluster(
+            "app",
+            retrying,
+            &[(unavailable, "", "v"), (origin.addr, "", "v")]
+        ),
+        cluster("down", retrying, &[(unavailable, "", "v")]),
+        cluster(
+            "alone",
+            retrying,
+            &[(unavailable, "", "v"), (dead, "", "v")]
+        ),
+        cluster(
+            "plain",
+            "outlier = { consecutive_failures = 0 }",
+            &[(unavailable, "", "v"), (origin.addr, "", "v")]
+        ),
+    );
+    let fd = start(&config).await;
+    let send = |method: Method, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(url(&fd, path))
+            .body(Full::<Bytes>::default())
+            .expect("request");
+        async move { Client::http1().send(req).await.expect("response") }
+    };
+    // Every GET is answered by the healthy endpoint, some after the other's 503 (as many as
+    // were retried).
+    for _ in 0..10 {
+        assert_eq!(send(Method::GET, "/").await.status, StatusCode::OK);
+    }
+    let first_tries = refused.load(Ordering::Relaxed);
+    assert!(first_tries > 0, "round robin sent some there first");
+    common::metrics_with(
+        &fd,
+        &[&format!(
+            "frontdoor_upstream_retries_total{{cluster=\"app\"}} {first_tries}\n"
+        )],
+    )
+    .await;
+    // A POST may act twice: the 503 is its answer.
+    let statuses: Vec<u16> = futures_statuses(&send, Method::POST, "/", 2).await;
+    assert!(statuses.contains(&503), "{statuses:?}");
+    // Nowhere better to go — the one endpoint again, or one that cannot be reached (before or
+    // after the 503) — the upstream's own 503 (its body), not an answer of the proxy's.
+    for path in ["/down", "/alone", "/alone"] {
+        let resp = send(Method::GET, path).await;
+        assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(resp.header("x-from"), Some("down"), "{path}");
+        assert_eq!(resp.text(), "down", "{path}");
+    }
+    // A cluster that does not retry answers passes them on.
+    let statuses = futures_statuses(&send, Method::GET, "/plain", 2).await;
+    assert!(statuses.contains(&503), "{statuses:?}");
+}
+
+/// The statuses of `n` requests sent one after another.
+async fn futures_statuses<F, Fut>(send: &F, method: Method, path: &str, n: usize) -> Vec<u16>
+where
+    F: Fn(Method, &str) -> Fut,
+    Fut: std::future::Future<Output = loadtest::Collected>,
+{
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(send(method.clone(), path).await.status.as_u16());
+    }
+    out
+}

@@ -335,6 +335,11 @@ pub struct RawRetries {
     pub attempts: Option<u32>,
     /// Retries may add at most this percentage on top of the requests in flight. Default 20.
     pub budget_percent: Option<f64>,
+    /// Upstream answers (5xx statuses) that are retried on another endpoint like a failed
+    /// exchange: an idempotent, bodiless request only, its answer dropped unread. Default:
+    /// none (an upstream's 5xx is passed on).
+    #[serde(default)]
+    pub on_status: Vec<u16>,
 }
 
 /// Active HTTP health checking of every endpoint.

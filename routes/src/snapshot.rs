@@ -243,6 +243,15 @@ pub struct Retries {
     pub attempts: u32,
     /// Retries in flight may be at most this share (0..=1) of requests in flight, plus one.
     pub budget_ratio: f64,
+    /// The 5xx statuses retried (`on_status`), bit `s - 500` for status `s`.
+    pub on_status: u128,
+}
+
+impl Retries {
+    /// Whether an upstream's answer with `status` is retried.
+    pub fn on(&self, status: u16) -> bool {
+        (500..600).contains(&status) && self.on_status & (1 << (status - 500)) != 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -212,7 +212,7 @@ us-central1 = { jurisdiction = "us" }
 protocol = "h3"
 connect_timeout = "0s"
 slow_start = "soon"
-retries = { attempts = 9 }
+retries = { attempts = 9, on_status = [503, 404] }
 health_check = { path = "healthz", healthy_threshold = 0 }
 outlier = { max_ejection_percent = 150, failure_percentage = 101, failure_percentage_min_requests = 0, interval = "0s" }
 endpoints = [
@@ -251,6 +251,7 @@ cluster = "app"
         "clusters.app.connect_timeout:",
         "clusters.app.slow_start:",
         "clusters.app.retries.attempts:",
+        "clusters.app.retries.on_status[1]:",
         "clusters.app.health_check.path:",
         "clusters.app.health_check.healthy_threshold:",
         "clusters.app.outlier.max_ejection_percent:",
@@ -685,4 +686,32 @@ fn body_limits_are_the_routes_or_the_servers() {
         "{got:?}"
     );
     assert!(got[1].starts_with("routes[0].max_request_body:"), "{got:?}");
+}
+
+#[test]
+fn retried_statuses_are_the_5xx_named() {
+    let s = snapshot("[[routes]]\ncluster = \"app\"\n");
+    assert!(!s.clusters[0].retries.on(503), "none unless named");
+    let text = BASE.replace(
+        "[clusters.api]",
+        "retries = { on_status = [502, 503, 599] }\n[clusters.api]",
+    ) + "[[routes]]\ncluster = \"app\"\n";
+    let named = load(&text).expect("valid");
+    let app = named
+        .clusters
+        .iter()
+        .find(|c| c.name == "app")
+        .expect("app");
+    let retries = app.retries;
+    assert_eq!(retries.attempts, 1);
+    for (status, on) in [
+        (502, true),
+        (503, true),
+        (599, true),
+        (500, false),
+        (504, false),
+        (404, false),
+    ] {
+        assert_eq!(retries.on(status), on, "{status}");
+    }
 }

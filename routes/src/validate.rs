@@ -635,6 +635,7 @@ fn cluster(
         None => Retries {
             attempts: 1,
             budget_ratio: 0.2,
+            on_status: 0,
         },
         Some(r) => {
             let attempts = r.attempts.unwrap_or(1);
@@ -651,9 +652,21 @@ fn cluster(
                     format!("must be 0..=100, got {pct}"),
                 );
             }
+            let mut on_status = 0u128;
+            for (j, &status) in r.on_status.iter().enumerate() {
+                if (500..600).contains(&status) {
+                    on_status |= 1 << (status - 500);
+                } else {
+                    errors.push(
+                        at(&format!("retries.on_status[{j}]")),
+                        format!("{status} is not a 5xx status"),
+                    );
+                }
+            }
             Retries {
                 attempts: attempts.min(5),
                 budget_ratio: pct.clamp(0.0, 100.0) / 100.0,
+                on_status,
             }
         }
     };

@@ -227,6 +227,9 @@ pub async fn send(
     let mut head = Some(head);
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
+    // An upstream's answer given up for a retry (`retries.on_status`): it stands if no other
+    // attempt gets an answer.
+    let mut given_up: Option<Forwarded> = None;
     // How the client's body ended: when it broke the exchange, that is a 400, not a 502.
     let mut client_body_end: Option<Arc<std::sync::atomic::AtomicU8>> = None;
     let mut attempts = 0u32;
@@ -249,6 +252,9 @@ pub async fn send(
             now: now_ms,
         };
         let Some(member) = cluster.pick(&ask) else {
+            if let Some(answer) = given_up {
+                return Ok(answer);
+            }
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
                 previous
@@ -383,10 +389,10 @@ pub async fn send(
                 }
                 // A gRPC server's trailers-only failure comes with a 200 (only HTTP/2
                 // clusters carry gRPC: others are spared the lookup).
-                let failed = response.status().is_server_error()
+                let bad = response.status().is_server_error()
                     || (cfg.protocol == UpstreamProtocol::H2
                         && crate::respond::grpc_failed(response.headers()));
-                let ok = !failed;
+                let ok = !bad;
                 // A good head with a body to come is judged at the body's end.
                 let endpoint = (ok && cfg.outlier.ejects() && !response.body().is_end_stream())
                     .then(|| (Arc::clone(&member.health), cfg.outlier));
@@ -402,21 +408,39 @@ pub async fn send(
                         probe: probe && endpoint.is_some(),
                         endpoint,
                         judged: None,
-                        client_body: client_body_end,
+                        client_body: client_body_end.take(),
                     })
                 });
-                // The request is sent: its header map is kept for a later head.
-                if let Some(head) = head {
-                    crate::spare::keep(head.headers);
-                }
-                return Ok(Forwarded {
+                let status = response.status().as_u16();
+                let answer = Forwarded {
                     response,
                     member,
                     attempts,
                     queued,
                     watch,
-                    failed,
-                });
+                    failed: bad,
+                };
+                // An answer the cluster retries (`retries.on_status`), where a retry may go.
+                if bad
+                    && cfg.retries.on(status)
+                    && bodiless
+                    && attempts <= cfg.retries.attempts
+                    && idempotent(&method)
+                    && cluster.retry_allowed()
+                {
+                    metrics::counter!(telemetry::UPSTREAM_RETRIES, telemetry::L_CLUSTER => cfg.name.clone())
+                        .increment(1);
+                    cluster.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+                    _retrying = Some(Decrement(&cluster.retries_in_flight));
+                    failed = Some(Arc::clone(&answer.member));
+                    given_up = Some(answer);
+                    continue;
+                }
+                // The request is sent: its header map is kept for a later head.
+                if let Some(head) = head {
+                    crate::spare::keep(head.headers);
+                }
+                return Ok(answer);
             }
             Err(UpstreamError::Timeout) => ProxyError::Timeout {
                 endpoint: endpoint(),
@@ -450,6 +474,10 @@ pub async fn send(
             && (idempotent(&method) || error.nothing_sent() || unprocessed)
             && cluster.retry_allowed();
         if !may_retry {
+            // An answer given up for this attempt is better than its failure.
+            if let Some(answer) = given_up {
+                return Ok(answer);
+            }
             return Err(ForwardError {
                 error,
                 member: Some(member),
