@@ -56,6 +56,8 @@ fuzz_target!(|data: &[u8]| {
         country: next(),
         jurisdiction: next(),
         geoip_country: next(),
+        method: next(),
+        header: None,
     };
     let Some(d) = s.decide(&facts) else { return };
     let _ = s.explain(&facts);

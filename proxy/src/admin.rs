@@ -176,6 +176,14 @@ impl Admin {
         let s = &active.snapshot;
         let client: Option<std::net::IpAddr> = get("client").and_then(|c| c.parse().ok());
         let geo = client.and_then(|ip| active.geoip.as_ref().and_then(|g| g.country(ip)));
+        // `header=name:value`, as often as there are fields, for routes with `match_headers`.
+        let header = |name: &str| {
+            params.iter().find_map(|(k, v)| {
+                let (n, value) = v.split_once(':')?;
+                (k == "header" && n.trim().eq_ignore_ascii_case(name)).then(|| value.trim())
+            })
+        };
+        let method = get("method").unwrap_or("GET").to_ascii_uppercase();
         let facts = routes::RequestFacts {
             host: &host,
             path: uri.path(),
@@ -183,6 +191,8 @@ impl Admin {
             country: get("country"),
             jurisdiction: get("jurisdiction"),
             geoip_country: geo.as_ref().and_then(|c| std::str::from_utf8(c).ok()),
+            method: Some(&method),
+            header: Some(routes::HeaderSource(&header)),
         };
         let mut text = s.explain(&facts);
         if let Some(d) = s.decide(&facts) {

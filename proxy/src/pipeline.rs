@@ -466,6 +466,8 @@ async fn proxy_request(
     let decision = {
         let headers = req.headers();
         let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        // For routes with `match_headers` (looked up only for them).
+        let by_name = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let c = &active.classify_headers;
         let facts = routes::RequestFacts {
             host,
@@ -474,6 +476,8 @@ async fn proxy_request(
             country: if trusted { text(&c.country) } else { None },
             jurisdiction: if trusted { text(&c.jurisdiction) } else { None },
             geoip_country: geo_text,
+            method: Some(req.method().as_str()),
+            header: Some(routes::HeaderSource(&by_name)),
         };
         snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?
     };

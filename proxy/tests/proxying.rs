@@ -2327,3 +2327,64 @@ where
     }
     out
 }
+
+/// Routes of one prefix told apart by method and header fields, end to end; `explain` takes
+/// the method and fields to say which one a request would get.
+#[tokio::test]
+async fn requests_of_one_prefix_go_where_their_method_and_headers_say() {
+    let reads = Origin::builder()
+        .version("reads")
+        .start()
+        .await
+        .expect("reads");
+    let writes = Origin::builder()
+        .version("writes")
+        .start()
+        .await
+        .expect("writes");
+    let beta = Origin::builder()
+        .version("beta")
+        .start()
+        .await
+        .expect("beta");
+    let config = format!(
+        "{}{}{}\n[[routes]]\ncluster = \"reads\"\n[[routes]]\ncluster = \"writes\"\nmethods = [\"POST\", \"DELETE\"]\n[[routes]]\ncluster = \"beta\"\nmatch_headers = {{ \"x-beta\" = \"on\" }}\n",
+        cluster("reads", "", &[(reads.addr, "", "v")]),
+        cluster("writes", "", &[(writes.addr, "", "v")]),
+        cluster("beta", "", &[(beta.addr, "", "v")]),
+    );
+    let fd = start(&config).await;
+    for (method, header, want) in [
+        (Method::GET, None, "reads"),
+        (Method::POST, None, "writes"),
+        (Method::DELETE, Some("on"), "writes"),
+        (Method::GET, Some("on"), "beta"),
+        (Method::GET, Some("off"), "reads"),
+    ] {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url(&fd, "/x"));
+        if let Some(v) = header {
+            req = req.header("x-beta", v);
+        }
+        let resp = Client::http1()
+            .send(req.body(Full::<Bytes>::default()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(
+            resp.header("x-origin-version"),
+            Some(want),
+            "{method} {header:?}"
+        );
+    }
+    let explain = common::admin_call(
+        &fd,
+        Method::GET,
+        "/explain?url=http://h/x&method=get&header=X-Beta:%20on",
+        "",
+    )
+    .await
+    .text();
+    assert!(explain.contains("route-2"), "{explain}");
+    assert!(explain.contains("header x-beta = \"on\""), "{explain}");
+}

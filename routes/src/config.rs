@@ -440,6 +440,14 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     /// This route's largest request body (see `server.max_request_body`, which it overrides).
     pub max_request_body: Option<RawSize>,
+    /// Only requests with one of these methods. Default: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only requests with these header fields: name → exact value, or `"*"` for any value.
+    /// Routes of one host and prefix are told apart by these and `methods`: tried in config
+    /// order, the one without conditions last; none matching, shorter prefixes are tried.
+    #[serde(default)]
+    pub match_headers: BTreeMap<String, String>,
 }
 
 /// `{ set = { "x-frame-options" = "DENY" }, default = { ... }, remove = ["server"] }`.

@@ -49,6 +49,20 @@ pub struct RequestFacts<'a> {
     pub jurisdiction: Option<&'a str>,
     /// Country of the client address from the GeoIP database.
     pub geoip_country: Option<&'a str>,
+    /// The request's method, for routes with `methods`.
+    pub method: Option<&'a str>,
+    /// The request's header fields, for routes with `match_headers`.
+    pub header: Option<HeaderSource<'a>>,
+}
+
+/// A request's header field by lower-case name: its first value, as text.
+#[derive(Clone, Copy)]
+pub struct HeaderSource<'a>(pub &'a dyn Fn(&str) -> Option<&'a str>);
+
+impl std::fmt::Debug for HeaderSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderSource")
+    }
 }
 
 impl<'a> RequestFacts<'a> {
@@ -77,7 +91,9 @@ pub struct Decision {
 impl Snapshot {
     /// Routes a request; `None` means no route matches (the proxy answers 404).
     pub fn decide(&self, facts: &RequestFacts<'_>) -> Option<Decision> {
-        let route_id = self.table.find(facts.host, facts.path)?;
+        let route_id = self
+            .table
+            .find(facts.host, facts.path, |id| self.routes[id.0].takes(facts))?;
         let route = &self.routes[route_id.0];
         let (jurisdiction, jurisdiction_source) = self.jurisdiction_of(facts, route);
         let mut allowed = self.all_regions();
@@ -171,12 +187,13 @@ impl Snapshot {
             .map(|v| format!(", version {v:?}"))
             .unwrap_or_default();
         let mut out = format!(
-            "host {:?} path {:?}\n  route:        {:?} (routes[{}]; hosts: {hosts}; longest prefix {:?}) → cluster {:?}{version}\n",
+            "host {:?} path {:?}\n  route:        {:?} (routes[{}]; hosts: {hosts}; longest prefix {:?}{}) → cluster {:?}{version}\n",
             facts.host,
             facts.path,
             r.name,
             d.route.0,
             r.path_prefix,
+            r.conditions(),
             self.cluster(d.cluster).name,
         );
         if let Some(upstream) = r.rewritten(facts.path) {

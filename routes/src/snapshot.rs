@@ -372,9 +372,49 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Largest request body in bytes (the route's, or the server's); `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// Upper-case methods the route takes; empty: any.
+    pub methods: Vec<String>,
+    /// Lower-case header names and the exact value each must have (`None`: any value).
+    pub match_headers: Vec<(String, Option<String>)>,
 }
 
 impl Route {
+    /// Whether the route takes a request it is the prefix of: its `methods` and
+    /// `match_headers` hold.
+    #[inline]
+    pub fn takes(&self, facts: &crate::RequestFacts<'_>) -> bool {
+        if self.methods.is_empty() && self.match_headers.is_empty() {
+            return true;
+        }
+        let method = self.methods.is_empty()
+            || facts
+                .method
+                .is_some_and(|m| self.methods.iter().any(|x| x == m));
+        method
+            && self.match_headers.iter().all(|(name, want)| {
+                match facts.header.and_then(|h| (h.0)(name)) {
+                    Some(v) => want.as_deref().is_none_or(|w| v.trim() == w),
+                    None => false,
+                }
+            })
+    }
+
+    /// `; methods GET, HEAD; header x-a = 1, header x-b` (what [`Self::takes`] looks at), or
+    /// nothing.
+    pub fn conditions(&self) -> String {
+        let mut out = String::new();
+        if !self.methods.is_empty() {
+            out.push_str(&format!("; methods {}", self.methods.join(", ")));
+        }
+        for (name, want) in &self.match_headers {
+            match want {
+                Some(v) => out.push_str(&format!("; header {name} = {v:?}")),
+                None => out.push_str(&format!("; header {name} present")),
+            }
+        }
+        out
+    }
+
     /// The path the upstream gets for `path` (a path this route matched, in normal form):
     /// `rewrite_prefix` in place of `path_prefix`, what follows it kept. `None` without a
     /// rewrite.

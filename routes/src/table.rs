@@ -9,10 +9,18 @@ use std::borrow::Cow;
 use crate::LookupMap;
 use crate::snapshot::RouteId;
 
-/// Prefix → value (a route, or a tenant's jurisdiction), for one host (or one wildcard suffix,
-/// or "any host").
+/// What one host's path prefix holds: a route, or routes told apart by their match conditions
+/// (`methods`, `match_headers`), tried in order (`RouteTable::shared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Route(RouteId),
+    Shared(usize),
+}
+
+/// Prefix → value (a route slot, or a tenant's jurisdiction), for one host (or one wildcard
+/// suffix, or "any host").
 #[derive(Debug)]
-pub(crate) struct PrefixMap<T = RouteId> {
+pub(crate) struct PrefixMap<T = Slot> {
     by_prefix: LookupMap<String, T>,
 }
 
@@ -40,12 +48,26 @@ impl<T: Copy> PrefixMap<T> {
         self.by_prefix.is_empty()
     }
 
-    /// Longest prefix of `path` that has a route: `/a/b/c`, then `/a/b`, `/a`, `/`.
+    /// The value at `prefix`, to change it.
+    pub(crate) fn get_mut(&mut self, prefix: &str) -> Option<&mut T> {
+        self.by_prefix.get_mut(prefix)
+    }
+
+    /// Longest prefix of `path` that has a value: `/a/b/c`, then `/a/b`, `/a`, `/`.
     pub(crate) fn longest(&self, path: &str) -> Option<T> {
+        self.longest_taken(path, Some)
+    }
+
+    /// The first value `take` makes something of, prefixes of `path` tried longest first.
+    pub(crate) fn longest_taken<R>(
+        &self,
+        path: &str,
+        mut take: impl FnMut(T) -> Option<R>,
+    ) -> Option<R> {
         let mut candidate = path;
         loop {
-            if let Some(id) = self.by_prefix.get(candidate) {
-                return Some(*id);
+            if let Some(found) = self.by_prefix.get(candidate).and_then(|v| take(*v)) {
+                return Some(found);
             }
             match candidate.rfind('/') {
                 Some(0) if candidate.len() > 1 => candidate = "/",
@@ -63,12 +85,30 @@ pub(crate) struct RouteTable {
     /// Keyed by the suffix after `*`, e.g. `.example.com`.
     pub(crate) wildcard: LookupMap<String, PrefixMap>,
     pub(crate) any: PrefixMap,
+    /// The routes of each [`Slot::Shared`], in the order they are tried: those with match
+    /// conditions in config order, then the one without (if any).
+    pub(crate) shared: Vec<Vec<RouteId>>,
 }
 
 impl RouteTable {
-    /// `host` must be lower-case without a port; `path` must start with `/`, without a query.
-    pub(crate) fn find(&self, host: &str, path: &str) -> Option<RouteId> {
-        if let Some(found) = self.exact.get(host).and_then(|m| m.longest(path)) {
+    /// The first route `takes` (the request meets its conditions), host tiers from the most
+    /// specific and in each the longest prefix first. `host` must be lower-case without a
+    /// port; `path` must start with `/`, without a query.
+    pub(crate) fn find(
+        &self,
+        host: &str,
+        path: &str,
+        takes: impl Fn(RouteId) -> bool,
+    ) -> Option<RouteId> {
+        let take = |slot: Slot| match slot {
+            Slot::Route(id) => takes(id).then_some(id),
+            Slot::Shared(i) => self.shared[i].iter().copied().find(|id| takes(*id)),
+        };
+        if let Some(found) = self
+            .exact
+            .get(host)
+            .and_then(|m| m.longest_taken(path, take))
+        {
             return Some(found);
         }
         // Most specific wildcard first: for a.b.example.com try .b.example.com, then .example.com.
@@ -76,13 +116,17 @@ impl RouteTable {
             let mut rest = host;
             while let Some(dot) = rest.find('.') {
                 let suffix = &rest[dot..];
-                if let Some(found) = self.wildcard.get(suffix).and_then(|m| m.longest(path)) {
+                if let Some(found) = self
+                    .wildcard
+                    .get(suffix)
+                    .and_then(|m| m.longest_taken(path, take))
+                {
                     return Some(found);
                 }
                 rest = &rest[dot + 1..];
             }
         }
-        self.any.longest(path)
+        self.any.longest_taken(path, take)
     }
 }
 

@@ -715,3 +715,117 @@ fn retried_statuses_are_the_5xx_named() {
         assert_eq!(retries.on(status), on, "{status}");
     }
 }
+
+#[test]
+fn routes_of_one_prefix_are_told_apart_by_method_and_headers() {
+    let s = snapshot(
+        r#"
+[[routes]]
+name = "root"
+cluster = "app"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+cluster = "app"
+[[routes]]
+name = "writes"
+path_prefix = "/api"
+cluster = "api"
+methods = ["post", "PUT"]
+[[routes]]
+name = "beta"
+path_prefix = "/api"
+cluster = "static"
+match_headers = { "X-Beta" = "1", "x-user" = "*" }
+[[routes]]
+name = "reads-only"
+path_prefix = "/v2"
+cluster = "api"
+methods = ["GET"]
+"#,
+    );
+    let decide = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        let facts = RequestFacts {
+            method: Some(method),
+            header: Some(HeaderSource(&lookup)),
+            ..RequestFacts::new("h", path)
+        };
+        s.decide(&facts).map(|d| s.route(d.route).name.clone())
+    };
+    let name = |n: &str| Some(n.to_string());
+    assert_eq!(
+        decide("GET", "/api/x", &[]),
+        name("api"),
+        "no condition met"
+    );
+    assert_eq!(decide("POST", "/api/x", &[]), name("writes"));
+    assert_eq!(decide("PUT", "/api", &[]), name("writes"));
+    assert_eq!(
+        decide("GET", "/api/x", &[("x-beta", " 1 "), ("x-user", "u")]),
+        name("beta")
+    );
+    assert_eq!(
+        decide("GET", "/api/x", &[("x-beta", "2"), ("x-user", "u")]),
+        name("api")
+    );
+    assert_eq!(
+        decide("GET", "/api/x", &[("x-beta", "1")]),
+        name("api"),
+        "x-user missing"
+    );
+    // In config order: a POST with the beta headers is a write.
+    assert_eq!(
+        decide("POST", "/api/x", &[("x-beta", "1"), ("x-user", "u")]),
+        name("writes")
+    );
+    // A prefix whose routes all have conditions, none met: the shorter prefix's route.
+    assert_eq!(decide("GET", "/v2/a", &[]), name("reads-only"));
+    assert_eq!(decide("DELETE", "/v2/a", &[]), name("root"));
+    let explained = s.explain(&RequestFacts {
+        method: Some("POST"),
+        ..RequestFacts::new("h", "/api/x")
+    });
+    assert!(
+        explained.contains("longest prefix \"/api\"; methods POST, PUT)"),
+        "{explained}"
+    );
+
+    let got = errors_of(&format!(
+        r#"{BASE}
+[[routes]]
+path_prefix = "/api"
+cluster = "app"
+methods = ["GET"]
+[[routes]]
+path_prefix = "/api"
+cluster = "app"
+methods = ["get"]
+[[routes]]
+path_prefix = "/api"
+cluster = "app"
+[[routes]]
+path_prefix = "/api/"
+cluster = "app"
+[[routes]]
+path_prefix = "/b"
+cluster = "app"
+methods = ["G T"]
+match_headers = {{ "bad name" = "1" }}
+"#
+    ));
+    assert_eq!(
+        got,
+        [
+            "routes[4].methods[0]: \"G T\" is not a method",
+            "routes[4].match_headers.bad name: \"bad name\" is not a header name",
+            "routes[1].path_prefix: host \"*\" with path_prefix \"/api\": routes[0] takes the same requests first (the same methods and match_headers)",
+            "routes[3].path_prefix: host \"*\" with path_prefix \"/api\" is already routed by routes[2]",
+        ],
+    );
+}

@@ -117,6 +117,7 @@ fn tenant_decision<'a>(
         jurisdiction: None,
         country: None,
         geoip_country: None,
+        ..Default::default()
     };
     let d = s.decide(&facts).expect("routed");
     let name = d.jurisdiction.map_or("none", |j| s.jurisdiction(j));
@@ -259,6 +260,7 @@ fn jurisdiction_sources_in_order() {
             jurisdiction: jur,
             country,
             geoip_country: geo,
+            ..Default::default()
         };
         let d = s.decide(&facts).expect("routed");
         assert_eq!(
@@ -613,6 +615,7 @@ fn property_no_decision_names_a_forbidden_region() {
                 jurisdiction: jur,
                 country,
                 geoip_country: geo,
+                ..Default::default()
             };
             let d = s.decide(&facts).expect("routed");
             // The allowed set is exactly the jurisdiction's policy when restricted.

@@ -15,7 +15,7 @@ use crate::snapshot::{
     HeaderOps, HealthCheck, LbPolicy, Limits, Outlier, Region, RegionId, Retries, Route, RouteId,
     Server, Snapshot, Timeouts, Tls, UpstreamProtocol,
 };
-use crate::table::{PrefixMap, RouteTable, canonical_prefix};
+use crate::table::{PrefixMap, RouteTable, Slot, canonical_prefix};
 use crate::units::{Cidr, parse_duration};
 
 /// One problem in a config, located by its path in the document.
@@ -176,8 +176,19 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         .and_then(|v| body_limit("server.max_request_body", v, &mut errors));
     let mut table = RouteTable::default();
     let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut sharing = Sharing::new();
+    let mut conditions = vec![None; raw.routes.len()];
     for (i, r) in raw.routes.iter().enumerate() {
-        let Some(mut route) = route(i, r, &cluster_ids, &clusters, &mut table, &mut errors) else {
+        let Some(mut route) = route(
+            i,
+            r,
+            &cluster_ids,
+            &clusters,
+            &mut table,
+            &mut sharing,
+            &mut conditions,
+            &mut errors,
+        ) else {
             continue;
         };
         route.regions = region_policy(i, r, &region_ids, &mut errors);
@@ -223,6 +234,7 @@ pub fn validate(raw: &RawConfig, hash: &str) -> Result<Snapshot, ConfigErrors> {
         }
         routes.push(route);
     }
+    check_shared(&mut table, &sharing, &conditions, &mut errors);
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(name) = &r.name
@@ -382,6 +394,50 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             port => port,
         },
         hsts: raw.hsts.as_ref().and_then(|h| hsts(h, errors)),
+    }
+}
+
+/// A route's match conditions: its methods (sorted) and headers (sorted), to compare routes.
+type Conditions = (
+    std::collections::BTreeSet<String>,
+    Vec<(String, Option<String>)>,
+);
+
+/// Orders the routes of each shared host and prefix — those with conditions in config order,
+/// then the one without — and refuses what cannot be told apart: two without conditions, or
+/// two with the same ones (the second would never take a request).
+fn check_shared(
+    table: &mut RouteTable,
+    sharing: &Sharing,
+    conditions: &[Option<Conditions>],
+    errors: &mut Errors,
+) {
+    let plain = |id: RouteId| {
+        conditions[id.0]
+            .as_ref()
+            .is_none_or(|(m, h)| m.is_empty() && h.is_empty())
+    };
+    for (chain, id, field, what) in sharing {
+        let routes = &table.shared[*chain];
+        let before = &routes[..routes.iter().position(|r| r == id).unwrap_or(0)];
+        if let Some(first) = before
+            .iter()
+            .find(|r| conditions[r.0] == conditions[id.0] || (plain(**r) && plain(*id)))
+        {
+            let why = if plain(*id) {
+                format!("{what} is already routed by routes[{}]", first.0)
+            } else {
+                format!(
+                    "{what}: routes[{}] takes the same requests first (the same methods and match_headers)",
+                    first.0
+                )
+            };
+            errors.push(field.clone(), why);
+        }
+    }
+    for routes in &mut table.shared {
+        // Stable: config order within each group.
+        routes.sort_by_key(|r| plain(*r));
     }
 }
 
@@ -943,12 +999,19 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
     }
 }
 
+/// Routes sharing a host and prefix, as `route` found them: (the slot's chain, the route
+/// added to it, the field that made it share, the host and prefix), for [`check_shared`].
+type Sharing = Vec<(usize, RouteId, String, String)>;
+
+#[allow(clippy::too_many_arguments)]
 fn route(
     i: usize,
     raw: &RawRoute,
     cluster_ids: &BTreeMap<&str, ClusterId>,
     clusters: &[Cluster],
     table: &mut RouteTable,
+    sharing: &mut Sharing,
+    conditions: &mut [Option<Conditions>],
     errors: &mut Errors,
 ) -> Option<Route> {
     let at = |field: &str| format!("routes[{i}].{field}");
@@ -992,9 +1055,44 @@ fn route(
             errors.push(at(&format!("hosts[{j}]")), e);
         }
     }
+    let mut methods = Vec::new();
+    for (j, m) in raw.methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if !valid_header_name(&upper.to_ascii_lowercase()) {
+            errors.push(
+                at(&format!("methods[{j}]")),
+                format!("{m:?} is not a method"),
+            );
+        } else if !methods.contains(&upper) {
+            methods.push(upper);
+        }
+    }
+    let mut match_headers = Vec::new();
+    for (name, value) in &raw.match_headers {
+        let lower = name.to_ascii_lowercase();
+        if !valid_header_name(&lower) {
+            errors.push(
+                at(&format!("match_headers.{name}")),
+                format!("{name:?} is not a header name"),
+            );
+        } else if !value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            errors.push(
+                at(&format!("match_headers.{name}")),
+                "must be a header value of visible ASCII, or \"*\" for any",
+            );
+        } else {
+            let want = (value.trim() != "*").then(|| value.trim().to_string());
+            match_headers.push((lower, want));
+        }
+    }
+    match_headers.sort();
     if errors.0.len() > before {
         return None;
     }
+    conditions[i] = Some((methods.iter().cloned().collect(), match_headers.clone()));
     let id = RouteId(i);
     let any = ["*".to_string()];
     let keys: &[String] = if hosts.is_empty() { &any } else { &hosts };
@@ -1006,19 +1104,38 @@ fn route(
         } else {
             table.exact.entry(h.clone()).or_default()
         };
-        if let Some(existing) = map.insert(&prefix, id) {
+        if let Some(existing) = map.insert(&prefix, Slot::Route(id)) {
+            // Told apart by their conditions, or not: `check_shared` judges once all are in.
+            let chain = match existing {
+                Slot::Shared(c) => c,
+                Slot::Route(first) => {
+                    table.shared.push(vec![first]);
+                    let c = table.shared.len() - 1;
+                    if let Some(slot) = match h.as_str() {
+                        "*" => table.any.get_mut(&prefix),
+                        w if w.starts_with('*') => table
+                            .wildcard
+                            .get_mut(&w[1..])
+                            .and_then(|m| m.get_mut(&prefix)),
+                        exact => table.exact.get_mut(exact).and_then(|m| m.get_mut(&prefix)),
+                    } {
+                        *slot = Slot::Shared(c);
+                    }
+                    c
+                }
+            };
+            table.shared[chain].push(id);
             let field = if hosts.is_empty() {
                 "path_prefix".to_string()
             } else {
                 format!("hosts[{j}]")
             };
-            errors.push(
+            sharing.push((
+                chain,
+                id,
                 at(&field),
-                format!(
-                    "host {h:?} with path_prefix {prefix:?} is already routed by routes[{}]",
-                    existing.0
-                ),
-            );
+                format!("host {h:?} with path_prefix {prefix:?}"),
+            ));
         }
     }
     Some(Route {
@@ -1038,6 +1155,8 @@ fn route(
             .and_then(|r| rate_limit(i, r, errors)),
         https_redirect: false,
         max_request_body: None,
+        methods,
+        match_headers,
         rewrite_prefix: raw.rewrite_prefix.as_ref().and_then(|to| {
             let plain = to.starts_with('/')
                 && !to.contains(['?', '#'])

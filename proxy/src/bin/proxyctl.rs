@@ -104,6 +104,12 @@ enum Command {
         /// Client address, for GeoIP.
         #[arg(long)]
         client: Option<String>,
+        /// The request's method, for routes with `methods` (default GET).
+        #[arg(long, short = 'X')]
+        method: Option<String>,
+        /// A request header `name: value`, for routes with `match_headers` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
     },
     /// Move a rollout's candidate weight (e.g. `proxyctl shift 10%`). Refused while the gates
     /// are red unless `--force --reason "..."`.
@@ -557,6 +563,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             jurisdiction,
             tenant,
             client,
+            method,
+            headers,
         } => {
             let mut query = format!("url={}", percent_encode(url));
             for (k, v) in [
@@ -564,10 +572,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 ("jurisdiction", jurisdiction),
                 ("tenant", tenant),
                 ("client", client),
+                ("method", method),
             ] {
                 if let Some(v) = v {
                     query.push_str(&format!("&{k}={}", percent_encode(v)));
                 }
+            }
+            for h in headers {
+                query.push_str(&format!("&header={}", percent_encode(h)));
             }
             let v = call(&cli, Method::GET, &format!("/explain?{query}"), None).await?;
             print!("{}", v.as_str().unwrap_or_default());
