@@ -2388,3 +2388,30 @@ async fn requests_of_one_prefix_go_where_their_method_and_headers_say() {
     assert!(explain.contains("route-2"), "{explain}");
     assert!(explain.contains("header x-beta = \"on\""), "{explain}");
 }
+
+/// A route's own `request_timeout` stands over its cluster's: a slow report is waited for.
+#[tokio::test]
+async fn a_routes_request_timeout_stands_over_its_clusters() {
+    let slow = Origin::builder().start().await.expect("slow");
+    slow.faults.set(FaultSpec {
+        latency_ms: 600,
+        ..Default::default()
+    });
+    let config = format!(
+        "{}\n[[routes]]\ncluster = \"slow\"\n[[routes]]\npath_prefix = \"/report\"\ncluster = \"slow\"\nrequest_timeout = \"10s\"\n",
+        cluster(
+            "slow",
+            "request_timeout = \"200ms\"",
+            &[(slow.addr, "", "v")]
+        ),
+    );
+    let fd = start(&config).await;
+    let client = Client::http1();
+    for (path, want) in [
+        ("/", StatusCode::GATEWAY_TIMEOUT),
+        ("/report", StatusCode::OK),
+    ] {
+        let resp = client.get(&url(&fd, path)).await.expect("response");
+        assert_eq!(resp.status, want, "{path}");
+    }
+}

@@ -440,6 +440,10 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     /// This route's largest request body (see `server.max_request_body`, which it overrides).
     pub max_request_body: Option<RawSize>,
+    /// Time from sending a request until its answer's head, for this route's requests: over
+    /// the cluster's `request_timeout` (a report that takes a minute, a long poll). Default:
+    /// the cluster's.
+    pub request_timeout: Option<String>,
     /// Only requests with one of these methods. Default: any.
     #[serde(default)]
     pub methods: Vec<String>,

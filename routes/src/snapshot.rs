@@ -372,6 +372,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Largest request body in bytes (the route's, or the server's); `None`: no limit.
     pub max_request_body: Option<u64>,
+    /// The route's own time to an answer's head, over its cluster's `request_timeout`.
+    pub request_timeout: Option<Duration>,
     /// Upper-case methods the route takes; empty: any.
     pub methods: Vec<String>,
     /// Lower-case header names and the exact value each must have (`None`: any value).

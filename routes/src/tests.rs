@@ -233,6 +233,7 @@ hosts = ["bad host"]
 [[routes]]
 name = "dup"
 cluster = "app"
+request_timeout = "forever"
 [[routes]]
 cluster = "app"
 "#;
@@ -267,6 +268,7 @@ cluster = "app"
         "routes[1].version:",
         "routes[1].hosts[0]:",
         "routes[2].name:",
+        "routes[2].request_timeout:",
         "routes[3].path_prefix:", // "/" on any host already taken by routes[2]
     ];
     for p in want_paths {

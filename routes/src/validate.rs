@@ -1155,6 +1155,10 @@ fn route(
             .and_then(|r| rate_limit(i, r, errors)),
         https_redirect: false,
         max_request_body: None,
+        request_timeout: raw
+            .request_timeout
+            .as_ref()
+            .map(|v| errors.duration(at("request_timeout"), Some(v), Duration::from_secs(30))),
         methods,
         match_headers,
         rewrite_prefix: raw.rewrite_prefix.as_ref().and_then(|to| {

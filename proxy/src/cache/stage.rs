@@ -206,7 +206,11 @@ pub async fn lookup(
     // A key of its own only for a miss (to lead or wait for its fetch): one copy of the text.
     let key = |text: &str| super::Key::from(text);
     let heuristic = policy.heuristic;
-    let wait = active.upstreams.clusters[cluster.0].config.timeouts.request;
+    let wait = active
+        .snapshot
+        .route(decision.route)
+        .request_timeout
+        .unwrap_or(active.upstreams.clusters[cluster.0].config.timeouts.request);
     let is_head = head.method == Method::HEAD;
     for attempt in 0..2 {
         let now = unix_now();

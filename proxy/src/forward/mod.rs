@@ -317,7 +317,7 @@ pub async fn send(
         }
         member.health.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = Decrement(&member.health.in_flight);
-        let deadline = now + cfg.timeouts.request;
+        let deadline = now + route.request_timeout.unwrap_or(cfg.timeouts.request);
         let outcome = match head.as_ref() {
             // Bodiless HTTP/1.1, or with a small body read whole, goes inline and only reads
             // the head: nothing to copy for a possible retry. The inline connection keeps its
