@@ -90,28 +90,14 @@ impl Watch {
 
 /// An upstream's answer broke off because the client's request body broke the exchange
 /// first: the answer's end is the client's doing.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke off the exchange")]
 pub struct ClientBodyBroke;
 
-impl std::fmt::Display for ClientBodyBroke {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client's request body broke off the exchange")
-    }
-}
-
-impl std::error::Error for ClientBodyBroke {}
-
 /// The body went quiet for longer than the idle timeout.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle timeout")]
 pub struct BodyIdleTimeout;
-
-impl std::fmt::Display for BodyIdleTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("upstream body idle timeout")
-    }
-}
-
-impl std::error::Error for BodyIdleTimeout {}
 
 impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: Duration) -> IdleTimeoutBody<B> {
@@ -233,16 +219,9 @@ struct RateState {
 }
 
 /// The client's body arrived more slowly than `server.client_body_min_rate`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than the minimum rate")]
 pub struct BodyTooSlow;
-
-impl std::fmt::Display for BodyTooSlow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body slower than the minimum rate")
-    }
-}
-
-impl std::error::Error for BodyTooSlow {}
 
 /// How the client's body ended: not yet.
 pub const CLIENT_BODY_GOING: u8 = 0;
@@ -265,16 +244,9 @@ pub fn client_body_failed(how: u8) -> bool {
 }
 
 /// The client's body grew past the route's `max_request_body`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the route's limit")]
 pub struct BodyTooLarge;
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body larger than the route's limit")
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
 
 impl ClientBody {
     pub fn new(
