@@ -22,6 +22,7 @@ use crate::telemetry;
 
 pub(crate) mod h1;
 pub(crate) mod park;
+pub(crate) mod proxy_protocol;
 pub(crate) mod slots;
 pub(crate) mod streams;
 pub use h1::{ConnBody, ConnService, RequestBody};
@@ -112,7 +113,9 @@ pub struct ConnLimits {
 #[derive(Debug)]
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
-    ip: std::net::IpAddr,
+    /// The client address it counts against (none yet: a balancer's connection whose PROXY
+    /// header has not named its client).
+    ip: Option<std::net::IpAddr>,
 }
 
 impl ConnLimits {
@@ -125,18 +128,23 @@ impl ConnLimits {
         })
     }
 
-    /// A slot for a new connection from `ip`, or why not (`"global"` / `"per_ip"`).
-    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<ConnSlot, &'static str> {
+    /// A slot for a new connection from `ip`, or why not (`"global"` / `"per_ip"`). `None`:
+    /// a balancer's connection, counted against its client once its PROXY header names one
+    /// ([`ConnSlot::charge`]), not against the balancer, whose connections are all its
+    /// clients'.
+    pub fn admit(self: &Arc<Self>, ip: Option<std::net::IpAddr>) -> Result<ConnSlot, &'static str> {
         use std::sync::atomic::Ordering;
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if self.open.load(Ordering::Relaxed) >= self.max {
             return Err("global");
         }
-        let n = per_ip.entry(ip).or_default();
-        if *n >= self.max_per_ip {
-            return Err("per_ip");
+        if let Some(ip) = ip {
+            let n = per_ip.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                return Err("per_ip");
+            }
+            *n += 1;
         }
-        *n += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(ConnSlot {
             limits: Arc::clone(self),
@@ -145,13 +153,30 @@ impl ConnLimits {
     }
 }
 
+impl ConnSlot {
+    /// Counts the connection against `ip`, the client a PROXY header named; `"per_ip"` when
+    /// that client is at its cap.
+    pub fn charge(&mut self, ip: std::net::IpAddr) -> Result<(), &'static str> {
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_default();
+        if *n >= self.limits.max_per_ip {
+            return Err("per_ip");
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
+    }
+}
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
         self.limits
@@ -175,6 +200,7 @@ pub async fn serve<F, S, B>(
     make_service: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    balancers: Option<Arc<[routes::Cidr]>>,
 ) -> bool
 where
     F: Fn(Peer) -> S + Send + Sync + 'static,
@@ -265,7 +291,14 @@ where
             () = &mut shutdown => break,
         };
         accepted.increment(1);
-        let slot = match limits.as_ref().map(|l| l.admit(addr.ip())) {
+        // A balancer's connection names its client in a PROXY header (`proxy_protocol`).
+        let balancer = balancers
+            .as_ref()
+            .is_some_and(|b| b.iter().any(|c| c.contains(addr.ip())));
+        let slot = match limits
+            .as_ref()
+            .map(|l| l.admit((!balancer).then(|| addr.ip())))
+        {
             None => None,
             Some(Ok(slot)) => Some(slot),
             Some(Err(reason)) => {
@@ -290,14 +323,72 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
+        if balancer {
+            // Its header first, in a task of its own: the accept loop never waits on a peer.
+            let (this, tls) = (Arc::clone(&ctx), tls.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut slot = slot;
+                let read = proxy_protocol::read(&mut stream);
+                let client = match tokio::time::timeout(this.shared.head.timeout, read).await {
+                    Ok(Ok(Some(proxy_protocol::Header::Client(client)))) => Some(client),
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %addr, "PROXY header refused");
+                        metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => "proxy_protocol").increment(1);
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => "proxy_protocol").increment(1);
+                        return;
+                    }
+                };
+                if let (Some(client), Some(slot)) = (client, slot.as_mut())
+                    && let Err(reason) = slot.charge(client.ip())
+                {
+                    metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => reason).increment(1);
+                    return;
+                }
+                let addr = client.unwrap_or(addr);
+                match tls {
+                    None => this.plain(stream, addr, 0, slot, client.is_some()),
+                    Some(tls) => this.tls(stream, addr, slot, tls),
+                }
+            });
+            continue;
+        }
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
         let Some(tls) = tls.clone() else {
-            ctx.plain(stream, addr, 0, slot);
+            ctx.plain(stream, addr, 0, slot, false);
             continue;
         };
-        let stop = open.hold();
-        let this = Arc::clone(&ctx);
+        ctx.tls(stream, addr, slot, tls);
+    }
+    drop(listener);
+    open.start_drain();
+    if let Some(lot) = &ctx.shared.lot {
+        // Parked connections are idle ones: closed at once, as their tasks would be.
+        lot.close();
+    }
+    tokio::time::timeout(drain, open.finished()).await.is_ok()
+}
+
+impl<F> Listener<F> {
+    /// Serves a TLS connection, after its handshake, in its own task.
+    fn tls<S, B>(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        slot: Option<ConnSlot>,
+        tls: Arc<certs::ServerTls>,
+    ) where
+        F: Fn(Peer) -> S + Send + Sync + 'static,
+        S: ConnService<B>,
+        B: ConnBody,
+    {
+        let stop = self.open.hold();
+        let this = Arc::clone(self);
         tokio::spawn(async move {
             let _slot = slot;
             // The config is chosen from the ClientHello (certs::ServerTls: the suite by the
@@ -341,13 +432,6 @@ where
             }
         });
     }
-    drop(listener);
-    open.start_drain();
-    if let Some(lot) = &ctx.shared.lot {
-        // Parked connections are idle ones: closed at once, as their tasks would be.
-        lot.close();
-    }
-    tokio::time::timeout(drain, open.finished()).await.is_ok()
 }
 
 /// What a listener's connections are served with, shared by its accept loop and its lot of
@@ -370,13 +454,15 @@ impl<F> Drop for Listener<F> {
 
 impl<F> Listener<F> {
     /// Serves a plain connection on our HTTP/1.1 loop (hyper's, when it hands over), in its
-    /// own task: a new one (`served` 0) or one taken back up from the lot.
+    /// own task: a new one (`served` 0) or one taken back up from the lot. `carried`: `addr`
+    /// is the client a balancer's PROXY header named, kept while the connection is parked.
     fn plain<S, B>(
         &self,
         stream: tokio::net::TcpStream,
         addr: std::net::SocketAddr,
         served: u32,
         slot: Option<ConnSlot>,
+        carried: bool,
     ) where
         F: Fn(Peer) -> S,
         S: ConnService<B>,
@@ -385,7 +471,8 @@ impl<F> Listener<F> {
         let (service, exchanges) = self.counted(Peer::new(addr, false), served);
         let stop = self.open.hold();
         let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline());
-        tokio::spawn(h1::serve(io, service, stop, park::Keeper::new(slot)));
+        let keeper = park::Keeper::new(slot, carried.then(|| Box::new(addr)));
+        tokio::spawn(h1::serve(io, service, stop, keeper));
     }
 
     /// A connection's service, counting its requests from `served` on.
@@ -410,11 +497,18 @@ impl<F> Listener<F> {
         S: ConnService<B>,
         B: ConnBody,
     {
-        let Ok(addr) = stream.peer_addr() else { return };
+        let carried = parked.client.is_some();
+        let addr = match parked.client {
+            Some(client) => *client,
+            None => match stream.peer_addr() {
+                Ok(addr) => addr,
+                Err(_) => return,
+            },
+        };
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
             return;
         };
-        self.plain(stream, addr, parked.served, parked.slot);
+        self.plain(stream, addr, parked.served, parked.slot, carried);
     }
 }
 

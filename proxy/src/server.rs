@@ -175,6 +175,7 @@ pub async fn start(opts: StartOptions) -> anyhow::Result<Running> {
         make_admin,
         stop_signal(&rx),
         Duration::from_millis(200),
+        None,
     )));
 
     spawn_rollout_controller(Arc::clone(&proxy), rx.clone());
@@ -227,6 +228,14 @@ async fn spawn_proxy_listener(
     };
     let first = bind(addr)?;
     let bound = first.local_addr()?;
+    // `proxy_protocol`: the trusted proxies' connections open with a PROXY header. A listener
+    // setting, read at start.
+    let balancers: Option<Arc<[routes::Cidr]>> = {
+        let server = &proxy.active().snapshot.server;
+        server
+            .proxy_protocol
+            .then(|| server.trusted_proxies.iter().copied().collect())
+    };
     let serve = |listener: TcpListener, tls: Option<Arc<certs::ServerTls>>| {
         let p = Arc::clone(proxy);
         let make = move |peer: crate::classify::Peer| {
@@ -244,6 +253,7 @@ async fn spawn_proxy_listener(
             make,
             stop_signal(stop),
             drain,
+            balancers.clone(),
         )
     };
     for worker in 1..workers {

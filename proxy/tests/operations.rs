@@ -1024,3 +1024,141 @@ async fn plain_http_is_redirected_to_https_whose_answers_carry_hsts() {
     let hook = explain("http://shop.example/hook").await;
     assert!(!hook.contains("plain HTTP"), "{hook}");
 }
+
+/// A connection from `from` to `to`, its first bytes `preamble`.
+async fn connect_from(
+    from: &str,
+    to: std::net::SocketAddr,
+    preamble: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut s = socket.connect(to).await.expect("connect");
+    s.write_all(preamble).await.expect("preamble");
+    s
+}
+
+/// A TCP balancer's connections (from `trusted_proxies`) name their clients in PROXY headers
+/// (v1 text, v2 binary, before TLS too): the client is the connection's, in
+/// `X-Forwarded-For`, in the per-address connection cap, and after the connection was parked.
+/// Anyone else's PROXY line is no header but a bad request.
+#[tokio::test]
+async fn a_balancers_proxy_header_names_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::builder().start().await.expect("origin");
+    let dir = temp_dir("proxy-protocol");
+    let ca = certs::dev::DevCa::new("test CA").expect("ca");
+    let leaf = ca.issue(&["a.test"]).expect("leaf");
+    let (cert, key) = (dir.join("a.pem"), dir.join("a.key"));
+    std::fs::write(&cert, &leaf.cert_pem).expect("write");
+    std::fs::write(&key, &leaf.key_pem).expect("write");
+    let config = format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.2\"]\nproxy_protocol = true\nmax_connections_per_ip = 1\npark_idle_after = \"100ms\"\n[[tls.certificates]]\nhosts = [\"a.test\"]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        one_route("", &[(origin.addr, "", "v")])
+    );
+    let fd = start_with(StartOptions {
+        config: Some(ConfigSource::Inline(config)),
+        https: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    })
+    .await;
+    let (http, https) = (fd.http.expect("http"), fd.https.expect("https"));
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let forwarded_for = |answer: &str| {
+        answer
+            .split("\"x-forwarded-for\",\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_string)
+    };
+
+    // Version 1, and the same connection again once it was parked and taken back up.
+    let mut v1 = connect_from(
+        "127.0.0.2",
+        http,
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n",
+    )
+    .await;
+    for round in 0..2 {
+        v1.write_all(request).await.expect("request");
+        let answer = common::read_message(&mut v1).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert_eq!(
+            forwarded_for(&answer).as_deref(),
+            Some("203.0.113.7"),
+            "round {round}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    common::metrics_with(&fd, &["frontdoor_connections_parked"]).await;
+    // The per-address cap counts the client, not the balancer: the same client is at its
+    // cap, another one gets in over the same balancer.
+    let mut same = connect_from(
+        "127.0.0.2",
+        http,
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51001 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::read_message(&mut same).await, None, "refused");
+    let mut other = connect_from(
+        "127.0.0.2",
+        http,
+        b"PROXY TCP4 198.51.100.9 10.0.0.1 51002 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let answer = common::read_message(&mut other).await.expect("answer");
+    assert_eq!(forwarded_for(&answer).as_deref(), Some("198.51.100.9"));
+    drop((v1, other));
+    // Version 2 (a LOCAL health check keeps the balancer as the peer), and before TLS.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[
+        0x21, 0x11, 0, 12, 192, 0, 2, 44, 10, 0, 0, 1, 0xC7, 0x38, 1, 187,
+    ]);
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    local.extend_from_slice(request);
+    let mut check = connect_from("127.0.0.2", http, &local).await;
+    let answer = common::read_message(&mut check).await.expect("answer");
+    assert_eq!(forwarded_for(&answer).as_deref(), Some("127.0.0.2"));
+    drop(check);
+    let tcp = connect_from("127.0.0.2", https, &v2).await;
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+            roots.add(c.expect("pem")).expect("root");
+        }
+        roots
+    };
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("handshake after the header");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = common::read_message(&mut tls).await.expect("answer");
+    assert_eq!(forwarded_for(&answer).as_deref(), Some("192.0.2.44"));
+    // From a peer that is not a balancer, a PROXY line is a malformed request.
+    let mut forged = connect_from(
+        "127.0.0.1",
+        http,
+        b"PROXY TCP4 203.0.113.99 10.0.0.1 51000 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let answer = common::read_message(&mut forged).await.expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+}

@@ -175,6 +175,10 @@ pub struct RawServer {
     /// `Strict-Transport-Security` on every answer sent over HTTPS (never over plain HTTP)
     /// that does not carry its own.
     pub hsts: Option<RawHsts>,
+    /// Connections from `trusted_proxies` may open with a PROXY protocol header (HAProxy's,
+    /// version 1 or 2, as TCP balancers send): the client it names is the connection's
+    /// client. Listener setting: read at start. Default false.
+    pub proxy_protocol: Option<bool>,
     /// Largest request body (bytes, or `"10MiB"`) on every route that does not say otherwise
     /// (`routes[].max_request_body`): a larger declared `Content-Length` gets 413 before
     /// anything goes upstream; a body without one that grows past it is cut off upstream and

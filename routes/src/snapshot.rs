@@ -125,6 +125,8 @@ pub struct Server {
     pub https_redirect_port: Option<u16>,
     /// The `Strict-Transport-Security` value for answers over HTTPS, when set.
     pub hsts: Option<String>,
+    /// Connections from `trusted_proxies` may open with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// A region and its jurisdiction (`us`, `eu`, `apac`, ...).

@@ -587,7 +587,7 @@ fn https_redirects_and_hsts_are_read_with_their_defaults() {
 #[test]
 fn https_redirect_and_hsts_mistakes_are_errors_with_their_paths() {
     let got = errors_of(&format!(
-        "[server]\nhttps_redirect_port = 0\nhsts = {{ max_age = 86400, preload = true }}\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
+        "[server]\nhttps_redirect_port = 0\nhsts = {{ max_age = 86400, preload = true }}\nproxy_protocol = true\n{BASE}\n[[routes]]\ncluster = \"app\"\n"
     ));
     assert_eq!(
         got,
@@ -595,6 +595,7 @@ fn https_redirect_and_hsts_mistakes_are_errors_with_their_paths() {
             "server.https_redirect_port: must be a port, 1 to 65535",
             "server.hsts.preload: needs include_subdomains = true: a preloaded policy covers every subdomain",
             "server.hsts.preload: needs max_age of a year (31536000) or more",
+            "server.proxy_protocol: needs trusted_proxies: the balancers whose PROXY headers are believed",
         ],
     );
     let got = errors_of(&format!(

@@ -394,6 +394,16 @@ fn server(raw: &RawServer, regions: &HashMap<&str, RegionId>, errors: &mut Error
             port => port,
         },
         hsts: raw.hsts.as_ref().and_then(|h| hsts(h, errors)),
+        proxy_protocol: match raw.proxy_protocol {
+            Some(true) if raw.trusted_proxies.is_empty() => {
+                errors.push(
+                    "server.proxy_protocol",
+                    "needs trusted_proxies: the balancers whose PROXY headers are believed",
+                );
+                false
+            }
+            on => on.unwrap_or(false),
+        },
     }
 }
 

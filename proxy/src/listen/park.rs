@@ -32,6 +32,8 @@ pub struct Parked {
     pub served: u32,
     /// Its place in the connection limits.
     pub slot: Option<ConnSlot>,
+    /// The client a balancer's PROXY header named (the socket's peer is the balancer).
+    pub client: Option<Box<std::net::SocketAddr>>,
 }
 
 /// Takes a connection back up: called on the lot's thread, so it should only spawn.
@@ -257,11 +259,12 @@ pub async fn sweep(lot: Weak<Lot>) {
 #[derive(Debug)]
 pub struct Keeper {
     slot: Option<ConnSlot>,
+    client: Option<Box<std::net::SocketAddr>>,
 }
 
 impl Keeper {
-    pub fn new(slot: Option<ConnSlot>) -> Keeper {
-        Keeper { slot }
+    pub fn new(slot: Option<ConnSlot>, client: Option<Box<std::net::SocketAddr>>) -> Keeper {
+        Keeper { slot, client }
     }
 }
 
@@ -276,6 +279,7 @@ impl super::h1::Keep<HeadTimer<tokio::net::TcpStream>> for Keeper {
             Parked {
                 served,
                 slot: self.slot,
+                client: self.client,
             },
             deadline,
         );
@@ -321,7 +325,15 @@ mod tests {
     /// A connection parked after `served` requests, until `deadline`: its client's end.
     async fn parked(lot: &Lot, served: u32, deadline: Instant) -> TcpStream {
         let (client, server) = pair().await;
-        lot.park(server, Parked { served, slot: None }, deadline);
+        lot.park(
+            server,
+            Parked {
+                served,
+                slot: None,
+                client: None,
+            },
+            deadline,
+        );
         client
     }
 
@@ -387,21 +399,22 @@ mod tests {
         let ip = "127.0.0.1".parse().expect("ip");
         let (lot, _resumed) = lot();
         let (mut client, server) = pair().await;
-        let slot = limits.admit(ip).expect("admitted");
+        let slot = limits.admit(Some(ip)).expect("admitted");
         lot.park(
             server,
             Parked {
                 served: 1,
                 slot: Some(slot),
+                client: None,
             },
             in_a_minute(),
         );
         // Parked, it still holds its place in the limits.
-        assert!(limits.admit(ip).is_err());
+        assert!(limits.admit(Some(ip)).is_err());
         lot.close();
         let mut buf = [0u8; 1];
         assert_eq!(client.read(&mut buf).await.expect("closed"), 0);
-        assert!(limits.admit(ip).is_ok(), "the place was given back");
+        assert!(limits.admit(Some(ip)).is_ok(), "the place was given back");
 
         let mut late = parked(&lot, 1, in_a_minute()).await;
         assert_eq!(lot.parked(), 0);
