@@ -466,7 +466,8 @@ async fn proxy_request(
     let decision = {
         let headers = req.headers();
         let text = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        // For routes with `match_headers` (looked up only for them).
+        // For routes with `methods` and `match_headers` (looked up only for them).
+        let by_request = snapshot.routes_by_request();
         let by_name = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let c = &active.classify_headers;
         let facts = routes::RequestFacts {
@@ -476,8 +477,16 @@ async fn proxy_request(
             country: if trusted { text(&c.country) } else { None },
             jurisdiction: if trusted { text(&c.jurisdiction) } else { None },
             geoip_country: geo_text,
-            method: Some(req.method().as_str()),
-            header: Some(routes::HeaderSource(&by_name)),
+            method: if by_request {
+                Some(req.method().as_str())
+            } else {
+                None
+            },
+            header: if by_request {
+                Some(routes::HeaderSource(&by_name))
+            } else {
+                None
+            },
         };
         snapshot.decide(&facts).ok_or(ProxyError::NoRoute)?
     };
@@ -657,7 +666,11 @@ async fn proxy_request(
     // The candidate's copy, as stable gets the request (before the cache may make it
     // conditional); sent only if the request goes upstream, and never of a tunnel. Boxed: the
     // future holds a pointer across the lookup, not a head's room.
-    let copy = (mirrored && !websocket).then(|| Box::new(head.clone()));
+    let copy = if mirrored && !websocket {
+        Some(Box::new(head.clone()))
+    } else {
+        None
+    };
 
     // cache: answer from the store, or plan the exchange (coalesced, maybe conditional). Not
     // for a tunnel, nor for a request with a body: a `GET`'s body is no part of the key, and

@@ -89,6 +89,12 @@ pub struct Decision {
 }
 
 impl Snapshot {
+    /// Whether some route looks at a request's method or header fields (`methods`,
+    /// `match_headers`): only then need [`RequestFacts`] carry them.
+    pub fn routes_by_request(&self) -> bool {
+        self.table.conditional
+    }
+
     /// Routes a request; `None` means no route matches (the proxy answers 404).
     pub fn decide(&self, facts: &RequestFacts<'_>) -> Option<Decision> {
         let route_id = self

@@ -59,6 +59,7 @@ impl<T: Copy> PrefixMap<T> {
     }
 
     /// The first value `take` makes something of, prefixes of `path` tried longest first.
+    #[inline]
     pub(crate) fn longest_taken<R>(
         &self,
         path: &str,
@@ -88,22 +89,43 @@ pub(crate) struct RouteTable {
     /// The routes of each [`Slot::Shared`], in the order they are tried: those with match
     /// conditions in config order, then the one without (if any).
     pub(crate) shared: Vec<Vec<RouteId>>,
+    /// Some route has `methods` or `match_headers`.
+    pub(crate) conditional: bool,
 }
 
 impl RouteTable {
     /// The first route `takes` (the request meets its conditions), host tiers from the most
     /// specific and in each the longest prefix first. `host` must be lower-case without a
     /// port; `path` must start with `/`, without a query.
+    #[inline]
     pub(crate) fn find(
         &self,
         host: &str,
         path: &str,
         takes: impl Fn(RouteId) -> bool,
     ) -> Option<RouteId> {
-        let take = |slot: Slot| match slot {
+        if !self.conditional {
+            // No route has conditions, so no slot is shared: the first route found takes it.
+            return self.walk(host, path, |slot| match slot {
+                Slot::Route(id) => Some(id),
+                Slot::Shared(i) => self.shared[i].first().copied(),
+            });
+        }
+        self.walk(host, path, |slot| match slot {
             Slot::Route(id) => takes(id).then_some(id),
             Slot::Shared(i) => self.shared[i].iter().copied().find(|id| takes(*id)),
-        };
+        })
+    }
+
+    /// The first slot `take` makes a route of: host tiers from the most specific, and in each
+    /// the longest prefix first.
+    #[inline]
+    fn walk(
+        &self,
+        host: &str,
+        path: &str,
+        take: impl Fn(Slot) -> Option<RouteId> + Copy,
+    ) -> Option<RouteId> {
         if let Some(found) = self
             .exact
             .get(host)

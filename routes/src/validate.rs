@@ -1103,6 +1103,7 @@ fn route(
         return None;
     }
     conditions[i] = Some((methods.iter().cloned().collect(), match_headers.clone()));
+    table.conditional |= !methods.is_empty() || !match_headers.is_empty();
     let id = RouteId(i);
     let any = ["*".to_string()];
     let keys: &[String] = if hosts.is_empty() { &any } else { &hosts };

@@ -228,8 +228,8 @@ pub async fn send(
     let mut failed: Option<Arc<Member>> = None;
     let mut last_error: Option<ProxyError> = None;
     // An upstream's answer given up for a retry (`retries.on_status`): it stands if no other
-    // attempt gets an answer.
-    let mut given_up: Option<Forwarded> = None;
+    // attempt gets an answer. Boxed: rare, and the exchange's future stays its size.
+    let mut given_up: Option<Box<Forwarded>> = None;
     // How the client's body ended: when it broke the exchange, that is a 400, not a 502.
     let mut client_body_end: Option<Arc<std::sync::atomic::AtomicU8>> = None;
     let mut attempts = 0u32;
@@ -253,7 +253,7 @@ pub async fn send(
         };
         let Some(member) = cluster.pick(&ask) else {
             if let Some(answer) = given_up {
-                return Ok(answer);
+                return Ok(*answer);
             }
             let error = if let Some(previous) = last_error {
                 // A retry found nowhere (else) to go: report what went wrong with the attempt.
@@ -411,18 +411,9 @@ pub async fn send(
                         client_body: client_body_end.take(),
                     })
                 });
-                let status = response.status().as_u16();
-                let answer = Forwarded {
-                    response,
-                    member,
-                    attempts,
-                    queued,
-                    watch,
-                    failed: bad,
-                };
                 // An answer the cluster retries (`retries.on_status`), where a retry may go.
                 if bad
-                    && cfg.retries.on(status)
+                    && cfg.retries.on(response.status().as_u16())
                     && bodiless
                     && attempts <= cfg.retries.attempts
                     && idempotent(&method)
@@ -432,15 +423,29 @@ pub async fn send(
                         .increment(1);
                     cluster.retries_in_flight.fetch_add(1, Ordering::Relaxed);
                     _retrying = Some(Decrement(&cluster.retries_in_flight));
-                    failed = Some(Arc::clone(&answer.member));
-                    given_up = Some(answer);
+                    failed = Some(Arc::clone(&member));
+                    given_up = Some(Box::new(Forwarded {
+                        response,
+                        member,
+                        attempts,
+                        queued,
+                        watch,
+                        failed: bad,
+                    }));
                     continue;
                 }
                 // The request is sent: its header map is kept for a later head.
                 if let Some(head) = head {
                     crate::spare::keep(head.headers);
                 }
-                return Ok(answer);
+                return Ok(Forwarded {
+                    response,
+                    member,
+                    attempts,
+                    queued,
+                    watch,
+                    failed: bad,
+                });
             }
             Err(UpstreamError::Timeout) => ProxyError::Timeout {
                 endpoint: endpoint(),
@@ -476,7 +481,7 @@ pub async fn send(
         if !may_retry {
             // An answer given up for this attempt is better than its failure.
             if let Some(answer) = given_up {
-                return Ok(answer);
+                return Ok(*answer);
             }
             return Err(ForwardError {
                 error,
