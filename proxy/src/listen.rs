@@ -116,6 +116,9 @@ pub struct ConnSlot {
     /// The client address it counts against (none yet: a balancer's connection whose PROXY
     /// header has not named its client).
     ip: Option<std::net::IpAddr>,
+    /// `ip` is the client a balancer's PROXY header named (the socket's peer is the balancer).
+    /// Kept here, in the padding, for a parked connection taken back up.
+    named: bool,
 }
 
 impl ConnLimits {
@@ -149,6 +152,7 @@ impl ConnLimits {
         Ok(ConnSlot {
             limits: Arc::clone(self),
             ip,
+            named: false,
         })
     }
 }
@@ -164,7 +168,13 @@ impl ConnSlot {
         }
         *n += 1;
         self.ip = Some(ip);
+        self.named = true;
         Ok(())
+    }
+
+    /// The client a balancer's PROXY header named, if one did.
+    pub fn named_client(&self) -> Option<std::net::IpAddr> {
+        self.ip.filter(|_| self.named)
     }
 }
 
@@ -351,7 +361,7 @@ where
                 }
                 let addr = client.unwrap_or(addr);
                 match tls {
-                    None => this.plain(stream, addr, 0, slot, client.is_some()),
+                    None => this.plain(stream, addr, 0, slot),
                     Some(tls) => this.tls(stream, addr, slot, tls),
                 }
             });
@@ -360,7 +370,7 @@ where
         // Two kinds of task, each as small as it can be: an idle connection's task is most of
         // what it costs.
         let Some(tls) = tls.clone() else {
-            ctx.plain(stream, addr, 0, slot, false);
+            ctx.plain(stream, addr, 0, slot);
             continue;
         };
         ctx.tls(stream, addr, slot, tls);
@@ -454,15 +464,13 @@ impl<F> Drop for Listener<F> {
 
 impl<F> Listener<F> {
     /// Serves a plain connection on our HTTP/1.1 loop (hyper's, when it hands over), in its
-    /// own task: a new one (`served` 0) or one taken back up from the lot. `carried`: `addr`
-    /// is the client a balancer's PROXY header named, kept while the connection is parked.
+    /// own task: a new one (`served` 0) or one taken back up from the lot.
     fn plain<S, B>(
         &self,
         stream: tokio::net::TcpStream,
         addr: std::net::SocketAddr,
         served: u32,
         slot: Option<ConnSlot>,
-        carried: bool,
     ) where
         F: Fn(Peer) -> S,
         S: ConnService<B>,
@@ -471,8 +479,7 @@ impl<F> Listener<F> {
         let (service, exchanges) = self.counted(Peer::new(addr, false), served);
         let stop = self.open.hold();
         let io = HeadTimer::new(stream, exchanges, Arc::clone(&self.shared), stop.deadline());
-        let keeper = park::Keeper::new(slot, carried.then(|| Box::new(addr)));
-        tokio::spawn(h1::serve(io, service, stop, keeper));
+        tokio::spawn(h1::serve(io, service, stop, park::Keeper::new(slot)));
     }
 
     /// A connection's service, counting its requests from `served` on.
@@ -497,9 +504,11 @@ impl<F> Listener<F> {
         S: ConnService<B>,
         B: ConnBody,
     {
-        let carried = parked.client.is_some();
-        let addr = match parked.client {
-            Some(client) => *client,
+        // A balancer's connection carries the client its PROXY header named (only its address
+        // is ever read, not its port).
+        let named = parked.slot.as_ref().and_then(ConnSlot::named_client);
+        let addr = match named {
+            Some(client) => std::net::SocketAddr::new(client, 0),
             None => match stream.peer_addr() {
                 Ok(addr) => addr,
                 Err(_) => return,
@@ -508,7 +517,7 @@ impl<F> Listener<F> {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
             return;
         };
-        self.plain(stream, addr, parked.served, parked.slot, carried);
+        self.plain(stream, addr, parked.served, parked.slot);
     }
 }
 

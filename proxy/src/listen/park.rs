@@ -30,10 +30,8 @@ use crate::head_timer::{ConnIo, HeadTimer};
 pub struct Parked {
     /// Requests served so far (for `max_requests_per_connection`).
     pub served: u32,
-    /// Its place in the connection limits.
+    /// Its place in the connection limits (and the client a balancer's PROXY header named).
     pub slot: Option<ConnSlot>,
-    /// The client a balancer's PROXY header named (the socket's peer is the balancer).
-    pub client: Option<Box<std::net::SocketAddr>>,
 }
 
 /// Takes a connection back up: called on the lot's thread, so it should only spawn.
@@ -259,12 +257,11 @@ pub async fn sweep(lot: Weak<Lot>) {
 #[derive(Debug)]
 pub struct Keeper {
     slot: Option<ConnSlot>,
-    client: Option<Box<std::net::SocketAddr>>,
 }
 
 impl Keeper {
-    pub fn new(slot: Option<ConnSlot>, client: Option<Box<std::net::SocketAddr>>) -> Keeper {
-        Keeper { slot, client }
+    pub fn new(slot: Option<ConnSlot>) -> Keeper {
+        Keeper { slot }
     }
 }
 
@@ -279,7 +276,6 @@ impl super::h1::Keep<HeadTimer<tokio::net::TcpStream>> for Keeper {
             Parked {
                 served,
                 slot: self.slot,
-                client: self.client,
             },
             deadline,
         );
@@ -325,15 +321,7 @@ mod tests {
     /// A connection parked after `served` requests, until `deadline`: its client's end.
     async fn parked(lot: &Lot, served: u32, deadline: Instant) -> TcpStream {
         let (client, server) = pair().await;
-        lot.park(
-            server,
-            Parked {
-                served,
-                slot: None,
-                client: None,
-            },
-            deadline,
-        );
+        lot.park(server, Parked { served, slot: None }, deadline);
         client
     }
 
@@ -405,7 +393,6 @@ mod tests {
             Parked {
                 served: 1,
                 slot: Some(slot),
-                client: None,
             },
             in_a_minute(),
         );
