@@ -200,13 +200,10 @@ impl Admin {
             // Never a probe: explaining a request must not take one from a real request.
             let route = s.route(d.route);
             if route.https_redirect && uri.scheme_str() == Some("http") {
-                let port = match self.proxy.https_redirect_port(&s.server) {
-                    443 => String::new(),
-                    port => format!(":{port}"),
-                };
-                let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let port = self.proxy.https_redirect_port(&s.server);
                 text.push_str(&format!(
-                    "  plain HTTP:   redirected to https://{host}{port}{target} (301 for GET and HEAD, 308 otherwise); the rest is what HTTPS gets\n"
+                    "  plain HTTP:   redirected to {} (301 for GET and HEAD, 308 otherwise); the rest is what HTTPS gets\n",
+                    crate::pipeline::https_location(&host, port, &uri)
                 ));
             }
             let ask = crate::forward::pool::Ask {

@@ -598,9 +598,6 @@ impl ViaValues {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
-/// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced (and
-/// `X-Forwarded-Host` removed when there is no host: HTTP/1.0 without `Host`).
 /// A route's changes to a message's header fields (`routes::HeaderOps`), parsed once per
 /// snapshot.
 #[derive(Debug, Default)]
@@ -646,8 +643,8 @@ impl HeaderEdits {
     }
 }
 
-/// The request's `Content-Length`, when it declares one (framing was checked before: one
-/// value, digits only).
+/// The request's `Content-Length`, when it declares one (framing was checked before the request
+/// was routed: one value, digits only).
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -673,6 +670,9 @@ pub fn came_over_https(peer: &Peer, trusted: bool, headers: &HeaderMap) -> bool 
             }))
 }
 
+/// Sets `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the existing values are kept and
+/// the peer is appended to `X-Forwarded-For`; from anyone else they are replaced (and
+/// `X-Forwarded-Host` removed when there is no host: HTTP/1.0 without `Host`).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: bool, host: &str) {
     // An untrusted peer's own `X-Forwarded-For` is replaced without being read.
     let prev = if trusted {

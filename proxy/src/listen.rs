@@ -339,24 +339,26 @@ where
             tokio::spawn(async move {
                 let mut stream = stream;
                 let mut slot = slot;
+                let refused = |reason: &'static str| {
+                    metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => reason).increment(1);
+                };
                 let read = proxy_protocol::read(&mut stream);
                 let client = match tokio::time::timeout(this.shared.head.timeout, read).await {
                     Ok(Ok(Some(proxy_protocol::Header::Client(client)))) => Some(client),
                     Ok(Ok(_)) => None,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %addr, "PROXY header refused");
-                        metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => "proxy_protocol").increment(1);
-                        return;
-                    }
-                    Err(_) => {
-                        metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => "proxy_protocol").increment(1);
+                    // Malformed, or not there in time.
+                    failed => {
+                        if let Ok(Err(e)) = failed {
+                            tracing::debug!(error = %e, %addr, "PROXY header refused");
+                        }
+                        refused("proxy_protocol");
                         return;
                     }
                 };
                 if let (Some(client), Some(slot)) = (client, slot.as_mut())
                     && let Err(reason) = slot.charge(client.ip())
                 {
-                    metrics::counter!(telemetry::CONNECTIONS_REFUSED, telemetry::L_LISTENER => name, telemetry::L_REASON => reason).increment(1);
+                    refused(reason);
                     return;
                 }
                 let addr = client.unwrap_or(addr);

@@ -799,18 +799,7 @@ fn to_https<B>(
         // HTTP/1.0 without `Host`: there is no name to send the client to.
         return Err(ProxyError::BadRequest("a redirect to HTTPS needs a Host"));
     }
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    // `OPTIONS *` has no resource of its own: the redirect names the host's root.
-    let target = if target.starts_with('/') { target } else { "/" };
-    let location = if port == 443 {
-        format!("https://{host}{target}")
-    } else {
-        format!("https://{host}:{port}{target}")
-    };
-    let location = HeaderValue::try_from(location)
+    let location = HeaderValue::try_from(https_location(host, port, req.uri()))
         .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     *resp.status_mut() = if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -822,6 +811,21 @@ fn to_https<B>(
     h.insert(header::LOCATION, location);
     h.insert(classify::REQUEST_ID, request_id.clone());
     Ok(resp)
+}
+
+/// Where a plain-HTTP request for `uri` on `host` is sent over HTTPS: the same path and query
+/// at `port` (443 is not written).
+pub(crate) fn https_location(host: &str, port: u16, uri: &http::Uri) -> String {
+    let target = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    // `OPTIONS *` has no resource of its own: the redirect names the host's root.
+    let target = if target.starts_with('/') { target } else { "/" };
+    if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    }
 }
 
 /// A stored response on its way out: the same per-request headers as a proxied one.

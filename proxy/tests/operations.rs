@@ -848,13 +848,7 @@ async fn reuseport_workers_all_serve_and_drain() {
 
 /// Sends `request` from `from` (a loopback address) to `to` and reads the one answer.
 async fn exchange_from(from: &str, to: std::net::SocketAddr, request: &str) -> String {
-    use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(format!("{from}:0").parse().expect("addr"))
-        .expect("bind");
-    let mut s = socket.connect(to).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("request");
+    let mut s = connect_from(from, to, request.as_bytes()).await;
     common::read_message(&mut s).await.expect("an answer")
 }
 

@@ -1203,13 +1203,13 @@ fn size(
     default: u64,
     error: &mut dyn FnMut(String, String),
 ) -> u64 {
-    match value {
+    match value.map(RawSize::bytes) {
         None => default,
-        Some(RawSize::Bytes(n)) => *n,
-        Some(RawSize::Text(t)) => parse_size(t).unwrap_or_else(|e| {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
             error(path.to_string(), e);
             default
-        }),
+        }
     }
 }
 

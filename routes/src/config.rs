@@ -71,6 +71,16 @@ pub enum RawSize {
     Text(String),
 }
 
+impl RawSize {
+    /// The size in bytes, or why the text is not one.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            RawSize::Bytes(n) => Ok(*n),
+            RawSize::Text(t) => crate::cache::parse_size(t),
+        }
+    }
+}
+
 /// One header rule: which requests it matches and what it does to their responses.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

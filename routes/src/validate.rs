@@ -430,10 +430,8 @@ fn check_shared(
     for (chain, id, field, what) in sharing {
         let routes = &table.shared[*chain];
         let before = &routes[..routes.iter().position(|r| r == id).unwrap_or(0)];
-        if let Some(first) = before
-            .iter()
-            .find(|r| conditions[r.0] == conditions[id.0] || (plain(**r) && plain(*id)))
-        {
+        // Two without conditions have the same (none).
+        if let Some(first) = before.iter().find(|r| conditions[r.0] == conditions[id.0]) {
             let why = if plain(*id) {
                 format!("{what} is already routed by routes[{}]", first.0)
             } else {
@@ -453,11 +451,7 @@ fn check_shared(
 
 /// A request body limit in bytes: at least 1.
 fn body_limit(path: &str, raw: &crate::config::RawSize, errors: &mut Errors) -> Option<u64> {
-    let bytes = match raw {
-        crate::config::RawSize::Bytes(n) => Ok(*n),
-        crate::config::RawSize::Text(t) => crate::cache::parse_size(t),
-    };
-    match bytes {
+    match raw.bytes() {
         Ok(0) => {
             errors.push(path, "must be at least 1 byte (leave it out for no limit)");
             None

@@ -508,10 +508,7 @@ const SMALL_BODY: u64 = 16 * 1024;
 /// (no transfer coding: the length read is then the length declared).
 fn small_declared(headers: &http::HeaderMap) -> bool {
     !headers.contains_key(http::header::TRANSFER_ENCODING)
-        && headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n <= SMALL_BODY)
+        && crate::classify::declared_length(headers).is_some_and(|n| n <= SMALL_BODY)
 }
 
 /// The client's body, bounded by the server's body timeout and minimum rate, and the route's

@@ -62,14 +62,10 @@ pub fn send(
     mut head: Parts,
 ) {
     let Some(cfg) = &route.rollout else { return };
-    let result = |r: &'static str| {
-        metrics::counter!(telemetry::MIRRORED, telemetry::L_ROUTE => route.name.clone(), telemetry::L_RESULT => r)
-            .increment(1);
-    };
     let mirror = &windows.mirror;
     if mirror.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         mirror.in_flight.fetch_sub(1, Ordering::Relaxed);
-        result("dropped");
+        count(route.name.clone(), "dropped");
         return;
     }
     head.headers
@@ -118,9 +114,14 @@ pub fn send(
             Err(_) => true,
         };
         windows.mirror.in_flight.fetch_sub(1, Ordering::Relaxed);
-        metrics::counter!(telemetry::MIRRORED, telemetry::L_ROUTE => route, telemetry::L_RESULT => if failed { "failed" } else { "answered" })
-            .increment(1);
+        count(route, if failed { "failed" } else { "answered" });
     });
+}
+
+/// `frontdoor_rollout_mirrored_total{route, result}`.
+fn count(route: String, result: &'static str) {
+    metrics::counter!(telemetry::MIRRORED, telemetry::L_ROUTE => route, telemetry::L_RESULT => result)
+        .increment(1);
 }
 
 #[cfg(test)]
